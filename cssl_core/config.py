@@ -1,0 +1,181 @@
+"""Typed run configuration.
+
+A run's configuration is one flat namespace: the fields of :class:`PretrainConfig` (shared
+by every method) plus the fields of the method's own config dataclass (its loss and head
+hyper-parameters and its optimiser defaults from the paper). The CLI's options, the API's
+``config`` object and the JSON stored with a run and inside every checkpoint all use these
+flat names, so a stored run can be rebuilt with :func:`build_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from cssl_core.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class MethodConfig:
+    """Optimisation defaults every method config carries; subclasses set the paper's values.
+
+    ``base_lr`` is the learning rate for a batch of 256; the run uses
+    ``base_lr * batch_size / 256`` (the linear scaling rule, Goyal et al. 2017).
+    """
+
+    optimizer: str = "sgd"
+    base_lr: float = 0.05
+    weight_decay: float = 1e-4
+    sgd_momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    augmentation: str = "simclr"
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        _positive("base_lr", self.base_lr)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("warmup_epochs", self.warmup_epochs)
+        if not 0 <= self.sgd_momentum < 1:
+            raise ConfigError(f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run needs besides the method's own hyper-parameters."""
+
+    method: str
+    dataset: str = "cifar10"
+    data: str | None = None
+    backbone: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 256
+    subset: int | None = None
+    seed: int = 0
+    time_budget: float | None = None
+    checkpoint_every: int = 10
+    knn_every: int = 0
+    precision: str = "bf16"
+    channels_last: bool = True
+    device: str = "auto"
+    method_config: MethodConfig = field(default_factory=MethodConfig)
+
+    def validate(self) -> None:
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be at least 2: contrastive losses need negatives in the batch")
+        if self.subset is not None:
+            _positive("subset", self.subset)
+        if self.time_budget is not None:
+            _positive("time_budget", self.time_budget)
+        _non_negative("checkpoint_every", self.checkpoint_every)
+        _non_negative("knn_every", self.knn_every)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.method_config.validate()
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate after linear scaling with the batch size."""
+        return self.method_config.base_lr * self.batch_size / 256
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form stored with a run; :func:`build_config` reverses it."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "method_config"}
+        flat.update(dataclasses.asdict(self.method_config))
+        return flat
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def common_field_names() -> list[str]:
+    return [f.name for f in fields(PretrainConfig) if f.name not in ("method", "method_config")]
+
+
+def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> PretrainConfig:
+    """Build and validate a run config from a method name and flat overrides.
+
+    Keys may name a :class:`PretrainConfig` field or a field of the method's config.
+    An unknown key raises :class:`ConfigError` listing the valid ones.
+    """
+    from cssl_core.methods import get_method
+
+    spec = get_method(method)
+    overrides = dict(overrides or {})
+    overrides.pop("method", None)
+    common = {f.name: f for f in fields(PretrainConfig) if f.name not in ("method", "method_config")}
+    specific = {f.name: f for f in fields(spec.config_cls)}
+    unknown = sorted(set(overrides) - set(common) - set(specific))
+    if unknown:
+        valid = ", ".join(sorted(set(common) | set(specific)))
+        raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid options: {valid}")
+    method_kwargs = {k: _coerce(specific[k], v) for k, v in overrides.items() if k in specific}
+    common_kwargs = {k: _coerce(common[k], v) for k, v in overrides.items() if k in common}
+    try:
+        config = PretrainConfig(method=spec.name, method_config=spec.config_cls(**method_kwargs), **common_kwargs)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+    config.validate()
+    return config
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Coerce a JSON or command-line value to the field's declared type."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    optional = "None" in kind
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{f.name} may not be null")
+    base = kind.replace("| None", "").replace("None |", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError
+            return out
+        if base == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if base.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return tuple(float(v) if "float" in base else int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{f.name} must be of type {base}, got {value!r}") from None
+    return value
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name} must be zero or positive, got {value}")

@@ -1,0 +1,20 @@
+"""NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (arXiv 2002.05709, Sec. 2.1, Alg. 1)."""
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Loss over the 2N views of a batch.
+
+    z1, z2: (N, D) projections of two views of the same N images (normalised inside).
+    Each of the 2N views is an anchor whose positive is its pair and whose negatives are the
+    other 2N - 2 views. Returns the mean over the 2N anchors (a scalar).
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D)
+    logits = z @ z.T / temperature  # (2N, 2N) cosine similarities / T
+    # An anchor is not its own negative: drop the diagonal from the softmax.
+    logits.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)

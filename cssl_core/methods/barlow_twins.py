@@ -1,0 +1,54 @@
+"""Barlow Twins: redundancy reduction between the embeddings of two views (Zbontar et al., arXiv 2103.03230)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cssl_core.config import MethodConfig
+from cssl_core.losses import barlow_twins
+from cssl_core.methods import register
+from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.heads import mlp
+
+
+@dataclass
+class BarlowTwinsConfig(MethodConfig):
+    # Sec. 4 / App.: LARS, lr 0.2 x batch/256 (biases and BN 0.0048), weight decay 1.5e-6,
+    # 10 warmup epochs, lambda 0.0051, 3-layer projector of 8192 units.
+    optimizer: str = "lars"
+    base_lr: float = 0.2
+    weight_decay: float = 1.5e-6
+    warmup_epochs: float = 10.0
+    augmentation: str = "byol"
+    lambd: float = 0.0051
+    projector_layers: int = 3
+    projector_dim: int = 8192
+    bias_lr_ratio: float = 0.024  # 0.0048 / 0.2
+
+
+@register
+class BarlowTwins(Method):
+    name = "barlow_twins"
+    paper = "Barlow Twins: Self-Supervised Learning via Redundancy Reduction (Zbontar et al., 2021)"
+    arxiv = "2103.03230"
+    config_cls = BarlowTwinsConfig
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: BarlowTwinsConfig):
+        super().__init__(backbone, feature_dim, config)
+        self.projector = mlp(feature_dim, config.projector_dim, config.projector_dim, num_layers=config.projector_layers)
+
+    def parameter_groups(self) -> list[dict]:
+        groups = super().parameter_groups()
+        for g in groups:
+            if g.get("lars_exclude"):
+                g["lr_scale"] = self.config.bias_lr_ratio
+        return groups
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        x1, x2 = views[:2]
+        n = x1.shape[0]
+        z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2N, projector_dim)
+        return StepOutput(loss=barlow_twins(z[:n], z[n:], self.config.lambd))

@@ -1,0 +1,65 @@
+"""BYOL: bootstrap your own latent (Grill et al., arXiv 2006.07733).
+
+An online network (backbone, projector, predictor) predicts a target network's projection of
+the other view; the target is an EMA of the online backbone and projector (Sec. 3.1), its
+momentum raised from ``momentum`` to 1 along a cosine (Sec. 3.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cssl_core.config import MethodConfig
+from cssl_core.losses import negative_cosine
+from cssl_core.methods import register
+from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    # Sec. 3.2 / App. C: LARS, lr 0.2 x batch/256, weight decay 1.5e-6, 10 warmup epochs, tau_base 0.996.
+    optimizer: str = "lars"
+    base_lr: float = 0.2
+    weight_decay: float = 1.5e-6
+    warmup_epochs: float = 10.0
+    augmentation: str = "byol"
+    momentum: float = 0.996
+    momentum_cosine: bool = True
+    projector_hidden_dim: int = 4096
+    projector_dim: int = 256
+    predictor_hidden_dim: int = 4096
+
+
+@register
+class BYOL(Method):
+    name = "byol"
+    paper = "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning (Grill et al., 2020)"
+    arxiv = "2006.07733"
+    config_cls = BYOLConfig
+    uses_momentum_encoder = True
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: BYOLConfig):
+        super().__init__(backbone, feature_dim, config)
+        self.projector = mlp(feature_dim, config.projector_hidden_dim, config.projector_dim)
+        self.predictor = mlp(config.projector_dim, config.predictor_hidden_dim, config.projector_dim)
+        self.online = nn.Sequential(self.backbone, self.projector)
+        self.target = momentum_copy(self.online)
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        ema_update(self.online, self.target, momentum)
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        x1, x2 = views[:2]
+        n = x1.shape[0]
+        x = torch.cat([x1, x2])
+        p = self.predictor(self.online(x))  # (2N, projector_dim)
+        with torch.no_grad():
+            z = self.target(x)  # (2N, projector_dim), no gradient to the target
+        # Eq. 2 symmetrised: ||p1 - z2||^2 + ||p2 - z1||^2 on unit vectors = 4 - 2 cos - 2 cos.
+        loss = 4 + 2 * negative_cosine(p[:n], z[n:]) + 2 * negative_cosine(p[n:], z[:n])
+        return StepOutput(loss=loss)

@@ -1,0 +1,104 @@
+"""MoCo: momentum contrast (He et al., arXiv 1911.05722; v2: Chen et al., arXiv 2003.04297).
+
+A query encoder is trained against keys from a momentum (EMA) copy of itself; negatives come
+from a queue of earlier keys (Alg. 1). v2 adds an MLP head, stronger augmentation and blur;
+v1 is the linear-head, weak-augmentation variant (``mocov1``).
+
+Shuffling BN (Sec. 3.3) needs several devices; in one process the keys' BN statistics come
+from the key batch alone, which the v2 report shows is the leak-prone case only at large
+batch per device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from cssl_core.config import MethodConfig
+from cssl_core.losses import info_nce
+from cssl_core.methods import register
+from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+
+
+@dataclass
+class MoCoV2Config(MethodConfig):
+    # v2 report, Sec. 3: SGD lr 0.03 at batch 256, weight decay 1e-4, cosine schedule, T = 0.2, K = 65536, m = 0.999.
+    optimizer: str = "sgd"
+    base_lr: float = 0.03
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    augmentation: str = "mocov2"
+    temperature: float = 0.2
+    queue_size: int = 65536
+    momentum: float = 0.999
+    momentum_cosine: bool = False
+    mlp_head: bool = True
+    head_dim: int = 128
+    symmetric: bool = False  # symmetrised loss: both views act as query and key
+
+
+@dataclass
+class MoCoV1Config(MoCoV2Config):
+    # v1, Sec. 4: linear head, T = 0.07, weak augmentation (no blur), lr 0.03 at batch 256.
+    augmentation: str = "mocov1"
+    temperature: float = 0.07
+    mlp_head: bool = False
+
+
+@register
+class MoCoV2(Method):
+    name = "mocov2"
+    paper = "Improved Baselines with Momentum Contrastive Learning (Chen et al., 2020)"
+    arxiv = "2003.04297"
+    config_cls = MoCoV2Config
+    uses_momentum_encoder = True
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV2Config):
+        super().__init__(backbone, feature_dim, config)
+        layers = 2 if config.mlp_head else 1
+        self.head = mlp(feature_dim, feature_dim, config.head_dim, num_layers=layers)
+        self.encoder_q = nn.Sequential(self.backbone, self.head)
+        self.encoder_k = momentum_copy(self.encoder_q)
+        self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.head_dim), dim=1))  # (K, D)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        ema_update(self.encoder_q, self.encoder_k, momentum)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        # Oldest keys are overwritten first; the ring wraps when K is not a multiple of N.
+        k = keys.shape[0]
+        idx = (self.queue_ptr + torch.arange(k, device=keys.device)) % self.queue.shape[0]
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + k) % self.queue.shape[0])
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        x1, x2 = views[:2]
+        cfg = self.config
+        with torch.no_grad():  # no gradient to keys
+            k = F.normalize(self.encoder_k(torch.cat([x2, x1]) if cfg.symmetric else x2).float(), dim=1)
+        if cfg.symmetric:
+            n = x1.shape[0]
+            q = self.encoder_q(torch.cat([x1, x2]))
+            loss = 0.5 * (info_nce(q[:n], k[:n], self.queue, cfg.temperature)
+                          + info_nce(q[n:], k[n:], self.queue, cfg.temperature))
+            self._enqueue(k[:n])
+        else:
+            q = self.encoder_q(x1)
+            loss = info_nce(q, k, self.queue, cfg.temperature)
+            self._enqueue(k)
+        return StepOutput(loss=loss)
+
+
+@register
+class MoCoV1(MoCoV2):
+    name = "mocov1"
+    paper = "Momentum Contrast for Unsupervised Visual Representation Learning (He et al., 2019)"
+    arxiv = "1911.05722"
+    config_cls = MoCoV1Config

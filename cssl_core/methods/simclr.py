@@ -1,0 +1,53 @@
+"""SimCLR: a simple framework for contrastive learning (Chen et al., arXiv 2002.05709).
+
+v1 uses a 2-layer projector (Sec. 2.1); v2 (arXiv 2006.10029, Sec. 2) a deeper, 3-layer one:
+set ``projector_layers=3``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cssl_core.config import MethodConfig
+from cssl_core.losses import nt_xent
+from cssl_core.methods import register
+from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.heads import mlp
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    # App. B.1: LARS, lr = 0.3 x batch/256, weight decay 1e-6, 10 warmup epochs; T = 0.5 on CIFAR-10 (App. B.9).
+    optimizer: str = "lars"
+    base_lr: float = 0.3
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 10.0
+    augmentation: str = "simclr"
+    temperature: float = 0.5
+    projector_layers: int = 2
+    projector_hidden_dim: int | None = None  # None: the backbone's feature dimension, as in the paper
+    projector_dim: int = 128
+
+
+@register
+class SimCLR(Method):
+    name = "simclr"
+    paper = "A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)"
+    arxiv = "2002.05709"
+    config_cls = SimCLRConfig
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: SimCLRConfig):
+        super().__init__(backbone, feature_dim, config)
+        hidden = config.projector_hidden_dim or feature_dim
+        self.projector = mlp(feature_dim, hidden, config.projector_dim, num_layers=config.projector_layers)
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        x1, x2 = views[:2]
+        n = x1.shape[0]
+        # One pass over both views: BN statistics span the 2N images, as in the paper's large batches.
+        z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2N, projector_dim)
+        loss = nt_xent(z[:n], z[n:], self.config.temperature)
+        return StepOutput(loss=loss)

@@ -1,0 +1,65 @@
+"""SimSiam: Siamese networks without negatives or momentum (Chen & He, arXiv 2011.10566).
+
+``D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2`` with D the negative cosine (Alg. 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cssl_core.config import MethodConfig
+from cssl_core.losses import negative_cosine
+from cssl_core.methods import register
+from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.heads import mlp
+
+
+@dataclass
+class SimSiamConfig(MethodConfig):
+    # Sec. 4 / App. A: SGD lr 0.05 x batch/256, weight decay 1e-4, momentum 0.9, cosine, no warmup;
+    # predictor at a fixed lr (Sec. 4.2). CIFAR (App. D): 2-layer projector of dim 2048.
+    optimizer: str = "sgd"
+    base_lr: float = 0.05
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    augmentation: str = "simclr"
+    projector_layers: int = 3
+    projector_dim: int = 2048
+    predictor_hidden_dim: int = 512
+    fixed_predictor_lr: bool = True
+
+
+@register
+class SimSiam(Method):
+    name = "simsiam"
+    paper = "Exploring Simple Siamese Representation Learning (Chen & He, 2020)"
+    arxiv = "2011.10566"
+    config_cls = SimSiamConfig
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig):
+        super().__init__(backbone, feature_dim, config)
+        # BN on every projector layer, the output BN without affine (Sec. 4, "Projection MLP").
+        self.projector = mlp(feature_dim, config.projector_dim, config.projector_dim,
+                             num_layers=config.projector_layers, last_bn=True, last_bn_affine=False)
+        self.predictor = mlp(config.projector_dim, config.predictor_hidden_dim, config.projector_dim)
+
+    def parameter_groups(self) -> list[dict]:
+        groups = super().parameter_groups()
+        if self.config.fixed_predictor_lr:
+            predictor = {id(p) for p in self.predictor.parameters()}
+            for g in groups:
+                g["params"] = [p for p in g["params"] if id(p) not in predictor]
+            groups.append({"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True})
+        return groups
+
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        x1, x2 = views[:2]
+        n = x1.shape[0]
+        z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2N, projector_dim)
+        p = self.predictor(z)
+        z1, z2 = z[:n].detach(), z[n:].detach()  # stop-gradient on the targets
+        loss = 0.5 * negative_cosine(p[:n], z2) + 0.5 * negative_cosine(p[n:], z1)
+        return StepOutput(loss=loss, stats={"z_std": float(torch.nn.functional.normalize(z1.float(), dim=1).std(0).mean())})

@@ -1,0 +1,81 @@
+"""Checkpoints: everything needed to resume a run exactly, and to evaluate or export its backbone."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cssl_core.errors import CheckpointError
+
+FORMAT = "cssl-checkpoint/1"
+
+
+@dataclass
+class CheckpointInfo:
+    """A checkpoint written by :func:`cssl_core.train.pretrain`."""
+
+    path: Path
+    epoch: int  # completed epochs
+    step: int
+    final: bool
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds on a truncated or foreign file
+        raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cssl checkpoint (expected format {FORMAT})")
+    return state
+
+
+def backbone_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The backbone's weights, under the key names of the bare backbone module."""
+    prefix = "backbone."
+    return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+
+
+def build_backbone_from_checkpoint(state: dict[str, Any]) -> nn.Module:
+    from cssl_core.backbones import build_backbone
+
+    backbone, _ = build_backbone(state["config"]["backbone"], state["image_size"])
+    backbone.load_state_dict(backbone_state_dict(state))
+    return backbone
+
+
+def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the backbone as a plain ``state_dict``.
+
+    For ResNets the keys are torchvision's: load it into ``torchvision.models.resnet18()``
+    with ``fc`` replaced by ``nn.Identity()`` (and, for inputs of 64 px or less, the CIFAR
+    stem: ``conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)``, ``maxpool = nn.Identity()``).
+    """
+    state = load_checkpoint(checkpoint)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(backbone_state_dict(state), out)
+    return out
