@@ -1,0 +1,120 @@
+"""Evaluation protocols on frozen backbones: weighted kNN and a linear probe."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cssl_core.errors import ConfigError
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.knn import knn_predict, knn_scores
+from cssl_core.evaluation.linear import LinearProbeParams, linear_probe_logits, train_linear_probe
+
+PROTOCOLS = ("knn", "linear")
+
+
+@dataclass
+class KnnParams:
+    k: int = 200
+    temperature: float = 0.1
+
+
+@dataclass
+class EvalResult:
+    """Accuracies in percent on the dataset's test split, with the protocol's parameters."""
+
+    protocol: str
+    top1: float
+    top5: float | None
+    parameters: dict[str, Any]
+    dataset: str
+    num_train: int
+    num_test: int
+    epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, float | None]:
+    top1 = (scores.argmax(1) == labels).float().mean().item() * 100
+    if scores.shape[1] < 5:
+        return top1, None
+    top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item() * 100
+    return top1, top5
+
+
+def _params(cls: type, overrides: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return cls(**overrides)
+
+
+def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[float], std: list[float],
+                      device: torch.device, **params: Any) -> EvalResult:
+    """Evaluate ``backbone`` on ``data`` (an ImageDataset): train split as bank / probe set, test split scored."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+    train, test = data.train, data.test
+    labelled = train.labels >= 0
+    train_images, train_labels = train.images[labelled], train.labels[labelled]
+    train_features = extract_features(backbone, train_images, mean, std, device)
+    test_features = extract_features(backbone, test.images, mean, std, device)
+    num_classes = len(data.classes)
+    if protocol == "knn":
+        p = _params(KnnParams, params)
+        scores = knn_scores(train_features, train_labels, test_features, num_classes, p.k, p.temperature)
+    else:
+        p = _params(LinearProbeParams, params)
+        layer, f_mean, f_std = train_linear_probe(train_features, train_labels, num_classes, p)
+        scores = linear_probe_logits(layer, f_mean, f_std, test_features)
+    top1, top5 = _topk_accuracy(scores, test.labels)
+    return EvalResult(protocol=protocol, top1=top1, top5=top5, parameters=dataclasses.asdict(p),
+                      dataset=data.name, num_train=len(train_labels), num_test=len(test.labels))
+
+
+def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str | None = None,
+                        data: str | None = None, device: str = "auto", random_init: bool = False,
+                        **params: Any) -> EvalResult:
+    """Evaluate a checkpoint's backbone; by default on its pretraining dataset's full train and test splits.
+
+    ``random_init=True`` evaluates the same architecture at its random initialisation (same
+    seed), the baseline a pretrained backbone should beat.
+    """
+    from cssl_core.backbones import build_backbone
+    from cssl_core.data import load_dataset
+    from cssl_core.train.checkpoint import build_backbone_from_checkpoint, load_checkpoint
+    from cssl_core.train.loop import resolve_device
+
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    name = dataset or config["dataset"]
+    path = data if (data or dataset) else config["data"]
+    images = load_dataset(name, path, image_size=state["image_size"])
+    if images.image_size != state["image_size"]:
+        raise ConfigError(f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "
+                          f"{state['image_size']}px; evaluate on a dataset of that size")
+    if random_init:
+        torch.manual_seed(config["seed"])
+        backbone, _ = build_backbone(config["backbone"], state["image_size"])
+    else:
+        backbone = build_backbone_from_checkpoint(state)
+    dev = resolve_device(device)
+    backbone = backbone.to(dev).to(memory_format=torch.channels_last)
+    norm = state["normalization"]
+    result = evaluate_backbone(backbone, images, protocol, mean=norm["mean"], std=norm["std"], device=dev, **params)
+    result.epoch = state["step"] // state["steps_per_epoch"]
+    result.extra["random_init"] = random_init
+    return result
+
+
+__all__ = ["EvalResult", "KnnParams", "LinearProbeParams", "PROTOCOLS", "evaluate_backbone", "evaluate_checkpoint",
+           "extract_features", "knn_predict", "knn_scores"]
