@@ -2,7 +2,10 @@
 
 import torch
 
+from cssl_core.losses.precision import full_precision
 
+
+@full_precision
 def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051) -> torch.Tensor:
     """z1, z2: (N, D) embeddings of two views.
 

@@ -3,7 +3,10 @@
 import torch
 import torch.nn.functional as F
 
+from cssl_core.losses.precision import full_precision
 
+
+@full_precision
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
     """q: (N, D) queries; k: (N, D) keys (their positives); queue: (K, D) negatives.
 

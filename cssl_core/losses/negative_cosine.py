@@ -4,7 +4,10 @@ and, up to a constant, BYOL's normalised MSE (arXiv 2006.07733, Eq. 2: ``2 - 2 c
 import torch
 import torch.nn.functional as F
 
+from cssl_core.losses.precision import full_precision
 
+
+@full_precision
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """p: (N, D) predictions; z: (N, D) targets. Returns ``-cos(p, z).mean()``.
 

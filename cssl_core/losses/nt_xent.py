@@ -3,7 +3,10 @@
 import torch
 import torch.nn.functional as F
 
+from cssl_core.losses.precision import full_precision
 
+
+@full_precision
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """Loss over the 2N views of a batch.
 
