@@ -1,0 +1,49 @@
+"""The FastAPI application: ``uvicorn --factory api.main:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import artifacts, catalog, health, jobs
+from api.routes.health import AUTH_OFF_WARNING
+from store.db import session_factory
+from store.settings import Settings, get_settings
+from worker.app import make_celery
+from worker.sweeper import Sweeper
+
+log = logging.getLogger("cssl.api")
+
+DESCRIPTION = """
+Submit, run, watch, cancel and evaluate self-supervised pretraining jobs.
+
+Every request but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
+(`cssl token create --owner NAME`). Errors are `application/problem+json` (RFC 9457).
+"""
+
+
+def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.auth_disabled:
+            log.warning(AUTH_OFF_WARNING)
+        sweeper = Sweeper(app.state.celery, settings) if sweep else None
+        if sweeper:
+            sweeper.start()
+        yield
+        if sweeper:
+            sweeper.stop()
+
+    app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.sessions = session_factory(settings.database_url)
+    app.state.celery = make_celery(settings)
+    problems.install(app)
+    for module in (jobs, artifacts, catalog, health):
+        app.include_router(module.router)
+    return app

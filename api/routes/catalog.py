@@ -1,0 +1,46 @@
+"""/v1/methods and /v1/datasets, resolved through cssl_core's registries."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from fastapi import APIRouter
+from pydantic import TypeAdapter
+
+from api.deps import CurrentOwner
+from api.schemas import DatasetInfo, MethodPublic
+from cssl_core.config import build_config
+from cssl_core.data import describe_datasets
+from cssl_core.methods import get_method, method_names
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+
+@functools.cache
+def _methods() -> list[MethodPublic]:
+    out = []
+    for name in method_names():
+        method = get_method(name)
+        defaults = build_config(name, {}).to_dict()
+        defaults.pop("method", None)
+        out.append(
+            MethodPublic(
+                name=method.name,
+                paper=method.paper,
+                arxiv=getattr(method, "arxiv", None),
+                defaults=defaults,
+                config_schema=TypeAdapter(method.config_cls).json_schema(),
+            )
+        )
+    return out
+
+
+@router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")
+def list_methods(_: CurrentOwner) -> list[MethodPublic]:
+    return _methods()
+
+
+@router.get("/datasets", response_model=list[DatasetInfo], summary="Data sets a job can name")
+def list_datasets(_: CurrentOwner) -> list[DatasetInfo]:
+    return [DatasetInfo(**{k: d.get(k) for k in DatasetInfo.model_fields}) for d in describe_datasets()]

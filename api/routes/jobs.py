@@ -1,0 +1,166 @@
+"""/v1/jobs: submit, list, read, cancel, and follow jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from api import events, submission
+from api.deps import CeleryDep, CurrentOwner, SessionDep, SettingsDep
+from api.problems import ProblemError
+from api.schemas import EVAL_EXAMPLE, PRETRAIN_EXAMPLE, JobCreate, JobKind, JobList, JobMetrics, JobPublic, JobStatus, Problem
+from api.views import job_public
+from store import jobs, records
+from store.models import Job
+from worker.sweeper import try_publish
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"model": Problem, "description": "No such job for this token's owner"}}
+
+
+def _owned_job(session, job_id: str, owner: str) -> Job:
+    job = jobs.get_job(session, job_id, owner)
+    if job is None:
+        raise ProblemError(404, f"no job {job_id}; list yours with GET /v1/jobs")
+    return job
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses={422: {"model": Problem, "description": "A field is invalid; `errors` names each one"}},
+    summary="Submit a pretraining or evaluation job",
+)
+def submit_job(
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    body: Annotated[
+        JobCreate,
+        Body(openapi_examples={"pretrain": {"value": PRETRAIN_EXAMPLE}, "eval": {"value": EVAL_EXAMPLE}}),
+    ],
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="Retry safely: the same key and body returns the first job"),
+    ] = None,
+) -> JobPublic:
+    new = submission.resolve(session, owner, body)
+    try:
+        job, created = jobs.create_job(
+            session, owner, new, idempotency_key=idempotency_key, request_hash=submission.request_hash(body)
+        )
+    except jobs.IdempotencyConflict as conflict:
+        raise ProblemError(
+            422,
+            f"Idempotency-Key {idempotency_key!r} was used for job {conflict.job.id} with another body; "
+            "use a new key for a new job",
+            title="Idempotency key reused",
+            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "used before with another body", "type": "idempotency_conflict"}],
+        ) from None
+    # The row must be committed before a worker can claim it.
+    session.commit()
+    if created:
+        if try_publish(celery, settings, job.id, job.priority):
+            jobs.mark_published(session, job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_public(job)
+
+
+@router.get("", response_model=JobList, summary="List your jobs, newest first")
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    owner: CurrentOwner,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    method: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    rows, more = jobs.list_jobs(session, owner, status=status, kind=kind, method=method, limit=limit, offset=offset)
+    next_page = str(request.url.include_query_params(offset=offset + limit, limit=limit)) if more else None
+    return JobList(items=[job_public(job) for job in rows], next=next_page)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="A job's status, progress and latest metrics")
+def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    return job_public(_owned_job(session, job_id, owner))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 409: {"model": Problem, "description": "The job has already finished"}},
+    summary="Cancel: a queued job never runs; a running one stops at its next step and keeps its checkpoint",
+)
+def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    job = _owned_job(session, job_id, owner)
+    if job.status in ("succeeded", "failed"):
+        raise ProblemError(409, f"job {job_id} has already {job.status}; there is nothing to cancel")
+    return job_public(jobs.request_cancel(session, job))
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics")
+def get_metrics(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobMetrics:
+    job = _owned_job(session, job_id, owner)
+    return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id))
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={
+        **NOT_FOUND,
+        200: {
+            "content": {"text/event-stream": {"example": 'id: 7\nevent: progress\ndata: {"epoch":0,"step":10,...}\n\n'}},
+            "description": "Events `state`, `progress`, `checkpoint`, `evaluation`, `cancel_requested`; "
+            "the stream ends with `end` once the job has finished",
+        },
+    },
+    response_class=StreamingResponse,
+    summary="Server-Sent Events: progress and state changes as they happen",
+)
+def get_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    owner: CurrentOwner,
+    last_event_id: Annotated[int | None, Header(description="Resume after this event id")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID, for clients that cannot set headers")] = None,
+) -> StreamingResponse:
+    job = _owned_job(session, job_id, owner)
+    start = last_event_id if last_event_id is not None else (after or 0)
+    return StreamingResponse(
+        events.stream(request, request.app.state.sessions, job.id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={**NOT_FOUND, 200: {"content": {"text/plain": {}}}},
+    summary="The worker's log for this job",
+)
+def get_logs(
+    job_id: str,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    tail: Annotated[int | None, Query(ge=1, description="Only the last N lines")] = None,
+) -> PlainTextResponse:
+    job = _owned_job(session, job_id, owner)
+    path = settings.artifact_root / "jobs" / job.id / "job.log"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    if tail is not None:
+        text = "".join(text.splitlines(keepends=True)[-tail:])
+    return PlainTextResponse(text)

@@ -1,0 +1,205 @@
+"""Request and response shapes of the HTTP API (the tables are in ``store/models.py``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+JobKind = Literal["pretrain", "eval"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Protocol = Literal["knn", "linear"]
+
+PRETRAIN_EXAMPLE = {
+    "kind": "pretrain",
+    "method": "simclr",
+    "dataset": {"name": "cifar10", "path": "/data/cifar10-jpeg.tar.gz"},
+    "config": {"epochs": 200, "backbone": "resnet18", "batch_size": 512},
+    "evaluate": ["knn", "linear"],
+    "priority": 5,
+}
+EVAL_EXAMPLE = {"kind": "eval", "job": "9f1c2e7a5b3d4e6f8a0b1c2d3e4f5a6b", "evaluate": ["linear"], "config": {"linear": {"epochs": 50}}}
+
+
+class DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A name from GET /v1/datasets", examples=["cifar10"])
+    path: str | None = Field(None, description="Where the data lies on the workers, for data sets that need one")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Data options that are config keys, e.g. {\"subset\": 5000}",
+        examples=[{"subset": 5000}],
+    )
+
+
+class JobCreate(BaseModel):
+    """A pretraining job (method + dataset + config), or an evaluation of a checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PRETRAIN_EXAMPLE, EVAL_EXAMPLE]})
+
+    kind: JobKind = "pretrain"
+    method: str | None = Field(None, description="Pretrain: a name from GET /v1/methods")
+    dataset: DatasetSpec | None = Field(None, description="Pretrain: required. Eval: defaults to the pretraining data")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pretrain: overrides of the method's config, with the CLI's option names (see "
+        "GET /v1/methods). Eval: `device` and per-protocol parameters, e.g. {\"knn\": {\"k\": 200}}",
+    )
+    evaluate: list[Protocol] | None = Field(
+        None, description="Protocols to run on the final checkpoint; default knn and linear; [] for none"
+    )
+    checkpoint: int | None = Field(None, description="Eval: the checkpoint to evaluate")
+    job: str | None = Field(None, description="Eval: a succeeded pretrain job whose final checkpoint to evaluate")
+    priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest)")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "JobCreate":
+        if self.kind == "pretrain":
+            missing = [name for name in ("method", "dataset") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"a pretrain job needs {' and '.join(missing)}")
+            if self.checkpoint is not None or self.job is not None:
+                raise ValueError("checkpoint and job belong to eval jobs; a pretrain job starts from scratch")
+        elif (self.checkpoint is None) == (self.job is None):
+            raise ValueError("an eval job names exactly one of checkpoint (an id) or job (a succeeded pretrain job)")
+        return self
+
+
+class Progress(BaseModel):
+    epoch: int = Field(description="0-based epoch in progress")
+    epochs: int
+    step: int = Field(description="optimiser steps done")
+    total_steps: int
+    loss: float | None = None
+    lr: float | None = None
+    images_per_second: float | None = None
+    elapsed: float | None = Field(None, description="training seconds so far")
+
+
+class Timings(BaseModel):
+    created_at: datetime
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None
+    queued_seconds: float | None = Field(None, description="from submission to the first start")
+    run_seconds: float | None = Field(None, description="from the first start to the end, or to now")
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    metrics: str
+    logs: str
+    checkpoints: str
+    evaluations: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    method: str
+    dataset: DatasetPublic
+    config: dict[str, Any] = Field(description="The full resolved config, enough to reproduce the run")
+    evaluate: list[Protocol]
+    priority: int
+    checkpoint: int | None = Field(None, description="Eval jobs: the checkpoint evaluated")
+    attempt: int = Field(description="1 on the first run; more after a worker was lost")
+    worker: str | None = None
+    cancel_requested: bool
+    error: str | None = Field(None, description="Why the job failed, and what to change")
+    progress: Progress | None = None
+    latest_metrics: dict[str, float | None] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    timings: Timings
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next: str | None = Field(None, description="The next page, or null")
+
+
+class MetricPoint(BaseModel):
+    step: int | None
+    epoch: int
+    value: float | None
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    series: dict[str, list[MetricPoint]] = Field(
+        description="loss, lr, images_per_second, the method's statistics per step; knn_top1 per evaluation epoch"
+    )
+
+
+class CheckpointPublic(BaseModel):
+    id: int
+    job_id: str
+    epoch: int = Field(description="completed epochs")
+    step: int
+    final: bool
+    size_bytes: int
+    created_at: datetime
+    download: str
+
+
+class EvaluationPublic(BaseModel):
+    id: int
+    job_id: str
+    checkpoint_id: int | None = Field(None, description="null for periodic kNN during training")
+    protocol: Protocol
+    top1: float = Field(description="percent")
+    top5: float | None = None
+    epoch: int | None = Field(None, description="epochs of training the backbone had")
+    dataset: str
+    parameters: dict[str, Any]
+    num_train: int
+    num_test: int
+    created_at: datetime
+
+
+class MethodPublic(BaseModel):
+    name: str
+    paper: str
+    arxiv: str | None = None
+    defaults: dict[str, Any] = Field(description="Every config key with its default, for this method")
+    config_schema: dict[str, Any] = Field(description="JSON schema of the method's own config")
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    description: str
+    needs_path: bool
+    image_size: int | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    database: str
+    broker: str
+    mode: Literal["embedded", "production"]
+    authentication: Literal["on", "off"]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(None, description="422: one entry per bad field, with its loc")

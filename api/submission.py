@@ -1,0 +1,143 @@
+"""Turn a :class:`JobCreate` into a :class:`store.jobs.NewJob`, validated against cssl_core's
+registry and typed configs, so a bad submission is a 422 now rather than a failed job later."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from api.problems import field_error, invalid
+from api.schemas import JobCreate
+from cssl_core.config import build_config, common_field_names
+from cssl_core.data import describe_datasets
+from cssl_core.errors import ConfigError
+from cssl_core.evaluation import KnnParams, LinearProbeParams
+from cssl_core.methods import get_method
+from store import jobs, records
+from store.jobs import NewJob
+
+DEFAULT_PROTOCOLS = ["knn", "linear"]
+# Set through `dataset`, not through `config`.
+DATASET_KEYS = ("dataset", "data")
+EVAL_CONFIG_KEYS = ("device", "knn", "linear")
+PROTOCOL_PARAMS = {"knn": KnnParams, "linear": LinearProbeParams}
+
+
+def request_hash(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def resolve(session: Session, owner: str, body: JobCreate) -> NewJob:
+    protocols = list(dict.fromkeys(DEFAULT_PROTOCOLS if body.evaluate is None else body.evaluate))
+    if body.kind == "pretrain":
+        return _pretrain(body, protocols)
+    return _eval(session, owner, body, protocols)
+
+
+def _pretrain(body: JobCreate, protocols: list[str]) -> NewJob:
+    errors = []
+    try:
+        method = get_method(body.method)
+    except ConfigError as exc:
+        raise invalid([field_error(["body", "method"], str(exc))]) from None
+    dataset_name, dataset_path = _check_dataset(body, errors)
+
+    valid_keys = set(common_field_names()) | {f.name for f in dataclasses.fields(method.config_cls)}
+    overrides = dict(body.config)
+    for key in body.config:
+        if key in DATASET_KEYS or key == "method":
+            errors.append(field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config"))
+        elif key not in valid_keys:
+            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}; valid options: {', '.join(sorted(valid_keys - set(DATASET_KEYS)))}"))
+    for key, value in body.dataset.options.items():
+        if key not in valid_keys or key in DATASET_KEYS:
+            errors.append(field_error(["body", "dataset", "options", key], "unknown data option; data options are config keys such as subset"))
+        elif key in body.config and body.config[key] != value:
+            errors.append(field_error(["body", "dataset", "options", key], f"conflicts with config.{key}"))
+        else:
+            overrides[key] = value
+    if errors:
+        raise invalid(errors)
+
+    overrides.update(dataset=dataset_name, data=dataset_path)
+    try:
+        config = build_config(method.name, overrides)
+    except ConfigError as exc:
+        message = str(exc)
+        key = message.split(" ", 1)[0]
+        loc = ["body", "config", key] if key in valid_keys else ["body", "config"]
+        raise invalid([field_error(loc, message)]) from None
+    return NewJob(
+        kind="pretrain",
+        method=method.name,
+        dataset=dataset_name,
+        dataset_path=dataset_path,
+        config=config.to_dict(),
+        evaluate=protocols,
+        priority=body.priority,
+    )
+
+
+def _check_dataset(body: JobCreate, errors: list) -> tuple[str, str | None]:
+    catalog = {d["name"]: d for d in describe_datasets()}
+    name, path = body.dataset.name, body.dataset.path
+    info = catalog.get(name)
+    if info is None:
+        errors.append(field_error(["body", "dataset", "name"], f"unknown data set {name!r}; known: {', '.join(sorted(catalog))}"))
+    elif info.get("needs_path") and not path:
+        errors.append(field_error(["body", "dataset", "path"], f"the data set {name!r} needs a path on the workers, e.g. /data/cifar10-jpeg.tar.gz"))
+    if path and not Path(path).exists():
+        errors.append(field_error(["body", "dataset", "path"], f"{path} does not exist on the service; give a path the workers can read"))
+    return name, path or None
+
+
+def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -> NewJob:
+    errors = []
+    if not protocols:
+        errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: knn or linear"))
+    for key, value in body.config.items():
+        if key not in EVAL_CONFIG_KEYS:
+            errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(EVAL_CONFIG_KEYS)}"))
+        elif key != "device" and not isinstance(value, dict):
+            errors.append(field_error(["body", "config", key], f"{key} takes an object of protocol parameters, e.g. {{\"k\": 200}}"))
+        elif key != "device":
+            valid = {f.name for f in dataclasses.fields(PROTOCOL_PARAMS[key])}
+            for name in sorted(set(value) - valid):
+                errors.append(field_error(["body", "config", key, name], f"unknown {key} parameter; valid: {', '.join(sorted(valid))}"))
+
+    if body.checkpoint is not None:
+        checkpoint = records.get_checkpoint(session, body.checkpoint, owner)
+        if checkpoint is None:
+            errors.append(field_error(["body", "checkpoint"], f"no checkpoint {body.checkpoint}; list yours with GET /v1/checkpoints"))
+        source = jobs.get_job(session, checkpoint.job_id) if checkpoint else None
+    else:
+        source = jobs.get_job(session, body.job, owner)
+        checkpoint = None
+        if source is None:
+            errors.append(field_error(["body", "job"], f"no job {body.job}; list yours with GET /v1/jobs"))
+        elif source.kind != "pretrain" or source.status != "succeeded":
+            errors.append(field_error(["body", "job"], f"job {source.id} is a {source.status} {source.kind} job; name a succeeded pretrain job, or a checkpoint"))
+        else:
+            checkpoint = records.latest_checkpoint(session, source.id)
+            if checkpoint is None:
+                errors.append(field_error(["body", "job"], f"job {source.id} recorded no checkpoint"))
+    dataset_name, dataset_path = (source.dataset, source.dataset_path) if source else ("", None)
+    if body.dataset is not None:
+        dataset_name, dataset_path = _check_dataset(body, errors)
+    if errors:
+        raise invalid(errors)
+    return NewJob(
+        kind="eval",
+        method=source.method,
+        dataset=dataset_name,
+        dataset_path=dataset_path,
+        config=dict(body.config),
+        evaluate=protocols,
+        priority=body.priority,
+        source_checkpoint_id=checkpoint.id,
+    )

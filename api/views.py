@@ -1,0 +1,71 @@
+"""Table rows to response models."""
+
+from __future__ import annotations
+
+from store.models import Checkpoint, Evaluation, Job, utcnow
+
+from api.schemas import (
+    CheckpointPublic,
+    DatasetPublic,
+    EvaluationPublic,
+    JobLinks,
+    JobPublic,
+    Progress,
+    Timings,
+)
+
+
+def job_public(job: Job) -> JobPublic:
+    base = f"/v1/jobs/{job.id}"
+    end = job.finished_at or (utcnow() if job.started_at else None)
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        method=job.method,
+        dataset=DatasetPublic(name=job.dataset, path=job.dataset_path),
+        config=job.config,
+        evaluate=job.evaluate,
+        priority=job.priority,
+        checkpoint=job.source_checkpoint_id,
+        attempt=job.attempt,
+        worker=job.worker,
+        cancel_requested=job.cancel_requested,
+        error=job.error,
+        progress=Progress(**job.progress) if job.progress else None,
+        latest_metrics=job.latest_metrics or {},
+        result=job.result,
+        timings=Timings(
+            created_at=job.created_at,
+            started_at=job.started_at,
+            heartbeat_at=job.heartbeat_at,
+            finished_at=job.finished_at,
+            queued_seconds=(job.started_at - job.created_at).total_seconds() if job.started_at else None,
+            run_seconds=(end - job.started_at).total_seconds() if job.started_at and end else None,
+        ),
+        links=JobLinks(
+            self=base,
+            events=f"{base}/events",
+            metrics=f"{base}/metrics",
+            logs=f"{base}/logs",
+            checkpoints=f"/v1/checkpoints?job={job.id}",
+            evaluations=f"/v1/evaluations?job={job.id}",
+        ),
+    )
+
+
+def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic(
+        id=checkpoint.id,
+        job_id=checkpoint.job_id,
+        epoch=checkpoint.epoch,
+        step=checkpoint.step,
+        final=checkpoint.final,
+        size_bytes=checkpoint.size_bytes,
+        created_at=checkpoint.created_at,
+        download=f"/v1/checkpoints/{checkpoint.id}/download",
+    )
+
+
+def evaluation_public(evaluation: Evaluation) -> EvaluationPublic:
+    return EvaluationPublic.model_validate(evaluation, from_attributes=True)

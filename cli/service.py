@@ -1,0 +1,194 @@
+"""Service subcommands: ``serve``, ``api``, ``worker``, ``db`` and ``token``.
+
+``add_service_commands`` registers them on ``cli.main``'s parser. Settings come from the
+environment (``store.settings``); with no ``CSSL_DATABASE_URL``/``CSSL_BROKER_URL`` the
+service is embedded under ``CSSL_STATE_DIR``. Imports stay inside the commands so that
+``cssl pretrain`` does not load the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+
+def add_service_commands(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="run the API and one worker (embedded, or Postgres + Redis from the environment)")
+    _server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("api", help="run the HTTP API alone")
+    _server_options(p)
+    p.set_defaults(func=cmd_api)
+
+    p = subparsers.add_parser("worker", help="run a Celery worker alone")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at once (each in its own process when > 1)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
+    p.set_defaults(func=cmd_worker)
+
+    db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    p = db_sub.add_parser("upgrade", help="migrate to the newest schema (or --revision)")
+    p.add_argument("--revision", default="head")
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db_sub.add_parser("downgrade", help="migrate back to --revision (an id, -1, or base)")
+    p.add_argument("--revision", required=True)
+    p.set_defaults(func=cmd_db_downgrade)
+    p = db_sub.add_parser("current", help="print the database's revision and the code's")
+    p.set_defaults(func=cmd_db_current)
+
+    token = subparsers.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    p = token_sub.add_parser("create", help="create a token; it is printed once, on the last line")
+    p.add_argument("--owner", required=True, help="who the token's jobs belong to")
+    p.set_defaults(func=cmd_token_create)
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="switch authentication off (embedded service on this machine only; logged and shown in /readyz)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log every request")
+
+
+def _settings(args: argparse.Namespace):
+    from store.settings import Settings
+
+    if getattr(args, "state_dir", None):
+        os.environ["CSSL_STATE_DIR"] = args.state_dir
+    if getattr(args, "no_auth", False):
+        os.environ["CSSL_AUTH_DISABLED"] = "1"
+    return Settings.from_env()
+
+
+def _ready_schema(settings) -> None:
+    from store.migrate import ensure_schema
+
+    ensure_schema(settings.database_url, embedded=settings.embedded)
+
+
+def _run_api(args: argparse.Namespace, settings) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        access_log=not args.no_access_log,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _ready_schema(settings)
+    return _run_api(args, settings)
+
+
+def _worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+    pool = "solo" if concurrency == 1 else "prefork"
+    return [
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        "--hostname=cssl@%h",
+        # The database is the record and the sweeper the recovery; Celery's cluster chatter is not needed.
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _ready_schema(settings)
+    from worker.app import app
+
+    app.worker_main(_worker_argv(args.concurrency, args.loglevel))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The API in this process and one worker in a child process, with the same settings."""
+    settings = _settings(args)
+    _ready_schema(settings)
+    print(
+        f"cssl: serving on http://{args.host}:{args.port} "
+        f"({'embedded in ' + str(settings.state_dir) if settings.embedded else 'Postgres + Redis'}"
+        f"{', authentication OFF' if settings.auth_disabled else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", *_worker_argv()], env=os.environ.copy())
+    # uvicorn re-raises the signal that stopped it; exit through `finally` so the worker stops too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        return _run_api(args, settings)
+    finally:
+        _stop(worker)
+
+
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Warm shutdown first; a job still running after ``grace`` seconds is left to resume
+    from its checkpoint on the next start (its row stays ``running`` until the heartbeat
+    times out)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from store import migrate
+
+    settings = _settings(args)
+    migrate.upgrade(settings.database_url, args.revision)
+    print(f"database at revision {migrate.current_revision(settings.database_url)}")
+    return 0
+
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from store import migrate
+
+    settings = _settings(args)
+    migrate.downgrade(settings.database_url, args.revision)
+    print(f"database at revision {migrate.current_revision(settings.database_url) or 'base (empty)'}")
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    from store import migrate
+
+    settings = _settings(args)
+    print(f"database: {migrate.current_revision(settings.database_url) or 'empty'}; code: {migrate.head_revision()}")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from store import tokens
+    from store.db import session_scope
+
+    settings = _settings(args)
+    _ready_schema(settings)
+    with session_scope(settings.database_url) as session:
+        token = tokens.create_token(session, args.owner)
+    print(f"token for {args.owner.strip()} (shown once; only its hash is stored):", file=sys.stderr)
+    print(token)
+    return 0

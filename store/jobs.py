@@ -1,0 +1,283 @@
+"""The job lifecycle as conditional updates.
+
+queued -> running -> succeeded | failed | cancelled, and queued -> cancelled. Every change is
+one UPDATE guarded by the status (and the attempt, for the worker's writes), so a message
+delivered twice runs once, a worker that lost its job cannot write over the next attempt, and
+the API and the sweeper may race without harm. Each change also appends a job event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.models import TERMINAL_STATUSES, Job, utcnow
+from store.records import add_event
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with another request body."""
+
+    def __init__(self, job: Job):
+        super().__init__(job.id)
+        self.job = job
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission: what the API hands to :func:`create_job`."""
+
+    kind: str
+    method: str
+    dataset: str
+    dataset_path: str | None
+    config: dict[str, Any]
+    evaluate: list[str]
+    priority: int = 5
+    source_checkpoint_id: int | None = None
+
+
+def create_job(
+    session: Session,
+    owner: str,
+    new: NewJob,
+    *,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job; returns ``(job, created)``. The same idempotency key with the same
+    request hash returns the first job, with another hash raises :class:`IdempotencyConflict`."""
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, owner, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, request_hash), False
+    job = Job(
+        owner=owner,
+        kind=new.kind,
+        method=new.method,
+        dataset=new.dataset,
+        dataset_path=new.dataset_path,
+        config=new.config,
+        evaluate=list(new.evaluate),
+        priority=new.priority,
+        source_checkpoint_id=new.source_checkpoint_id,
+        status="queued",
+        cancel_requested=False,
+        attempt=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # Another request with the same key committed between our read and our insert.
+        existing = _by_idempotency_key(session, owner, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _same_request(existing, request_hash), False
+    add_event(session, job.id, "state", {"status": "queued", "attempt": 0})
+    return job, True
+
+
+def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def _same_request(job: Job, request_hash: str | None) -> Job:
+    if job.request_hash != request_hash:
+        raise IdempotencyConflict(job)
+    return job
+
+
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | None:
+    query = select(Job).where(Job.id == job_id)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return session.scalar(query)
+
+
+def list_jobs(
+    session: Session,
+    owner: str,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    method: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], bool]:
+    """Newest first; returns ``(jobs, has_more)``."""
+    query = select(Job).where(Job.owner == owner)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if method is not None:
+        query = query.where(Job.method == method)
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).offset(offset).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def mark_published(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=utcnow()))
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Queued: cancelled now and never runs. Running: flagged; the worker stops at its next
+    step, keeps its checkpoint and marks the job cancelled. Finished: unchanged."""
+    now = utcnow()
+    cancelled = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now)
+        .returning(Job.id)
+    ).first()
+    if cancelled:
+        add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempt, "message": "cancelled while queued"})
+    else:
+        flagged = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running", Job.cancel_requested.is_(False))
+            .values(cancel_requested=True)
+            .returning(Job.id)
+        ).first()
+        if flagged:
+            add_event(session, job.id, "cancel_requested", {"status": "running"})
+    session.refresh(job)
+    return job
+
+
+# The worker's side. Each write names the attempt it belongs to.
+
+
+def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
+    """Take a queued job; None when it is not queued (a duplicate message, or cancelled)."""
+    now = utcnow()
+    job = session.scalars(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            attempt=Job.attempt + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+            error=None,
+        )
+        .returning(Job),
+        execution_options={"synchronize_session": False},
+    ).first()
+    if job is None:
+        return None
+    add_event(session, job.id, "state", {"status": "running", "attempt": job.attempt, "worker": worker})
+    return job
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
+    """Returns ``(still_ours, cancel_requested)``. Not ours: the sweeper gave the job to
+    another attempt after missing our heartbeats, so this attempt must stop without writing."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(heartbeat_at=utcnow())
+        .returning(Job.cancel_requested)
+    ).first()
+    return (row is not None, bool(row[0])) if row else (False, False)
+
+
+def record_progress(session: Session, job_id: str, attempt: int, progress: dict[str, Any], latest: dict[str, Any]) -> bool:
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(progress=progress, latest_metrics=latest)
+        .returning(Job.id)
+    ).first()
+    if done:
+        add_event(session, job_id, "progress", progress)
+    return done is not None
+
+
+def update_latest_metrics(session: Session, job_id: str, values: dict[str, Any]) -> None:
+    job = session.get(Job, job_id)
+    if job is not None:
+        job.latest_metrics = {**(job.latest_metrics or {}), **values}
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    status: str,
+    *,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(status=status, error=error, result=result, finished_at=utcnow())
+        .returning(Job.id)
+    ).first()
+    if done:
+        event = {"status": status, "attempt": attempt}
+        if error:
+            event["error"] = error
+        add_event(session, job_id, "state", event)
+    return done is not None
+
+
+# The sweeper's side: what to publish again.
+
+
+def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) -> list[str]:
+    """Running jobs whose worker stopped heartbeating: queued again (they resume from their
+    last checkpoint), cancelled if a cancel was pending, failed after ``max_attempts``.
+    Returns the ids to publish."""
+    cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
+    lost = session.execute(
+        select(Job.id, Job.attempt, Job.cancel_requested, Job.worker).where(
+            Job.status == "running", Job.heartbeat_at < cutoff
+        )
+    ).all()
+    requeued = []
+    for job_id, attempt, cancel_requested, worker in lost:
+        guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        message = f"worker {worker} stopped sending heartbeats during attempt {attempt}"
+        if cancel_requested:
+            values, event = {"status": "cancelled", "finished_at": utcnow()}, {"status": "cancelled", "message": message}
+        elif attempt >= max_attempts:
+            error = f"{message}; gave up after {attempt} attempts (CSSL_MAX_ATTEMPTS={max_attempts})"
+            values, event = {"status": "failed", "error": error, "finished_at": utcnow()}, {"status": "failed", "error": error}
+        else:
+            values = {"status": "queued", "worker": None, "published_at": None}
+            event = {"status": "queued", "message": f"{message}; re-queued to resume from its last checkpoint"}
+        if session.execute(update(Job).where(*guard).values(**values).returning(Job.id)).first():
+            add_event(session, job_id, "state", {**event, "attempt": attempt})
+            if values["status"] == "queued":
+                requeued.append(job_id)
+    return requeued
+
+
+def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.0) -> list[tuple[str, int]]:
+    """Queued jobs with no message sent (the broker was down, or the job was re-queued), or
+    whose message went out ``republish_after`` seconds ago and was never taken."""
+    now = utcnow()
+    rows = session.execute(
+        select(Job.id, Job.priority).where(
+            Job.status == "queued",
+            or_(
+                (Job.published_at.is_(None)) & (Job.created_at < now - timedelta(seconds=grace)),
+                Job.published_at < now - timedelta(seconds=republish_after),
+            ),
+        )
+    ).all()
+    return [(job_id, priority) for job_id, priority in rows]

@@ -1,0 +1,127 @@
+"""What a job leaves behind: events, metric points, checkpoints and evaluations."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from store.models import Checkpoint, Evaluation, Job, JobEvent, MetricPoint
+
+
+def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> None:
+    session.add(JobEvent(job_id=job_id, type=type, data=data))
+
+
+def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:
+    return list(
+        session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+        )
+    )
+
+
+def add_metric_point(session: Session, job_id: str, step: int, epoch: int, values: dict[str, float]) -> None:
+    session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values))
+
+
+def drop_metrics_after(session: Session, job_id: str, step: int) -> None:
+    """A resumed attempt repeats the steps after its checkpoint; keep one value per step."""
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+
+
+def metric_series(session: Session, job_id: str) -> dict[str, list[dict[str, float]]]:
+    """``{name: [{"step", "epoch", "value"}]}`` for every value reported, plus ``knn_top1`` per
+    evaluation epoch from the periodic kNN results."""
+    series: dict[str, list[dict[str, float]]] = defaultdict(list)
+    points = session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step))
+    for point in points:
+        for name, value in point.values.items():
+            series[name].append({"step": point.step, "epoch": point.epoch, "value": value})
+    periodic = session.scalars(
+        select(Evaluation)
+        .where(Evaluation.job_id == job_id, Evaluation.protocol == "knn", Evaluation.checkpoint_id.is_(None))
+        .order_by(Evaluation.epoch)
+    )
+    for evaluation in periodic:
+        series["knn_top1"].append({"step": None, "epoch": evaluation.epoch, "value": evaluation.top1})
+    return dict(series)
+
+
+def record_checkpoint(
+    session: Session, job_id: str, path: str, *, epoch: int, step: int, final: bool, size_bytes: int
+) -> Checkpoint:
+    """Insert or refresh the row for ``path`` (``last.pt`` is rewritten in place)."""
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.path == path))
+    if checkpoint is None:
+        checkpoint = Checkpoint(job_id=job_id, path=path, epoch=epoch, step=step, final=final, size_bytes=size_bytes)
+        session.add(checkpoint)
+    else:
+        checkpoint.epoch, checkpoint.step, checkpoint.final, checkpoint.size_bytes = epoch, step, final, size_bytes
+    session.flush()
+    return checkpoint
+
+
+def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc(), Checkpoint.final.desc(), Checkpoint.id.desc())
+        .limit(1)
+    )
+
+
+def get_checkpoint(session: Session, checkpoint_id: int, owner: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == checkpoint_id, Job.owner == owner)
+    )
+
+
+def list_checkpoints(session: Session, owner: str, job_id: str | None = None, limit: int = 100) -> list[Checkpoint]:
+    query = select(Checkpoint).join(Job, Job.id == Checkpoint.job_id).where(Job.owner == owner)
+    if job_id is not None:
+        query = query.where(Checkpoint.job_id == job_id)
+    return list(session.scalars(query.order_by(Checkpoint.id.desc()).limit(limit)))
+
+
+def record_evaluation(session: Session, job_id: str, checkpoint_id: int | None, result: dict[str, Any]) -> Evaluation:
+    """``result`` is cssl_core's ``EvalResult.to_dict()``."""
+    evaluation = Evaluation(
+        job_id=job_id,
+        checkpoint_id=checkpoint_id,
+        protocol=result["protocol"],
+        top1=result["top1"],
+        top5=result.get("top5"),
+        epoch=result.get("epoch"),
+        dataset=result["dataset"],
+        parameters=result.get("parameters") or {},
+        num_train=result["num_train"],
+        num_test=result["num_test"],
+    )
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def list_evaluations(
+    session: Session, owner: str, job_id: str | None = None, checkpoint_id: int | None = None, limit: int = 100
+) -> list[Evaluation]:
+    query = select(Evaluation).join(Job, Job.id == Evaluation.job_id).where(Job.owner == owner)
+    if job_id is not None:
+        query = query.where(Evaluation.job_id == job_id)
+    if checkpoint_id is not None:
+        query = query.where(Evaluation.checkpoint_id == checkpoint_id)
+    return list(session.scalars(query.order_by(Evaluation.id).limit(limit)))
+
+
+def final_evaluations(session: Session, job_id: str) -> list[Evaluation]:
+    """The protocol results on stored checkpoints (not the periodic kNN during training)."""
+    return list(
+        session.scalars(
+            select(Evaluation)
+            .where(Evaluation.job_id == job_id, Evaluation.checkpoint_id.is_not(None))
+            .order_by(Evaluation.id)
+        )
+    )

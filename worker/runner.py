@@ -1,0 +1,312 @@
+"""Run one job: claim it, call cssl_core, record what it reports.
+
+Everything the core reports arrives through its callbacks and is written at once, in short
+transactions, so the API can show progress, metrics and checkpoints while the job runs. A
+heartbeat thread keeps the claim alive and brings back the cancel flag, so the training
+loop's ``should_stop`` costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from store import jobs, records
+from store.db import session_scope
+from store.models import Job
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """The sweeper gave this job to another attempt; this one stops without writing."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What the runner needs of the job row, read once at claim time."""
+
+    id: str
+    kind: str
+    method: str
+    dataset: str
+    dataset_path: str | None
+    config: dict[str, Any]
+    evaluate: list[str]
+    attempt: int
+    source_checkpoint: Path | None
+    source_checkpoint_id: int | None
+    resume_from: Path | None
+    resume_checkpoint_id: int | None
+    resume_is_final: bool
+
+
+class Heartbeat:
+    """Writes ``heartbeat_at`` every ``interval`` seconds and reads back the cancel flag."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int):
+        self.settings, self.job_id, self.attempt = settings, job_id, attempt
+        self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def beat(self) -> None:
+        with session_scope(self.settings.database_url) as session:
+            ours, cancel = jobs.heartbeat(session, self.job_id, self.attempt)
+        if not ours:
+            self.lost.set()
+        if cancel:
+            self.cancel_requested.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_interval):
+            try:
+                self.beat()
+            except Exception as exc:  # the database may be back at the next beat
+                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+
+    def should_stop(self) -> bool:
+        if self.lost.is_set():
+            raise LeaseLost(self.job_id)
+        return self.cancel_requested.is_set()
+
+
+class Recorder:
+    """The core's callbacks, each written in its own short transaction."""
+
+    def __init__(self, settings: Settings, job: ClaimedJob, heartbeat: Heartbeat):
+        self.settings, self.job, self.heartbeat = settings, job, heartbeat
+
+    def _session(self):
+        return session_scope(self.settings.database_url)
+
+    def on_progress(self, progress) -> None:
+        point = {
+            "epoch": progress.epoch,
+            "epochs": progress.epochs,
+            "step": progress.step,
+            "total_steps": progress.total_steps,
+            "loss": progress.loss,
+            "lr": progress.lr,
+            "images_per_second": progress.images_per_second,
+            "elapsed": progress.elapsed,
+        }
+        values = {"loss": progress.loss, "lr": progress.lr, "images_per_second": progress.images_per_second}
+        values.update({name: float(value) for name, value in (progress.stats or {}).items()})
+        with self._session() as session:
+            if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
+                self.heartbeat.lost.set()
+                return
+            records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+
+    def on_checkpoint(self, info) -> int:
+        path = Path(info.path)
+        with self._session() as session:
+            checkpoint = records.record_checkpoint(
+                session,
+                self.job.id,
+                self.relative(path),
+                epoch=info.epoch,
+                step=info.step,
+                final=info.final,
+                size_bytes=path.stat().st_size,
+            )
+            records.add_event(
+                session,
+                self.job.id,
+                "checkpoint",
+                {"id": checkpoint.id, "epoch": info.epoch, "step": info.step, "final": info.final},
+            )
+        log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
+        return checkpoint.id
+
+    def on_evaluation(self, result, checkpoint_id: int | None = None) -> None:
+        data = result.to_dict()
+        with self._session() as session:
+            evaluation = records.record_evaluation(session, self.job.id, checkpoint_id, data)
+            event = {"id": evaluation.id, "protocol": evaluation.protocol, "top1": evaluation.top1,
+                     "top5": evaluation.top5, "epoch": evaluation.epoch, "checkpoint_id": checkpoint_id}
+            records.add_event(session, self.job.id, "evaluation", event)
+            jobs.update_latest_metrics(
+                session, self.job.id, {f"{evaluation.protocol}_top1": evaluation.top1, f"{evaluation.protocol}_top5": evaluation.top5}
+            )
+        log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}")
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.settings.artifact_root))
+
+
+def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
+    """Claim and run ``job_id``; returns its final status, or None if it was not ours to run."""
+    job = _claim(settings, job_id, worker_name)
+    if job is None:
+        log.info("job %s is not queued (a duplicate message, or cancelled); nothing to do", job_id)
+        return None
+    job_dir = settings.artifact_root / "jobs" / job.id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
+        log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset)
+        recorder = Recorder(settings, job, heartbeat)
+        status, error, result = _run(settings, job, job_dir, recorder, heartbeat)
+        if status is None:
+            log.warning("job %s was given to another attempt; stopping without recording", job.id)
+            return None
+        with session_scope(settings.database_url) as session:
+            jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
+        log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
+        return status
+
+
+def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
+    from cssl_core.errors import CsslError
+
+    try:
+        if job.kind == "pretrain":
+            return _pretrain(settings, job, job_dir, recorder, heartbeat)
+        return _evaluate_only(job, recorder, heartbeat)
+    except LeaseLost:
+        return None, None, None
+    except CsslError as exc:
+        log.error("%s", exc)
+        return "failed", str(exc), None
+    except Exception as exc:
+        log.error("%s", traceback.format_exc())
+        message = f"internal error ({type(exc).__name__}: {exc}); the traceback is in GET /v1/jobs/{job.id}/logs"
+        return "failed", message, None
+
+
+def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
+    from cssl_core.config import build_config
+    from cssl_core.train import pretrain
+
+    config = build_config(job.method, job.config)
+    result: dict[str, Any] = {}
+    if job.resume_is_final:
+        log.info("training had finished before the worker was lost; going on with the evaluations")
+        checkpoint, checkpoint_id = job.resume_from, job.resume_checkpoint_id
+    else:
+        if job.resume_from is not None:
+            log.info("resuming from %s", recorder.relative(job.resume_from))
+        checkpoint_ids: dict[Path, int] = {}
+        outcome = pretrain(
+            config,
+            job_dir,
+            on_progress=recorder.on_progress,
+            should_stop=heartbeat.should_stop,
+            on_checkpoint=lambda info: checkpoint_ids.__setitem__(Path(info.path).resolve(), recorder.on_checkpoint(info)),
+            on_evaluation=recorder.on_evaluation,
+            resume_from=job.resume_from,
+            progress_every=settings.progress_every,
+        )
+        checkpoint = Path(outcome.checkpoint).resolve()
+        result = {
+            "checkpoint": recorder.relative(checkpoint),
+            "steps": outcome.steps,
+            "epochs_completed": outcome.epochs_completed,
+            "stopped": outcome.stopped,
+            "train_seconds": outcome.train_seconds,
+            "images_per_second": outcome.images_per_second,
+            "final_loss": outcome.final_loss,
+        }
+        if outcome.stopped == "cancelled":
+            return "cancelled", None, result
+        checkpoint_id = checkpoint_ids.get(checkpoint)
+        if checkpoint_id is None:
+            checkpoint_id = _record_final_checkpoint(recorder, checkpoint, outcome)
+    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat, {})
+    if heartbeat.should_stop():
+        return "cancelled", None, result
+    return "succeeded", None, result
+
+
+def _record_final_checkpoint(recorder: Recorder, checkpoint: Path, outcome) -> int:
+    from cssl_core.train import CheckpointInfo
+
+    info = CheckpointInfo(path=checkpoint, epoch=int(outcome.epochs_completed), step=outcome.steps, final=True)
+    return recorder.on_checkpoint(info)
+
+
+def _evaluate_only(job: ClaimedJob, recorder: Recorder, heartbeat: Heartbeat):
+    device = job.config.get("device", "auto")
+    params = {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
+    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, job.dataset_path, device, recorder, heartbeat, params)
+    if heartbeat.should_stop():
+        return "cancelled", None, None
+    return "succeeded", None, None
+
+
+def _run_evaluations(job, checkpoint, checkpoint_id, dataset, data, device, recorder, heartbeat, params) -> None:
+    from cssl_core.evaluation import evaluate_checkpoint
+
+    with session_scope(recorder.settings.database_url) as session:
+        done = {e.protocol for e in records.final_evaluations(session, job.id) if e.checkpoint_id == checkpoint_id}
+    for protocol in job.evaluate:
+        if protocol in done:
+            continue  # recorded by an earlier attempt
+        if heartbeat.should_stop():
+            return
+        log.info("evaluating %s (%s)", protocol, recorder.relative(checkpoint))
+        result = evaluate_checkpoint(Path(checkpoint), protocol, dataset=dataset, data=data, device=device, **params.get(protocol, {}))
+        recorder.on_evaluation(result, checkpoint_id)
+
+
+def _claim(settings: Settings, job_id: str, worker_name: str) -> ClaimedJob | None:
+    with session_scope(settings.database_url) as session:
+        job: Job | None = jobs.claim_job(session, job_id, worker_name)
+        if job is None:
+            return None
+        source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None
+        resume = records.latest_checkpoint(session, job.id) if job.kind == "pretrain" and job.attempt > 1 else None
+        if resume is not None and not (settings.artifact_root / resume.path).exists():
+            resume = None
+        if resume is not None:
+            records.drop_metrics_after(session, job.id, resume.step)
+        return ClaimedJob(
+            id=job.id,
+            kind=job.kind,
+            method=job.method,
+            dataset=job.dataset,
+            dataset_path=job.dataset_path,
+            config=dict(job.config),
+            evaluate=list(job.evaluate),
+            attempt=job.attempt,
+            source_checkpoint=settings.artifact_root / source.path if source else None,
+            source_checkpoint_id=source.id if source else None,
+            resume_from=settings.artifact_root / resume.path if resume else None,
+            resume_checkpoint_id=resume.id if resume else None,
+            resume_is_final=bool(resume and resume.final),
+        )
+
+
+@contextmanager
+def _job_log(path: Path) -> Iterator[None]:
+    """Everything logged while the job runs (ours and cssl_core's) also goes to its log file."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()

@@ -1,0 +1,32 @@
+"""Celery tasks: thin adapters from a message to ``worker.runner``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from celery.signals import worker_ready
+
+from store.settings import get_settings
+from worker import runner
+from worker.app import RUN_JOB, app
+from worker.sweeper import sweep
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=RUN_JOB, acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: str) -> str | None:
+    """The message carries only the job id; the job row holds everything else."""
+    worker_name = run_job.request.hostname or socket.gethostname()
+    return runner.run_job(get_settings(), job_id, worker_name)
+
+
+@worker_ready.connect
+def _sweep_on_start(**_) -> None:
+    # Jobs whose worker died, or that were submitted while no broker was up, go out again now.
+    try:
+        counts = sweep(app, get_settings())
+        log.info("startup sweep: %s", counts)
+    except Exception:
+        log.exception("startup sweep failed")
