@@ -1,0 +1,12 @@
+"""Batched, on-device view augmentation: uint8 batches in, normalised float views out.
+
+``build_views(preset, image_size, mean, std)`` gives a :class:`ViewGenerator`; calling it
+with a uint8 batch (N, 3, H, W) and a CPU ``torch.Generator`` returns one float32 tensor per
+view. The ops (:mod:`.ops`, :mod:`.jitter`) draw their parameters per image and process the
+whole batch in a few kernels, on whatever device the images are on.
+"""
+
+from cssl_core.augment.pipeline import ViewGenerator, ViewSpec, make_view
+from cssl_core.augment.presets import build_views, preset_names
+
+__all__ = ["ViewGenerator", "ViewSpec", "build_views", "make_view", "preset_names"]

@@ -1,0 +1,220 @@
+"""Batched view-augmentation ops: each draws its parameters per image, on the CPU, from a generator.
+
+Images are float tensors (N, 3, H, W) in [0, 1] on any device. Every ``sample_*`` function
+draws with a CPU ``torch.Generator`` and returns CPU tensors, so a seed gives the same views
+on a CPU and a GPU; the ops move those few numbers to the images' device themselves. The ops
+follow torchvision's semantics (``transforms.v2``), as SimCLR (arXiv 2002.05709, App. A) and
+the methods after it describe their augmentations in torchvision's terms.
+
+Colour jitter lives in :mod:`cssl_core.augment.jitter`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# ITU-R 601 luma, the weights torchvision's ``rgb_to_grayscale`` uses.
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+CROP_TRIES = 10
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 (N, 3, H, W) in [0, 255] -> float32 (N, 3, H, W) in [0, 1], on the same device."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {images.dtype}")
+    return images.float().div_(255)
+
+
+def sample_mask(n: int, p: float, generator: torch.Generator) -> Tensor:
+    """Which of ``n`` images an op with probability ``p`` applies to: bool (N,) on the CPU."""
+    return torch.rand(n, generator=generator) < p
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:
+    return torch.empty(n, dtype=torch.float64).uniform_(low, high, generator=generator)
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """Per-image crop boxes in input pixels, as torchvision's ``RandomResizedCrop.get_params``
+    returns them (whole pixels): each field is a float64 tensor (N,) on the CPU."""
+
+    top: Tensor
+    left: Tensor
+    height: Tensor
+    width: Tensor
+
+
+def sample_crop_params(
+    n: int,
+    image_size: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> CropParams:
+    """Random-resized-crop boxes for ``n`` images of size ``image_size = (H, W)``.
+
+    Vectorised ``RandomResizedCrop.get_params`` (Szegedy et al. 2015, used by SimCLR, arXiv
+    2002.05709 App. A.1): up to 10 tries of an area fraction uniform in ``scale`` and a
+    log-uniform aspect ratio in ``ratio``; the first box that fits wins, and an image whose
+    10 tries all fail gets the centre crop with the aspect ratio clamped to ``ratio``. All
+    tries are drawn at once, so the draws do not depend on which try succeeds.
+    """
+    height, width = image_size
+    area = height * width
+    target_area = area * torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    aspect = torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*log_ratio, generator=generator).exp_()
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+
+    # torchvision's fallback: the largest centred box whose aspect ratio lies in ``ratio``.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = round(height * max(ratio)), height
+    else:
+        fallback_w, fallback_h = width, height
+    failed = ~fits.any(dim=1)
+    w = torch.where(failed, float(fallback_w), w)
+    h = torch.where(failed, float(fallback_h), h)
+
+    # Offsets uniform over whole pixels in [0, H - h] and [0, W - w], like ``torch.randint``.
+    offsets = torch.rand(n, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(offsets[:, 0] * (height - h + 1))
+    left = torch.floor(offsets[:, 1] * (width - w + 1))
+    top = torch.where(failed, torch.div(height - h, 2, rounding_mode="floor"), top)
+    left = torch.where(failed, torch.div(width - w, 2, rounding_mode="floor"), left)
+    return CropParams(top=top, left=left, height=h, width=w)
+
+
+def crop_matrices(crop: CropParams, image_size: tuple[int, int], flip: Tensor | None = None) -> Tensor:
+    """Affine matrices (N, 2, 3) for ``F.affine_grid`` that map each output onto its crop box.
+
+    With ``align_corners=False`` the normalised coordinate -1 is the left edge of pixel 0 and
+    +1 the right edge of the last pixel, so the box [left, left + w] is the interval
+    [2 left / W - 1, 2 (left + w) / W - 1]; negating the x scale mirrors the crop (the flip).
+    """
+    height, width = image_size
+    scale_x = crop.width / width
+    scale_y = crop.height / height
+    if flip is not None:
+        scale_x = torch.where(flip.cpu(), -scale_x, scale_x)
+    theta = torch.zeros(crop.width.shape[0], 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = scale_x
+    theta[:, 0, 2] = (2 * crop.left + crop.width) / width - 1
+    theta[:, 1, 1] = scale_y
+    theta[:, 1, 2] = (2 * crop.top + crop.height) / height - 1
+    return theta.float()
+
+
+def resized_crop(images: Tensor, crop: CropParams, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop each image to its box, resize it to (size, size) bilinearly, and mirror the images
+    where ``flip`` is true: one ``grid_sample`` for the whole batch.
+
+    images: (N, 3, H, W) float; crop: boxes for N images; flip: bool (N,) or None.
+    Returns (N, 3, size, size). Unlike torchvision there is no antialiasing: views are crops
+    resized up or to about their own size, where antialiasing changes nothing.
+    """
+    n, channels = images.shape[:2]
+    theta = crop_matrices(crop, tuple(images.shape[-2:]), flip).to(images.device, non_blocking=True)
+    grid = F.affine_grid(theta, [n, channels, size, size], align_corners=False)
+    # "border" clamps the half-pixel overshoot at a box on the image's edge, as resizing the
+    # cropped image would; inside the image the sampler may read the neighbouring pixel.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def horizontal_flip(images: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images (N, 3, H, W) where ``flip`` (N,) is true. Views fuse this into
+    :func:`resized_crop`; this is for images that are not cropped."""
+    flip = flip.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def grayscale(images: Tensor, mask: Tensor) -> Tensor:
+    """Replace the images (N, 3, H, W) where ``mask`` (N,) is true by their luma on all three
+    channels (torchvision ``RandomGrayscale``)."""
+    weights = torch.tensor(LUMA_WEIGHTS, device=images.device).view(1, 3, 1, 1)
+    luma = (images * weights).sum(dim=1, keepdim=True)
+    mask = mask.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(mask, luma.expand_as(images), images)
+
+
+def solarize(images: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
+    """Invert the pixels at or above ``threshold`` in the images where ``mask`` (N,) is true
+    (BYOL, arXiv 2006.07733, App. B; torchvision ``RandomSolarize``)."""
+    mask = mask.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(mask & (images >= threshold), 1.0 - images, images)
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """An odd kernel about 10% of the image side (SimCLR, arXiv 2002.05709 App. A: 23 at 224)."""
+    size = int(0.1 * image_size)
+    return max(3, size + 1 - size % 2)
+
+
+def sample_blur_sigma(n: int, sigma: tuple[float, float], generator: torch.Generator) -> Tensor:
+    """Per-image Gaussian standard deviations in pixels, uniform in ``sigma``: float64 (N,)."""
+    return _uniform(n, sigma[0], sigma[1], generator)
+
+
+def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
+    """Normalised 1-D Gaussian kernels (N, kernel_size) for standard deviations ``sigma`` (N,)."""
+    half = (kernel_size - 1) / 2
+    x = torch.linspace(-half, half, kernel_size, dtype=torch.float64)
+    # A floor on sigma keeps sigma -> 0 a unit impulse (the identity) instead of 0 / 0.
+    kernels = torch.exp(-0.5 * (x / sigma.double().clamp_min(1e-3).unsqueeze(1)) ** 2)
+    return kernels / kernels.sum(dim=1, keepdim=True)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, mask: Tensor, kernel_size: int) -> Tensor:
+    """Blur the images (N, 3, H, W) where ``mask`` (N,) is true with a Gaussian of their own
+    ``sigma`` (N,) pixels; reflect padding, as torchvision's ``gaussian_blur``.
+
+    The batch is folded into channels, (1, N*3, H, W), so one depthwise (grouped) convolution
+    per axis blurs every image with its own kernel. Only the selected images are convolved.
+    """
+    if kernel_size % 2 == 0 or kernel_size // 2 >= min(images.shape[-2:]):
+        raise ValueError(f"kernel_size must be odd and under twice the image side, got {kernel_size}")
+    selected = mask.nonzero().squeeze(1)  # mask is on the CPU: no device sync
+    if selected.numel() == 0:
+        return images
+    index = selected.to(images.device, non_blocking=True)
+    chosen = images if selected.numel() == images.shape[0] else images.index_select(0, index)
+    n, channels, height, width = chosen.shape
+    weights = gaussian_kernels(sigma[selected], kernel_size).float().repeat_interleave(channels, dim=0)
+    weights = weights.to(images.device, non_blocking=True)
+    pad = kernel_size // 2
+    folded = F.pad(chosen.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+    # channels_last makes the CPU's depthwise convolution several times faster on small images.
+    folded = folded.contiguous(memory_format=torch.channels_last)
+    blurred = F.conv2d(folded, weights.view(-1, 1, kernel_size, 1), groups=n * channels)
+    blurred = F.conv2d(blurred, weights.view(-1, 1, 1, kernel_size), groups=n * channels)
+    blurred = blurred.reshape(n, channels, height, width)
+    if selected.numel() == images.shape[0]:
+        return blurred
+    return images.index_copy(0, index, blurred)
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(x - mean) / std per channel, for images (N, 3, H, W)."""
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - mean_t).div_(std_t)
+
+
+def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Inverse of :func:`normalize`: x * std + mean, e.g. to look at views as images."""
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return images * std_t + mean_t

@@ -1,0 +1,136 @@
+"""A view's pipeline (:class:`ViewSpec`) and the callable that makes all views of a batch.
+
+The pipeline is SimCLR's (arXiv 2002.05709, App. A): random resized crop, horizontal flip,
+colour jitter (with probability), random grayscale, Gaussian blur, then BYOL's solarisation
+(arXiv 2006.07733, App. B) and normalisation. Every draw comes from the one CPU generator the
+caller passes, in a fixed order, so the training loop makes views reproducible by seeding and
+checkpointing that generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from cssl_core.augment import ops
+from cssl_core.augment.jitter import color_jitter, sample_jitter_params
+from cssl_core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How to make one view; the defaults are MoCo v2's (arXiv 2003.04297) without blur.
+
+    ``size`` is the output side in pixels. ``blur_kernel`` of None means about 10% of
+    ``size`` (:func:`ops.blur_kernel_size`); blur sigmas are in output pixels.
+    ``grayscale_before_jitter`` reproduces MoCo v1's order (arXiv 1911.05722, code:
+    RandomGrayscale before ColorJitter).
+    """
+
+    size: int
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    grayscale_before_jitter: bool = False
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int | None = None
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def validate(self) -> None:
+        if self.size < 1:
+            raise ConfigError(f"view size must be positive, got {self.size}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ConfigError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if min(self.brightness, self.contrast, self.saturation, self.hue) < 0 or self.hue > 0.5:
+            raise ConfigError("jitter strengths must be >= 0 and hue <= 0.5")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ConfigError(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        kernel = self.kernel_size()
+        if kernel % 2 == 0 or (self.blur_p > 0 and kernel // 2 >= self.size):
+            raise ConfigError(f"blur_kernel must be odd and under twice the view size, got {kernel}")
+
+    def kernel_size(self) -> int:
+        return self.blur_kernel if self.blur_kernel is not None else ops.blur_kernel_size(self.size)
+
+
+def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
+    """One view of float images (N, 3, H, W) in [0, 1]: (N, 3, size, size) in [0, 1], not yet
+    normalised. Draws per image from ``generator`` (CPU) in a fixed order."""
+    n = images.shape[0]
+    crop = ops.sample_crop_params(n, tuple(images.shape[-2:]), spec.crop_scale, spec.crop_ratio, generator)
+    flip = ops.sample_mask(n, spec.flip_p, generator)
+    view = ops.resized_crop(images, crop, spec.size, flip)
+
+    def grayscale(x: Tensor) -> Tensor:
+        return ops.grayscale(x, ops.sample_mask(n, spec.grayscale_p, generator)) if spec.grayscale_p > 0 else x
+
+    if spec.grayscale_before_jitter:
+        view = grayscale(view)
+    if spec.jitter_p > 0:
+        jitter = sample_jitter_params(
+            n, spec.brightness, spec.contrast, spec.saturation, spec.hue, spec.jitter_p, generator
+        )
+        view = color_jitter(view, jitter)
+    if not spec.grayscale_before_jitter:
+        view = grayscale(view)
+    if spec.blur_p > 0:
+        blurred = ops.sample_mask(n, spec.blur_p, generator)
+        sigma = ops.sample_blur_sigma(n, spec.blur_sigma, generator)
+        view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size())
+    if spec.solarize_p > 0:
+        view = ops.solarize(view, ops.sample_mask(n, spec.solarize_p, generator), spec.solarize_threshold)
+    return view
+
+
+class ViewGenerator:
+    """Makes the views of a batch: ``views = view_generator(images, generator)``.
+
+    images: uint8 (N, 3, H, W) on any device; generator: a CPU ``torch.Generator``.
+    Returns one float32 tensor (N, 3, size, size) per :class:`ViewSpec`, normalised with
+    ``mean`` and ``std``, on the images' device.
+    """
+
+    def __init__(self, views: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
+        if not views:
+            raise ConfigError("a view generator needs at least one view")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ConfigError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
+        for spec in views:
+            spec.validate()
+        self.views = tuple(views)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @property
+    def sizes(self) -> list[int]:
+        """The output side of each view, in order."""
+        return [spec.size for spec in self.views]
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
+        if generator.device.type != "cpu":
+            # Draws happen on the CPU so that a seed gives the same views on every device.
+            raise ValueError(f"the augmentation generator must be a CPU generator, got {generator.device}")
+        unit = ops.to_unit_float(images)
+        return [ops.normalize(make_view(unit, spec, generator), self.mean, self.std) for spec in self.views]
