@@ -27,9 +27,9 @@ from cssl_core.train.checkpoint import CheckpointInfo, load_checkpoint, save_che
 from cssl_core.train.optim import build_optimizer
 from cssl_core.train.schedules import momentum_schedule, warmup_cosine, warmup_steps_for
 
-# Steps timed before a time budget is turned into a step count (the first few are slower).
-_CALIBRATION_SKIP = 3
-_CALIBRATION_STEPS = 12
+# A time budget is first turned into a step count after timing steps 6 to 15 (the first ones are slow).
+_CALIBRATION_SKIP = 5
+_CALIBRATION_STEPS = 10
 # Keep the whole uint8 training set on the device when it is at most this large.
 _MAX_DEVICE_DATA_BYTES = 2 << 30
 
@@ -133,7 +133,7 @@ def pretrain(
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model.parameter_groups(), config)
 
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = nominal_steps = config.epochs * steps_per_epoch
     step, elapsed = 0, 0.0
     if resumed:
         model.load_state_dict(resumed["model"])
@@ -141,7 +141,9 @@ def pretrain(
         step, elapsed, total_steps = resumed["step"], resumed["elapsed"], resumed["total_steps"]
         augment_rng.set_state(resumed["rng"]["augment"])
         torch.set_rng_state(resumed["rng"]["torch"])
-    budget_fitted = resumed is not None or config.time_budget is None
+    fit_budget = resumed is None and config.time_budget is not None
+    calibration_step, calibration_elapsed = _CALIBRATION_SKIP, 0.0
+    next_fit = calibration_step + _CALIBRATION_STEPS
 
     def schedules(total: int) -> tuple[list[float], list[float]]:
         warmup = warmup_steps_for(config.method_config.warmup_epochs, steps_per_epoch, total)
@@ -182,7 +184,6 @@ def pretrain(
     window_start, window_images = time.perf_counter(), 0
     images_per_second = 0.0
     stopped = "completed"
-    calibration_start = None
     last_info: CheckpointInfo | None = None
     order, order_epoch = None, -1
 
@@ -221,16 +222,17 @@ def pretrain(
             loss_count = 0
         elapsed += time.perf_counter() - step_start
 
-        # A time budget becomes a step count once a few steps have been timed; schedules are refitted.
-        if not budget_fitted:
-            if step == _CALIBRATION_SKIP:
-                calibration_start = elapsed
-            elif step == _CALIBRATION_SKIP + _CALIBRATION_STEPS:
-                seconds_per_step = (elapsed - calibration_start) / _CALIBRATION_STEPS
-                remaining = int((config.time_budget - elapsed) / seconds_per_step)
-                total_steps = max(step + 1, min(total_steps, step + remaining))
-                lr_schedule, momentum_values = schedules(total_steps)
-                budget_fitted = True
+        # A time budget becomes a step count from the timed steps so far, refitted at doubling
+        # intervals (the first steps are slow while kernels are prepared), schedules refitted with it.
+        if fit_budget and step == calibration_step:
+            calibration_elapsed = elapsed
+        elif fit_budget and step == next_fit:
+            seconds_per_step = (elapsed - calibration_elapsed) / (step - calibration_step)
+            remaining = int((config.time_budget - elapsed) / seconds_per_step)
+            total_steps = max(step + 1, min(nominal_steps, step + remaining))
+            lr_schedule, momentum_values = schedules(total_steps)
+            next_fit = calibration_step + 2 * (next_fit - calibration_step)
+            fit_budget = next_fit < 0.9 * total_steps
 
         if report:
             now = time.perf_counter()
@@ -255,10 +257,12 @@ def pretrain(
         if config.time_budget is not None and elapsed >= config.time_budget and step < total_steps:
             stopped = "time_budget"
             break
-        if should_stop and should_stop():
-            stopped = "cancelled" if step < total_steps else "completed"
+        if should_stop and step < total_steps and should_stop():
+            stopped = "cancelled"
             break
 
+    if stopped == "completed" and total_steps < nominal_steps:
+        stopped = "time_budget"  # the budget, not the epoch count, set the run's length
     if last_info is None or last_info.step != step:
         last_info = checkpoint(final=stopped != "cancelled")
     return PretrainResult(

@@ -1,0 +1,105 @@
+"""The training loop: exact resume, time budgets, cancellation, non-finite losses, export."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cli.main import main as cssl
+from cssl_core.config import build_config
+from cssl_core.errors import TrainingError
+from cssl_core.train import export_backbone, load_checkpoint, pretrain
+
+TINY = {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "subset": 320, "checkpoint_every": 1}
+TINY_HEADS = {"mocov2": {"queue_size": 256}, "byol": {"projector_hidden_dim": 128, "predictor_hidden_dim": 128}}
+
+
+def config(method="simclr", **overrides):
+    return build_config(method, {**TINY, **TINY_HEADS.get(method, {}), **overrides})
+
+
+def stop_after(calls):
+    count = {"n": 0}
+
+    def should_stop():
+        count["n"] += 1
+        return count["n"] >= calls
+    return should_stop
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "byol"])
+def test_resume_gives_the_same_weights_as_training_straight(tmp_path, method):
+    straight = pretrain(config(method, epochs=2), tmp_path / "straight")
+    # 5 steps per epoch: stop after one epoch, and once more in the middle of the second.
+    first = pretrain(config(method, epochs=2), tmp_path / "split", should_stop=stop_after(5))
+    assert first.stopped == "cancelled" and first.steps == 5
+    second = pretrain(config(method, epochs=2), tmp_path / "split", resume_from=first.checkpoint,
+                      should_stop=stop_after(2))
+    assert second.steps == 7
+    third = pretrain(config(method, epochs=2), tmp_path / "split", resume_from=second.checkpoint)
+    assert third.stopped == "completed" and third.steps == straight.steps == 10
+    a = load_checkpoint(straight.checkpoint)["model"]
+    b = load_checkpoint(third.checkpoint)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_time_budget_fits_the_schedule(tmp_path):
+    seen = []
+    result = pretrain(config(epochs=10_000, time_budget=6.0), tmp_path, on_progress=seen.append, progress_every=1)
+    assert result.stopped == "time_budget"
+    assert 15 < result.steps < 10_000 * 5
+    assert result.train_seconds < 6.0 * 1.25
+    # The cosine was fitted to the budget: the last steps run at a small fraction of the peak.
+    peak = max(p.lr for p in seen)
+    assert seen[-1].lr < 0.1 * peak
+    assert seen[-1].total_steps == result.steps
+
+
+def test_cancel_keeps_a_checkpoint(tmp_path):
+    infos = []
+    result = pretrain(config(epochs=5), tmp_path, should_stop=stop_after(3), on_checkpoint=infos.append)
+    assert result.stopped == "cancelled" and result.steps == 3
+    assert infos[-1].path == result.checkpoint and not infos[-1].final
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    bad = config(epochs=3, optimizer="sgd", base_lr=1e30, precision="fp32")
+    with pytest.raises(TrainingError, match="loss became"):
+        pretrain(bad, tmp_path, progress_every=1)
+
+
+def test_export_loads_into_torchvision(tmp_path):
+    result = pretrain(config(backbone="resnet18", epochs=1, subset=64, batch_size=32), tmp_path)
+    out = export_backbone(result.checkpoint, tmp_path / "resnet18.pt")
+    model = torchvision.models.resnet18()
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    model.load_state_dict(torch.load(out, weights_only=True))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_cli_pretrain_eval_and_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cssl(["pretrain", "--method", "simclr", "--dataset", "synthetic", "--backbone", "small",
+                 "--epochs", "1", "--batch-size", "64", "--subset", "320", "--out", str(out)]) == 0
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["method"] == "simclr"
+    capsys.readouterr()
+    assert cssl(["eval", str(out / "checkpoints" / "last.pt"), "--protocol", "knn", "--json", "--set", "k=20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["protocol"] == "knn" and result["parameters"] == {"k": 20, "temperature": 0.1}
+    assert 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"]
+
+    assert cssl(["pretrain", "--method", "simclrr", "--dataset", "synthetic"]) == 2
+    assert "known methods: barlow_twins" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cssl(["pretrain", "--method", "simclr", "--epoch", "3", "--bogus"])
+    assert "valid options:" in capsys.readouterr().err
+    assert cssl(["eval", str(tmp_path / "missing.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
