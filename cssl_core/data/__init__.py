@@ -1,0 +1,252 @@
+"""Datasets by name, as uint8 image tensors with train and test splits.
+
+``load_dataset(name, path)`` is the one way in: the API, the worker and the CLI resolve
+dataset names through the registry below. A source module (``cifar``, ``stl10``,
+``imagefolder``, ``digits``, ``synthetic``) finds its files and decodes them into
+uint8 arrays; this module caches those on disk (:mod:`cssl_core.data.cache`) so later
+loads skip the decode, and wraps them as tensors. Augmentation and float conversion
+happen later, per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cssl_core.data import cache, cifar, digits, imagefolder, stl10, synthetic
+from cssl_core.errors import ConfigError, DataError
+
+__all__ = [
+    "ImageDataset",
+    "ImageSplit",
+    "class_balanced_subset",
+    "dataset_names",
+    "describe_datasets",
+    "load_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSplit:
+    images: torch.Tensor  # uint8 (N, 3, H, W), contiguous
+    labels: torch.Tensor  # int64 (N,), -1 where unlabeled
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be int64 (N,) for N={self.images.shape[0]}, got {self.labels.dtype} "
+                             f"{tuple(self.labels.shape)}")  # fmt: skip
+        self.images = self.images.contiguous()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, indices) -> ImageSplit:
+        """The images at ``indices`` (ints or a boolean mask), copied, in the order given."""
+        index = torch.as_tensor(indices)
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)
+        index = index.long().reshape(-1)
+        return ImageSplit(self.images[index].contiguous(), self.labels[index].clone())
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    test: ImageSplit
+    unlabeled: ImageSplit | None = None  # STL-10's unlabeled images
+
+    @property
+    def image_size(self) -> int:
+        return self.train.images.shape[-1]
+
+    def pretrain_split(self) -> ImageSplit:
+        """The images self-supervised pretraining sees: train, plus unlabeled when present."""
+        if self.unlabeled is None:
+            return self.train
+        return ImageSplit(
+            torch.cat([self.train.images, self.unlabeled.images]),
+            torch.cat([self.train.labels, self.unlabeled.labels]),
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    name: str
+    description: str
+    image_size: int  # default side of the square images
+    decode: Callable[[Path | None, int], cache.DecodedDataset]  # (located source, image size)
+    locate: Callable[[Path], Path] | None = None  # a user path -> the source's files; None: needs none
+    download: Callable[[Path], None] | None = None
+    cached: bool = True
+
+    @property
+    def needs_path(self) -> bool:
+        return self.locate is not None
+
+
+_SOURCES = {
+    source.name: source
+    for source in [
+        DatasetSource(
+            "cifar10",
+            "CIFAR-10: 32x32 colour images, 10 classes, 50,000 train / 10,000 test. Path: the "
+            "cifar-10-batches-py folder, an image folder train/<class>/, test/<class>/, or a .tar.gz of one",
+            cifar.NATIVE_SIZE, cifar.decode_cifar10, cifar.locate_cifar10, cifar.download_cifar10,
+        ),
+        DatasetSource(
+            "cifar100",
+            "CIFAR-100: 32x32 colour images, 100 fine classes, 50,000 train / 10,000 test. "
+            "Path: the cifar-100-python folder",
+            cifar.NATIVE_SIZE, cifar.decode_cifar100, cifar.locate_cifar100, cifar.download_cifar100,
+        ),
+        DatasetSource(
+            "stl10",
+            "STL-10: 96x96 colour images, 10 classes, 5,000 train / 8,000 test, plus 100,000 unlabeled "
+            "used for pretraining. Path: the stl10_binary folder",
+            stl10.NATIVE_SIZE, stl10.decode, stl10.locate, stl10.download,
+        ),
+        DatasetSource(
+            "imagefolder",
+            "Your own images: a folder train/<class>/<image>, test/<class>/<image>, or a .tar.gz of it; "
+            "resized (short side) and centre-cropped to image_size",
+            64, imagefolder.decode, imagefolder.locate,
+        ),
+        DatasetSource(
+            "digits",
+            "scikit-learn's 8x8 handwritten digits as 32x32 RGB, 10 classes, 1,497 train / 300 test; "
+            "bundled, works offline",
+            digits.NATIVE_SIZE, lambda _, size: digits.decode(size),
+        ),
+        DatasetSource(
+            "synthetic",
+            "Generated coloured shapes, 10 classes, 500 train / 200 test at 32x32; for tests",
+            synthetic.NATIVE_SIZE, lambda _, size: synthetic.generate(size), cached=False,
+        ),
+    ]
+}  # fmt: skip
+
+
+def dataset_names() -> list[str]:
+    return list(_SOURCES)
+
+
+def describe_datasets() -> list[dict]:
+    """One entry per dataset for ``cssl datasets`` and ``GET /v1/datasets``."""
+    return [
+        {"name": s.name, "description": s.description, "needs_path": s.needs_path, "image_size": s.image_size}
+        for s in _SOURCES.values()
+    ]
+
+
+def load_dataset(
+    name: str,
+    path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> ImageDataset:
+    """Load a dataset by name, decoding it once and reusing the cached arrays afterwards.
+
+    ``path`` is the dataset's folder or archive (see :func:`describe_datasets`); without
+    one, a dataset that needs files is looked for where ``download=True`` puts it,
+    ``<cache_dir>/downloads/<name>``. ``cache_dir`` defaults to ``$CSSL_CACHE_DIR`` or
+    ``~/.cache/cssl``. ``image_size`` resizes to that square side (default: the
+    dataset's own, 64 for ``imagefolder``).
+    """
+    source = _SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    size = source.image_size if image_size is None else image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+
+    located = None
+    if source.needs_path:
+        located = _locate(source, path, cache_root, download)
+    elif path is not None:
+        log.warning("dataset %s takes no path; ignoring %s", name, path)
+
+    if not source.cached:
+        return _to_dataset(name, source.decode(None, size))
+    entry = cache.cache_file(cache_root, name, located, size)
+    decoded = cache.load(entry)
+    if decoded is None:
+        start = time.perf_counter()
+        decoded = source.decode(located, size)
+        log.info("decoded %s from %s in %.1f s; caching at %s", name, located, time.perf_counter() - start, entry)
+        cache.save(entry, decoded)
+    return _to_dataset(name, decoded)
+
+
+def class_balanced_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
+    """A fixed, seeded subset of ``n`` images with ``n // num_classes`` from each class.
+
+    The ``n % num_classes`` leftover places go one each to classes picked by the seed; a
+    class with too few images gives its shortfall to the others. Unlabeled images (-1,
+    STL-10's pretraining split) count as one more class. Images keep their order in
+    ``split``; the same ``(split, n, seed)`` always gives the same subset.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"subset size must be a positive integer, got {n!r}")
+    if n > len(split):
+        raise DataError(f"cannot take a subset of {n} images from a split of {len(split)}; lower the subset size")
+    generator = torch.Generator().manual_seed(seed)
+    classes = split.labels.unique()
+    quota = torch.full((len(classes),), n // len(classes), dtype=torch.long)
+    quota[torch.randperm(len(classes), generator=generator)[: n % len(classes)]] += 1
+
+    chosen, spare = [], []
+    for c, take in zip(classes.tolist(), quota.tolist()):
+        members = (split.labels == c).nonzero().squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        chosen.append(members[:take])
+        spare.append(members[take:])
+    picked = torch.cat(chosen)
+    if len(picked) < n:  # some classes were short: fill from the rest, in seeded order
+        rest = torch.cat(spare)
+        picked = torch.cat([picked, rest[torch.randperm(len(rest), generator=generator)[: n - len(picked)]]])
+    return split.subset(picked.sort().values)
+
+
+def _locate(source: DatasetSource, path: str | os.PathLike | None, cache_root: Path, download: bool) -> Path:
+    root = Path(path).expanduser() if path is not None else cache_root / "downloads" / source.name
+    if download:
+        if source.download is None:
+            raise ConfigError(f"dataset {source.name} cannot be downloaded; pass the path of your files")
+        try:
+            return source.locate(root)
+        except DataError:
+            log.info("downloading %s into %s", source.name, root)
+            source.download(root)
+    elif path is None:
+        try:
+            return source.locate(root)
+        except DataError:
+            fetch = f", or download=True to fetch it into {root}" if source.download else ""
+            raise DataError(
+                f"dataset {source.name} needs a path: pass the folder or archive that holds it{fetch}. "
+                f"{source.description}"
+            ) from None
+    return source.locate(root)
+
+
+def _to_dataset(name: str, decoded: cache.DecodedDataset) -> ImageDataset:
+    def split(arrays: cache.SplitArrays) -> ImageSplit:
+        return ImageSplit(torch.from_numpy(arrays.images), torch.from_numpy(arrays.labels))
+
+    unlabeled = split(decoded.unlabeled) if decoded.unlabeled is not None else None
+    return ImageDataset(name, list(decoded.classes), split(decoded.train), split(decoded.test), unlabeled)

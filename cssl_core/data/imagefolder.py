@@ -1,0 +1,208 @@
+"""Image-folder trees, on disk or inside a tar archive.
+
+Layout (torchvision's ``ImageFolder``, one tree per split)::
+
+    train/<class>/<image>     e.g. train/cat/0001.jpg
+    test/<class>/<image>
+
+Class names are the ``train/`` folder names in sorted order. Any format Pillow reads
+is accepted; files whose names start with ``.`` and non-image files are skipped. Every
+image is converted to RGB, its short side resized to ``image_size`` and centre-cropped
+to a square. Archives (``.tar``, ``.tar.gz``, ``.tgz``, ...) are read in memory with
+``tarfile``; nothing is extracted to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cssl_core.data.cache import DecodedDataset, SplitArrays
+from cssl_core.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+SPLITS = ("train", "test")
+LAYOUT = "train/<class>/<image> and test/<class>/<image>"
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def find_tree(path: Path) -> Path | None:
+    """The folder holding ``train/``, or the archive, that ``path`` points at; else None.
+
+    Accepts the tree itself, a folder holding exactly one such tree, an archive, or a
+    folder holding exactly one archive.
+    """
+    if path.is_file():
+        return path if is_archive(path) else None
+    if not path.is_dir():
+        return None
+    if (path / "train").is_dir():
+        return path
+    children = [c for c in path.iterdir() if not c.name.startswith(".")]
+    trees = [c for c in children if c.is_dir() and (c / "train").is_dir()]
+    if len(trees) == 1:
+        return trees[0]
+    archives = [c for c in children if c.is_file() and is_archive(c)]
+    if not trees and len(archives) == 1:
+        return archives[0]
+    return None
+
+
+def locate(path: Path) -> Path:
+    tree = find_tree(path)
+    if tree is None:
+        raise DataError(
+            f"no image-folder tree at {path}: expected {path}/train/<class>/<image> and "
+            f"{path}/test/<class>/<image>, a folder holding one such tree, or a .tar.gz of it"
+        )
+    return tree
+
+
+def decode(source: Path, image_size: int) -> DecodedDataset:
+    """Decode a tree or an archive of one; images come out ``(N, 3, image_size, image_size)``."""
+    if source.is_file():
+        files, dirs, root = _read_archive(source)
+        return _decode_tree(list(files), dirs, files.pop, image_size, where=f"{source}:{root}")
+    files, dirs = _walk(source)
+    return _decode_tree(files, dirs, lambda rel: (source / rel).read_bytes(), image_size, where=f"{source}/")
+
+
+def fit_square(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to ``size``, then centre-crop to ``size`` x ``size``."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def resize_arrays(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
+    """Bilinear (antialiased) resize of square uint8 images ``(N, 3, H, H)`` to ``(N, 3, size, size)``."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
+    for start in range(0, len(images), chunk):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out[start : start + chunk] = batch.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _walk(root: Path) -> tuple[list[str], set[str]]:
+    files, dirs = [], set()
+    for split in SPLITS:
+        for parent, subdirs, names in os.walk(root / split, followlinks=True):
+            rel_parent = Path(parent).relative_to(root).as_posix()
+            dirs.update(f"{rel_parent}/{d}" for d in subdirs)
+            files.extend(f"{rel_parent}/{n}" for n in names)
+    return files, dirs
+
+
+def _read_archive(archive: Path) -> tuple[dict[str, bytes], set[str], str]:
+    """Image bytes by path relative to the tree's root, the folders seen, and that root."""
+    entries: dict[str, bytes] = {}
+    dirs: set[str] = set()
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                name = _member_path(member.name, archive)
+                if member.isdir():
+                    dirs.add(name)
+                elif member.isfile() and _is_image(name):
+                    entries[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read archive {archive}: {exc}; check that the file is a complete tar archive") from exc
+    root = _archive_root(list(entries) + list(dirs), archive)
+    if root:
+        entries = {k[len(root) :]: v for k, v in entries.items() if k.startswith(root)}
+        dirs = {d[len(root) :] for d in dirs if d.startswith(root)}
+    return entries, dirs, root
+
+
+def _member_path(name: str, archive: Path) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+        raise DataError(f"archive {archive} has a member that escapes its folder: {name!r}; refusing to read it")
+    return "/".join(parts)
+
+
+def _archive_root(names: list[str], archive: Path) -> str:
+    """'' when ``train/`` sits at the top of the archive, else ``'<folder>/'`` holding it."""
+    tops = {n.split("/", 1)[0] for n in names}
+    if tops & set(SPLITS):
+        return ""
+    if len(tops) == 1:
+        (top,) = tops
+        if any(n.startswith(f"{top}/train/") for n in names):
+            return f"{top}/"
+    raise DataError(f"archive {archive} does not hold an image-folder tree: expected {LAYOUT}, at its top or in one folder")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in name.split("/"))
+
+
+def _decode_tree(
+    files: list[str], dirs: set[str], read: Callable[[str], bytes], image_size: int, where: str
+) -> DecodedDataset:
+    by_split: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
+    for d in dirs:
+        parts = d.split("/")
+        if len(parts) == 2 and parts[0] in by_split and not parts[1].startswith("."):
+            by_split[parts[0]].setdefault(parts[1], [])
+    for f in files:
+        parts = f.split("/")
+        if len(parts) >= 3 and parts[0] in by_split and _is_image(f):
+            by_split[parts[0]].setdefault(parts[1], []).append(f)
+
+    for split in SPLITS:
+        if not by_split[split]:
+            raise DataError(f"no {split}/<class>/<image> files in {where}: an image folder needs {LAYOUT}")
+        for cls, images in by_split[split].items():
+            if not images:
+                raise DataError(f"class folder {where}{split}/{cls} holds no images; add images or remove the folder")
+    classes = sorted(by_split["train"])
+    unknown = sorted(set(by_split["test"]) - set(classes))
+    if unknown:
+        raise DataError(f"{where}test/ has classes missing from train/: {', '.join(unknown)}")
+
+    splits = {}
+    for split in SPLITS:
+        items = [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
+        splits[split] = _decode_items(items, read, image_size, where)
+    return DecodedDataset(classes=classes, train=splits["train"], test=splits["test"])
+
+
+def _decode_items(items: list[tuple[str, int]], read: Callable[[str], bytes], size: int, where: str) -> SplitArrays:
+    images = np.empty((len(items), size, size, 3), dtype=np.uint8)  # HWC as Pillow gives it
+    for i, (rel, _) in enumerate(items):
+        images[i] = _decode_image(read, rel, size, f"{where}{rel}")
+    labels = np.array([label for _, label in items], dtype=np.int64)
+    return SplitArrays(np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels)
+
+
+def _decode_image(read: Callable[[str], bytes], rel: str, size: int, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(read(rel))) as image:
+            if min(image.size) >= 2 * size:
+                image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            return np.asarray(fit_square(rgb, size))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {name}: {exc}; replace or remove the file") from exc
