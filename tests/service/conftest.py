@@ -1,0 +1,104 @@
+"""Fixtures of the service tests: the test database, tokens, a real API server and a real
+Celery worker process (helpers in ``support.py``)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from .support import ADMIN_URL, DATABASE_URL, DB_NAME, REDIS_URL, SERVICE_ENV, Process, free_port, start_worker
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.service)
+
+
+@pytest.fixture(scope="session")
+def service_env() -> dict[str, str]:
+    """SERVICE_ENV, once the test database exists and is at head."""
+    try:
+        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+        redis.Redis.from_url(REDIS_URL).ping()
+    except Exception as exc:
+        pytest.fail(f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both): {exc}")
+    from store import migrate
+
+    migrate.upgrade(DATABASE_URL)
+    yield dict(SERVICE_ENV)
+    from store.db import session_factory
+
+    session_factory(DATABASE_URL).kw["bind"].dispose()
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
+    admin.dispose()
+    shutil.rmtree(SERVICE_ENV["CSSL_STATE_DIR"], ignore_errors=True)
+    broker = redis.Redis.from_url(REDIS_URL)
+    for key in broker.scan_iter(f"*{SERVICE_ENV['CSSL_QUEUE']}*"):
+        broker.delete(key)
+
+
+@pytest.fixture(scope="session")
+def settings(service_env):
+    from store.settings import Settings
+
+    return Settings.from_env(service_env)
+
+
+@pytest.fixture(scope="session")
+def tokens(settings) -> dict[str, str]:
+    from store import tokens as store_tokens
+    from store.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        return {owner: store_tokens.create_token(session, owner) for owner in ("alice", "bob")}
+
+
+@pytest.fixture(scope="module")
+def server(service_env, tmp_path_factory):
+    """A real uvicorn process serving the API (its sweeper included)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("api") / "api.log"
+    process = Process(
+        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port)],
+        service_env,
+        log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        raise AssertionError(f"API did not start:\n{process.output()}")
+    yield base
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(service_env, tmp_path_factory):
+    process = start_worker(service_env, tmp_path_factory.mktemp("worker") / "worker.log", "w1")
+    yield process
+    process.stop(signal.SIGQUIT)
+
+
+
+
+@pytest.fixture()
+def bob_headers(tokens) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['bob']}"}

@@ -1,0 +1,136 @@
+"""Helpers for the service tests, which run against the real Postgres and Redis (CI starts
+both) and, where a test needs them, a real uvicorn server and a real Celery worker process.
+
+Each test session gets its own database ``cssl_test_<random>`` (dropped at the end), its own
+Redis database number and its own queue name, so sessions on one machine do not meet.
+Unreachable Postgres or Redis is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+ADMIN_URL = os.environ.get("CSSL_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("CSSL_TEST_REDIS", "redis://127.0.0.1:6379/13")
+RUN_ID = uuid.uuid4().hex[:10]
+DB_NAME = f"cssl_test_{RUN_ID}"
+DATABASE_URL = ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+
+# A training job of a few seconds on 2 CPU cores.
+TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
+
+
+# The environment of every process of the service under test, this one included (so that
+# modules reading settings at import, like worker.app, see the test's database and queue).
+SERVICE_ENV = {
+    "CSSL_DATABASE_URL": DATABASE_URL,
+    "CSSL_BROKER_URL": REDIS_URL,
+    "CSSL_STATE_DIR": tempfile.mkdtemp(prefix=f"cssl_test_{RUN_ID}_"),
+    "CSSL_QUEUE": f"cssl_test_{RUN_ID}",
+    "CSSL_SWEEP_INTERVAL": "1",
+    "CSSL_HEARTBEAT_INTERVAL": "0.5",
+    "CSSL_HEARTBEAT_TIMEOUT": "5",
+    "CSSL_REPUBLISH_AFTER": "600",
+    "CSSL_PROGRESS_EVERY": "1",
+}
+os.environ.update(SERVICE_ENV)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A child process of the service, its output in a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self.handle = open(log, "wb")
+        self.popen = subprocess.Popen(argv, env={**os.environ, **env}, cwd=REPO, stdout=self.handle, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output():
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not seen in {self.log}:\n{self.output()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.handle.close()
+
+
+def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
+    worker = Process(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "-c", "1", "--loglevel=INFO",
+         f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        env,
+        log,
+    )
+    worker.wait_for(" ready.", timeout=90)
+    return worker
+
+
+def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
+    """Read a Server-Sent Events stream into ``[{"id", "event", "data"}]`` until it ends, or
+    until ``until(event)`` is true."""
+    events, current = [], {}
+    with httpx.stream("GET", base + path, headers=headers, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if line == "":
+                if "event" in current:
+                    event = {"id": int(current["id"]) if "id" in current else None, "event": current["event"],
+                             "data": json.loads(current.get("data", "{}"))}
+                    events.append(event)
+                    if event["event"] == "end" or (until and until(event)):
+                        return events
+                current = {}
+                continue
+            field, _, value = line.partition(":")
+            current[field] = value.removeprefix(" ")
+    return events
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

@@ -1,0 +1,239 @@
+"""The HTTP API in-process against the real Postgres and Redis, with no worker: validation,
+authentication, owner isolation, idempotency, cancelling queued jobs, re-publishing."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from .support import TINY, auth
+
+PRETRAIN = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": []}
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    from api.main import create_app
+
+    # A queue no worker reads: jobs submitted here stay queued.
+    app = create_app(settings.with_(queue=settings.queue + "_idle"), sweep=False)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture()
+def alice(tokens):
+    return auth(tokens["alice"])
+
+
+@pytest.fixture()
+def bob(tokens):
+    return auth(tokens["bob"])
+
+
+def submit(client, headers, body=PRETRAIN, **extra_headers):
+    return client.post("/v1/jobs", json=body, headers={**headers, **extra_headers})
+
+
+def assert_problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["title"] and problem["detail"]
+    return problem
+
+
+def test_health_checks_need_no_token(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() | {"warnings": []} == {
+        "status": "ready", "database": "ok", "broker": "ok", "mode": "production", "authentication": "on", "warnings": []
+    }
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/methods", "/v1/datasets", "/v1/checkpoints", "/v1/evaluations"])
+def test_every_other_route_needs_a_token(client, path):
+    problem = assert_problem(client.get(path), 401)
+    assert "cssl token create" in problem["detail"]
+    assert_problem(client.get(path, headers=auth("cssl_not-a-token")), 401)
+
+
+def test_submit_returns_202_with_location_and_the_resolved_config(client, alice):
+    response = submit(client, alice)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["attempt"] == 0
+    # Defaults are filled in from the method's typed config, so the stored config reproduces the run.
+    assert job["config"]["temperature"] == 0.5 and job["config"]["epochs"] == 1
+    assert client.get(response.headers["location"], headers=alice).json()["id"] == job["id"]
+
+
+def test_dataset_options_are_config_keys(client, alice):
+    body = {**PRETRAIN, "config": {"backbone": "small"}, "dataset": {"name": "synthetic", "options": {"subset": 64}}}
+    assert submit(client, alice, body).json()["config"]["subset"] == 64
+
+
+@pytest.mark.parametrize(
+    "body, loc, words",
+    [
+        ({**PRETRAIN, "method": "simclrr"}, ["body", "method"], "known methods"),
+        ({**PRETRAIN, "config": {"epochs": 1, "temprature": 0.2}}, ["body", "config", "temprature"], "valid options"),
+        ({**PRETRAIN, "config": {"epochs": -3}}, ["body", "config", "epochs"], "positive"),
+        ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
+        ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
+        ({**PRETRAIN, "dataset": {"name": "cifar10"}}, ["body", "dataset", "path"], "needs a path"),
+        ({**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}}, ["body", "dataset", "path"], "does not exist"),
+        ({**PRETRAIN, "dataset": {"name": "mnist"}}, ["body", "dataset", "name"], "known"),
+        ({**PRETRAIN, "priority": 12}, ["body", "priority"], "less than or equal"),
+        ({**PRETRAIN, "evaluate": ["svm"]}, ["body", "evaluate", 0], "knn"),
+        ({"kind": "pretrain", "dataset": {"name": "synthetic"}}, ["body"], "needs method"),
+        ({"kind": "eval"}, ["body"], "exactly one of checkpoint"),
+        ({"kind": "eval", "checkpoint": 999999}, ["body", "checkpoint"], "no checkpoint"),
+        ({"kind": "eval", "job": "0" * 32}, ["body", "job"], "no job"),
+        ({**PRETRAIN, "colour": "red"}, ["body", "colour"], "Extra inputs"),
+    ],
+)
+def test_validation_errors_name_the_field(client, alice, body, loc, words):
+    problem = assert_problem(submit(client, alice, body), 422)
+    assert [e["loc"] for e in problem["errors"]] == [loc], problem
+    assert words in problem["errors"][0]["msg"], problem
+    assert ".".join(map(str, loc)) in problem["detail"]
+
+
+def test_several_bad_fields_are_all_named(client, alice):
+    body = {**PRETRAIN, "config": {"epochz": 1, "lrr": 2}, "dataset": {"name": "cifar10"}}
+    problem = assert_problem(submit(client, alice, body), 422)
+    assert sorted(e["loc"][-1] for e in problem["errors"]) == ["epochz", "lrr", "path"]
+
+
+def test_eval_job_of_an_unfinished_job_is_refused(client, alice):
+    job = submit(client, alice).json()
+    problem = assert_problem(submit(client, alice, {"kind": "eval", "job": job["id"]}), 422)
+    assert "succeeded pretrain job" in problem["detail"]
+
+
+def test_malformed_json_is_a_problem(client, alice):
+    response = client.post("/v1/jobs", content=b"{not json", headers={**alice, "content-type": "application/json"})
+    assert_problem(response, 422)
+
+
+def test_idempotency_key(client, alice):
+    first = submit(client, alice, **{"Idempotency-Key": "k-123"})
+    again = submit(client, alice, **{"Idempotency-Key": "k-123"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other_body = {**PRETRAIN, "priority": 7}
+    problem = assert_problem(submit(client, alice, other_body, **{"Idempotency-Key": "k-123"}), 422)
+    assert first.json()["id"] in problem["detail"]
+    # Keys belong to an owner: bob's "k-123" is a new job.
+    assert submit(client, auth_of(client, "bob"), **{"Idempotency-Key": "k-123"}).json()["id"] != first.json()["id"]
+
+
+def auth_of(client, owner):
+    return client.app.state.test_tokens[owner]
+
+
+@pytest.fixture(autouse=True)
+def _tokens_on_app(client, tokens):
+    client.app.state.test_tokens = {owner: auth(token) for owner, token in tokens.items()}
+
+
+def test_owners_do_not_see_each_others_jobs(client, alice, bob):
+    job = submit(client, alice).json()
+    for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/metrics",
+                 f"/v1/jobs/{job['id']}/logs"):
+        assert_problem(client.get(path, headers=bob), 404)
+    assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob), 404)
+    assert job["id"] not in {j["id"] for j in client.get("/v1/jobs?limit=200", headers=bob).json()["items"]}
+    assert client.get(f"/v1/checkpoints?job={job['id']}", headers=bob).json() == []
+    assert_problem(submit(client, bob, {"kind": "eval", "job": job["id"]}), 422)
+
+
+def test_list_filters_and_pages(client, alice):
+    ids = [submit(client, alice, {**PRETRAIN, "method": "byol"}).json()["id"] for _ in range(3)]
+    page = client.get("/v1/jobs", params={"method": "byol", "limit": 2}, headers=alice).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    rest = client.get(page["next"], headers=alice).json()
+    assert ids[0] in [j["id"] for j in rest["items"]]
+    assert all(j["status"] == "queued" for j in client.get("/v1/jobs?status=queued", headers=alice).json()["items"])
+    assert client.get("/v1/jobs?status=succeeded&kind=eval&method=byol", headers=alice).json() == {"items": [], "next": None}
+    assert_problem(client.get("/v1/jobs?status=done", headers=alice), 422)
+
+
+def test_cancel_a_queued_job(client, alice):
+    job = submit(client, alice).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "cancelled" and cancelled.json()["timings"]["finished_at"]
+    # Cancelling again is harmless; the event stream replays the history and ends.
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice).json()["status"] == "cancelled"
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=alice) as stream:
+        text = "".join(stream.iter_text())
+    assert text.count("event: state") == 2 and '"status":"cancelled"' in text and text.rstrip().endswith("}")
+    assert "event: end" in text
+
+
+def test_a_claim_takes_a_job_once_and_never_a_cancelled_one(client, alice, settings):
+    from store import jobs
+    from store.db import session_scope
+
+    queued, cancelled = submit(client, alice).json(), submit(client, alice).json()
+    client.post(f"/v1/jobs/{cancelled['id']}/cancel", headers=alice)
+    with session_scope(settings.database_url) as session:
+        assert jobs.claim_job(session, queued["id"], "w-a") is not None
+    with session_scope(settings.database_url) as session:
+        assert jobs.claim_job(session, queued["id"], "w-b") is None  # the same message delivered twice
+        assert jobs.claim_job(session, cancelled["id"], "w-b") is None
+
+
+def test_methods_and_datasets(client, alice):
+    methods = {m["name"]: m for m in client.get("/v1/methods", headers=alice).json()}
+    assert {"simclr", "byol", "simsiam", "barlow_twins"} <= set(methods)
+    simclr = methods["simclr"]
+    assert simclr["paper"] and simclr["defaults"]["temperature"] == 0.5
+    assert "temperature" in simclr["config_schema"]["properties"]
+    datasets = {d["name"]: d for d in client.get("/v1/datasets", headers=alice).json()}
+    assert datasets["synthetic"]["needs_path"] is False and datasets["cifar10"]["needs_path"] is True
+
+
+def test_openapi_is_versioned_and_has_examples(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
+            "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/logs", "/v1/checkpoints",
+            "/v1/checkpoints/{checkpoint_id}/download", "/v1/evaluations", "/v1/methods", "/v1/datasets",
+            "/healthz", "/readyz"} <= set(spec["paths"])
+    post = spec["paths"]["/v1/jobs"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["examples"]["pretrain"]["value"]["method"] == "simclr"
+    assert "422" in post["responses"] and "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_unknown_route_is_a_problem(client):
+    assert "/v1" in assert_problem(client.get("/jobs"), 404)["detail"]
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_published_later(settings, tokens):
+    from api.main import create_app
+    from store import jobs
+    from store.db import session_scope
+    from worker.app import make_celery
+    from worker.sweeper import sweep
+
+    down = settings.with_(broker_url="redis://127.0.0.1:1/0", queue=settings.queue + "_down")
+    with TestClient(create_app(down, sweep=False)) as client:
+        assert client.get("/readyz").status_code == 503
+        response = client.post("/v1/jobs", json=PRETRAIN, headers=auth(tokens["alice"]))
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    with session_scope(settings.database_url) as session:
+        job = jobs.get_job(session, job_id)
+        assert job.status == "queued" and job.published_at is None
+        job.created_at = job.created_at.replace(year=job.created_at.year - 1)  # past the grace period
+
+    up = settings.with_(queue=settings.queue + "_down")
+    counts = sweep(make_celery(up), up)
+    assert counts["published"] >= 1
+    with session_scope(settings.database_url) as session:
+        assert jobs.get_job(session, job_id).published_at is not None
