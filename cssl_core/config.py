@@ -35,8 +35,15 @@ class MethodConfig:
     sgd_momentum: float = 0.9
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"
+    crop_min_scale: float | None = None  # None: the augmentation preset's (the paper's) value
 
     def validate(self) -> None:
+        from cssl_core.augment import preset_names
+
+        if self.augmentation not in preset_names():
+            raise ConfigError(f"augmentation must be one of {', '.join(preset_names())}, got {self.augmentation!r}")
+        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _positive("base_lr", self.base_lr)

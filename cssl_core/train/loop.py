@@ -122,7 +122,9 @@ def pretrain(
         images = images.to(device)
     image_size = data.image_size
     mean, std = channel_stats(split.images)
-    make_views = build_views(config.method_config.augmentation, image_size, mean, std)
+    mc = config.method_config
+    crop_scale = (mc.crop_min_scale, 1.0) if mc.crop_min_scale else None
+    make_views = build_views(mc.augmentation, image_size, mean, std, crop_scale=crop_scale)
     augment_rng = torch.Generator()
     augment_rng.manual_seed(config.seed)
 
