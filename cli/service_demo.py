@@ -1,0 +1,127 @@
+"""``make demo`` through HTTP: start ``cssl serve`` (embedded, authentication off), submit a
+pretraining job, follow its events, print its kNN and linear results, stop the service.
+
+    python -m cli.service_demo [--epochs 3] [--method simclr] [--state-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli.service_demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="simclr")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--subset", type=int, default=None)
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--state-dir", help="default: a new temporary folder")
+    args = parser.parse_args(argv)
+
+    port = args.port or _free_port()
+    state_dir = args.state_dir or tempfile.mkdtemp(prefix="cssl-demo-")
+    base = f"http://127.0.0.1:{port}"
+    # Embedded whatever the environment says, with a progress event every other step.
+    env = {k: v for k, v in os.environ.items() if k not in ("CSSL_DATABASE_URL", "CSSL_BROKER_URL")}
+    env["CSSL_PROGRESS_EVERY"] = "2"
+    print(f"$ cssl serve --no-auth --port {port} --state-dir {state_dir}", flush=True)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--no-auth", "--no-access-log", "--port", str(port), "--state-dir", state_dir],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(state_dir, "service.log"), "ab"),
+    )
+    try:
+        _wait_ready(base, service, state_dir)
+        body = {
+            "kind": "pretrain",
+            "method": args.method,
+            "dataset": {"name": args.dataset},
+            "config": {"backbone": "small", "epochs": args.epochs, "batch_size": args.batch_size,
+                       "precision": "fp32", "subset": args.subset},
+            "evaluate": ["knn", "linear"],
+        }
+        print(f"$ curl -X POST {base}/v1/jobs -d '{json.dumps(body)}'", flush=True)
+        response = httpx.post(f"{base}/v1/jobs", json=body, timeout=30)
+        if response.status_code != 202:
+            print(f"submission refused: {response.text}", file=sys.stderr)
+            return 1
+        job_id = response.json()["id"]
+        print(f"job {job_id} queued; following {base}/v1/jobs/{job_id}/events", flush=True)
+        _follow(base, job_id)
+        job = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()
+        if job["status"] != "succeeded":
+            print(f"job {job['status']}: {job['error']}", file=sys.stderr)
+            return 1
+        evaluations = httpx.get(f"{base}/v1/evaluations", params={"job": job_id}, timeout=30).json()
+        print(f"\n{args.method} on {args.dataset}, {args.epochs} epochs, backbone small "
+              f"({job['result']['train_seconds']:.0f} s of training, {job['result']['images_per_second']:.0f} images/s)")
+        for evaluation in evaluations:
+            if evaluation["checkpoint_id"] is not None:
+                top5 = "" if evaluation["top5"] is None else f"  top-5 {evaluation['top5']:.1f}%"
+                print(f"  {evaluation['protocol']:<6} top-1 {evaluation['top1']:.1f}%{top5}")
+        return 0
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+        print("service stopped", flush=True)
+
+
+def _follow(base: str, job_id: str) -> None:
+    """Print the job's progress and state changes from its Server-Sent Events stream."""
+    event_type, last_print = None, 0.0
+    with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=None) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event_type = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line.split(":", 1)[1])
+                if event_type == "state":
+                    print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
+                elif event_type == "progress" and (time.monotonic() - last_print > 2 or data["step"] == data["total_steps"]):
+                    last_print = time.monotonic()
+                    print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
+                          f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
+                elif event_type == "evaluation":
+                    print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
+                elif event_type == "end":
+                    return
+
+
+def _wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise SystemExit(f"the service exited; see {state_dir}/service.log")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the service was not ready after {timeout:.0f} s; see {state_dir}/service.log")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
