@@ -86,6 +86,13 @@ def test_resized_crop_of_a_box_at_its_own_size_copies_its_pixels():
     torch.testing.assert_close(out[1], images[1, :, 0:16, 16:32].flip(-1))
 
 
+def test_crop_grid_is_affine_grid_for_crop_matrices():
+    crop = ops.sample_crop_params(8, (40, 30), (0.08, 1.0), (3 / 4, 4 / 3), generator())
+    theta = ops.crop_matrices(crop, (40, 30), ops.sample_mask(8, 0.5, generator()))
+    expected = F.affine_grid(theta, [8, 3, 20, 20], align_corners=False)
+    torch.testing.assert_close(ops.crop_grid(theta, 20), expected)
+
+
 def test_resized_crop_upsamples_like_bilinear_interpolation():
     images = torch.rand(1, 3, 32, 32, generator=generator())
     crop = ops.CropParams(*(torch.tensor([v], dtype=F64) for v in (4.0, 6.0, 10.0, 12.0)))
@@ -124,14 +131,24 @@ def test_grayscale_gives_equal_channels_of_luma_where_masked():
     assert torch.equal(out[~mask], images[~mask])
 
 
-def test_solarize_inverts_only_pixels_at_or_above_threshold():
+def test_ops_in_place_on_a_fully_selected_batch():
+    images = torch.rand(3, 3, 8, 8, generator=generator())
+    everything = torch.ones(3, dtype=torch.bool)
+    gray = ops.grayscale(images.clone(), everything, inplace=True)
+    assert gray.is_contiguous() and torch.equal(gray[:, 0], gray[:, 2])
+    solarized = ops.solarize(gray, everything, inplace=True)
+    torch.testing.assert_close(solarized, TF.solarize(ops.grayscale(images, everything), 0.5))
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_solarize_inverts_only_pixels_at_or_above_threshold(threshold):
     images = torch.linspace(0, 1, 3 * 8 * 8).view(1, 3, 8, 8).repeat(2, 1, 1, 1)
-    out = ops.solarize(images, torch.tensor([True, False]), threshold=0.5)
-    above = images[0] >= 0.5
+    out = ops.solarize(images, torch.tensor([True, False]), threshold=threshold)
+    above = images[0] >= threshold
     torch.testing.assert_close(out[0][above], 1 - images[0][above])
     assert torch.equal(out[0][~above], images[0][~above])
     assert torch.equal(out[1], images[1])
-    torch.testing.assert_close(out[:1], TF.solarize(images[:1], 0.5))
+    torch.testing.assert_close(out[:1], TF.solarize(images[:1], threshold))
 
 
 def test_blur_with_tiny_sigma_is_the_identity():

@@ -98,8 +98,8 @@ def hue_matrices(hue: Tensor) -> Tensor:
 
 
 def jitter_steps(params: JitterParams) -> tuple[Tensor, Tensor]:
-    """The affine map of each image at each of the four steps: matrices (N, 4, 3, 3) and
-    mean-luma coefficients (N, 4), both float32 on the CPU (see the module docstring)."""
+    """The affine map of each image at each of the four steps: matrices (4, N, 3, 3) and
+    mean-luma coefficients (4, N), both float32 on the CPU (see the module docstring)."""
     n = params.brightness.shape[0]
     eye = torch.eye(3, dtype=torch.float64).expand(n, 3, 3)
     luma = torch.tensor(LUMA_WEIGHTS, dtype=torch.float64).expand(3, 3)  # every row is w^T
@@ -112,25 +112,33 @@ def jitter_steps(params: JitterParams) -> tuple[Tensor, Tensor]:
     offsets = torch.zeros(n, 4, dtype=torch.float64)
     offsets[:, CONTRAST] = 1 - params.contrast
 
-    # Reorder the ops into the steps each image takes them in.
+    # Reorder the ops into the steps each image takes them in; step-major, as contiguous
+    # (N, 3, 3) batches keep ``bmm`` on its fast path.
     steps = matrices.gather(1, params.order.view(n, 4, 1, 1).expand(n, 4, 3, 3))
-    return steps.float(), offsets.gather(1, params.order).float()
+    return steps.transpose(0, 1).float().contiguous(), offsets.gather(1, params.order).T.float().contiguous()
 
 
-def color_jitter(images: Tensor, params: JitterParams) -> Tensor:
-    """Apply the drawn jitter to float images (N, 3, H, W) in [0, 1]; returns (N, 3, H, W)."""
+def color_jitter(images: Tensor, params: JitterParams, inplace: bool = False) -> Tensor:
+    """Apply the drawn jitter to float images (N, 3, H, W) in [0, 1]; returns (N, 3, H, W).
+
+    ``inplace`` lets the steps reuse ``images``' memory (use the returned tensor either way).
+    """
     n, channels, height, width = images.shape
+    device = images.device
     matrices, offsets = jitter_steps(params)
-    needs_mean = offsets.ne(0).any(dim=0).tolist()  # on the CPU, so no device sync
-    matrices = matrices.to(images.device, non_blocking=True)
-    offsets = offsets.to(images.device, non_blocking=True)
-    luma = torch.tensor(LUMA_WEIGHTS, device=images.device)
+    luma = torch.tensor(LUMA_WEIGHTS, device=device)
     x = images.reshape(n, channels, height * width)
-    for step in range(4):
-        y = torch.bmm(matrices[:, step], x)
-        if needs_mean[step]:
-            # Contrast blends with the mean luma of the image as it is at this step.
-            mean_luma = x.mean(dim=2) @ luma
-            y += (offsets[:, step] * mean_luma).view(n, 1, 1)
-        x = y.clamp_(0, 1)
+    # The steps alternate between two buffers: fresh large tensors cost page faults on the CPU.
+    buffers = (torch.empty_like(x), x if inplace else torch.empty_like(x))
+    for step, step_matrices in enumerate(matrices.to(device, non_blocking=True)):
+        # Contrast blends with the mean luma of the image as it is at this step; only the
+        # images doing contrast now (about a quarter) need it. Indices come from the CPU.
+        shift = torch.zeros(n, 1, 1, device=device)
+        contrast = offsets[step].nonzero().squeeze(1)
+        if contrast.numel():
+            index = contrast.to(device, non_blocking=True)
+            mean_luma = x.index_select(0, index).mean(dim=2) @ luma
+            coefficient = offsets[step, contrast].to(device, non_blocking=True)
+            shift.index_copy_(0, index, (coefficient * mean_luma).view(-1, 1, 1))
+        x = torch.baddbmm(shift, step_matrices, x, out=buffers[step % 2]).clamp_(0, 1)  # shift broadcasts
     return x.view(n, channels, height, width)

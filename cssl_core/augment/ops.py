@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,22 @@ def crop_matrices(crop: CropParams, image_size: tuple[int, int], flip: Tensor | 
     return theta.float()
 
 
+def crop_grid(theta: Tensor, size: int, device: torch.device | str = "cpu") -> Tensor:
+    """The sampling grid (N, size, size, 2) that ``F.affine_grid(theta, (N, C, size, size),
+    align_corners=False)`` builds, for axis-aligned ``theta`` (N, 2, 3) as crops have.
+
+    Without rotation or shear x depends on the column only and y on the row only, so two
+    (N, size) vectors, broadcast, replace affine_grid's (N, size * size, 3) x (3, 2) matmul:
+    about ten times less work, and only the vectors travel to the device.
+    """
+    n = theta.shape[0]
+    centres = (torch.arange(size, dtype=theta.dtype) * 2 + 1) / size - 1  # pixel centres in [-1, 1]
+    x = theta[:, 0, 0:1] * centres + theta[:, 0, 2:3]
+    y = theta[:, 1, 1:2] * centres + theta[:, 1, 2:3]
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return torch.stack((x.view(n, 1, size).expand(-1, size, -1), y.view(n, size, 1).expand(-1, -1, size)), dim=-1)
+
+
 def resized_crop(images: Tensor, crop: CropParams, size: int, flip: Tensor | None = None) -> Tensor:
     """Crop each image to its box, resize it to (size, size) bilinearly, and mirror the images
     where ``flip`` is true: one ``grid_sample`` for the whole batch.
@@ -126,35 +143,62 @@ def resized_crop(images: Tensor, crop: CropParams, size: int, flip: Tensor | Non
     Returns (N, 3, size, size). Unlike torchvision there is no antialiasing: views are crops
     resized up or to about their own size, where antialiasing changes nothing.
     """
-    n, channels = images.shape[:2]
-    theta = crop_matrices(crop, tuple(images.shape[-2:]), flip).to(images.device, non_blocking=True)
-    grid = F.affine_grid(theta, [n, channels, size, size], align_corners=False)
+    theta = crop_matrices(crop, tuple(images.shape[-2:]), flip)
+    grid = crop_grid(theta, size, images.device)
     # "border" clamps the half-pixel overshoot at a box on the image's edge, as resizing the
     # cropped image would; inside the image the sampler may read the neighbouring pixel.
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def horizontal_flip(images: Tensor, flip: Tensor) -> Tensor:
+def apply_selected(
+    images: Tensor, mask: Tensor, op: Callable[[Tensor, Tensor], Tensor], inplace: bool = False
+) -> Tensor:
+    """``op(images[selected], selected)`` for the images where ``mask`` (N,) is true, the others
+    unchanged. ``selected`` are CPU indices, e.g. to pick per-image parameters.
+
+    Selecting is cheaper than computing every image and choosing with ``torch.where``: the op
+    runs on the p-fraction only, and a bool-conditioned ``where`` is slow on the CPU.
+    ``inplace`` writes the results into ``images`` (use the returned tensor either way).
+    """
+    selected = mask.cpu().nonzero().squeeze(1)  # the mask is drawn on the CPU: no device sync
+    if selected.numel() == 0:
+        return images
+    if selected.numel() == images.shape[0]:
+        return op(images, selected).contiguous()  # materialises an expanded result (luma)
+    index = selected.to(images.device, non_blocking=True)
+    result = op(images.index_select(0, index), selected)
+    return images.index_copy_(0, index, result) if inplace else images.index_copy(0, index, result)
+
+
+def horizontal_flip(images: Tensor, flip: Tensor, inplace: bool = False) -> Tensor:
     """Mirror the images (N, 3, H, W) where ``flip`` (N,) is true. Views fuse this into
     :func:`resized_crop`; this is for images that are not cropped."""
-    flip = flip.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
-    return torch.where(flip, images.flip(-1), images)
+    return apply_selected(images, flip, lambda x, _: x.flip(-1), inplace)
 
 
-def grayscale(images: Tensor, mask: Tensor) -> Tensor:
+def _luma(images: Tensor, _: Tensor) -> Tensor:
+    n, channels, height, width = images.shape
+    weights = torch.tensor(LUMA_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 1, 3)
+    luma = torch.matmul(weights, images.reshape(n, channels, height * width))  # (N, 1, H*W)
+    return luma.view(n, 1, height, width).expand(n, channels, height, width)
+
+
+def grayscale(images: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
     """Replace the images (N, 3, H, W) where ``mask`` (N,) is true by their luma on all three
     channels (torchvision ``RandomGrayscale``)."""
-    weights = torch.tensor(LUMA_WEIGHTS, device=images.device).view(1, 3, 1, 1)
-    luma = (images * weights).sum(dim=1, keepdim=True)
-    mask = mask.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
-    return torch.where(mask, luma.expand_as(images), images)
+    return apply_selected(images, mask, _luma, inplace)
 
 
-def solarize(images: Tensor, mask: Tensor, threshold: float = 0.5) -> Tensor:
+def solarize(images: Tensor, mask: Tensor, threshold: float = 0.5, inplace: bool = False) -> Tensor:
     """Invert the pixels at or above ``threshold`` in the images where ``mask`` (N,) is true
     (BYOL, arXiv 2006.07733, App. B; torchvision ``RandomSolarize``)."""
-    mask = mask.to(images.device, non_blocking=True).view(-1, 1, 1, 1)
-    return torch.where(mask & (images >= threshold), 1.0 - images, images)
+
+    def invert(x: Tensor, _: Tensor) -> Tensor:
+        if threshold == 0.5:
+            return torch.minimum(x, 1.0 - x)  # the same for 0.5, and several times faster
+        return torch.where(x >= threshold, 1.0 - x, x)
+
+    return apply_selected(images, mask, invert, inplace)
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -177,7 +221,7 @@ def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
     return kernels / kernels.sum(dim=1, keepdim=True)
 
 
-def gaussian_blur(images: Tensor, sigma: Tensor, mask: Tensor, kernel_size: int) -> Tensor:
+def gaussian_blur(images: Tensor, sigma: Tensor, mask: Tensor, kernel_size: int, inplace: bool = False) -> Tensor:
     """Blur the images (N, 3, H, W) where ``mask`` (N,) is true with a Gaussian of their own
     ``sigma`` (N,) pixels; reflect padding, as torchvision's ``gaussian_blur``.
 
@@ -186,31 +230,27 @@ def gaussian_blur(images: Tensor, sigma: Tensor, mask: Tensor, kernel_size: int)
     """
     if kernel_size % 2 == 0 or kernel_size // 2 >= min(images.shape[-2:]):
         raise ValueError(f"kernel_size must be odd and under twice the image side, got {kernel_size}")
-    selected = mask.nonzero().squeeze(1)  # mask is on the CPU: no device sync
-    if selected.numel() == 0:
-        return images
-    index = selected.to(images.device, non_blocking=True)
-    chosen = images if selected.numel() == images.shape[0] else images.index_select(0, index)
-    n, channels, height, width = chosen.shape
-    weights = gaussian_kernels(sigma[selected], kernel_size).float().repeat_interleave(channels, dim=0)
-    weights = weights.to(images.device, non_blocking=True)
-    pad = kernel_size // 2
-    folded = F.pad(chosen.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
-    # channels_last makes the CPU's depthwise convolution several times faster on small images.
-    folded = folded.contiguous(memory_format=torch.channels_last)
-    blurred = F.conv2d(folded, weights.view(-1, 1, kernel_size, 1), groups=n * channels)
-    blurred = F.conv2d(blurred, weights.view(-1, 1, 1, kernel_size), groups=n * channels)
-    blurred = blurred.reshape(n, channels, height, width)
-    if selected.numel() == images.shape[0]:
-        return blurred
-    return images.index_copy(0, index, blurred)
+
+    def blur(x: Tensor, selected: Tensor) -> Tensor:
+        n, channels, height, width = x.shape
+        weights = gaussian_kernels(sigma.cpu()[selected], kernel_size).float().repeat_interleave(channels, dim=0)
+        weights = weights.to(x.device, non_blocking=True)
+        pad = kernel_size // 2
+        folded = F.pad(x.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
+        # channels_last makes the CPU's depthwise convolution several times faster on small images.
+        folded = folded.contiguous(memory_format=torch.channels_last)
+        blurred = F.conv2d(folded, weights.view(-1, 1, kernel_size, 1), groups=n * channels)
+        blurred = F.conv2d(blurred, weights.view(-1, 1, 1, kernel_size), groups=n * channels)
+        return blurred.reshape(n, channels, height, width)
+
+    return apply_selected(images, mask, blur, inplace)
 
 
-def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(x - mean) / std per channel, for images (N, 3, H, W)."""
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], inplace: bool = False) -> Tensor:
+    """(x - mean) / std per channel, for images (N, 3, H, W); ``inplace`` overwrites them."""
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean_t).div_(std_t)
+    return (images.sub_(mean_t) if inplace else images - mean_t).div_(std_t)
 
 
 def denormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

@@ -76,10 +76,13 @@ def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Ten
     n = images.shape[0]
     crop = ops.sample_crop_params(n, tuple(images.shape[-2:]), spec.crop_scale, spec.crop_ratio, generator)
     flip = ops.sample_mask(n, spec.flip_p, generator)
+    # The view is a fresh tensor that this function owns, so the ops below work in place.
     view = ops.resized_crop(images, crop, spec.size, flip)
 
     def grayscale(x: Tensor) -> Tensor:
-        return ops.grayscale(x, ops.sample_mask(n, spec.grayscale_p, generator)) if spec.grayscale_p > 0 else x
+        if spec.grayscale_p == 0:
+            return x
+        return ops.grayscale(x, ops.sample_mask(n, spec.grayscale_p, generator), inplace=True)
 
     if spec.grayscale_before_jitter:
         view = grayscale(view)
@@ -87,15 +90,16 @@ def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Ten
         jitter = sample_jitter_params(
             n, spec.brightness, spec.contrast, spec.saturation, spec.hue, spec.jitter_p, generator
         )
-        view = color_jitter(view, jitter)
+        view = color_jitter(view, jitter, inplace=True)
     if not spec.grayscale_before_jitter:
         view = grayscale(view)
     if spec.blur_p > 0:
         blurred = ops.sample_mask(n, spec.blur_p, generator)
         sigma = ops.sample_blur_sigma(n, spec.blur_sigma, generator)
-        view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size())
+        view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size(), inplace=True)
     if spec.solarize_p > 0:
-        view = ops.solarize(view, ops.sample_mask(n, spec.solarize_p, generator), spec.solarize_threshold)
+        solarized = ops.sample_mask(n, spec.solarize_p, generator)
+        view = ops.solarize(view, solarized, spec.solarize_threshold, inplace=True)
     return view
 
 
@@ -133,4 +137,4 @@ class ViewGenerator:
             # Draws happen on the CPU so that a seed gives the same views on every device.
             raise ValueError(f"the augmentation generator must be a CPU generator, got {generator.device}")
         unit = ops.to_unit_float(images)
-        return [ops.normalize(make_view(unit, spec, generator), self.mean, self.std) for spec in self.views]
+        return [ops.normalize(make_view(unit, spec, generator), self.mean, self.std, inplace=True) for spec in self.views]
