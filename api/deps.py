@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session
 from api.problems import ProblemError
 from store import tokens
 from store.settings import Settings
+from worker.sweeper import Publisher
 
 bearer = HTTPBearer(auto_error=False, description="A token from `cssl token create --owner NAME`")
 
@@ -21,8 +21,8 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+def get_publisher(request: Request) -> Publisher:
+    return request.app.state.publisher
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -32,7 +32,7 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
+PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 # Function scope: the commit happens before the response goes out, so a client that reads
 # right after a write sees it.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -13,7 +13,7 @@ from api.routes.health import AUTH_OFF_WARNING
 from store.db import session_factory
 from store.settings import Settings, get_settings
 from worker.app import make_celery
-from worker.sweeper import Sweeper
+from worker.sweeper import Publisher, Sweeper
 
 log = logging.getLogger("cssl.api")
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     async def lifespan(app: FastAPI):
         if settings.auth_disabled:
             log.warning(AUTH_OFF_WARNING)
-        sweeper = Sweeper(app.state.celery, settings) if sweep else None
+        sweeper = Sweeper(app.state.publisher) if sweep else None
         if sweeper:
             sweeper.start()
         yield
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.celery = make_celery(settings)
+    app.state.publisher = Publisher(app.state.celery, settings)
     problems.install(app)
     for module in (jobs, artifacts, catalog, health):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import Celery
 
@@ -20,41 +21,55 @@ from worker.app import publish
 log = logging.getLogger(__name__)
 
 
-def try_publish(app: Celery, settings: Settings, job_id: str, priority: int) -> bool:
-    """False if the broker cannot be reached: the job stays queued and unpublished, and the
-    next sweep publishes it."""
-    try:
-        publish(app, settings, job_id, priority)
-    except Exception as exc:  # any broker error
-        log.warning("could not publish job %s (%s); it stays queued and will be published again", job_id, exc)
-        return False
-    return True
+class Publisher:
+    """Sends job ids to the queue and notes it on the job.
+
+    When the broker is down, the Redis client spends seconds retrying each connection. After a
+    failure, requests therefore skip the broker for ``sweep_interval`` seconds: their jobs stay
+    queued and unpublished, and the sweeper (``force=True``) sends them once it is back.
+    """
+
+    def __init__(self, app: Celery, settings: Settings):
+        self.app, self.settings = app, settings
+        self._down_until = 0.0
+
+    def send(self, job_id: str, priority: int, *, force: bool = False) -> bool:
+        if not force and time.monotonic() < self._down_until:
+            return False
+        try:
+            publish(self.app, self.settings, job_id, priority)
+        except Exception as exc:  # any broker error
+            self._down_until = time.monotonic() + self.settings.sweep_interval
+            log.warning("could not publish job %s (%s); it stays queued and will be published again", job_id, exc)
+            return False
+        self._down_until = 0.0
+        return True
+
+    def send_and_record(self, job_id: str, priority: int, *, force: bool = False) -> bool:
+        if not self.send(job_id, priority, force=force):
+            return False
+        with session_scope(self.settings.database_url) as session:
+            jobs.mark_published(session, job_id)
+        return True
 
 
-def publish_job(app: Celery, settings: Settings, job_id: str, priority: int) -> bool:
-    if not try_publish(app, settings, job_id, priority):
-        return False
-    with session_scope(settings.database_url) as session:
-        jobs.mark_published(session, job_id)
-    return True
-
-
-def sweep(app: Celery, settings: Settings) -> dict[str, int]:
+def sweep(publisher: Publisher) -> dict[str, int]:
+    settings = publisher.settings
     with session_scope(settings.database_url) as session:
         requeued = jobs.requeue_lost(session, settings.heartbeat_timeout, settings.max_attempts)
     for job_id in requeued:
         log.warning("job %s lost its worker; re-queued", job_id)
     with session_scope(settings.database_url) as session:
         pending = jobs.unpublished_jobs(session, settings.republish_after)
-    published = sum(publish_job(app, settings, job_id, priority) for job_id, priority in pending)
+    published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority in pending)
     return {"requeued": len(requeued), "published": published}
 
 
 class Sweeper:
     """Runs :func:`sweep` every ``settings.sweep_interval`` seconds in a daemon thread."""
 
-    def __init__(self, app: Celery, settings: Settings):
-        self.app, self.settings = app, settings
+    def __init__(self, publisher: Publisher):
+        self.publisher, self.settings = publisher, publisher.settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cssl-sweeper", daemon=True)
 
@@ -68,7 +83,7 @@ class Sweeper:
     def _loop(self) -> None:
         while True:
             try:
-                sweep(self.app, self.settings)
+                sweep(self.publisher)
             except Exception:
                 log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval)
             if self._stop.wait(self.settings.sweep_interval):

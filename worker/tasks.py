@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from store.settings import get_settings
 from worker import runner
 from worker.app import RUN_JOB, app
-from worker.sweeper import sweep
+from worker.sweeper import Publisher, sweep
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def run_job(job_id: str) -> str | None:
 def _sweep_on_start(**_) -> None:
     # Jobs whose worker died, or that were submitted while no broker was up, go out again now.
     try:
-        counts = sweep(app, get_settings())
+        counts = sweep(Publisher(app, get_settings()))
         log.info("startup sweep: %s", counts)
     except Exception:
         log.exception("startup sweep failed")

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api import events, submission
-from api.deps import CeleryDep, CurrentOwner, SessionDep, SettingsDep
+from api.deps import CurrentOwner, PublisherDep, SessionDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import EVAL_EXAMPLE, PRETRAIN_EXAMPLE, JobCreate, JobKind, JobList, JobMetrics, JobPublic, JobStatus, Problem
 from api.views import job_public
 from store import jobs, records
 from store.models import Job
-from worker.sweeper import try_publish
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -38,8 +37,7 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
 def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
-    settings: SettingsDep,
-    celery: CeleryDep,
+    publisher: PublisherDep,
     response: Response,
     body: Annotated[
         JobCreate,
@@ -66,7 +64,7 @@ def submit_job(
     # The row must be committed before a worker can claim it.
     session.commit()
     if created:
-        if try_publish(celery, settings, job.id, job.priority):
+        if publisher.send(job.id, job.priority):
             jobs.mark_published(session, job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
