@@ -112,10 +112,10 @@ def jitter_steps(params: JitterParams) -> tuple[Tensor, Tensor]:
     offsets = torch.zeros(n, 4, dtype=torch.float64)
     offsets[:, CONTRAST] = 1 - params.contrast
 
-    # Reorder the ops into the steps each image takes them in; step-major, as contiguous
-    # (N, 3, 3) batches keep ``bmm`` on its fast path.
-    steps = matrices.gather(1, params.order.view(n, 4, 1, 1).expand(n, 4, 3, 3))
-    return steps.transpose(0, 1).float().contiguous(), offsets.gather(1, params.order).T.float().contiguous()
+    # Reorder the ops into the steps each image takes them in; step-major, so that each step's
+    # (N, 3, 3) batch is one contiguous block for ``bmm``.
+    steps = matrices.gather(1, params.order.view(n, 4, 1, 1).expand(n, 4, 3, 3)).transpose(0, 1)
+    return steps.float().contiguous(), offsets.gather(1, params.order).T.float().contiguous()
 
 
 def color_jitter(images: Tensor, params: JitterParams, inplace: bool = False) -> Tensor:
@@ -140,5 +140,6 @@ def color_jitter(images: Tensor, params: JitterParams, inplace: bool = False) ->
             mean_luma = x.index_select(0, index).mean(dim=2) @ luma
             coefficient = offsets[step, contrast].to(device, non_blocking=True)
             shift.index_copy_(0, index, (coefficient * mean_luma).view(-1, 1, 1))
-        x = torch.baddbmm(shift, step_matrices, x, out=buffers[step % 2]).clamp_(0, 1)  # shift broadcasts
+        # shift (N, 1, 1) broadcasts over (N, 3, H*W); clamping after each op, as torchvision.
+        x = torch.baddbmm(shift, step_matrices, x, out=buffers[step % 2]).clamp_(0, 1)
     return x.view(n, channels, height, width)

@@ -236,12 +236,12 @@ def gaussian_blur(images: Tensor, sigma: Tensor, mask: Tensor, kernel_size: int,
         weights = gaussian_kernels(sigma.cpu()[selected], kernel_size).float().repeat_interleave(channels, dim=0)
         weights = weights.to(x.device, non_blocking=True)
         pad = kernel_size // 2
-        folded = F.pad(x.reshape(1, n * channels, height, width), (pad, pad, pad, pad), mode="reflect")
-        # channels_last makes the CPU's depthwise convolution several times faster on small images.
-        folded = folded.contiguous(memory_format=torch.channels_last)
+        # Padding each axis just before its pass is cheaper than padding both up front.
+        folded = F.pad(x.reshape(1, n * channels, height, width), (0, 0, pad, pad), mode="reflect")
         blurred = F.conv2d(folded, weights.view(-1, 1, kernel_size, 1), groups=n * channels)
+        blurred = F.pad(blurred, (pad, pad, 0, 0), mode="reflect")
         blurred = F.conv2d(blurred, weights.view(-1, 1, 1, kernel_size), groups=n * channels)
-        return blurred.reshape(n, channels, height, width)
+        return blurred.view(n, channels, height, width)
 
     return apply_selected(images, mask, blur, inplace)
 
