@@ -35,7 +35,6 @@ def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) * 0.8 + 0.1
 
 
-
 def test_crop_boxes_lie_in_the_image_with_area_and_ratio_in_range():
     crop = ops.sample_crop_params(4096, (224, 224), (0.08, 1.0), (3 / 4, 4 / 3), generator())
     area = crop.height * crop.width / 224**2
@@ -99,7 +98,6 @@ def test_resized_crop_upsamples_like_bilinear_interpolation():
     reference = F.interpolate(images[:, :, 4:14, 6:18], size=(24, 24), mode="bilinear", align_corners=False)
     # Inside the box both interpolate the same pixels; on its edge torchvision clamps to the box.
     torch.testing.assert_close(out[..., 2:-2, 2:-2], reference[..., 2:-2, 2:-2])
-
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
@@ -175,7 +173,6 @@ def test_normalize_round_trip():
     torch.testing.assert_close(ops.denormalize(normalised, MEAN, STD), images)
 
 
-
 def test_jitter_factors_rate_and_orders():
     params = sample_jitter_params(4096, 0.8, 0.8, 0.8, 0.2, p=0.8, generator=generator())
     applied = params.applied
@@ -232,7 +229,6 @@ def test_hue_shift_leaves_grey_grey():
     one = torch.ones(1, dtype=F64)
     params = JitterParams(one, one, one, torch.tensor([0.4], dtype=F64), torch.arange(4).view(1, 4), one.bool())
     torch.testing.assert_close(color_jitter(grey, params), grey)
-
 
 
 @pytest.mark.parametrize("preset", preset_names())
