@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.deps import TokenCache
 from api.routes import artifacts, catalog, health, jobs
 from api.routes.health import AUTH_OFF_WARNING
-from store.db import session_factory
+from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
 from worker.app import make_celery
 from worker.sweeper import Publisher, Sweeper
@@ -42,8 +43,10 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
+    app.state.read_sessions = read_session_factory(settings.database_url)
     app.state.celery = make_celery(settings)
     app.state.publisher = Publisher(app.state.celery, settings)
+    app.state.token_cache = TokenCache()
     problems.install(app)
     for module in (jobs, artifacts, catalog, health):
         app.include_router(module.router)

@@ -22,6 +22,7 @@ def add_service_commands(subparsers) -> None:
 
     p = subparsers.add_parser("api", help="run the HTTP API alone")
     _server_options(p)
+    p.add_argument("--workers", type=int, default=1, help="API processes (each reads the settings from the environment)")
     p.set_defaults(func=cmd_api)
 
     p = subparsers.add_parser("worker", help="run a Celery worker alone")
@@ -79,16 +80,25 @@ def _ready_schema(settings) -> None:
 def _run_api(args: argparse.Namespace, settings) -> int:
     import uvicorn
 
-    from api.main import create_app
-
+    workers = getattr(args, "workers", 1)
+    # Several processes need the app by name; each builds it from the environment set above.
+    app = "api.main:create_app" if workers > 1 else _app(settings)
     uvicorn.run(
-        create_app(settings),
+        app,
+        factory=workers > 1,
+        workers=workers,
         host=args.host,
         port=args.port,
         access_log=not args.no_access_log,
         log_level="info",
     )
     return 0
+
+
+def _app(settings):
+    from api.main import create_app
+
+    return create_app(settings)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

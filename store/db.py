@@ -30,15 +30,29 @@ def make_engine(database_url: str) -> Engine:
         def _begin_immediate(connection):
             # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY) when
             # another process wrote in between; taking the write lock up front makes it wait.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read sessions (autocommit) take no lock at all.
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
 @functools.cache
+def engine_for(database_url: str) -> Engine:
+    return make_engine(database_url)
+
+
+@functools.cache
 def session_factory(database_url: str) -> sessionmaker[Session]:
-    return sessionmaker(make_engine(database_url), expire_on_commit=False)
+    return sessionmaker(engine_for(database_url), expire_on_commit=False)
+
+
+@functools.cache
+def read_session_factory(database_url: str) -> sessionmaker[Session]:
+    """Sessions for reads only, in autocommit: no BEGIN/COMMIT round trips on Postgres, no
+    write lock on SQLite, and closing one does no I/O. Same connection pool as the others."""
+    return sessionmaker(engine_for(database_url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
 @contextmanager

@@ -7,9 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentOwner, SessionDep, SettingsDep
+from api.deps import CurrentOwner, ReadSessionDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import CheckpointPublic, EvaluationPublic, Problem
 from api.views import checkpoint_public, evaluation_public
@@ -20,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["results"])
 
 @router.get("/checkpoints", response_model=list[CheckpointPublic], summary="Your checkpoints, newest first")
 def list_checkpoints(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     job: Annotated[str | None, Query(description="Only this job's")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
@@ -38,9 +37,9 @@ def list_checkpoints(
     },
     summary="Download a checkpoint: the full training state, or ?format=torchvision for the backbone state_dict",
 )
-async def download_checkpoint(
+def download_checkpoint(
     checkpoint_id: int,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     format: Literal["full", "torchvision"] = "full",
@@ -53,7 +52,7 @@ async def download_checkpoint(
         raise ProblemError(410, f"checkpoint {checkpoint_id} was recorded at {checkpoint.path} but the file is gone from the artifact store")
     name = f"{checkpoint.job_id}-epoch{checkpoint.epoch:04d}"
     if format == "torchvision":
-        path = await run_in_threadpool(_backbone_file, path)
+        path = _backbone_file(path)
         name += "-backbone"
     return FileResponse(path, media_type="application/octet-stream", filename=f"{name}.pt")
 
@@ -72,7 +71,7 @@ def _backbone_file(checkpoint: Path) -> Path:
 
 @router.get("/evaluations", response_model=list[EvaluationPublic], summary="kNN and linear results")
 def list_evaluations(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     job: Annotated[str | None, Query(description="Results produced by this job")] = None,
     checkpoint: Annotated[int | None, Query(description="Results on this checkpoint, from any job")] = None,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api import events, submission
-from api.deps import CurrentOwner, PublisherDep, SessionDep, SettingsDep
+from api.deps import CurrentOwner, PublisherDep, ReadSessionDep, SessionDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import EVAL_EXAMPLE, PRETRAIN_EXAMPLE, JobCreate, JobKind, JobList, JobMetrics, JobPublic, JobStatus, Problem
 from api.views import job_public
@@ -75,7 +75,7 @@ def submit_job(
 @router.get("", response_model=JobList, summary="List your jobs, newest first")
 def list_jobs(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
@@ -89,7 +89,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="A job's status, progress and latest metrics")
-def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+def get_job(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> JobPublic:
     return job_public(_owned_job(session, job_id, owner))
 
 
@@ -108,7 +108,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPubl
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics")
-def get_metrics(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobMetrics:
+def get_metrics(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> JobMetrics:
     job = _owned_job(session, job_id, owner)
     return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id))
 
@@ -129,7 +129,7 @@ def get_metrics(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobMet
 def get_events(
     job_id: str,
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     last_event_id: Annotated[int | None, Header(description="Resume after this event id")] = None,
     after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID, for clients that cannot set headers")] = None,
@@ -137,7 +137,7 @@ def get_events(
     job = _owned_job(session, job_id, owner)
     start = last_event_id if last_event_id is not None else (after or 0)
     return StreamingResponse(
-        events.stream(request, request.app.state.sessions, job.id, start),
+        events.stream(request, request.app.state.read_sessions, job.id, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -151,7 +151,7 @@ def get_events(
 )
 def get_logs(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     tail: Annotated[int | None, Query(ge=1, description="Only the last N lines")] = None,

@@ -1,0 +1,283 @@
+"""Load benchmark of the service on this machine, over loopback only.
+
+Starts its own API (one uvicorn process, access log off) and worker, in the embedded mode or
+against Postgres + Redis, and measures:
+
+1. submission to first training step: POST -> the worker's claim -> the first step reported
+   (server timestamps; the worker idle and warm, progress reported every step);
+2. ``GET /v1/jobs/{id}`` at ``--clients`` concurrent clients while a training job runs:
+   requests/s and latency percentiles;
+3. ``POST /v1/jobs`` throughput at ``--post-clients`` concurrent clients (the jobs are
+   cancelled afterwards and never train).
+
+Every loop is bounded in time and count; the client runs on the same 2 cores as the service.
+
+    python scripts/bench_api.py --mode postgres      # CSSL_BENCH_POSTGRES / CSSL_BENCH_REDIS override the servers
+    python scripts/bench_api.py --mode embedded
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
+LONG = {"backbone": "small", "epochs": 1000, "batch_size": 32, "subset": 128, "precision": "fp32", "checkpoint_every": 0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["postgres", "embedded"], default="postgres")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of GET load (bounded)")
+    parser.add_argument("--max-requests", type=int, default=200_000)
+    parser.add_argument("--post-clients", type=int, default=10)
+    parser.add_argument("--posts", type=int, default=500)
+    parser.add_argument("--first-step-runs", type=int, default=5)
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (cssl api --workers)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+
+    with Service(args.mode, args.api_workers) as service:
+        results = {"mode": args.mode, "api_workers": args.api_workers, "cores": os.cpu_count()}
+        results["first_step"] = first_step(service, args.first_step_runs)
+        print(json.dumps({"first_step": results["first_step"]}, indent=1), flush=True)
+        long_job = service.submit(LONG, evaluate=[])
+        service.wait_for_status(long_job, "running")
+        time.sleep(5)
+        before = service.get(long_job)["progress"]
+        results["get_job"] = asyncio.run(get_load(service, long_job, args.clients, args.duration, args.max_requests))
+        after = service.get(long_job)["progress"]
+        # The training job's own speed, alone and under the load (both share the 2 cores).
+        results["get_job"]["training_images_per_second_before"] = round(before["images_per_second"], 1)
+        results["get_job"]["training_images_per_second_during"] = round(after["images_per_second"], 1)
+        results["get_job"]["training_steps_during"] = after["step"] - before["step"]
+        print(json.dumps({"get_job": results["get_job"]}, indent=1), flush=True)
+        results["post_job"] = asyncio.run(post_load(service, args.post_clients, args.posts, args.duration))
+        print(json.dumps({"post_job": results["post_job"]}, indent=1), flush=True)
+        service.cancel_all()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def first_step(service: "Service", runs: int) -> dict:
+    claim, step = [], []
+    service.wait_for_status(service.submit(TINY, evaluate=[]), "succeeded")  # warm the worker (imports, data)
+    for _ in range(runs):
+        job = service.submit(TINY, evaluate=[])
+        service.wait_for_status(job, "succeeded")
+        created = _time(service.get(job)["timings"]["created_at"])
+        events = service.events(job)
+        running = next(e for e in events if e["event"] == "state" and e["data"]["status"] == "running")
+        progress = next(e for e in events if e["event"] == "progress")
+        claim.append(_time(running["data"]["at"]) - created)
+        step.append(_time(progress["data"]["at"]) - created)
+    return {
+        "runs": runs,
+        "post_to_claim_s_median": round(statistics.median(claim), 3),
+        "post_to_first_step_s_median": round(statistics.median(step), 3),
+        "post_to_first_step_s_max": round(max(step), 3),
+    }
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams. Much cheaper per request than
+    httpx, so that on 2 cores the load generator takes less of the CPU the service needs."""
+
+    def __init__(self, port: int, headers: dict[str, str]):
+        self.port = port
+        self.header_lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+
+    async def open(self) -> "RawConnection":
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.header_lines}"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _load(service: "Service", clients: int, duration: float, max_requests: int, method: str, path: str,
+                body: bytes, expect: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    connections = [await RawConnection(service.port, service.headers).open() for _ in range(clients)]
+    deadline = time.monotonic() + duration
+
+    async def one_client(connection: RawConnection):
+        nonlocal errors
+        while time.monotonic() < deadline and len(latencies) < max_requests:
+            start = time.perf_counter()
+            status, _ = await connection.request(method, path, body)
+            latencies.append(time.perf_counter() - start)
+            errors += status != expect
+
+    start = time.monotonic()
+    await asyncio.gather(*(one_client(c) for c in connections))
+    elapsed = time.monotonic() - start
+    for connection in connections:
+        connection.close()
+    return {"clients": clients, "seconds": round(elapsed, 1), "errors": errors, **_summary(latencies, elapsed)}
+
+
+async def get_load(service: "Service", job_id: str, clients: int, duration: float, max_requests: int) -> dict:
+    return await _load(service, clients, duration, max_requests, "GET", f"/v1/jobs/{job_id}", b"", 200)
+
+
+async def post_load(service: "Service", clients: int, posts: int, duration: float) -> dict:
+    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": [], "priority": 0}
+    return await _load(service, clients, duration, posts, "POST", "/v1/jobs", json.dumps(body).encode(), 202)
+
+
+def _summary(latencies: list[float], elapsed: float) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1)
+
+    return {"requests": len(ordered), "requests_per_second": round(len(ordered) / elapsed, 1),
+            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(1000 * ordered[-1], 1)}
+
+
+def _time(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+class Service:
+    """An API and a worker process with a fresh database and queue, removed afterwards."""
+
+    def __init__(self, mode: str, api_workers: int = 1):
+        self.mode, self.api_workers = mode, api_workers
+        self.run_id = uuid.uuid4().hex[:8]
+        self.state = Path(tempfile.mkdtemp(prefix="cssl-bench-"))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CSSL_")}
+        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_PROGRESS_EVERY="1", CSSL_QUEUE=f"bench_{self.run_id}")
+        self.admin_url = os.environ.get("CSSL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+        if mode == "postgres":
+            self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_bench_{self.run_id}"
+            self.env["CSSL_BROKER_URL"] = os.environ.get("CSSL_BENCH_REDIS", "redis://127.0.0.1:6379/12")
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Service":
+        if self.mode == "postgres":
+            self._admin(f'CREATE DATABASE "cssl_bench_{self.run_id}"')
+        self._cli("db", "upgrade")
+        token = self._cli("token", "create", "--owner", "bench").strip().splitlines()[-1]
+        self.headers = {"Authorization": f"Bearer {token}"}
+        log = open(self.state / "service.log", "ab")
+        self.processes.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=self.env,
+                                               stdout=log, stderr=log))
+        self.processes.append(subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api", "--port", str(self.port), "--no-access-log",
+             "--workers", str(self.api_workers)],
+            cwd=REPO, env=self.env, stdout=log, stderr=log))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"service did not start; see {self.state}/service.log")
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGQUIT if process is self.processes[0] else signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.mode == "postgres":
+            self._admin(f'DROP DATABASE IF EXISTS "cssl_bench_{self.run_id}" WITH (FORCE)')
+
+    def _cli(self, *argv: str) -> str:
+        return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=self.env, check=True,
+                              capture_output=True, text=True).stdout
+
+    def _admin(self, statement: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+        engine.dispose()
+
+    def submit(self, config: dict, **body) -> str:
+        response = httpx.post(f"{self.base}/v1/jobs", headers=self.headers, json={
+            "kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": config, **body})
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def get(self, job_id: str) -> dict:
+        return httpx.get(f"{self.base}/v1/jobs/{job_id}", headers=self.headers).json()
+
+    def events(self, job_id: str) -> list[dict]:
+        events, kind = [], None
+        with httpx.stream("GET", f"{self.base}/v1/jobs/{job_id}/events", headers=self.headers, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    events.append({"event": kind, "data": json.loads(line.split(":", 1)[1])})
+        return events
+
+    def wait_for_status(self, job_id: str, status: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(job_id)
+            if job["status"] == status:
+                return
+            if job["status"] in ("failed", "cancelled"):
+                raise SystemExit(f"job {job_id} {job['status']}: {job['error']}")
+            time.sleep(0.1)
+        raise SystemExit(f"job {job_id} not {status} after {timeout} s")
+
+    def cancel_all(self) -> None:
+        for status in ("queued", "running"):
+            while True:
+                page = httpx.get(f"{self.base}/v1/jobs", headers=self.headers, params={"status": status, "limit": 200}).json()
+                todo = [j["id"] for j in page["items"] if not j["cancel_requested"]]
+                for job_id in todo:
+                    httpx.post(f"{self.base}/v1/jobs/{job_id}/cancel", headers=self.headers)
+                if not todo or status == "running":
+                    break
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
