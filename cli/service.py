@@ -151,10 +151,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _stop(worker)
 
 
-def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """Warm shutdown first; a job still running after ``grace`` seconds is left to resume
-    from its checkpoint on the next start (its row stays ``running`` until the heartbeat
-    times out)."""
+def _stop(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """Warm shutdown: a running job checkpoints at its next step and goes back to the queue.
+    A worker still busy after ``grace`` seconds is killed; its job resumes from its last
+    checkpoint once the heartbeat times out."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)

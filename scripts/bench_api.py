@@ -59,14 +59,15 @@ def main() -> int:
         print(json.dumps({"first_step": results["first_step"]}, indent=1), flush=True)
         long_job = service.submit(LONG, evaluate=[])
         service.wait_for_status(long_job, "running")
-        time.sleep(5)
-        before = service.get(long_job)["progress"]
+        # The training job's own pace, alone and under the load: both share the 2 cores.
+        time.sleep(3)
+        step_0 = service.get(long_job)["progress"]["step"]
+        time.sleep(10)
+        step_1 = service.get(long_job)["progress"]["step"]
         results["get_job"] = asyncio.run(get_load(service, long_job, args.clients, args.duration, args.max_requests))
-        after = service.get(long_job)["progress"]
-        # The training job's own speed, alone and under the load (both share the 2 cores).
-        results["get_job"]["training_images_per_second_before"] = round(before["images_per_second"], 1)
-        results["get_job"]["training_images_per_second_during"] = round(after["images_per_second"], 1)
-        results["get_job"]["training_steps_during"] = after["step"] - before["step"]
+        step_2 = service.get(long_job)["progress"]["step"]
+        results["get_job"]["training_steps_per_second_alone"] = round((step_1 - step_0) / 10, 2)
+        results["get_job"]["training_steps_per_second_under_load"] = round((step_2 - step_1) / results["get_job"]["seconds"], 2)
         print(json.dumps({"get_job": results["get_job"]}, indent=1), flush=True)
         results["post_job"] = asyncio.run(post_load(service, args.post_clients, args.posts, args.duration))
         print(json.dumps({"post_job": results["post_job"]}, indent=1), flush=True)

@@ -235,6 +235,20 @@ def finish_job(
     return done is not None
 
 
+def release_job(session: Session, job_id: str, attempt: int, message: str) -> bool:
+    """Give a running job back to the queue (its worker is shutting down); the next worker
+    resumes it from its last checkpoint."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(status="queued", worker=None, published_at=None)
+        .returning(Job.id)
+    ).first()
+    if done:
+        add_event(session, job_id, "state", {"status": "queued", "attempt": attempt, "message": message})
+    return done is not None
+
+
 # The sweeper's side: what to publish again.
 
 

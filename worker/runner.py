@@ -24,6 +24,12 @@ from store.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# Set when the worker process is asked to stop (warm shutdown): the running job checkpoints
+# at its next step and goes back to the queue instead of holding the worker until it ends.
+SHUTTING_DOWN = threading.Event()
+RELEASED = "released"
+
+
 class LeaseLost(Exception):
     """The sweeper gave this job to another attempt; this one stops without writing."""
 
@@ -83,7 +89,11 @@ class Heartbeat:
     def should_stop(self) -> bool:
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
-        return self.cancel_requested.is_set()
+        return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set()
+
+    def stopped_status(self) -> str:
+        """Why ``should_stop`` said so: the user cancelled, or the worker is going away."""
+        return "cancelled" if self.cancel_requested.is_set() else RELEASED
 
 
 class Recorder:
@@ -167,7 +177,10 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
             log.warning("job %s was given to another attempt; stopping without recording", job.id)
             return None
         with session_scope(settings.database_url) as session:
-            jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
+            if status == RELEASED:
+                jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} shut down; resumes from its last checkpoint")
+            else:
+                jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
         log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
         return status
 
@@ -224,13 +237,13 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
             "final_loss": outcome.final_loss,
         }
         if outcome.stopped == "cancelled":
-            return "cancelled", None, result
+            return heartbeat.stopped_status(), None, result
         checkpoint_id = checkpoint_ids.get(checkpoint)
         if checkpoint_id is None:
             checkpoint_id = _record_final_checkpoint(recorder, checkpoint, outcome)
     _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat, {})
     if heartbeat.should_stop():
-        return "cancelled", None, result
+        return heartbeat.stopped_status(), None, result
     return "succeeded", None, result
 
 
@@ -246,7 +259,7 @@ def _evaluate_only(job: ClaimedJob, recorder: Recorder, heartbeat: Heartbeat):
     params = {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
     _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, job.dataset_path, device, recorder, heartbeat, params)
     if heartbeat.should_stop():
-        return "cancelled", None, None
+        return heartbeat.stopped_status(), None, None
     return "succeeded", None, None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from store.settings import get_settings
 from worker import runner
@@ -30,3 +30,9 @@ def _sweep_on_start(**_) -> None:
         log.info("startup sweep: %s", counts)
     except Exception:
         log.exception("startup sweep failed")
+
+
+@worker_shutting_down.connect
+def _release_running_job(**_) -> None:
+    # The running job (if any) checkpoints at its next step and returns to the queue.
+    runner.SHUTTING_DOWN.set()

@@ -140,6 +140,26 @@ def test_a_job_whose_worker_died_resumes_from_its_checkpoint(server, worker, ser
         worker.log = replacement.log
 
 
+def test_a_worker_shutting_down_gives_its_job_back(server, worker, service_env, tmp_path, alice):
+    job = submit(server, alice, method="byol", config={**TINY, "epochs": 3, "checkpoint_every": 0}, evaluate=[])
+    read_events(server, f"/v1/jobs/{job['id']}/events", alice, until=lambda e: e["event"] == "progress")
+    worker.popen.send_signal(signal.SIGTERM)  # warm shutdown, as in a deploy
+    assert worker.popen.wait(30) == 0
+    released = get(server, f"/v1/jobs/{job['id']}", alice).json()
+    assert released["status"] == "queued" and released["attempt"] == 1
+    [checkpoint] = get(server, "/v1/checkpoints", alice, job=job["id"]).json()
+    assert checkpoint["final"] is False and 0 < checkpoint["step"] < 12
+    replacement = start_worker(service_env, tmp_path / "worker3.log", "w3")
+    try:
+        events = read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=120)
+        states = [(e["data"]["status"], e["data"]["attempt"]) for e in events if e["event"] == "state"]
+        assert states == [("queued", 0), ("running", 1), ("queued", 1), ("running", 2), ("succeeded", 2)], states
+        assert get(server, f"/v1/jobs/{job['id']}", alice).json()["result"]["steps"] == 12
+    finally:
+        worker.popen = replacement.popen
+        worker.log = replacement.log
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpeg.tar.gz").exists(), reason="no ../shared/data/cifar10-jpeg.tar.gz")
 def test_cifar10_subset_job(server, worker, alice):
     path = str(SHARED_DATA / "cifar10-jpeg.tar.gz")
