@@ -137,4 +137,5 @@ class ViewGenerator:
             # Draws happen on the CPU so that a seed gives the same views on every device.
             raise ValueError(f"the augmentation generator must be a CPU generator, got {generator.device}")
         unit = ops.to_unit_float(images)
-        return [ops.normalize(make_view(unit, spec, generator), self.mean, self.std, inplace=True) for spec in self.views]
+        views = [make_view(unit, spec, generator) for spec in self.views]
+        return [ops.normalize(view, self.mean, self.std, inplace=True) for view in views]
