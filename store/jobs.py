@@ -204,6 +204,12 @@ def record_progress(session: Session, job_id: str, attempt: int, progress: dict[
     return done is not None
 
 
+def record_result(session: Session, job_id: str, attempt: int, result: dict[str, Any]) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running", Job.attempt == attempt).values(result=result)
+    )
+
+
 def update_latest_metrics(session: Session, job_id: str, values: dict[str, Any]) -> None:
     job = session.get(Job, job_id)
     if job is not None:
@@ -219,12 +225,16 @@ def finish_job(
     error: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> bool:
+    """``result=None`` keeps the result recorded earlier, if any."""
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a final status: {status}")
+    values = {"status": status, "error": error, "finished_at": utcnow()}
+    if result is not None:
+        values["result"] = result
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
-        .values(status=status, error=error, result=result, finished_at=utcnow())
+        .values(**values)
         .returning(Job.id)
     ).first()
     if done:

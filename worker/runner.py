@@ -208,7 +208,7 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
     from cssl_core.train import pretrain
 
     config = build_config(job.method, job.config)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] | None = None  # None: keep what the training attempt recorded
     if job.resume_is_final:
         log.info("training had finished before the worker was lost; going on with the evaluations")
         checkpoint, checkpoint_id = job.resume_from, job.resume_checkpoint_id
@@ -216,12 +216,16 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
         if job.resume_from is not None:
             log.info("resuming from %s", recorder.relative(job.resume_from))
         checkpoint_ids: dict[Path, int] = {}
+
+        def on_checkpoint(info) -> None:
+            checkpoint_ids[Path(info.path).resolve()] = recorder.on_checkpoint(info)
+
         outcome = pretrain(
             config,
             job_dir,
             on_progress=recorder.on_progress,
             should_stop=heartbeat.should_stop,
-            on_checkpoint=lambda info: checkpoint_ids.__setitem__(Path(info.path).resolve(), recorder.on_checkpoint(info)),
+            on_checkpoint=on_checkpoint,
             on_evaluation=recorder.on_evaluation,
             resume_from=job.resume_from,
             progress_every=settings.progress_every,
@@ -238,20 +242,14 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
         }
         if outcome.stopped == "cancelled":
             return heartbeat.stopped_status(), None, result
-        checkpoint_id = checkpoint_ids.get(checkpoint)
-        if checkpoint_id is None:
-            checkpoint_id = _record_final_checkpoint(recorder, checkpoint, outcome)
+        # Kept now, so that an attempt that only has the evaluations left still has it.
+        with session_scope(settings.database_url) as session:
+            jobs.record_result(session, job.id, job.attempt, result)
+        checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
     _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat, {})
     if heartbeat.should_stop():
         return heartbeat.stopped_status(), None, result
     return "succeeded", None, result
-
-
-def _record_final_checkpoint(recorder: Recorder, checkpoint: Path, outcome) -> int:
-    from cssl_core.train import CheckpointInfo
-
-    info = CheckpointInfo(path=checkpoint, epoch=int(outcome.epochs_completed), step=outcome.steps, final=True)
-    return recorder.on_checkpoint(info)
 
 
 def _evaluate_only(job: ClaimedJob, recorder: Recorder, heartbeat: Heartbeat):
