@@ -118,6 +118,15 @@ def test_cancel_running_and_queued_jobs(server, worker, alice):
     assert httpx.post(f"{server}/v1/jobs/{finished['id']}/cancel", headers=alice).status_code == 409
 
 
+def test_a_failed_job_says_what_to_change(server, worker, alice):
+    job = submit(server, alice, method="simclr", config={**TINY, "subset": 16, "batch_size": 32})
+    events = read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=60)
+    failed = get(server, f"/v1/jobs/{job['id']}", alice).json()
+    assert failed["status"] == "failed" and failed["attempt"] == 1
+    assert "batch_size 32 is larger than the training set (16 images); lower it" in failed["error"]
+    assert events[-2]["data"]["error"] == failed["error"]
+
+
 def test_a_job_whose_worker_died_resumes_from_its_checkpoint(server, worker, service_env, tmp_path, alice):
     job = submit(server, alice, method="simclr", config={**TINY, "epochs": 3, "checkpoint_every": 1}, evaluate=["knn"])
     read_events(server, f"/v1/jobs/{job['id']}/events", alice, until=lambda e: e["event"] == "checkpoint")
