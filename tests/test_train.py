@@ -1,6 +1,7 @@
 """The training loop: exact resume, time budgets, cancellation, non-finite losses, export."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from cli.main import main as cssl
 from cssl_core.config import build_config
 from cssl_core.errors import TrainingError
-from cssl_core.train import export_backbone, load_checkpoint, pretrain
+from cssl_core.train import export_backbone, load_checkpoint, loop, pretrain
 
 TINY = {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "subset": 320, "checkpoint_every": 1}
 TINY_HEADS = {"mocov2": {"queue_size": 256}, "byol": {"projector_hidden_dim": 128, "predictor_hidden_dim": 128}}
@@ -47,17 +48,21 @@ def test_resume_gives_the_same_weights_as_training_straight(tmp_path, method):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_time_budget_fits_the_schedule(tmp_path):
+def test_time_budget_fits_the_schedule(tmp_path, monkeypatch):
+    # A clock that advances 50 ms per reading makes every step take exactly 50 ms of training time.
+    clock = {"t": 0.0}
+
+    def perf_counter():
+        clock["t"] += 0.05
+        return clock["t"]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=perf_counter))
     seen = []
-    # Small batches keep steps short, so the budget is fitted well after calibration even on a busy machine.
-    budget = config(epochs=10_000, time_budget=6.0, batch_size=32)
-    result = pretrain(budget, tmp_path, on_progress=seen.append, progress_every=1)
+    result = pretrain(config(epochs=10_000, time_budget=3.0), tmp_path, on_progress=seen.append, progress_every=1)
     assert result.stopped == "time_budget"
-    assert 30 < result.steps < 10_000 * 10
-    assert result.train_seconds < 6.0 * 1.25
-    # The cosine was fitted to the budget: the last steps run at a small fraction of the peak.
+    assert abs(result.steps - 60) <= 1 and result.train_seconds == pytest.approx(3.0, abs=0.06)
+    # The cosine was fitted to the budget: the last step runs at a small fraction of the peak.
     peak = max(p.lr for p in seen)
-    assert seen[-1].lr < 0.1 * peak
+    assert seen[-1].lr < 0.01 * peak
     assert seen[-1].total_steps == result.steps
 
 
