@@ -142,7 +142,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.app", *_worker_argv()], env=os.environ.copy())
+    # Its own session: Ctrl-C reaches only this process, which then stops the worker with one
+    # SIGTERM (a second signal would turn Celery's warm shutdown into a cold one).
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker.app", *_worker_argv()], env=os.environ.copy(), start_new_session=True
+    )
     # uvicorn re-raises the signal that stopped it; exit through `finally` so the worker stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
