@@ -37,3 +37,16 @@ def test_knn_by_hand_and_chunking():
     full = knn_scores(train, labels, test, 2, k=10, temperature=0.5)
     chunked = knn_scores(train, labels, test, 2, k=10, temperature=0.5, chunk_size=1)
     torch.testing.assert_close(full, chunked)
+
+
+def test_linear_probe_separates_separable_features():
+    from cssl_core.evaluation import LinearProbeParams
+    from cssl_core.evaluation.linear import linear_probe_logits, train_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=g) * 3
+    labels = torch.randint(0, 5, (500,), generator=g)
+    features = centres[labels] + torch.randn(500, 16, generator=g)
+    layer, mean, std = train_linear_probe(features[:400], labels[:400], 5, LinearProbeParams(epochs=20, batch_size=64))
+    accuracy = (linear_probe_logits(layer, mean, std, features[400:]).argmax(1) == labels[400:]).float().mean()
+    assert accuracy > 0.95
