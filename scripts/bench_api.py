@@ -220,6 +220,11 @@ class Service:
                 process.kill()
         if self.mode == "postgres":
             self._admin(f'DROP DATABASE IF EXISTS "cssl_bench_{self.run_id}" WITH (FORCE)')
+            import redis
+
+            broker = redis.Redis.from_url(self.env["CSSL_BROKER_URL"])
+            for key in broker.scan_iter(f"*{self.env['CSSL_QUEUE']}*"):  # the cancelled jobs' messages
+                broker.delete(key)
 
     def _cli(self, *argv: str) -> str:
         return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=self.env, check=True,
