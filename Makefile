@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/python -m cli.demo
+	$(BIN)/python -m cli.service_demo
 
 test: venv
 	$(BIN)/pytest -q

@@ -1,7 +1,8 @@
 """``make demo`` through HTTP: start ``cssl serve`` (embedded, authentication off), submit a
-pretraining job, follow its events, print its kNN and linear results, stop the service.
+pretraining job, follow its events, print its kNN and linear results next to the same
+backbone's at random initialisation, stop the service.
 
-    python -m cli.service_demo [--epochs 3] [--method simclr] [--state-dir DIR]
+    python -m cli.service_demo [--time-budget 60] [--method simclr] [--state-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cli.service_demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--time-budget", type=float, default=60, help="seconds of training (the job stops then)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--subset", type=int, default=None)
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             "method": args.method,
             "dataset": {"name": args.dataset},
             "config": {"backbone": "small", "epochs": args.epochs, "batch_size": args.batch_size,
-                       "precision": "fp32", "subset": args.subset},
+                       "time_budget": args.time_budget, "subset": args.subset},
             "evaluate": ["knn", "linear"],
         }
         print(f"$ curl -X POST {base}/v1/jobs -d '{json.dumps(body)}'", flush=True)
@@ -66,12 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"job {job['status']}: {job['error']}", file=sys.stderr)
             return 1
         evaluations = httpx.get(f"{base}/v1/evaluations", params={"job": job_id}, timeout=30).json()
-        print(f"\n{args.method} on {args.dataset}, {args.epochs} epochs, backbone small "
+        print(f"\n{args.method} on {args.dataset}, {job['result']['epochs_completed']:.0f} epochs, backbone small "
               f"({job['result']['train_seconds']:.0f} s of training, {job['result']['images_per_second']:.0f} images/s)")
         for evaluation in evaluations:
             if evaluation["checkpoint_id"] is not None:
                 top5 = "" if evaluation["top5"] is None else f"  top-5 {evaluation['top5']:.1f}%"
                 print(f"  {evaluation['protocol']:<6} top-1 {evaluation['top1']:.1f}%{top5}")
+        _print_random_init_baseline(base, job_id, state_dir)
         return 0
     finally:
         service.send_signal(signal.SIGTERM)
@@ -80,6 +83,22 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             service.kill()
         print("service stopped", flush=True)
+
+
+def _print_random_init_baseline(base: str, job_id: str, state_dir: str) -> None:
+    """The same backbone at random initialisation, scored here from the downloaded checkpoint."""
+    from cssl_core.evaluation import evaluate_checkpoint
+
+    checkpoints = httpx.get(f"{base}/v1/checkpoints", params={"job": job_id}, timeout=30).json()
+    path = os.path.join(state_dir, "demo-checkpoint.pt")
+    with httpx.stream("GET", f"{base}/v1/checkpoints/{checkpoints[0]['id']}/download", timeout=120) as r, \
+            open(path, "wb") as f:
+        for chunk in r.iter_bytes():
+            f.write(chunk)
+    print("  the same backbone at random initialisation:")
+    for protocol in ("knn", "linear"):
+        result = evaluate_checkpoint(path, protocol, random_init=True)
+        print(f"  {protocol:<6} top-1 {result.top1:.1f}%  top-5 {result.top5:.1f}%")
 
 
 def _follow(base: str, job_id: str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_predict, knn_scores
@@ -92,7 +93,6 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     from cssl_core.backbones import build_backbone
     from cssl_core.data import load_dataset
     from cssl_core.train.checkpoint import build_backbone_from_checkpoint, load_checkpoint
-    from cssl_core.train.loop import resolve_device
 
     state = load_checkpoint(checkpoint)
     config = state["config"]

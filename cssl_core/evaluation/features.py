@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cssl_core.device import autocast_for
+
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, mean: list[float], std: list[float],
@@ -18,7 +20,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: list[float
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
         x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast_for(device, precision):
             out.append(backbone(x).float().cpu())
     backbone.train(was_training)
     return torch.cat(out)

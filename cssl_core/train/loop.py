@@ -7,7 +7,6 @@ from its checkpoint continues exactly as if it had not stopped.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from cssl_core.augment import build_views
 from cssl_core.backbones import build_backbone
 from cssl_core.config import PretrainConfig, build_config
+from cssl_core.device import autocast_for, resolve_device
 from cssl_core.data import ImageDataset, class_balanced_subset, load_dataset
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
@@ -56,24 +56,6 @@ class PretrainResult:
     train_seconds: float
     images_per_second: float
     final_loss: float
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was requested but no CUDA GPU is available; use device=auto or cpu")
-    return device
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
