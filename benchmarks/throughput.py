@@ -23,7 +23,8 @@ from cssl_core.train import pretrain
 def measure(method: str, backbone: str, batch_size: int, warmup: int, steps: int, precision: str) -> dict:
     seen = []
     config = build_config(method, {
-        "dataset": "synthetic", "backbone": backbone, "batch_size": batch_size, "epochs": warmup + steps,
+        "dataset": "synthetic", "subset": batch_size, "backbone": backbone, "batch_size": batch_size,
+        "epochs": warmup + steps,  # a subset of one batch: one step per epoch
         "checkpoint_every": 0, "precision": precision,
     })
     with tempfile.TemporaryDirectory() as out:
@@ -44,7 +45,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
-    # The synthetic set has 500 training images: one step per epoch at batch 256.
     for backbone in args.backbones:
         for method in args.methods:
             print(json.dumps(measure(method, backbone, args.batch_size, args.warmup, args.steps, args.precision)),

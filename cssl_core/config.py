@@ -33,6 +33,9 @@ class MethodConfig:
     base_lr: float = 0.05
     weight_decay: float = 1e-4
     sgd_momentum: float = 0.9
+    # LARS trust coefficient. 0.001 is SimCLR's and BYOL's at batch 4096; a relative update of
+    # base_lr * batch/256 * eta per step is small at small batches, where 0.02 (solo-learn's) trains faster.
+    lars_eta: float = 0.001
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"
     crop_min_scale: float | None = None  # None: the augmentation preset's (the paper's) value
@@ -48,6 +51,7 @@ class MethodConfig:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _positive("base_lr", self.base_lr)
         _non_negative("weight_decay", self.weight_decay)
+        _positive("lars_eta", self.lars_eta)
         _non_negative("warmup_epochs", self.warmup_epochs)
         if not 0 <= self.sgd_momentum < 1:
             raise ConfigError(f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")

@@ -50,7 +50,7 @@ def build_optimizer(groups: list[dict], config: PretrainConfig) -> torch.optim.O
     if mc.optimizer == "lars":
         for g in groups:
             g.setdefault("lars_exclude", False)
-        return LARS(groups, lr=config.lr, momentum=mc.sgd_momentum, weight_decay=mc.weight_decay)
+        return LARS(groups, lr=config.lr, momentum=mc.sgd_momentum, weight_decay=mc.weight_decay, eta=mc.lars_eta)
     for g in groups:
         g.pop("lars_exclude", None)
     if mc.optimizer == "sgd":
