@@ -112,7 +112,7 @@ def pretrain(
 
     # Model and optimiser.
     backbone, feature_dim = build_backbone(config.backbone, image_size)
-    model = get_method(config.method)(backbone, feature_dim, config.method_config).to(device)
+    model = get_method(config.method)(backbone, feature_dim, mc).to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model.parameter_groups(), config)
@@ -130,9 +130,8 @@ def pretrain(
     next_fit = calibration_step + _CALIBRATION_STEPS
 
     def schedules(total: int) -> tuple[list[float], list[float]]:
-        warmup = warmup_steps_for(config.method_config.warmup_epochs, steps_per_epoch, total)
+        warmup = warmup_steps_for(mc.warmup_epochs, steps_per_epoch, total)
         lr = warmup_cosine(config.lr, total, warmup).tolist()
-        mc = config.method_config
         mom = momentum_schedule(mc.momentum, total, mc.momentum_cosine).tolist() if model.uses_momentum_encoder else []
         return lr, mom
 
