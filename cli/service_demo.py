@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", help="default: a new temporary folder")
     args = parser.parse_args(argv)
 
-    port = args.port or _free_port()
+    port = args.port or free_port()
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="cssl-demo-")
     base = f"http://127.0.0.1:{port}"
     # Embedded whatever the environment says, with a progress event every other step.
@@ -136,7 +136,7 @@ def _wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: f
     raise SystemExit(f"the service was not ready after {timeout:.0f} s; see {state_dir}/service.log")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

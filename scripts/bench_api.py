@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+
+from cli.service_demo import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
@@ -183,7 +184,7 @@ class Service:
         if mode == "postgres":
             self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_bench_{self.run_id}"
             self.env["CSSL_BROKER_URL"] = os.environ.get("CSSL_BENCH_REDIS", "redis://127.0.0.1:6379/12")
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.processes: list[subprocess.Popen] = []
 
@@ -277,12 +278,6 @@ class Service:
                     httpx.post(f"{self.base}/v1/jobs/{job_id}/cancel", headers=self.headers)
                 if not todo or status == "running":
                     break
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
