@@ -39,6 +39,8 @@ class MethodConfig:
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"
     crop_min_scale: float | None = None  # None: the augmentation preset's (the paper's) value
+    # Multiplies the augmentation preset's colour-jitter strengths; 1 keeps the paper's.
+    jitter_strength: float = 1.0
 
     def validate(self) -> None:
         from cssl_core.augment import preset_names
@@ -47,6 +49,7 @@ class MethodConfig:
             raise ConfigError(f"augmentation must be one of {', '.join(preset_names())}, got {self.augmentation!r}")
         if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        _non_negative("jitter_strength", self.jitter_strength)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         _positive("base_lr", self.base_lr)

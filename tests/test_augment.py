@@ -249,6 +249,16 @@ def test_blur_is_off_for_small_images_and_on_for_large_ones():
     assert [tuple(v.shape) for v in out] == [(4, 3, 96, 96)] * 2
 
 
+def test_simclr_colour_strength_is_half_on_small_images():
+    def strengths(size):
+        spec = build_views("simclr", size, MEAN, STD).views[0]
+        return spec.brightness, spec.contrast, spec.saturation, spec.hue
+
+    assert strengths(32) == pytest.approx((0.4, 0.4, 0.4, 0.1))  # s = 0.5, CIFAR-10 (App. B.9)
+    assert strengths(96) == pytest.approx((0.8, 0.8, 0.8, 0.2))  # s = 1, ImageNet (App. A)
+    assert build_views("multicrop", 32, MEAN, STD).views[-1].brightness == pytest.approx(0.4)
+
+
 def test_multicrop_gives_two_global_and_six_local_views():
     views = build_views("multicrop", 32, MEAN, STD)
     assert views.sizes == [32, 32] + [14] * 6 and local_crop_size(224) == 96
@@ -264,6 +274,18 @@ def test_crop_scale_override_keeps_the_rest_of_the_preset():
     assert multicrop[0].crop_scale == (0.3, 1.0) and multicrop[-1].crop_scale == (0.05, 0.14)
     with pytest.raises(ConfigError, match="crop_scale"):
         build_views("simclr", 32, MEAN, STD, crop_scale=(0.5, 0.2))
+
+
+def test_jitter_strength_scales_every_views_colour_jitter_and_nothing_else():
+    full = build_views("byol", 32, MEAN, STD).views
+    half = build_views("byol", 32, MEAN, STD, jitter_strength=0.5).views
+    for a, b in zip(full, half):
+        assert (b.brightness, b.contrast, b.saturation, b.hue) == pytest.approx(
+            (a.brightness / 2, a.contrast / 2, a.saturation / 2, a.hue / 2))
+        assert (b.crop_scale, b.jitter_p, b.grayscale_p, b.solarize_p) == (a.crop_scale, a.jitter_p, a.grayscale_p, a.solarize_p)
+    assert build_views("mocov1", 32, MEAN, STD, jitter_strength=2.0).views[0].hue == 0.5  # capped
+    with pytest.raises(ConfigError, match="jitter_strength"):
+        build_views("simclr", 32, MEAN, STD, jitter_strength=-1)
 
 
 def test_same_seed_same_views_and_a_restored_generator_state_repeats_them():

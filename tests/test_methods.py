@@ -79,6 +79,8 @@ def test_config_validation_names_what_to_fix():
         build_config("simclr", {"epochs": "ten"})
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         build_config("simclr", {"optimizer": "rmsprop"})
+    with pytest.raises(ConfigError, match="jitter_strength must be zero or positive"):
+        build_config("simclr", {"jitter_strength": -0.5})
     config = build_config("simclr", {"epochs": "3", "time_budget": "none", "channels_last": "false"})
     assert config.epochs == 3 and config.time_budget is None and config.channels_last is False
     assert build_config("simclr", config.to_dict()) == config

@@ -1,9 +1,12 @@
 """The papers' augmentation recipes by name: ``build_views("simclr", 32, mean, std)``.
 
-Gaussian blur: the papers blur ImageNet views (224 px) only; SimCLR's CIFAR-10 setup drops
-it (arXiv 2002.05709, App. B.9), as do the common CIFAR setups of MoCo v2, BYOL and SwAV,
-since a kernel of 10% of 32 px is 3 px and blurs away most of a small image. So every preset
-turns blur off for images of 64 px or less (:data:`BLUR_MAX_OFF_SIZE`).
+Small images (64 px or less, :data:`SMALL_IMAGE_MAX_SIZE`) get the papers' CIFAR setups:
+- Gaussian blur: the papers blur ImageNet views (224 px) only; SimCLR's CIFAR-10 setup drops
+  it (arXiv 2002.05709, App. B.9), as do the common CIFAR setups of MoCo v2, BYOL and SwAV,
+  since a kernel of 10% of 32 px is 3 px and blurs away most of a small image. So every
+  preset turns blur off for small images.
+- SimCLR's colour strength is s = 0.5 on CIFAR-10 instead of 1 (App. B.9), in the simclr
+  preset and in multi-crop, which uses SimCLR's colour pipeline.
 """
 
 from __future__ import annotations
@@ -14,18 +17,19 @@ from typing import Callable, Sequence
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec
 from cssl_core.errors import ConfigError
 
-BLUR_MAX_OFF_SIZE = 64
+SMALL_IMAGE_MAX_SIZE = 64  # CIFAR-sized: no blur, and SimCLR's weaker CIFAR colour jitter
 
 Scale = tuple[float, float]
 
 
 def _blur(p: float, image_size: int) -> float:
-    return p if image_size > BLUR_MAX_OFF_SIZE else 0.0
+    return p if image_size > SMALL_IMAGE_MAX_SIZE else 0.0
 
 
 def _simclr_spec(size: int, image_size: int, crop_scale: Scale) -> ViewSpec:
-    # Colour strength s = 1: jitter (0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8 (App. A, Listing 1).
-    s = 1.0
+    # Jitter (0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8 (App. A, Listing 1); colour strength s = 1
+    # on ImageNet, 0.5 on CIFAR-10 (App. B.9).
+    s = 1.0 if image_size > SMALL_IMAGE_MAX_SIZE else 0.5
     return ViewSpec(
         size=size, crop_scale=crop_scale,
         brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, jitter_p=0.8,
@@ -109,11 +113,14 @@ def build_views(
     mean: Sequence[float],
     std: Sequence[float],
     crop_scale: Scale | None = None,
+    jitter_strength: float = 1.0,
 ) -> ViewGenerator:
     """The named preset's views for square images of side ``image_size``.
 
     ``crop_scale`` (min, max) replaces the preset's crop scale, e.g. (0.2, 1) instead of
     SimCLR's (0.08, 1) for short runs on small images; None keeps the paper's value.
+    ``jitter_strength`` multiplies every view's brightness, contrast, saturation and hue
+    strengths (hue capped at 0.5); 1 keeps the preset's (the paper's) values.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {preset!r}; known: {', '.join(preset_names())}")
@@ -121,4 +128,19 @@ def build_views(
         raise ConfigError(f"image_size must be positive, got {image_size}")
     if crop_scale is not None:
         crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
-    return ViewGenerator(PRESETS[preset](image_size, crop_scale), mean, std)
+    if jitter_strength < 0:
+        raise ConfigError(f"jitter_strength must be zero or positive, got {jitter_strength}")
+    specs = [_scale_jitter(spec, jitter_strength) for spec in PRESETS[preset](image_size, crop_scale)]
+    return ViewGenerator(specs, mean, std)
+
+
+def _scale_jitter(spec: ViewSpec, strength: float) -> ViewSpec:
+    if strength == 1.0:
+        return spec
+    return dataclasses.replace(
+        spec,
+        brightness=spec.brightness * strength,
+        contrast=spec.contrast * strength,
+        saturation=spec.saturation * strength,
+        hue=min(spec.hue * strength, 0.5),
+    )

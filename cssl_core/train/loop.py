@@ -106,7 +106,9 @@ def pretrain(
     mean, std = channel_stats(split.images)
     mc = config.method_config
     crop_scale = (mc.crop_min_scale, 1.0) if mc.crop_min_scale else None
-    make_views = build_views(mc.augmentation, image_size, mean, std, crop_scale=crop_scale)
+    make_views = build_views(
+        mc.augmentation, image_size, mean, std, crop_scale=crop_scale, jitter_strength=mc.jitter_strength
+    )
     augment_rng = torch.Generator()
     augment_rng.manual_seed(config.seed)
 
