@@ -15,7 +15,7 @@ from api.schemas import JobCreate
 from cssl_core.config import build_config, common_field_names
 from cssl_core.data import describe_datasets
 from cssl_core.errors import ConfigError
-from cssl_core.evaluation import KnnParams, LinearProbeParams
+from cssl_core.evaluation import PROTOCOL_PARAMS, protocol_params
 from cssl_core.methods import get_method
 from store import jobs, records
 from store.jobs import NewJob
@@ -23,8 +23,8 @@ from store.jobs import NewJob
 DEFAULT_PROTOCOLS = ["knn", "linear"]
 # Set through `dataset`, not through `config`.
 DATASET_KEYS = ("dataset", "data")
-EVAL_CONFIG_KEYS = ("device", "knn", "linear")
-PROTOCOL_PARAMS = {"knn": KnnParams, "linear": LinearProbeParams}
+# Protocol parameters ({"knn": {"k": 20}}) sit beside the run's keys in a job's config.
+EVAL_CONFIG_KEYS = ("device", *PROTOCOL_PARAMS)
 
 
 def request_hash(body: JobCreate) -> str:
@@ -48,12 +48,14 @@ def _pretrain(body: JobCreate, protocols: list[str]) -> NewJob:
     dataset_name, dataset_path = _check_dataset(body, errors)
 
     valid_keys = set(common_field_names()) | {f.name for f in dataclasses.fields(method.config_cls)}
-    overrides = dict(body.config)
-    for key in body.config:
+    eval_params = _protocol_params(body.config, errors)
+    overrides = {k: v for k, v in body.config.items() if k not in PROTOCOL_PARAMS}
+    for key in overrides:
         if key in DATASET_KEYS or key == "method":
             errors.append(field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config"))
         elif key not in valid_keys:
-            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}; valid options: {', '.join(sorted(valid_keys - set(DATASET_KEYS)))}"))
+            valid = sorted((valid_keys - set(DATASET_KEYS)) | set(PROTOCOL_PARAMS))
+            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}; valid options: {', '.join(valid)}"))
     for key, value in body.dataset.options.items():
         if key not in valid_keys or key in DATASET_KEYS:
             errors.append(field_error(["body", "dataset", "options", key], "unknown data option; data options are config keys such as subset"))
@@ -77,10 +79,29 @@ def _pretrain(body: JobCreate, protocols: list[str]) -> NewJob:
         method=method.name,
         dataset=dataset_name,
         dataset_path=dataset_path,
-        config=config.to_dict(),
+        config={**config.to_dict(), **eval_params},
         evaluate=protocols,
         priority=body.priority,
     )
+
+
+def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
+    """The protocol parameter objects in ``config``, typed and checked; the given keys only."""
+    checked = {}
+    for protocol in PROTOCOL_PARAMS:
+        if protocol not in config:
+            continue
+        value = config[protocol]
+        if not isinstance(value, dict):
+            errors.append(field_error(["body", "config", protocol], f"{protocol} takes an object of protocol parameters, e.g. {{\"k\": 200}}"))
+            continue
+        try:
+            params = protocol_params(protocol, value)
+        except ConfigError as exc:
+            errors.append(field_error(["body", "config", protocol], str(exc)))
+            continue
+        checked[protocol] = {name: getattr(params, name) for name in value}
+    return checked
 
 
 def _check_dataset(body: JobCreate, errors: list) -> tuple[str, str | None]:
@@ -100,15 +121,10 @@ def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -
     errors = []
     if not protocols:
         errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: knn or linear"))
-    for key, value in body.config.items():
+    for key in body.config:
         if key not in EVAL_CONFIG_KEYS:
             errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(EVAL_CONFIG_KEYS)}"))
-        elif key != "device" and not isinstance(value, dict):
-            errors.append(field_error(["body", "config", key], f"{key} takes an object of protocol parameters, e.g. {{\"k\": 200}}"))
-        elif key != "device":
-            valid = {f.name for f in dataclasses.fields(PROTOCOL_PARAMS[key])}
-            for name in sorted(set(value) - valid):
-                errors.append(field_error(["body", "config", key, name], f"unknown {key} parameter; valid: {', '.join(sorted(valid))}"))
+    eval_params = _protocol_params(body.config, errors)
 
     if body.checkpoint is not None:
         checkpoint = records.get_checkpoint(session, body.checkpoint, owner)
@@ -136,7 +152,7 @@ def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -
         method=source.method,
         dataset=dataset_name,
         dataset_path=dataset_path,
-        config=dict(body.config),
+        config={**{k: v for k, v in body.config.items() if k == "device"}, **eval_params},
         evaluate=protocols,
         priority=body.priority,
         source_checkpoint_id=checkpoint.id,

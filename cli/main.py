@@ -109,7 +109,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cssl_core.config import build_config
-    from cssl_core.evaluation import evaluate_checkpoint
+    from cssl_core.evaluation import PROTOCOL_PARAMS, evaluate_checkpoint, protocol_params
     from cssl_core.train import pretrain
 
     overrides: dict[str, Any] = {}
@@ -120,6 +120,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise CsslError(f"could not read --config {args.config}: {exc}") from None
     overrides.update({key: getattr(args, key) for key in PRETRAIN_OPTIONS.values() if getattr(args, key) is not None})
     overrides.update(_key_values(args.overrides))
+    # A service job's stored config also holds its evaluations' parameters ({"knn": {"k": 20}}).
+    eval_params = {p: overrides.pop(p) for p in PROTOCOL_PARAMS if p in overrides}
+    for protocol, params in eval_params.items():
+        protocol_params(protocol, params)
     config = build_config(args.method, overrides)
     out = args.out or Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +147,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"of training, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}")
     print(f"checkpoint: {result.checkpoint}")
     for protocol in [p for p in args.evaluate.split(",") if p]:
-        r = evaluate_checkpoint(result.checkpoint, protocol)
+        r = evaluate_checkpoint(result.checkpoint, protocol, **eval_params.get(protocol, {}))
         print(f"{protocol}: top-1 {r.top1:.2f}%" + (f", top-5 {r.top5:.2f}%" if r.top5 is not None else ""))
     return 0
 
@@ -151,9 +155,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cssl_core.evaluation import evaluate_checkpoint
 
-    params: dict[str, Any] = {}
-    for key, value in _key_values(args.overrides).items():
-        params[key] = float(value) if "." in value or "e" in value.lower() else int(value)
+    params = _key_values(args.overrides)  # typed and checked by the protocol's parameters
     r = evaluate_checkpoint(args.checkpoint, args.protocol, dataset=args.dataset, data=args.data,
                             device=args.device, random_init=args.random_init, **params)
     if args.json:

@@ -47,6 +47,12 @@ def add_service_commands(subparsers) -> None:
     p = token_sub.add_parser("create", help="create a token; it is printed once, on the last line")
     p.add_argument("--owner", required=True, help="who the token's jobs belong to")
     p.set_defaults(func=cmd_token_create)
+    p = token_sub.add_parser("list", help="list tokens by prefix, owner and state (the tokens themselves are not stored)")
+    p.add_argument("--owner", help="only this owner's tokens")
+    p.set_defaults(func=cmd_token_list)
+    p = token_sub.add_parser("revoke", help="revoke a token; the API refuses it within 30 s")
+    p.add_argument("token", help="the token's prefix as `cssl token list` shows it, or the whole token")
+    p.set_defaults(func=cmd_token_revoke)
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -205,4 +211,39 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         token = tokens.create_token(session, args.owner)
     print(f"token for {args.owner.strip()} (shown once; only its hash is stored):", file=sys.stderr)
     print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from store import tokens
+    from store.db import session_scope
+
+    settings = _settings(args)
+    _ready_schema(settings)
+    with session_scope(settings.database_url) as session:
+        rows = [
+            (t.prefix, t.owner, t.created_at.isoformat(timespec="seconds"),
+             f"revoked {t.revoked_at.isoformat(timespec='seconds')}" if t.revoked_at else "active")
+            for t in tokens.list_tokens(session, args.owner)
+        ]
+    print("prefix\towner\tcreated\tstate")
+    for row in rows:
+        print("\t".join(row))
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from store import tokens
+    from store.db import session_scope
+
+    settings = _settings(args)
+    _ready_schema(settings)
+    try:
+        with session_scope(settings.database_url) as session:
+            token = tokens.revoke_token(session, args.token)
+            owner, prefix = token.owner, token.prefix
+    except LookupError as exc:
+        print(f"cssl token revoke: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked {prefix} of {owner}; running API processes refuse it within 30 s", file=sys.stderr)
     return 0

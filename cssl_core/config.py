@@ -131,8 +131,8 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     if unknown:
         valid = ", ".join(sorted(set(common) | set(specific)))
         raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid options: {valid}")
-    method_kwargs = {k: _coerce(specific[k], v) for k, v in overrides.items() if k in specific}
-    common_kwargs = {k: _coerce(common[k], v) for k, v in overrides.items() if k in common}
+    method_kwargs = {k: coerce_field(specific[k], v) for k, v in overrides.items() if k in specific}
+    common_kwargs = {k: coerce_field(common[k], v) for k, v in overrides.items() if k in common}
     try:
         config = PretrainConfig(method=spec.name, method_config=spec.config_cls(**method_kwargs), **common_kwargs)
     except TypeError as exc:
@@ -141,8 +141,8 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     return config
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Coerce a JSON or command-line value to the field's declared type."""
+def coerce_field(f: dataclasses.Field, value: Any) -> Any:
+    """Coerce a JSON or command-line value to the dataclass field's declared type."""
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     optional = "None" in kind
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):

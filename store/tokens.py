@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import ApiToken
+from store.models import ApiToken, utcnow
 
 TOKEN_PREFIX = "cssl_"
 
@@ -31,3 +32,33 @@ def owner_for_token(session: Session, token: str) -> str | None:
     return session.scalar(
         select(ApiToken.owner).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
     )
+
+
+def list_tokens(session: Session, owner: str | None = None) -> Sequence[ApiToken]:
+    """Tokens (their prefixes, never the tokens), oldest first, optionally of one owner."""
+    query = select(ApiToken).order_by(ApiToken.id)
+    if owner is not None:
+        query = query.where(ApiToken.owner == owner.strip())
+    return session.scalars(query).all()
+
+
+def revoke_token(session: Session, token_or_prefix: str) -> ApiToken:
+    """Revoke the one token whose prefix (as ``list_tokens`` shows it) or full value is given.
+
+    Revoking a revoked token keeps its first revocation time. Raises ``LookupError`` when no
+    token or more than one matches.
+    """
+    value = token_or_prefix.strip()
+    if len(value) > 12:
+        matches = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(value))).all()
+    else:
+        matches = session.scalars(select(ApiToken).where(ApiToken.prefix == value)).all() if value else []
+    if not matches:
+        raise LookupError(f"no token matches {value!r}; `cssl token list` shows the prefixes")
+    if len(matches) > 1:
+        raise LookupError(f"{len(matches)} tokens have the prefix {value!r}; pass the whole token instead")
+    token = matches[0]
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.flush()
+    return token

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from cssl_core.evaluation import knn_predict, knn_scores
@@ -50,3 +51,20 @@ def test_linear_probe_separates_separable_features():
     layer, mean, std = train_linear_probe(features[:400], labels[:400], 5, LinearProbeParams(epochs=20, batch_size=64))
     accuracy = (linear_probe_logits(layer, mean, std, features[400:]).argmax(1) == labels[400:]).float().mean()
     assert accuracy > 0.95
+
+
+def test_protocol_params_are_typed_and_checked():
+    from cssl_core.errors import ConfigError
+    from cssl_core.evaluation import KnnParams, LinearProbeParams, protocol_params
+
+    assert protocol_params("knn", {"k": "20", "temperature": "0.07"}) == KnnParams(k=20, temperature=0.07)
+    assert protocol_params("linear") == LinearProbeParams()
+    for protocol, bad, words in [
+        ("knn", {"k": 0}, "k must be at least 1"),
+        ("knn", {"k": 2.5}, "k must be of type int"),
+        ("knn", {"neighbours": 5}, "valid: k, temperature"),
+        ("linear", {"lr": -1}, "lr must be positive"),
+        ("svm", {}, "known protocols: knn, linear"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            protocol_params(protocol, bad)

@@ -110,3 +110,16 @@ def test_cli_pretrain_eval_and_errors(tmp_path, capsys):
     assert "valid options:" in capsys.readouterr().err
     assert cssl(["eval", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert cssl(["eval", str(out / "checkpoints" / "last.pt"), "--set", "k=few"]) == 2
+    assert "k must be of type int" in capsys.readouterr().err
+
+    # A service job's stored config (protocol parameters included) runs as a --config file.
+    stored = {**json.loads((out / "config.json").read_text()), "epochs": 1, "knn": {"k": 5}}
+    (tmp_path / "job.json").write_text(json.dumps(stored))
+    assert cssl(["pretrain", "--method", "simclr", "--config", str(tmp_path / "job.json"), "--out", str(tmp_path / "again"),
+                 "--evaluate", "knn"]) == 0
+    assert "knn: top-1" in capsys.readouterr().out
+    stored["knn"] = {"k": -1}
+    (tmp_path / "job.json").write_text(json.dumps(stored))
+    assert cssl(["pretrain", "--method", "simclr", "--config", str(tmp_path / "job.json")]) == 2
+    assert "k must be at least 1" in capsys.readouterr().err

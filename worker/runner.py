@@ -205,9 +205,10 @@ def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat
 
 def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
     from cssl_core.config import build_config
+    from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
 
-    config = build_config(job.method, job.config)
+    config = build_config(job.method, {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS})
     result: dict[str, Any] | None = None  # None: keep what the training attempt recorded
     if job.resume_is_final:
         log.info("training had finished before the worker was lost; going on with the evaluations")
@@ -246,7 +247,8 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
         with session_scope(settings.database_url) as session:
             jobs.record_result(session, job.id, job.attempt, result)
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
-    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat, {})
+    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat,
+                     _protocol_overrides(job))
     if heartbeat.should_stop():
         return heartbeat.stopped_status(), None, result
     return "succeeded", None, result
@@ -254,11 +256,16 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
 
 def _evaluate_only(job: ClaimedJob, recorder: Recorder, heartbeat: Heartbeat):
     device = job.config.get("device", "auto")
-    params = {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
-    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, job.dataset_path, device, recorder, heartbeat, params)
+    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, job.dataset_path, device,
+                     recorder, heartbeat, _protocol_overrides(job))
     if heartbeat.should_stop():
         return heartbeat.stopped_status(), None, None
     return "succeeded", None, None
+
+
+def _protocol_overrides(job: ClaimedJob) -> dict[str, dict[str, Any]]:
+    """Protocol parameters stored beside the run's keys in the job's config ({"knn": {"k": 20}})."""
+    return {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
 
 
 def _run_evaluations(job, checkpoint, checkpoint_id, dataset, data, device, recorder, heartbeat, params) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cssl_core.config import coerce_field
 from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
@@ -23,6 +24,13 @@ PROTOCOLS = ("knn", "linear")
 class KnnParams:
     k: int = 200
     temperature: float = 0.1
+
+    def validate(self) -> None:
+        if self.k < 1 or not self.temperature > 0:
+            raise ConfigError(f"knn k must be at least 1 and temperature positive, got {self.k} and {self.temperature}")
+
+
+PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams}
 
 
 @dataclass
@@ -51,19 +59,26 @@ def _topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
     return top1, top5
 
 
-def _params(cls: type, overrides: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
+def protocol_params(protocol: str, overrides: dict[str, Any] | None = None) -> KnnParams | LinearProbeParams:
+    """A protocol's parameters from JSON or command-line values, checked: unknown names, wrong
+    types and out-of-range values raise :class:`ConfigError` saying what to fix."""
+    if protocol not in PROTOCOL_PARAMS:
+        raise ConfigError(f"unknown protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+    cls = PROTOCOL_PARAMS[protocol]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return cls(**overrides)
+        raise ConfigError(f"unknown {protocol} parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    params = cls(**{name: coerce_field(fields[name], value) for name, value in overrides.items()})
+    params.validate()
+    return params
 
 
 def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[float], std: list[float],
                       device: torch.device, **params: Any) -> EvalResult:
     """Evaluate ``backbone`` on ``data`` (an ImageDataset): train split as bank / probe set, test split scored."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+    p = protocol_params(protocol, params)
     train, test = data.train, data.test
     labelled = train.labels >= 0
     train_images, train_labels = train.images[labelled], train.labels[labelled]
@@ -71,10 +86,8 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
     test_features = extract_features(backbone, test.images, mean, std, device)
     num_classes = len(data.classes)
     if protocol == "knn":
-        p = _params(KnnParams, params)
         scores = knn_scores(train_features, train_labels, test_features, num_classes, p.k, p.temperature)
     else:
-        p = _params(LinearProbeParams, params)
         layer, f_mean, f_std = train_linear_probe(train_features, train_labels, num_classes, p)
         scores = linear_probe_logits(layer, f_mean, f_std, test_features)
     top1, top5 = _topk_accuracy(scores, test.labels)
@@ -94,6 +107,7 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     from cssl_core.data import load_dataset
     from cssl_core.train.checkpoint import build_backbone_from_checkpoint, load_checkpoint
 
+    protocol_params(protocol, params)  # bad parameters fail before the data is loaded
     state = load_checkpoint(checkpoint)
     config = state["config"]
     name = dataset or config["dataset"]
@@ -116,5 +130,5 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     return result
 
 
-__all__ = ["EvalResult", "KnnParams", "LinearProbeParams", "PROTOCOLS", "evaluate_backbone", "evaluate_checkpoint",
-           "extract_features", "knn_predict", "knn_scores"]
+__all__ = ["EvalResult", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
+           "evaluate_checkpoint", "extract_features", "knn_predict", "knn_scores", "protocol_params"]

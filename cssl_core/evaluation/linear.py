@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cssl_core.errors import ConfigError
 
 
 @dataclass
@@ -18,6 +18,12 @@ class LinearProbeParams:
     lr: float = 0.1  # SGD, momentum 0.9, cosine to 0, on standardised features
     weight_decay: float = 0.0
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"linear epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ConfigError(f"linear lr must be positive and weight_decay zero or positive, got {self.lr} and {self.weight_decay}")
 
 
 def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,

@@ -70,6 +70,13 @@ def test_submit_returns_202_with_location_and_the_resolved_config(client, alice)
     assert client.get(response.headers["location"], headers=alice).json()["id"] == job["id"]
 
 
+def test_a_pretrain_job_takes_parameters_for_its_final_evaluations(client, alice):
+    body = {**PRETRAIN, "evaluate": ["knn", "linear"], "config": {**TINY, "knn": {"k": "20"}, "linear": {"epochs": 5}}}
+    job = submit(client, alice, body).json()
+    # Typed, kept as given; the protocols' other parameters keep their defaults.
+    assert job["config"]["knn"] == {"k": 20} and job["config"]["linear"] == {"epochs": 5}
+
+
 def test_dataset_options_are_config_keys(client, alice):
     body = {**PRETRAIN, "config": {"backbone": "small"}, "dataset": {"name": "synthetic", "options": {"subset": 64}}}
     assert submit(client, alice, body).json()["config"]["subset"] == 64
@@ -88,6 +95,10 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "dataset": {"name": "mnist"}}, ["body", "dataset", "name"], "known"),
         ({**PRETRAIN, "priority": 12}, ["body", "priority"], "less than or equal"),
         ({**PRETRAIN, "evaluate": ["svm"]}, ["body", "evaluate", 0], "knn"),
+        ({**PRETRAIN, "config": {"knn": {"k": 0}}}, ["body", "config", "knn"], "k must be at least 1"),
+        ({**PRETRAIN, "config": {"knn": 20}}, ["body", "config", "knn"], "object of protocol parameters"),
+        ({**PRETRAIN, "config": {"linear": {"epoch": 5}}}, ["body", "config", "linear"], "valid: batch_size, epochs"),
+        ({**PRETRAIN, "config": {"linear": {"lr": "fast"}}}, ["body", "config", "linear"], "lr must be of type float"),
         ({"kind": "pretrain", "dataset": {"name": "synthetic"}}, ["body"], "needs method"),
         ({"kind": "eval"}, ["body"], "exactly one of checkpoint"),
         ({"kind": "eval", "checkpoint": 999999}, ["body", "checkpoint"], "no checkpoint"),

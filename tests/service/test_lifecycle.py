@@ -30,7 +30,7 @@ def get(base, path, headers, **params):
 
 
 def test_pretrain_lifecycle(server, worker, alice, bob_headers):
-    job = submit(server, alice, method="simclr", config={**TINY, "knn_every": 1})
+    job = submit(server, alice, method="simclr", config={**TINY, "knn_every": 1, "knn": {"k": 7}})
     events = read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=180)
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "end"
@@ -61,6 +61,7 @@ def test_pretrain_lifecycle(server, worker, alice, bob_headers):
     evaluations = get(server, "/v1/evaluations", alice, job=job["id"]).json()
     final = {e["protocol"]: e for e in evaluations if e["checkpoint_id"] is not None}
     assert set(final) == {"knn", "linear"}
+    assert final["knn"]["parameters"]["k"] == 7 and final["linear"]["parameters"]["epochs"] == 100
     for result in final.values():
         assert 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"] and result["num_test"] > 0
 

@@ -76,5 +76,23 @@ def test_cli_db_and_token_commands(empty_database, monkeypatch, capsys):
     token = capsys.readouterr().out.strip().splitlines()[-1]
     with session_scope(empty_database) as session:
         assert tokens.owner_for_token(session, token) == "carol"
+    assert main(["token", "create", "--owner", "dave"]) == 0
+    capsys.readouterr()
+
+    assert main(["token", "list", "--owner", "carol"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split("\t") == ["prefix", "owner", "created", "state"]
+    assert len(listed) == 2 and listed[1].startswith(token[:12] + "\tcarol\t") and listed[1].endswith("active")
+    assert main(["token", "revoke", "cssl_nothing"]) == 2
+    assert "no token matches" in capsys.readouterr().err
+    assert main(["token", "revoke", token[:12]]) == 0
+    assert main(["token", "revoke", token]) == 0  # again, by the whole token: still revoked, no error
+    with session_scope(empty_database) as session:
+        assert tokens.owner_for_token(session, token) is None
+        assert [t.owner for t in tokens.list_tokens(session) if t.revoked_at is None] == ["dave"]
+    capsys.readouterr()
+    assert main(["token", "list"]) == 0
+    states = [line.split("\t")[3] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert states[0].startswith("revoked ") and states[1] == "active"
     assert main(["db", "downgrade", "--revision", "base"]) == 0
     assert tables(empty_database) == set()
