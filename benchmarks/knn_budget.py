@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--data", default=os.environ.get("CSSL_CIFAR10", str(DEFAULT_DATA)))
     parser.add_argument("--backbone", default="small")
-    parser.add_argument("--subset", type=int, default=10_000)
+    parser.add_argument("--subset", type=int, default=10_000, help="0: the whole training split")
     parser.add_argument("--time-budget", type=float, default=300)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", default="runs/bench")
@@ -41,7 +41,7 @@ def main() -> None:
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
     config = build_config(args.method, {
-        "dataset": "cifar10", "data": args.data, "backbone": args.backbone, "subset": args.subset,
+        "dataset": "cifar10", "data": args.data, "backbone": args.backbone, "subset": args.subset or None,
         "batch_size": args.batch_size, "epochs": 1000, "time_budget": args.time_budget,
         "checkpoint_every": 0, **overrides,
     })

@@ -1,6 +1,7 @@
 """The training loop: exact resume, time budgets, cancellation, non-finite losses, export."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -67,9 +68,12 @@ def test_time_budget_fits_the_schedule(tmp_path, monkeypatch):
 
 
 def test_cancel_keeps_a_checkpoint(tmp_path):
-    infos = []
-    result = pretrain(config(epochs=5), tmp_path, should_stop=stop_after(3), on_checkpoint=infos.append)
+    infos, seen = [], []
+    result = pretrain(config(epochs=5), tmp_path, should_stop=stop_after(3), on_checkpoint=infos.append,
+                      on_progress=seen.append)
     assert result.stopped == "cancelled" and result.steps == 3
+    # Stopped before the first report (every 10 steps): its steps are reported all the same.
+    assert [p.step for p in seen] == [3] and math.isfinite(result.final_loss) and result.images_per_second > 0
     assert infos[-1].path == result.checkpoint and not infos[-1].final
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
 

@@ -166,6 +166,16 @@ def pretrain(
     model.train()
     loss_sum = torch.zeros((), device=device)
     loss_count, last_loss = 0, float("nan")
+
+    def mean_loss() -> float:
+        """The mean loss since the last call: one device sync per report, not per step."""
+        nonlocal loss_count
+        value = loss_sum.item() / loss_count
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32")
+        loss_sum.zero_()
+        loss_count = 0
+        return value
     window_start, window_images = time.perf_counter(), 0
     images_per_second = 0.0
     stopped = "completed"
@@ -198,14 +208,16 @@ def pretrain(
 
         report = step % progress_every == 0 or step % steps_per_epoch == 0 or step == total_steps
         if report:
-            last_loss = loss_sum.item() / loss_count  # one device sync per report, not per step
-            if not math.isfinite(last_loss):
-                raise TrainingError(
-                    f"loss became {last_loss} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32"
-                )
-            loss_sum.zero_()
-            loss_count = 0
+            last_loss = mean_loss()
         elapsed += time.perf_counter() - step_start
+        stop = None
+        if step < total_steps:
+            if config.time_budget is not None and elapsed >= config.time_budget:
+                stop = "time_budget"
+            elif should_stop and should_stop():
+                stop = "cancelled"
+        if stop is not None and not report:  # the steps since the last report are reported too
+            last_loss, report = mean_loss(), True
 
         # A time budget becomes a step count from the timed steps so far, refitted at doubling
         # intervals (the first steps are slow while kernels are prepared), schedules refitted with it.
@@ -239,11 +251,8 @@ def pretrain(
             if on_evaluation:
                 on_evaluation(result)
             window_start = time.perf_counter()
-        if config.time_budget is not None and elapsed >= config.time_budget and step < total_steps:
-            stopped = "time_budget"
-            break
-        if should_stop and step < total_steps and should_stop():
-            stopped = "cancelled"
+        if stop is not None:
+            stopped = stop
             break
 
     if stopped == "completed" and total_steps < nominal_steps:
