@@ -45,7 +45,8 @@ class JobCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Pretrain: overrides of the method's config, with the CLI's option names (see "
-        "GET /v1/methods). Eval: `device` and per-protocol parameters, e.g. {\"knn\": {\"k\": 200}}",
+        "GET /v1/methods), and parameters of the final evaluations. Eval: `device` and per-protocol "
+        "parameters. Protocol parameters are objects, e.g. {\"knn\": {\"k\": 200}, \"linear\": {\"epochs\": 50}}",
     )
     evaluate: list[Protocol] | None = Field(
         None, description="Protocols to run on the final checkpoint; default knn and linear; [] for none"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from store.models import ApiToken, utcnow
 
 TOKEN_PREFIX = "cssl_"
+PREFIX_LENGTH = 12  # the stored, shown part by which a token is listed and revoked
 
 
 def hash_token(token: str) -> str:
@@ -23,7 +24,7 @@ def create_token(session: Session, owner: str) -> str:
     if not owner or not owner.strip():
         raise ValueError("owner must be a non-empty name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(owner=owner.strip(), token_hash=hash_token(token), prefix=token[:12]))
+    session.add(ApiToken(owner=owner.strip(), token_hash=hash_token(token), prefix=token[:PREFIX_LENGTH]))
     session.flush()
     return token
 
@@ -49,7 +50,7 @@ def revoke_token(session: Session, token_or_prefix: str) -> ApiToken:
     token or more than one matches.
     """
     value = token_or_prefix.strip()
-    if len(value) > 12:
+    if len(value) > PREFIX_LENGTH:
         matches = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(value))).all()
     else:
         matches = session.scalars(select(ApiToken).where(ApiToken.prefix == value)).all() if value else []
