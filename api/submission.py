@@ -152,7 +152,7 @@ def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -
         method=source.method,
         dataset=dataset_name,
         dataset_path=dataset_path,
-        config={**{k: v for k, v in body.config.items() if k == "device"}, **eval_params},
+        config={"device": body.config["device"], **eval_params} if "device" in body.config else eval_params,
         evaluate=protocols,
         priority=body.priority,
         source_checkpoint_id=checkpoint.id,

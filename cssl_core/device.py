@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -21,6 +22,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@functools.cache  # called every training step; the answer is the hardware's
 def bf16_supported(device: torch.device) -> bool:
     """bf16 is fast on GPUs from Ampere on and on CPUs with AVX512-BF16 or AMX; elsewhere it is emulated."""
     if device.type == "cuda":

@@ -53,7 +53,7 @@ def revoke_token(session: Session, token_or_prefix: str) -> ApiToken:
     if len(value) > PREFIX_LENGTH:
         matches = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(value))).all()
     else:
-        matches = session.scalars(select(ApiToken).where(ApiToken.prefix == value)).all() if value else []
+        matches = session.scalars(select(ApiToken).where(ApiToken.prefix == value)).all()
     if not matches:
         raise LookupError(f"no token matches {value!r}; `cssl token list` shows the prefixes")
     if len(matches) > 1:

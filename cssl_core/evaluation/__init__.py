@@ -17,8 +17,6 @@ from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_predict, knn_scores
 from cssl_core.evaluation.linear import LinearProbeParams, linear_probe_logits, train_linear_probe
 
-PROTOCOLS = ("knn", "linear")
-
 
 @dataclass
 class KnnParams:
@@ -31,6 +29,7 @@ class KnnParams:
 
 
 PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams}
+PROTOCOLS = tuple(PROTOCOL_PARAMS)
 
 
 @dataclass

@@ -166,6 +166,11 @@ def pretrain(
     model.train()
     loss_sum = torch.zeros((), device=device)
     loss_count, last_loss = 0, float("nan")
+    window_start, window_images = time.perf_counter(), 0
+    images_per_second = 0.0
+    stopped = "completed"
+    last_info: CheckpointInfo | None = None
+    order, order_epoch = None, -1
 
     def mean_loss() -> float:
         """The mean loss since the last call: one device sync per report, not per step."""
@@ -176,11 +181,6 @@ def pretrain(
         loss_sum.zero_()
         loss_count = 0
         return value
-    window_start, window_images = time.perf_counter(), 0
-    images_per_second = 0.0
-    stopped = "completed"
-    last_info: CheckpointInfo | None = None
-    order, order_epoch = None, -1
 
     while step < total_steps:
         step_start = time.perf_counter()
