@@ -1,8 +1,21 @@
 """Losses as small pure functions over (N, D) tensors, one per file."""
 
 from cssl_core.losses.barlow_twins import barlow_twins
+from cssl_core.losses.dino import dino_loss
 from cssl_core.losses.info_nce import info_nce
+from cssl_core.losses.mocov3 import mocov3_loss
 from cssl_core.losses.negative_cosine import negative_cosine
 from cssl_core.losses.nt_xent import nt_xent
+from cssl_core.losses.sinkhorn import sinkhorn
+from cssl_core.losses.swav import swav_loss
 
-__all__ = ["barlow_twins", "info_nce", "negative_cosine", "nt_xent"]
+__all__ = [
+    "barlow_twins",
+    "dino_loss",
+    "info_nce",
+    "mocov3_loss",
+    "negative_cosine",
+    "nt_xent",
+    "sinkhorn",
+    "swav_loss",
+]
