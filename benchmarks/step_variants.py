@@ -14,10 +14,9 @@ import time
 
 import torch
 
-from cssl_core.backbones import build_backbone
 from cssl_core.config import build_config
 from cssl_core.device import autocast_for, resolve_device
-from cssl_core.methods import get_method
+from cssl_core.methods import Batch, build_method
 from cssl_core.train.optim import build_optimizer
 
 
@@ -25,22 +24,24 @@ def measure(method: str, backbone: str, batch_size: int, precision: str, channel
             steps: int, device: torch.device) -> dict:
     torch.manual_seed(0)
     config = build_config(method, {"backbone": backbone, "batch_size": batch_size, "precision": precision})
-    net, feature_dim = build_backbone(backbone, 32)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = get_method(method)(net, feature_dim, config.method_config).to(device).to(memory_format=memory_format)
+    model = build_method(config, 32, batch_size).to(device).to(memory_format=memory_format)
     optimizer = build_optimizer(model.parameter_groups(), config)
     forward = torch.compile(model) if compile_ else model
-    views = [torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=memory_format) for _ in range(2)]
+    sizes = [spec.size for spec in type(model).view_specs(config.method_config, 32)]
+    views = [torch.randn(batch_size, 3, s, s, device=device).contiguous(memory_format=memory_format) for s in sizes]
+    schedules = {"lr": config.lr, "weight_decay": 0.0,
+                 **{k: float(v[0]) for k, v in model.schedules(steps, steps).items()}}
+    batch = Batch(views=views, indices=torch.arange(batch_size, device=device), step=0, epoch=0, schedules=schedules)
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
         with autocast_for(device, precision):
-            out = forward(views)
+            out = forward(batch)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        if model.uses_momentum_encoder:
-            model.momentum_update(0.99)
+        model.after_step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)

@@ -13,12 +13,20 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from cssl_core.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("bf16", "fp32")
+NORMS = ("bn", "gn_ws")
+RECIPES = ("auto", "small_images", "paper")
+SMALL_IMAGE_MAX_SIZE = 64  # images of this side or less get a method's small-image recipe
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``cssl pretrain --help`` and the API schema)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -27,20 +35,27 @@ class MethodConfig:
 
     ``base_lr`` is the learning rate for a batch of 256; the run uses
     ``base_lr * batch_size / 256`` (the linear scaling rule, Goyal et al. 2017).
+    ``small_image_recipe`` holds the values (of any config key) measured to work best on
+    images of 64 px or less in a short run; ``recipe="auto"`` uses them for such data.
     """
 
-    optimizer: str = "sgd"
-    base_lr: float = 0.05
-    weight_decay: float = 1e-4
-    sgd_momentum: float = 0.9
-    # LARS trust coefficient. 0.001 is SimCLR's and BYOL's at batch 4096; a relative update of
-    # base_lr * batch/256 * eta per step is small at small batches, where 0.02 (solo-learn's) trains faster.
-    lars_eta: float = 0.001
-    warmup_epochs: float = 10.0
-    augmentation: str = "simclr"
-    crop_min_scale: float | None = None  # None: the augmentation preset's (the paper's) value
-    # Multiplies the augmentation preset's colour-jitter strengths; 1 keeps the paper's.
-    jitter_strength: float = 1.0
+    small_image_recipe: ClassVar[dict[str, Any]] = {}
+
+    optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
+    base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)")
+    weight_decay: float = option(1e-4, "weight decay (biases and norm parameters get none)")
+    weight_decay_end: float | None = option(None, "weight decay at the end of a cosine schedule from weight_decay; none: constant")
+    sgd_momentum: float = option(0.9, "momentum of SGD and LARS")
+    # 0.001 is SimCLR's and BYOL's at batch 4096; a relative update of base_lr * batch/256 * eta
+    # per step is small at small batches, where 0.02 (solo-learn's) trains faster.
+    lars_eta: float = option(0.001, "LARS trust coefficient")
+    warmup_epochs: float = option(10.0, "linear learning-rate warmup, in epochs (at most a tenth of the run)")
+    grad_clip: float | None = option(None, "clip the gradients' global norm to this; none: no clipping")
+    augmentation: str = option("simclr", "augmentation preset (see cssl_core.augment.presets)")
+    crop_min_scale: float | None = option(None, "smallest random-crop area fraction; none: the preset's (the paper's)")
+    jitter_strength: float = option(1.0, "multiplies the preset's colour-jitter strengths; 1 keeps the paper's")
+    norm: str = option("bn", "normalisation layers: bn (BatchNorm) or gn_ws (GroupNorm + weight standardisation, no batch statistics)")
+    frozen_patch_embed: bool = option(False, "ViTs: keep the patch projection at its random init (MoCo v3)")
 
     def validate(self) -> None:
         from cssl_core.augment import preset_names
@@ -52,8 +67,14 @@ class MethodConfig:
         _non_negative("jitter_strength", self.jitter_strength)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
         _positive("base_lr", self.base_lr)
         _non_negative("weight_decay", self.weight_decay)
+        if self.weight_decay_end is not None:
+            _non_negative("weight_decay_end", self.weight_decay_end)
+        if self.grad_clip is not None:
+            _positive("grad_clip", self.grad_clip)
         _positive("lars_eta", self.lars_eta)
         _non_negative("warmup_epochs", self.warmup_epochs)
         if not 0 <= self.sgd_momentum < 1:
@@ -65,19 +86,21 @@ class PretrainConfig:
     """Everything a pretraining run needs besides the method's own hyper-parameters."""
 
     method: str
-    dataset: str = "cifar10"
-    data: str | None = None
-    backbone: str = "resnet18"
-    epochs: int = 100
-    batch_size: int = 256
-    subset: int | None = None
-    seed: int = 0
-    time_budget: float | None = None
-    checkpoint_every: int = 10
-    knn_every: int = 0
-    precision: str = "bf16"
-    channels_last: bool = True
-    device: str = "auto"
+    dataset: str = option("cifar10", "dataset name (see `cssl datasets`)")
+    data: str | None = option(None, "path of the dataset's files (a folder or a .tar.gz); none: the dataset's default location")
+    backbone: str = option("resnet18", "encoder: resnet18, resnet50, small, vit_tiny, vit_small")
+    epochs: int = option(100, "training epochs (a time budget may stop earlier)")
+    batch_size: int = option(256, "images per optimiser step")
+    subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all")
+    seed: int = option(0, "seed of the initialisation, data order and augmentation")
+    time_budget: float | None = option(None, "stop after this many seconds of training; schedules are fitted to it")
+    checkpoint_every: int = option(10, "write a checkpoint every this many epochs (0: only at the end)")
+    knn_every: int = option(0, "kNN-evaluate every this many epochs (0: never during training)")
+    precision: str = option("bf16", "bf16 (autocast where the hardware has native bf16) or fp32")
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    recipe: str = option("auto", "auto: the method's small-image recipe for images of 64 px or less, else the paper's; "
+                                 "small_images or paper to choose")
     method_config: MethodConfig = field(default_factory=MethodConfig)
 
     def validate(self) -> None:
@@ -93,6 +116,8 @@ class PretrainConfig:
         _non_negative("knn_every", self.knn_every)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         self.method_config.validate()
 
     @property
@@ -117,9 +142,13 @@ def common_field_names() -> list[str]:
 def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> PretrainConfig:
     """Build and validate a run config from a method name and flat overrides.
 
-    Keys may name a :class:`PretrainConfig` field or a field of the method's config.
-    An unknown key raises :class:`ConfigError` listing the valid ones.
+    Keys may name a :class:`PretrainConfig` field or a field of the method's config; an
+    unknown key raises :class:`ConfigError` listing the valid ones. With ``recipe="auto"``
+    (the default) a dataset of small images gets the method's small-image recipe for every
+    key not given; the result records which recipe it used, so its :meth:`~PretrainConfig.to_dict`
+    rebuilds the same config.
     """
+    from cssl_core.data import dataset_image_size
     from cssl_core.methods import get_method
 
     spec = get_method(method)
@@ -131,13 +160,19 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     if unknown:
         valid = ", ".join(sorted(set(common) | set(specific)))
         raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid options: {valid}")
-    method_kwargs = {k: coerce_field(specific[k], v) for k, v in overrides.items() if k in specific}
-    common_kwargs = {k: coerce_field(common[k], v) for k, v in overrides.items() if k in common}
+    image_size = dataset_image_size(coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default)))
+    recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
+    if recipe == "auto":
+        recipe = "small_images" if image_size <= SMALL_IMAGE_MAX_SIZE else "paper"
+    values = {**(spec.config_cls.small_image_recipe if recipe == "small_images" else {}), **overrides, "recipe": recipe}
+    method_kwargs = {k: coerce_field(specific[k], v) for k, v in values.items() if k in specific}
+    common_kwargs = {k: coerce_field(common[k], v) for k, v in values.items() if k in common}
     try:
         config = PretrainConfig(method=spec.name, method_config=spec.config_cls(**method_kwargs), **common_kwargs)
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
     config.validate()
+    spec.check_config(config, image_size)
     return config
 
 

@@ -12,10 +12,11 @@ from torch import nn
 from cli.main import main as cssl
 from cssl_core.config import build_config
 from cssl_core.errors import TrainingError
+from cssl_core.methods import method_names
 from cssl_core.train import export_backbone, load_checkpoint, loop, pretrain
+from tiny import TINY_HEADS
 
 TINY = {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "subset": 320, "checkpoint_every": 1}
-TINY_HEADS = {"mocov2": {"queue_size": 256}, "byol": {"projector_hidden_dim": 128, "predictor_hidden_dim": 128}}
 
 
 def config(method="simclr", **overrides):
@@ -31,7 +32,7 @@ def stop_after(calls):
     return should_stop
 
 
-@pytest.mark.parametrize("method", ["simclr", "mocov2", "byol"])
+@pytest.mark.parametrize("method", method_names())
 def test_resume_gives_the_same_weights_as_training_straight(tmp_path, method):
     straight = pretrain(config(method, epochs=2), tmp_path / "straight")
     # 5 steps per epoch: stop after one epoch, and once more in the middle of the second.

@@ -7,6 +7,7 @@ whole batch in a few kernels, on whatever device the images are on.
 """
 
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec, make_view
-from cssl_core.augment.presets import build_views, preset_names
+from cssl_core.augment.presets import build_views, local_views, preset_names, preset_views, scale_jitter
 
-__all__ = ["ViewGenerator", "ViewSpec", "build_views", "make_view", "preset_names"]
+__all__ = ["ViewGenerator", "ViewSpec", "build_views", "local_views", "make_view", "preset_names", "preset_views",
+           "scale_jitter"]

@@ -84,14 +84,22 @@ def local_crop_size(image_size: int) -> int:
     return max(2, 2 * round(image_size * 96 / 224 / 2))
 
 
+LOCAL_CROP_SCALE = (0.05, 0.14)
+
+
+def local_views(image_size: int, count: int, scale: Scale = LOCAL_CROP_SCALE) -> list[ViewSpec]:
+    """``count`` local crops for multi-crop methods (SwAV, DINO): side :func:`local_crop_size`,
+    area ``scale`` of the image (SwAV's (0.05, 0.14)), SimCLR's colour pipeline."""
+    return [_simclr_spec(local_crop_size(image_size), image_size, scale)] * count
+
+
 def multicrop(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     """SwAV multi-crop (arXiv 2006.09882, Sec. 3.2 and code): 2 global crops at the image
     size, scale (0.14, 1), and 6 local crops at :func:`local_crop_size`, scale (0.05, 0.14);
     SimCLR's colour pipeline on each. ``crop_scale`` overrides the global crops' scale only:
     the local range is what makes a crop local."""
     global_spec = _simclr_spec(image_size, image_size, crop_scale or (0.14, 1.0))
-    local_spec = _simclr_spec(local_crop_size(image_size), image_size, (0.05, 0.14))
-    return [global_spec] * 2 + [local_spec] * 6
+    return [global_spec] * 2 + local_views(image_size, 6)
 
 
 PRESETS: dict[str, Callable[[int, Scale | None], list[ViewSpec]]] = {
@@ -107,15 +115,13 @@ def preset_names() -> list[str]:
     return sorted(PRESETS)
 
 
-def build_views(
+def preset_views(
     preset: str,
     image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
     crop_scale: Scale | None = None,
     jitter_strength: float = 1.0,
-) -> ViewGenerator:
-    """The named preset's views for square images of side ``image_size``.
+) -> list[ViewSpec]:
+    """The named preset's view specs for square images of side ``image_size``.
 
     ``crop_scale`` (min, max) replaces the preset's crop scale, e.g. (0.2, 1) instead of
     SimCLR's (0.08, 1) for short runs on small images; None keeps the paper's value.
@@ -130,11 +136,22 @@ def build_views(
         crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
     if jitter_strength < 0:
         raise ConfigError(f"jitter_strength must be zero or positive, got {jitter_strength}")
-    specs = [_scale_jitter(spec, jitter_strength) for spec in PRESETS[preset](image_size, crop_scale)]
-    return ViewGenerator(specs, mean, std)
+    return [scale_jitter(spec, jitter_strength) for spec in PRESETS[preset](image_size, crop_scale)]
 
 
-def _scale_jitter(spec: ViewSpec, strength: float) -> ViewSpec:
+def build_views(
+    preset: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_scale: Scale | None = None,
+    jitter_strength: float = 1.0,
+) -> ViewGenerator:
+    """A :class:`ViewGenerator` for :func:`preset_views`, normalising with ``mean`` and ``std``."""
+    return ViewGenerator(preset_views(preset, image_size, crop_scale, jitter_strength), mean, std)
+
+
+def scale_jitter(spec: ViewSpec, strength: float) -> ViewSpec:
     if strength == 1.0:
         return spec
     return dataclasses.replace(

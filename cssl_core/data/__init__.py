@@ -142,6 +142,13 @@ def dataset_names() -> list[str]:
     return list(_SOURCES)
 
 
+def dataset_image_size(name: str) -> int:
+    """The side of the square images ``load_dataset(name)`` gives; an unknown name lists the known ones."""
+    if name not in _SOURCES:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return _SOURCES[name].image_size
+
+
 def describe_datasets() -> list[dict]:
     """One entry per dataset for ``cssl datasets`` and ``GET /v1/datasets``."""
     return [

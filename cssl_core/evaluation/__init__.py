@@ -102,9 +102,8 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     ``random_init=True`` evaluates the same architecture at its random initialisation (same
     seed), the baseline a pretrained backbone should beat.
     """
-    from cssl_core.backbones import build_backbone
     from cssl_core.data import load_dataset
-    from cssl_core.train.checkpoint import build_backbone_from_checkpoint, load_checkpoint
+    from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
 
     protocol_params(protocol, params)  # bad parameters fail before the data is loaded
     state = load_checkpoint(checkpoint)
@@ -115,11 +114,7 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     if images.image_size != state["image_size"]:
         raise ConfigError(f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "
                           f"{state['image_size']}px; evaluate on a dataset of that size")
-    if random_init:
-        torch.manual_seed(config["seed"])
-        backbone, _ = build_backbone(config["backbone"], state["image_size"])
-    else:
-        backbone = build_backbone_from_checkpoint(state)
+    backbone = build_encoder_from_checkpoint(state, random_init=random_init)
     dev = resolve_device(device)
     backbone = backbone.to(dev).to(memory_format=torch.channels_last)
     norm = state["normalization"]

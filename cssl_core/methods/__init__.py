@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cssl_core.errors import ConfigError
-from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.base import Batch, Method, StepOutput, TrainingSet
+
+if TYPE_CHECKING:
+    from cssl_core.config import PretrainConfig
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -25,7 +30,22 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def build_method(config: PretrainConfig, image_size: int, num_samples: int) -> Method:
+    """The configured method on its backbone, for images of side ``image_size`` and a training
+    split of ``num_samples`` images (the size of per-sample state such as memory banks)."""
+    from cssl_core.backbones import build_backbone
+    from cssl_core.backbones.norm import convert_to_gn_ws
+
+    mc = config.method_config
+    backbone, feature_dim = build_backbone(config.backbone, image_size, norm=mc.norm,
+                                           frozen_patch_embed=mc.frozen_patch_embed)
+    model = get_method(config.method)(backbone, feature_dim, mc, num_samples)
+    if mc.norm == "gn_ws":
+        convert_to_gn_ws(model)  # the heads too: no batch statistics anywhere
+    return model
+
+
 # Registering is importing: one line per method.
 from cssl_core.methods import simclr, moco, byol, simsiam, barlow_twins  # noqa: E402,F401
 
-__all__ = ["Method", "StepOutput", "get_method", "method_names", "register"]
+__all__ = ["Batch", "Method", "StepOutput", "TrainingSet", "build_method", "get_method", "method_names", "register"]

@@ -1,14 +1,41 @@
-"""What every method shares: a backbone, a loss over augmented views, optional momentum encoders."""
+"""The method contract: what a method declares, what each step gives it, and the hooks the loop calls.
+
+A method is an ``nn.Module`` composed of a backbone, its heads and a loss. The loop knows no
+method by name: it asks the method for its views (:meth:`Method.view_specs`), its extra
+per-step schedules (:meth:`Method.schedules`) and its frozen parameters, hands each step a
+:class:`Batch`, and calls :meth:`Method.on_epoch_start` and :meth:`Method.after_step`.
+Everything a method keeps between steps (momentum encoders, queues, memory banks, centres)
+is a parameter or a buffer, so it is in ``state_dict`` and a resumed run continues exactly.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
+from cssl_core.augment import ViewSpec, preset_views
 from cssl_core.config import MethodConfig
+from cssl_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cssl_core.config import PretrainConfig
+
+
+@dataclass
+class Batch:
+    """One training step's input."""
+
+    views: list[torch.Tensor]  # one (N, 3, s, s) tensor per declared view, normalised, in declared order
+    indices: torch.Tensor  # (N,) long: each sample's index in the training split, on the views' device
+    step: int  # optimiser steps done before this one
+    epoch: int  # 0-based epoch of this step
+    # Every schedule's value at this step: "lr" and "weight_decay" always, plus the method's own
+    # (:meth:`Method.schedules`), e.g. "momentum" or "teacher_temp".
+    schedules: dict[str, float]
 
 
 @dataclass
@@ -20,32 +47,79 @@ class StepOutput:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class TrainingSet:
+    """What an epoch hook may use: the training split's size and a way to embed all of it."""
+
+    num_samples: int
+    steps_per_epoch: int
+    # ``embed(module)``: module applied to every training image (normalised, not augmented,
+    # module in eval mode), float32 (num_samples, D) on the training device, in index order.
+    embed: Callable[[nn.Module], torch.Tensor]
+
+
 class Method(nn.Module):
     """Base class: ``backbone`` maps images (N, 3, H, W) to features (N, feature_dim).
 
-    Subclasses build their heads in ``__init__`` and implement :meth:`forward` over the list
-    of views. Momentum (EMA) methods override :meth:`momentum_update`; the training loop
-    calls it after each optimiser step with the scheduled momentum.
+    Subclasses build their heads in ``__init__`` (``num_samples`` sizes per-sample state such
+    as memory banks) and implement :meth:`forward`; the hooks below default to nothing.
     """
 
     name: ClassVar[str]
     paper: ClassVar[str]
     arxiv: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]]
-    uses_momentum_encoder: ClassVar[bool] = False
+    # How many views a step may take; a preset that makes more or fewer is rejected by build_config.
+    min_views: ClassVar[int] = 2
+    max_views: ClassVar[int | None] = 2
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig):
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig, num_samples: int):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.config = config
+        self.num_samples = num_samples
 
-    def forward(self, views: list[torch.Tensor]) -> StepOutput:  # pragma: no cover - abstract
+    @classmethod
+    def view_specs(cls, config: MethodConfig, image_size: int) -> list[ViewSpec]:
+        """The views each step gets, in order: by default the config's augmentation preset."""
+        crop_scale = (config.crop_min_scale, 1.0) if config.crop_min_scale else None
+        return preset_views(config.augmentation, image_size, crop_scale, config.jitter_strength)
+
+    @classmethod
+    def check_config(cls, config: PretrainConfig, image_size: int) -> None:
+        """Reject a combination that cannot train; called by ``build_config``."""
+        views = cls.view_specs(config.method_config, image_size)
+        low, high = cls.min_views, cls.max_views
+        if len(views) < low or (high is not None and len(views) > high):
+            wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+            raise ConfigError(f"{cls.name} takes {wanted} views per image; augmentation "
+                              f"{config.method_config.augmentation!r} makes {len(views)}")
+        for spec in views:
+            spec.validate()
+
+    def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        """The method's own per-step schedules (each of shape (total_steps,)), by name."""
+        return {}
+
+    def on_epoch_start(self, epoch: int, training_set: TrainingSet) -> None:
+        """Called before an epoch's first step (a run resumed mid-epoch has that epoch's state
+        from its checkpoint, so the hook is not called again)."""
+
     @torch.no_grad()
-    def momentum_update(self, momentum: float) -> None:
-        """EMA update of momentum encoders; no-op for methods without one."""
+    def after_step(self, batch: Batch) -> None:
+        """Called after each optimiser step (EMA updates, centre updates, normalisations)."""
+
+    def frozen_parameters(self, steps_per_epoch: int) -> list[tuple[list[nn.Parameter], int]]:
+        """``(parameters, steps)`` pairs: those parameters get no update for the first ``steps`` steps."""
+        return []
+
+    def encoder_for_eval(self) -> nn.Module:
+        """The module evaluation and export use: images (N, 3, H, W) -> features (N, D)."""
+        return self.backbone
 
     def parameter_groups(self) -> list[dict]:
         """Optimiser groups. Biases and norm parameters skip weight decay and LARS adaptation."""
@@ -56,5 +130,5 @@ class Method(nn.Module):
             (no_decay if p.ndim <= 1 else decay).append(p)
         return [
             {"params": decay, "name": "weights"},
-            {"params": no_decay, "name": "biases_and_norms", "weight_decay": 0.0, "lars_exclude": True},
+            {"params": no_decay, "name": "biases_and_norms", "wd_scale": 0.0, "lars_exclude": True},
         ]

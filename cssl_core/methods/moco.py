@@ -12,6 +12,9 @@ batch per device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -20,8 +23,9 @@ import torch.nn.functional as F
 from cssl_core.config import MethodConfig
 from cssl_core.losses import info_nce
 from cssl_core.methods import register
-from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+from cssl_core.train.schedules import momentum_schedule
 
 
 @dataclass
@@ -40,6 +44,10 @@ class MoCoV2Config(MethodConfig):
     head_dim: int = 128
     symmetric: bool = False  # symmetrised loss: both views act as query and key
 
+    # Measured here (BENCHMARKS.md): 49.6% kNN in 5 minutes. A queue of 65,536 keys outlasts
+    # many epochs of a small set, so its keys come from an encoder long gone.
+    small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "queue_size": 4096, "symmetric": True}
+
 
 @dataclass
 class MoCoV1Config(MoCoV2Config):
@@ -48,6 +56,9 @@ class MoCoV1Config(MoCoV2Config):
     temperature: float = 0.07
     mlp_head: bool = False
 
+    # Measured here (BENCHMARKS.md): 51.9% kNN in 5 minutes.
+    small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "queue_size": 4096}
+
 
 @register
 class MoCoV2(Method):
@@ -55,10 +66,9 @@ class MoCoV2(Method):
     paper = "Improved Baselines with Momentum Contrastive Learning (Chen et al., 2020)"
     arxiv = "2003.04297"
     config_cls = MoCoV2Config
-    uses_momentum_encoder = True
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV2Config):
-        super().__init__(backbone, feature_dim, config)
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV2Config, num_samples: int):
+        super().__init__(backbone, feature_dim, config, num_samples)
         layers = 2 if config.mlp_head else 1
         self.head = mlp(feature_dim, feature_dim, config.head_dim, num_layers=layers)
         self.encoder_q = nn.Sequential(self.backbone, self.head)
@@ -66,9 +76,12 @@ class MoCoV2(Method):
         self.register_buffer("queue", F.normalize(torch.randn(config.queue_size, config.head_dim), dim=1))  # (K, D)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        return {"momentum": momentum_schedule(self.config.momentum, total_steps, self.config.momentum_cosine)}
+
     @torch.no_grad()
-    def momentum_update(self, momentum: float) -> None:
-        ema_update(self.encoder_q, self.encoder_k, momentum)
+    def after_step(self, batch: Batch) -> None:
+        ema_update(self.encoder_q, self.encoder_k, batch.schedules["momentum"])
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
@@ -78,8 +91,8 @@ class MoCoV2(Method):
         self.queue[idx] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + k) % self.queue.shape[0])
 
-    def forward(self, views: list[torch.Tensor]) -> StepOutput:
-        x1, x2 = views[:2]
+    def forward(self, batch: Batch) -> StepOutput:
+        x1, x2 = batch.views
         cfg = self.config
         with torch.no_grad():  # no gradient to keys
             k = F.normalize(self.encoder_k(torch.cat([x2, x1]) if cfg.symmetric else x2).float(), dim=1)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from torch import nn
 from cssl_core.config import MethodConfig
 from cssl_core.losses import negative_cosine
 from cssl_core.methods import register
-from cssl_core.methods.base import Method, StepOutput
+from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import mlp
 
 
@@ -31,6 +32,9 @@ class SimSiamConfig(MethodConfig):
     predictor_hidden_dim: int = 512
     fixed_predictor_lr: bool = True
 
+    # Measured here (BENCHMARKS.md): the paper's 2-layer CIFAR projector (App. D).
+    small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "crop_min_scale": 0.2, "projector_layers": 2}
+
 
 @register
 class SimSiam(Method):
@@ -39,8 +43,8 @@ class SimSiam(Method):
     arxiv = "2011.10566"
     config_cls = SimSiamConfig
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig):
-        super().__init__(backbone, feature_dim, config)
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig, num_samples: int):
+        super().__init__(backbone, feature_dim, config, num_samples)
         # BN on every projector layer, the output BN without affine (Sec. 4, "Projection MLP").
         self.projector = mlp(feature_dim, config.projector_dim, config.projector_dim,
                              num_layers=config.projector_layers, last_bn=True, last_bn_affine=False)
@@ -55,8 +59,8 @@ class SimSiam(Method):
             groups.append({"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True})
         return groups
 
-    def forward(self, views: list[torch.Tensor]) -> StepOutput:
-        x1, x2 = views[:2]
+    def forward(self, batch: Batch) -> StepOutput:
+        x1, x2 = batch.views
         n = x1.shape[0]
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2N, projector_dim)
         p = self.predictor(z)

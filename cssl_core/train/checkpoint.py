@@ -53,18 +53,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def backbone_state_dict(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The backbone's weights, under the key names of the bare backbone module."""
-    prefix = "backbone."
-    return {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
+def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = False) -> nn.Module:
+    """The checkpoint's evaluation encoder (the method's ``encoder_for_eval()``), images -> features.
 
+    ``random_init=True`` gives the same architecture at the run's initialisation (same seed)
+    instead of the trained weights: the baseline a pretrained encoder should beat.
+    """
+    from cssl_core.config import build_config
+    from cssl_core.methods import build_method
 
-def build_backbone_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    from cssl_core.backbones import build_backbone
-
-    backbone, _ = build_backbone(state["config"]["backbone"], state["image_size"])
-    backbone.load_state_dict(backbone_state_dict(state))
-    return backbone
+    config = build_config(state["config"]["method"], state["config"])
+    if random_init:
+        torch.manual_seed(config.seed)
+    model = build_method(config, state["image_size"], state.get("num_samples", 0))
+    if not random_init:
+        model.load_state_dict(state["model"])
+    return model.encoder_for_eval()
 
 
 def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -77,5 +81,5 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     state = load_checkpoint(checkpoint)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(backbone_state_dict(state), out)
+    torch.save(build_encoder_from_checkpoint(state).state_dict(), out)
     return out

@@ -1,8 +1,10 @@
-"""The pretraining loop: read it top to bottom.
+"""The pretraining loop: read :meth:`Trainer.run` top to bottom.
 
 Data order is a function of (seed, epoch), augmentation draws from one generator whose state
-is checkpointed, and schedules are per-step arrays: so a run stopped at any step and resumed
-from its checkpoint continues exactly as if it had not stopped.
+is checkpointed, schedules are per-step arrays, and every method keeps its state in its
+``state_dict``: so a run stopped at any step and resumed from its checkpoint continues exactly
+as if it had not stopped. The loop knows no method by name; what a method needs (its views,
+schedules, hooks, frozen parameters) it declares through :class:`cssl_core.methods.Method`.
 """
 
 from __future__ import annotations
@@ -11,21 +13,22 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
-from cssl_core.augment import build_views
-from cssl_core.backbones import build_backbone
+from cssl_core.augment import ViewGenerator
 from cssl_core.config import PretrainConfig, build_config
-from cssl_core.device import autocast_for, resolve_device
 from cssl_core.data import ImageDataset, class_balanced_subset, load_dataset
+from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
-from cssl_core.methods import get_method
+from cssl_core.evaluation.features import extract_features
+from cssl_core.methods import Batch, StepOutput, TrainingSet, build_method, get_method
 from cssl_core.train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from cssl_core.train.optim import build_optimizer
-from cssl_core.train.schedules import momentum_schedule, warmup_cosine, warmup_steps_for
+from cssl_core.train.schedules import warmup_cosine, warmup_steps_for
 
 # A time budget is first turned into a step count after timing steps 6 to 15 (the first ones are slow).
 _CALIBRATION_SKIP = 5
@@ -58,6 +61,14 @@ class PretrainResult:
     final_loss: float
 
 
+@dataclass
+class Callbacks:
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_evaluation: Callable[[EvalResult], None] | None = None
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] of a uint8 (N, 3, H, W) set, from up to 10,000 images."""
     sample = images[: 10_000].float().div_(255)
@@ -82,189 +93,274 @@ def pretrain(
     dataset: ImageDataset | None = None,
 ) -> PretrainResult:
     """Pretrain ``config.method`` and write checkpoints under ``out_dir/checkpoints``."""
-    out_dir = Path(out_dir)
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed:
         config = build_config(resumed["config"]["method"], resumed["config"])
     config.validate()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-
-    # Data: uint8 images, on the device when they fit, views made there per batch.
-    data = dataset or load_dataset(config.dataset, config.data)
-    split = data.pretrain_split()
-    if config.subset:
-        split = class_balanced_subset(split, config.subset, config.seed)
-    n = len(split)
-    steps_per_epoch = n // config.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size {config.batch_size} is larger than the training set ({n} images); lower it")
-    images = split.images
-    if images.numel() <= _MAX_DEVICE_DATA_BYTES:
-        images = images.to(device)
-    image_size = data.image_size
-    mean, std = channel_stats(split.images)
-    mc = config.method_config
-    crop_scale = (mc.crop_min_scale, 1.0) if mc.crop_min_scale else None
-    make_views = build_views(
-        mc.augmentation, image_size, mean, std, crop_scale=crop_scale, jitter_strength=mc.jitter_strength
-    )
-    augment_rng = torch.Generator()
-    augment_rng.manual_seed(config.seed)
-
-    # Model and optimiser.
-    backbone, feature_dim = build_backbone(config.backbone, image_size)
-    model = get_method(config.method)(backbone, feature_dim, mc).to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(model.parameter_groups(), config)
-
-    total_steps = nominal_steps = config.epochs * steps_per_epoch
-    step, elapsed = 0, 0.0
+    callbacks = Callbacks(on_progress, should_stop, on_checkpoint, on_evaluation)
+    trainer = Trainer(config, Path(out_dir), callbacks, progress_every, dataset)
     if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        step, elapsed, total_steps = resumed["step"], resumed["elapsed"], resumed["total_steps"]
-        augment_rng.set_state(resumed["rng"]["augment"])
-        torch.set_rng_state(resumed["rng"]["torch"])
-    fit_budget = resumed is None and config.time_budget is not None
-    calibration_step, calibration_elapsed = _CALIBRATION_SKIP, 0.0
-    next_fit = calibration_step + _CALIBRATION_STEPS
+        trainer.restore(resumed)
+    return trainer.run()
 
-    def schedules(total: int) -> tuple[list[float], list[float]]:
-        warmup = warmup_steps_for(mc.warmup_epochs, steps_per_epoch, total)
-        lr = warmup_cosine(config.lr, total, warmup).tolist()
-        mom = momentum_schedule(mc.momentum, total, mc.momentum_cosine).tolist() if model.uses_momentum_encoder else []
-        return lr, mom
 
-    lr_schedule, momentum_values = schedules(total_steps)
+class BudgetFit:
+    """Turns a time budget into a step count from the timed steps so far, refitted at doubling
+    intervals (the first steps are slow while kernels are prepared)."""
 
-    def checkpoint(final: bool) -> CheckpointInfo:
-        epoch_done, in_epoch = divmod(step, steps_per_epoch)
-        name = f"epoch_{epoch_done:04d}.pt" if in_epoch == 0 else f"step_{step:08d}.pt"
-        state = {
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-            "elapsed": elapsed,
-            "rng": {"augment": augment_rng.get_state(), "torch": torch.get_rng_state()},
-            "image_size": image_size,
-            "feature_dim": feature_dim,
-            "normalization": {"mean": mean, "std": std},
-            "classes": data.classes,
+    def __init__(self, budget: float | None, nominal_steps: int):
+        self.budget = budget
+        self.nominal_steps = nominal_steps
+        self.active = budget is not None
+        self.calibration_step, self.calibration_elapsed = _CALIBRATION_SKIP, 0.0
+        self.next_fit = self.calibration_step + _CALIBRATION_STEPS
+
+    def observe(self, step: int, elapsed: float) -> int | None:
+        """The new total step count when this step refits it, else None."""
+        if not self.active:
+            return None
+        if step == self.calibration_step:
+            self.calibration_elapsed = elapsed
+            return None
+        if step != self.next_fit:
+            return None
+        seconds_per_step = (elapsed - self.calibration_elapsed) / (step - self.calibration_step)
+        remaining = int((self.budget - elapsed) / seconds_per_step)
+        total_steps = max(step + 1, min(self.nominal_steps, step + remaining))
+        self.next_fit = self.calibration_step + 2 * (self.next_fit - self.calibration_step)
+        self.active = self.next_fit < 0.9 * total_steps
+        return total_steps
+
+
+class Trainer:
+    """One pretraining run: data, views, method and optimiser, and the state that a checkpoint keeps."""
+
+    def __init__(self, config: PretrainConfig, out_dir: Path, callbacks: Callbacks, progress_every: int,
+                 dataset: ImageDataset | None):
+        self.config, self.out_dir, self.callbacks, self.progress_every = config, out_dir, callbacks, progress_every
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+
+        # Data: uint8 images, on the device when they fit, views made there per batch.
+        self.data = dataset or load_dataset(config.dataset, config.data)
+        split = self.data.pretrain_split()
+        if config.subset:
+            split = class_balanced_subset(split, config.subset, config.seed)
+        self.num_samples = len(split)
+        self.steps_per_epoch = self.num_samples // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
+                              f"({self.num_samples} images); lower it")
+        self.images = split.images
+        if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
+            self.images = self.images.to(self.device)
+        self.image_size = self.data.image_size
+        self.mean, self.std = channel_stats(split.images)
+        mc = config.method_config
+        self.make_views = ViewGenerator(get_method(config.method).view_specs(mc, self.image_size), self.mean, self.std)
+        self.augment_rng = torch.Generator()
+        self.augment_rng.manual_seed(config.seed)
+
+        # Method and optimiser.
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = build_method(config, self.image_size, self.num_samples).to(self.device)
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.optimizer = build_optimizer(self.model.parameter_groups(), config)
+        self.frozen = self.model.frozen_parameters(self.steps_per_epoch)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.training_set = TrainingSet(self.num_samples, self.steps_per_epoch, self._embed)
+
+        self.step, self.elapsed = 0, 0.0
+        self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
+        self.nominal_steps = config.epochs * self.steps_per_epoch
+        self.budget = BudgetFit(config.time_budget, self.nominal_steps)
+        self._fit_schedules(self.nominal_steps)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.augment_rng.set_state(state["rng"]["augment"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.budget.active = False  # the resumed run keeps the step count it was fitted to
+        self._fit_schedules(state["total_steps"])
+
+    def run(self) -> PretrainResult:
+        self.model.train()
+        self.meter = LossMeter(self.device)
+        self.window_start, self.window_images, self.images_per_second = time.perf_counter(), 0, 0.0
+        stopped, last_info = "completed", None
+        while self.step < self.total_steps:
+            step_start = time.perf_counter()
+            epoch, index_in_epoch = divmod(self.step, self.steps_per_epoch)
+            if index_in_epoch == 0:
+                self.model.on_epoch_start(epoch, self.training_set)
+            batch = self._next_batch(epoch, index_in_epoch)
+            out = self._train_step(batch)
+            self.step += 1
+            self.meter.add(out.loss)
+            self.window_images += self.config.batch_size
+            self.elapsed += time.perf_counter() - step_start
+
+            stop = self._stop_reason()
+            new_total = self.budget.observe(self.step, self.elapsed)
+            if new_total is not None:
+                self._fit_schedules(new_total)
+            if stop or self._report_due():
+                self._report(epoch, batch, out)
+            if self.step % self.steps_per_epoch == 0:
+                last_info = self._end_of_epoch() or last_info
+            if stop is not None:
+                stopped = stop
+                break
+
+        if stopped == "completed" and self.total_steps < self.nominal_steps:
+            stopped = "time_budget"  # the budget, not the epoch count, set the run's length
+        if last_info is None or last_info.step != self.step:
+            last_info = self._checkpoint(final=stopped != "cancelled")
+        return PretrainResult(
+            checkpoint=last_info.path,
+            steps=self.step,
+            epochs_completed=self.step / self.steps_per_epoch,
+            stopped=stopped,
+            train_seconds=self.elapsed,
+            images_per_second=self.images_per_second,
+            final_loss=self.meter.last,
+        )
+
+    def _fit_schedules(self, total_steps: int) -> None:
+        """Every per-step schedule for a run of ``total_steps`` steps."""
+        self.total_steps = total_steps
+        mc = self.config.method_config
+        warmup = warmup_steps_for(mc.warmup_epochs, self.steps_per_epoch, total_steps)
+        weight_decay = (np.full(total_steps, mc.weight_decay) if mc.weight_decay_end is None
+                        else warmup_cosine(mc.weight_decay, total_steps, 0, final=mc.weight_decay_end))
+        self.schedules = {
+            "lr": warmup_cosine(self.config.lr, total_steps, warmup),
+            "weight_decay": weight_decay,
+            **self.model.schedules(total_steps, self.steps_per_epoch),
         }
-        path = save_checkpoint(state, out_dir / "checkpoints" / name)
-        save_checkpoint(state, out_dir / "checkpoints" / "last.pt")
-        info = CheckpointInfo(path=path, epoch=epoch_done, step=step, final=final)
-        if on_checkpoint:
-            on_checkpoint(info)
+
+    def _next_batch(self, epoch: int, index_in_epoch: int) -> Batch:
+        if self._order_epoch != epoch:
+            self._order, self._order_epoch = epoch_permutation(self.config.seed, epoch, self.num_samples), epoch
+        size = self.config.batch_size
+        idx = self._order[index_in_epoch * size:(index_in_epoch + 1) * size]
+        images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        views = [v.contiguous(memory_format=self.memory_format) for v in self.make_views(images, self.augment_rng)]
+        return Batch(views=views, indices=idx.to(self.device), step=self.step, epoch=epoch,
+                     schedules={name: float(values[self.step]) for name, values in self.schedules.items()})
+
+    def _train_step(self, batch: Batch) -> StepOutput:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr if group["fixed_lr"] else batch.schedules["lr"] * group["lr_scale"]
+            group["weight_decay"] = batch.schedules["weight_decay"] * group["wd_scale"]
+        with autocast_for(self.device, self.config.precision):
+            out = self.model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        for params, until in self.frozen:
+            if batch.step < until:
+                for p in params:
+                    p.grad = None  # no update at all, momentum and weight decay included
+        if self.config.method_config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.method_config.grad_clip)
+        self.optimizer.step()
+        self.model.after_step(batch)
+        return out
+
+    def _stop_reason(self) -> str | None:
+        if self.step >= self.total_steps:
+            return None
+        if self.config.time_budget is not None and self.elapsed >= self.config.time_budget:
+            return "time_budget"
+        if self.callbacks.should_stop and self.callbacks.should_stop():
+            return "cancelled"
+        return None
+
+    def _report_due(self) -> bool:
+        return (self.step % self.progress_every == 0 or self.step % self.steps_per_epoch == 0
+                or self.step == self.total_steps)
+
+    def _report(self, epoch: int, batch: Batch, out: StepOutput) -> None:
+        loss = self.meter.mean(self.step, epoch)
+        now = time.perf_counter()
+        self.images_per_second = self.window_images / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_images = now, 0
+        if self.callbacks.on_progress:
+            self.callbacks.on_progress(Progress(
+                epoch=epoch, step=self.step, total_steps=self.total_steps,
+                epochs=math.ceil(self.total_steps / self.steps_per_epoch), loss=loss, lr=batch.schedules["lr"],
+                images_per_second=self.images_per_second, elapsed=self.elapsed, stats=out.stats,
+            ))
+
+    def _end_of_epoch(self) -> CheckpointInfo | None:
+        epochs_done = self.step // self.steps_per_epoch
+        info = None
+        every = self.config.checkpoint_every
+        if every and epochs_done % every == 0 and self.step < self.total_steps:
+            info = self._checkpoint(final=False)
+        if self.config.knn_every and epochs_done % self.config.knn_every == 0:
+            result = evaluate_backbone(self.model.encoder_for_eval(), self.data, "knn", mean=self.mean, std=self.std,
+                                       device=self.device)
+            result.epoch = epochs_done
+            self.model.train()
+            if self.callbacks.on_evaluation:
+                self.callbacks.on_evaluation(result)
+            self.window_start = time.perf_counter()
         return info
 
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    loss_count, last_loss = 0, float("nan")
-    window_start, window_images = time.perf_counter(), 0
-    images_per_second = 0.0
-    stopped = "completed"
-    last_info: CheckpointInfo | None = None
-    order, order_epoch = None, -1
+    def _checkpoint(self, final: bool) -> CheckpointInfo:
+        epoch_done, in_epoch = divmod(self.step, self.steps_per_epoch)
+        name = f"epoch_{epoch_done:04d}.pt" if in_epoch == 0 else f"step_{self.step:08d}.pt"
+        state = {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "num_samples": self.num_samples,
+            "elapsed": self.elapsed,
+            "rng": {"augment": self.augment_rng.get_state(), "torch": torch.get_rng_state()},
+            "image_size": self.image_size,
+            "feature_dim": self.model.feature_dim,
+            "normalization": {"mean": self.mean, "std": self.std},
+            "classes": self.data.classes,
+        }
+        path = save_checkpoint(state, self.out_dir / "checkpoints" / name)
+        save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+        info = CheckpointInfo(path=path, epoch=epoch_done, step=self.step, final=final)
+        if self.callbacks.on_checkpoint:
+            self.callbacks.on_checkpoint(info)
+        return info
 
-    def mean_loss() -> float:
-        """The mean loss since the last call: one device sync per report, not per step."""
-        nonlocal loss_count
-        value = loss_sum.item() / loss_count
+    def _embed(self, module: torch.nn.Module) -> torch.Tensor:
+        features = extract_features(module, self.images, self.mean, self.std, self.device,
+                                    precision=self.config.precision)
+        return features.to(self.device)
+
+
+class LossMeter:
+    """Sums losses on the device: one sync per report, not per step."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+        self.last = float("nan")
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.total += loss.detach()
+        self.count += 1
+
+    def mean(self, step: int, epoch: int) -> float:
+        """The mean loss since the last call; a non-finite one stops training."""
+        if self.count == 0:
+            return self.last
+        value = self.total.item() / self.count
         if not math.isfinite(value):
             raise TrainingError(f"loss became {value} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32")
-        loss_sum.zero_()
-        loss_count = 0
+        self.total.zero_()
+        self.count = 0
+        self.last = value
         return value
-
-    while step < total_steps:
-        step_start = time.perf_counter()
-        epoch, index_in_epoch = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_permutation(config.seed, epoch, n), epoch
-        idx = order[index_in_epoch * config.batch_size:(index_in_epoch + 1) * config.batch_size]
-        batch = images[idx.to(images.device)].to(device, non_blocking=True)
-        views = [v.contiguous(memory_format=memory_format) for v in make_views(batch, augment_rng)]
-
-        lr = lr_schedule[step]
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr if group["fixed_lr"] else lr * group["lr_scale"]
-        with autocast_for(device, config.precision):
-            out = model(views)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        if momentum_values:
-            model.momentum_update(momentum_values[step])
-        step += 1
-        loss_sum += out.loss.detach()
-        loss_count += 1
-        window_images += config.batch_size
-
-        report = step % progress_every == 0 or step % steps_per_epoch == 0 or step == total_steps
-        if report:
-            last_loss = mean_loss()
-        elapsed += time.perf_counter() - step_start
-        stop = None
-        if step < total_steps:
-            if config.time_budget is not None and elapsed >= config.time_budget:
-                stop = "time_budget"
-            elif should_stop and should_stop():
-                stop = "cancelled"
-        if stop is not None and not report:  # the steps since the last report are reported too
-            last_loss, report = mean_loss(), True
-
-        # A time budget becomes a step count from the timed steps so far, refitted at doubling
-        # intervals (the first steps are slow while kernels are prepared), schedules refitted with it.
-        if fit_budget and step == calibration_step:
-            calibration_elapsed = elapsed
-        elif fit_budget and step == next_fit:
-            seconds_per_step = (elapsed - calibration_elapsed) / (step - calibration_step)
-            remaining = int((config.time_budget - elapsed) / seconds_per_step)
-            total_steps = max(step + 1, min(nominal_steps, step + remaining))
-            lr_schedule, momentum_values = schedules(total_steps)
-            next_fit = calibration_step + 2 * (next_fit - calibration_step)
-            fit_budget = next_fit < 0.9 * total_steps
-
-        if report:
-            now = time.perf_counter()
-            images_per_second = window_images / max(now - window_start, 1e-9)
-            window_start, window_images = now, 0
-            if on_progress:
-                on_progress(Progress(
-                    epoch=epoch, step=step, total_steps=total_steps, epochs=math.ceil(total_steps / steps_per_epoch),
-                    loss=last_loss, lr=lr, images_per_second=images_per_second, elapsed=elapsed, stats=out.stats,
-                ))
-
-        epoch_end = step % steps_per_epoch == 0
-        if epoch_end and config.checkpoint_every and (step // steps_per_epoch) % config.checkpoint_every == 0 and step < total_steps:
-            last_info = checkpoint(final=False)
-        if epoch_end and config.knn_every and (step // steps_per_epoch) % config.knn_every == 0:
-            result = evaluate_backbone(model.backbone, data, "knn", mean=mean, std=std, device=device)
-            result.epoch = step // steps_per_epoch
-            model.train()
-            if on_evaluation:
-                on_evaluation(result)
-            window_start = time.perf_counter()
-        if stop is not None:
-            stopped = stop
-            break
-
-    if stopped == "completed" and total_steps < nominal_steps:
-        stopped = "time_budget"  # the budget, not the epoch count, set the run's length
-    if last_info is None or last_info.step != step:
-        last_info = checkpoint(final=stopped != "cancelled")
-    return PretrainResult(
-        checkpoint=last_info.path,
-        steps=step,
-        epochs_completed=step / steps_per_epoch,
-        stopped=stopped,
-        train_seconds=elapsed,
-        images_per_second=images_per_second,
-        final_loss=last_loss,
-    )

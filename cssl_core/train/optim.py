@@ -41,10 +41,12 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(groups: list[dict], config: PretrainConfig) -> torch.optim.Optimizer:
-    """One optimiser over the method's parameter groups; learning rates are set per step by the loop."""
+    """One optimiser over the method's parameter groups; learning rates and weight decay are set
+    per step by the loop (a group's ``wd_scale`` of 0 exempts it from weight decay)."""
     mc = config.method_config
     for g in groups:
-        g.setdefault("weight_decay", mc.weight_decay)
+        g.setdefault("wd_scale", 1.0)
+        g["weight_decay"] = mc.weight_decay * g["wd_scale"]
         g.setdefault("lr_scale", 1.0)
         g.setdefault("fixed_lr", False)
     if mc.optimizer == "lars":

@@ -1,0 +1,10 @@
+"""Heads small enough for a test step on a CPU, per method: every registered method has an entry."""
+
+TINY_HEADS: dict[str, dict] = {
+    "simclr": {},
+    "mocov2": {"queue_size": 256},
+    "mocov1": {"queue_size": 256},
+    "byol": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
+    "simsiam": {"projector_dim": 64, "predictor_hidden_dim": 16},
+    "barlow_twins": {"projector_dim": 64},
+}
