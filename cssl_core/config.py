@@ -37,9 +37,12 @@ class MethodConfig:
     ``base_lr * batch_size / 256`` (the linear scaling rule, Goyal et al. 2017).
     ``small_image_recipe`` holds the values (of any config key) measured to work best on
     images of 64 px or less in a short run; ``recipe="auto"`` uses them for such data.
+    ``vit_defaults`` holds the paper's values for ViT backbones where they differ (e.g. AdamW
+    instead of LARS); they apply whenever the backbone is a ViT and the key is not given.
     """
 
     small_image_recipe: ClassVar[dict[str, Any]] = {}
+    vit_defaults: ClassVar[dict[str, Any]] = {}
 
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
     base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)")
@@ -145,9 +148,10 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     Keys may name a :class:`PretrainConfig` field or a field of the method's config; an
     unknown key raises :class:`ConfigError` listing the valid ones. With ``recipe="auto"``
     (the default) a dataset of small images gets the method's small-image recipe for every
-    key not given; the result records which recipe it used, so its :meth:`~PretrainConfig.to_dict`
+    key not given, and a ViT backbone the method's ViT values; the result records which recipe it used, so its :meth:`~PretrainConfig.to_dict`
     rebuilds the same config.
     """
+    from cssl_core.backbones import vit_names
     from cssl_core.data import dataset_image_size
     from cssl_core.methods import get_method
 
@@ -164,7 +168,13 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
     if recipe == "auto":
         recipe = "small_images" if image_size <= SMALL_IMAGE_MAX_SIZE else "paper"
-    values = {**(spec.config_cls.small_image_recipe if recipe == "small_images" else {}), **overrides, "recipe": recipe}
+    backbone = coerce_field(common["backbone"], overrides.get("backbone", common["backbone"].default))
+    values = {
+        **(spec.config_cls.small_image_recipe if recipe == "small_images" else {}),
+        **(spec.config_cls.vit_defaults if backbone in vit_names() else {}),
+        **overrides,
+        "recipe": recipe,
+    }
     method_kwargs = {k: coerce_field(specific[k], v) for k, v in values.items() if k in specific}
     common_kwargs = {k: coerce_field(common[k], v) for k, v in values.items() if k in common}
     try:
