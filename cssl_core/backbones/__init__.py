@@ -1,32 +1,66 @@
-"""Backbones: an encoder mapping images (N, 3, H, W) to features (N, D).
+"""Backbones: an encoder mapping images (N, 3, H, W) to features (N, D), resolved by name.
 
-ResNets are torchvision's, so an exported ``state_dict`` loads into ``torchvision.models``.
-For inputs of 64 px and below they get the CIFAR stem (He et al. 2016, arXiv 1512.03385,
-Sec. 4.2): a 3x3 stride-1 first convolution and no max-pool.
+ResNets are torchvision's (``resnet.py``), with the CIFAR stem for images of 64 px and less;
+ViTs are written out in ``vit.py``; ``norm.py`` swaps BatchNorm for GroupNorm with
+weight-standardised convolutions (``norm="gn_ws"``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import torchvision
 from torch import nn
 
+from cssl_core.backbones.norm import convert_to_gn_ws, has_batch_norm
+from cssl_core.backbones.resnet import CIFAR_STEM_MAX_SIZE, SmallConvNet, build_resnet
+from cssl_core.backbones.vit import VisionTransformer, vit_patch_size, vit_small, vit_tiny
 from cssl_core.errors import ConfigError
 
-CIFAR_STEM_MAX_SIZE = 64
+__all__ = [
+    "BACKBONES", "CIFAR_STEM_MAX_SIZE", "NORMS", "BackboneSpec", "SmallConvNet", "VisionTransformer",
+    "backbone_names", "build_backbone", "convert_to_gn_ws", "has_batch_norm", "vit_names", "vit_patch_size",
+]
+
+NORMS = ("bn", "gn_ws")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
     description: str
+    build: Callable[[int], tuple[nn.Module, int]] = field(repr=False, compare=False)  # image_size -> (net, D)
+    is_vit: bool = False
+
+
+def _vit(factory: Callable[[int], VisionTransformer]) -> Callable[[int], tuple[nn.Module, int]]:
+    def build(image_size: int) -> tuple[nn.Module, int]:
+        net = factory(image_size)
+        return net, net.embed_dim
+
+    return build
 
 
 BACKBONES = {
-    "resnet18": BackboneSpec("resnet18", "torchvision ResNet-18, 512 features"),
-    "resnet50": BackboneSpec("resnet50", "torchvision ResNet-50, 2048 features"),
-    "small": BackboneSpec("small", "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs"),
+    "resnet18": BackboneSpec(
+        "resnet18", "torchvision ResNet-18, 512 features", lambda size: build_resnet("resnet18", size)
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", "torchvision ResNet-50, 2048 features", lambda size: build_resnet("resnet50", size)
+    ),
+    "small": BackboneSpec(
+        "small",
+        "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs",
+        lambda size: (SmallConvNet(), SmallConvNet.feature_dim),
+    ),
+    "vit_tiny": BackboneSpec(
+        "vit_tiny", "ViT-Ti (DeiT): 192 wide, 12 blocks, 3 heads, 192 features; patch 16, or size/8 below 224 px",
+        _vit(vit_tiny), is_vit=True,
+    ),
+    "vit_small": BackboneSpec(
+        "vit_small", "ViT-S (DeiT): 384 wide, 12 blocks, 6 heads, 384 features; patch 16, or size/8 below 224 px",
+        _vit(vit_small), is_vit=True,
+    ),
 }
 
 
@@ -34,39 +68,30 @@ def backbone_names() -> list[str]:
     return sorted(BACKBONES)
 
 
-def build_backbone(name: str, image_size: int) -> tuple[nn.Module, int]:
-    """Return ``(backbone, feature_dim)``; the backbone's forward gives (N, feature_dim)."""
-    if name == "small":
-        return SmallConvNet(), SmallConvNet.feature_dim
-    if name in ("resnet18", "resnet50"):
-        net = getattr(torchvision.models, name)(weights=None)
-        feature_dim = net.fc.in_features
-        if image_size <= CIFAR_STEM_MAX_SIZE:
-            net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            net.maxpool = nn.Identity()
-        net.fc = nn.Identity()
-        return net, feature_dim
-    raise ConfigError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}")
+def build_backbone(
+    name: str, image_size: int, *, norm: str = "bn", frozen_patch_embed: bool = False
+) -> tuple[nn.Module, int]:
+    """Return ``(backbone, feature_dim)``; the backbone's forward gives (N, feature_dim).
+
+    ``norm="gn_ws"``: GroupNorm and weight-standardised convolutions in place of BatchNorm
+    (``norm.convert_to_gn_ws``). ViTs have no BatchNorm, so it leaves them as they are, their
+    patch projection included.
+    ``frozen_patch_embed``: a ViT's patch projection stays at its random init (MoCo v3).
+    """
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm {norm!r}; known norms: {', '.join(NORMS)}")
+    if frozen_patch_embed and not spec.is_vit:
+        raise ConfigError(f"frozen_patch_embed applies to ViTs only ({', '.join(vit_names())}), not {name!r}")
+    net, feature_dim = spec.build(image_size)
+    if frozen_patch_embed:
+        net.freeze_patch_embed()
+    if norm == "gn_ws":
+        net = convert_to_gn_ws(net)
+    return net, feature_dim
 
 
-def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class SmallConvNet(nn.Sequential):
-    """Four 3x3 conv-BN-ReLU blocks (32, 64, 128, 256 channels), 2x2 max-pool after the second
-    and third, global average pooling: (N, 3, H, W) -> (N, 256)."""
-
-    feature_dim = 256
-
-    def __init__(self):
-        super().__init__(
-            _conv_bn_relu(3, 32),
-            _conv_bn_relu(32, 64),
-            nn.MaxPool2d(2),
-            _conv_bn_relu(64, 128),
-            nn.MaxPool2d(2),
-            _conv_bn_relu(128, 256),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+def vit_names() -> list[str]:
+    return sorted(name for name, spec in BACKBONES.items() if spec.is_vit)

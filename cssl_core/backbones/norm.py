@@ -1,0 +1,111 @@
+"""Normalisation without batch statistics: GroupNorm plus weight-standardised convolutions,
+the replacement for BatchNorm with which BYOL still learns (Richemond et al., "BYOL works even
+without batch statistics", arXiv 2010.10241).
+
+Under it each sample's output depends on that sample alone, in training as in evaluation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cssl_core.backbones.vit import VisionTransformer
+
+# Richemond et al. replace every BatchNorm by GroupNorm and every convolution by a weight-
+# standardised one. We could not check the group count they use against the paper's text;
+# 16 is our choice, between GroupNorm's own default of 32 (Wu & He, arXiv 1803.08494) and
+# the 8-channel groups that default gives the 64-channel first stage of a ResNet.
+GN_GROUPS = 16
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class WSConv2d(nn.Conv2d):
+    """Conv2d whose weight is standardised in the forward, per output channel over
+    (in, kh, kw): W_hat = (W - mean) / sqrt(var + eps) (Qiao et al., arXiv 1903.10520, Sec. 3).
+
+    The stored ``weight`` and ``bias`` keep their names and values, so a ``state_dict`` has the
+    keys of the plain convolution.
+    """
+
+    eps = 1e-5
+
+    def standardized_weight(self) -> torch.Tensor:
+        """(out, in / groups, kh, kw), zero mean and unit variance per output channel."""
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), unbiased=False, keepdim=True)
+        return (w - mean) / torch.sqrt(var + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.standardized_weight(), self.bias)
+
+
+def group_count(channels: int, groups: int = GN_GROUPS) -> int:
+    """``groups``, or the largest divisor of ``channels`` below it when it does not divide."""
+    return next(g for g in range(min(groups, channels), 0, -1) if channels % g == 0)
+
+
+def _group_norm(bn: nn.Module) -> nn.GroupNorm:
+    gn = nn.GroupNorm(group_count(bn.num_features), bn.num_features, eps=bn.eps, affine=bn.affine, device="meta")
+    if bn.affine:
+        gn.weight, gn.bias = bn.weight, bn.bias  # the same Parameters: values, requires_grad, optimiser state
+    return gn
+
+
+def _ws_conv(conv: nn.Conv2d) -> WSConv2d:
+    ws = WSConv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device="meta",  # no throwaway init: the conv's own Parameters are moved in below
+    )
+    ws.weight, ws.bias = conv.weight, conv.bias  # the same Parameters, as for GroupNorm
+    return ws
+
+
+def _replacement(m: nn.Module) -> nn.Module:
+    if isinstance(m, _BATCH_NORMS):
+        return _group_norm(m)
+    if isinstance(m, nn.Conv2d) and not isinstance(m, WSConv2d):
+        return _ws_conv(m)
+    return m
+
+
+def convert_to_gn_ws(module: nn.Module) -> nn.Module:
+    """Replace, in place, every BatchNorm by a GroupNorm over the same channels and every Conv2d
+    by a ``WSConv2d``; return ``module`` (or its replacement, when it is itself one of those).
+
+    GroupNorm takes BatchNorm's affine Parameters (none when BatchNorm had none) and drops its
+    running statistics. On (N, C) features, as in MLP heads, a group needs several channels to
+    mean anything: a layer narrower than about 4 x 16 channels normalises groups of 1-3 values.
+
+    Each child is swapped in the module that holds it, so a submodule reachable along two
+    paths (``self.backbone`` and ``nn.Sequential(self.backbone, ...)``) shows the change along
+    both; a layer held by two parents gets one replacement, shared by both.
+
+    ViTs are left whole: they have no BatchNorm, and their one convolution is the patch
+    projection, a linear map on patches (standardising it would send every flat patch to the
+    same token whatever its colour).
+    """
+    if isinstance(module, VisionTransformer):
+        return module
+    vit_parts = {m for vit in module.modules() if isinstance(vit, VisionTransformer) for m in vit.modules()}
+    replaced: dict[nn.Module, nn.Module] = {}
+    for parent in list(module.modules()):
+        if parent in vit_parts:
+            continue
+        # _modules rather than named_children(), which skips a child held twice by one parent.
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if child not in replaced:
+                replaced[child] = _replacement(child)
+            if replaced[child] is not child:
+                setattr(parent, name, replaced[child])
+    return _replacement(module)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether any layer in the module tree normalises with batch statistics."""
+    return any(isinstance(m, _BATCH_NORMS) for m in module.modules())
