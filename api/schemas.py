@@ -171,7 +171,12 @@ class MethodPublic(BaseModel):
     name: str
     paper: str
     arxiv: str | None = None
-    defaults: dict[str, Any] = Field(description="Every config key with its default, for this method")
+    defaults: dict[str, Any] = Field(description="Every config key with the paper's default, for this method")
+    small_image_recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Values used instead of the paper's on images of 64 px or less (recipe=auto), measured here",
+    )
+    vit_defaults: dict[str, Any] = Field(default_factory=dict, description="Values used when the backbone is a ViT")
     config_schema: dict[str, Any] = Field(description="JSON schema of the method's own config")
 
 

@@ -33,24 +33,25 @@ def main() -> None:
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--subset", type=int, default=10_000, help="0: the whole training split")
     parser.add_argument("--time-budget", type=float, default=300)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, help="default: the method's recipe for the data")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--random-init", action="store_true", help="also score the random-init backbone")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
     config = build_config(args.method, {
         "dataset": "cifar10", "data": args.data, "backbone": args.backbone, "subset": args.subset or None,
-        "batch_size": args.batch_size, "epochs": 1000, "time_budget": args.time_budget,
-        "checkpoint_every": 0, **overrides,
+        "epochs": 1000, "time_budget": args.time_budget, "checkpoint_every": 0, **overrides,
     })
     out = Path(args.out) / f"{args.method}-{args.backbone}-{int(time.time())}"
     result = pretrain(config, out)
     knn = evaluate_checkpoint(result.checkpoint, "knn")
     row = {
         "method": args.method, "backbone": args.backbone, "subset": args.subset, "time_budget": args.time_budget,
-        "batch_size": args.batch_size, "overrides": overrides, "steps": result.steps,
+        "batch_size": config.batch_size, "recipe": config.recipe, "overrides": overrides, "steps": result.steps,
         "epochs": round(result.epochs_completed, 2), "train_seconds": round(result.train_seconds, 1),
         "images_per_second": round(result.images_per_second, 1), "final_loss": round(result.final_loss, 4),
         "knn_top1": round(knn.top1, 2), "knn_top5": round(knn.top5, 2),

@@ -21,14 +21,17 @@ def _methods() -> list[MethodPublic]:
     out = []
     for name in method_names():
         method = get_method(name)
-        defaults = build_config(name, {}).to_dict()
+        defaults = build_config(name, {"recipe": "paper"}).to_dict()
         defaults.pop("method", None)
+        defaults["recipe"] = "auto"
         out.append(
             MethodPublic(
                 name=method.name,
                 paper=method.paper,
                 arxiv=getattr(method, "arxiv", None),
                 defaults=defaults,
+                small_image_recipe=dict(method.config_cls.small_image_recipe),
+                vit_defaults=dict(method.config_cls.vit_defaults),
                 config_schema=TypeAdapter(method.config_cls).json_schema(),
             )
         )

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cssl_core.config import MethodConfig
+from cssl_core.config import MethodConfig, option, option, option, option
 from cssl_core.losses import barlow_twins
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -24,10 +24,10 @@ class BarlowTwinsConfig(MethodConfig):
     weight_decay: float = 1.5e-6
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
-    lambd: float = 0.0051
-    projector_layers: int = 3
-    projector_dim: int = 8192
-    bias_lr_ratio: float = 0.024  # 0.0048 / 0.2
+    lambd: float = option(0.0051, "weight of the off-diagonal (redundancy) term")
+    projector_layers: int = option(3, "projector depth")
+    projector_dim: int = option(8192, "projector width and output dimension")
+    bias_lr_ratio: float = option(0.024, "learning-rate ratio of biases and norms (0.0048 / 0.2)")
 
     # Measured here (BENCHMARKS.md): 57.5% kNN in 5 minutes; the 8192-wide projector runs at a
     # tenth of the speed on a CPU.

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cssl_core.config import MethodConfig
+from cssl_core.config import MethodConfig, option, option, option, option, option
 from cssl_core.losses import negative_cosine
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -31,11 +31,11 @@ class BYOLConfig(MethodConfig):
     weight_decay: float = 1.5e-6
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
-    momentum: float = 0.996
-    momentum_cosine: bool = True
-    projector_hidden_dim: int = 4096
-    projector_dim: int = 256
-    predictor_hidden_dim: int = 4096
+    momentum: float = option(0.996, "target EMA momentum at the start (tau_base)")
+    momentum_cosine: bool = option(True, "raise the momentum to 1 along a cosine")
+    projector_hidden_dim: int = option(4096, "projector width")
+    projector_dim: int = option(256, "projection dimension")
+    predictor_hidden_dim: int = option(4096, "predictor width")
 
     # Measured here (BENCHMARKS.md): 47.1% kNN in 5 minutes.
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "crop_min_scale": 0.2, "lars_eta": 0.02}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from cssl_core.config import MethodConfig
+from cssl_core.config import MethodConfig, option, option, option, option, option, option, option, option, option
 from cssl_core.losses import info_nce
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -36,13 +36,13 @@ class MoCoV2Config(MethodConfig):
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
     augmentation: str = "mocov2"
-    temperature: float = 0.2
-    queue_size: int = 65536
-    momentum: float = 0.999
-    momentum_cosine: bool = False
-    mlp_head: bool = True
-    head_dim: int = 128
-    symmetric: bool = False  # symmetrised loss: both views act as query and key
+    temperature: float = option(0.2, "InfoNCE temperature")
+    queue_size: int = option(65536, "number of negative keys kept in the queue")
+    momentum: float = option(0.999, "EMA momentum of the key encoder")
+    momentum_cosine: bool = option(False, "raise the momentum to 1 along a cosine")
+    mlp_head: bool = option(True, "2-layer MLP head (v2) instead of a linear one (v1)")
+    head_dim: int = option(128, "key/query dimension")
+    symmetric: bool = option(False, "symmetrised loss: both views act as query and key")
 
     # Measured here (BENCHMARKS.md): 49.6% kNN in 5 minutes. A queue of 65,536 keys outlasts
     # many epochs of a small set, so its keys come from an encoder long gone.
@@ -53,8 +53,8 @@ class MoCoV2Config(MethodConfig):
 class MoCoV1Config(MoCoV2Config):
     # v1, Sec. 4: linear head, T = 0.07, weak augmentation (no blur), lr 0.03 at batch 256.
     augmentation: str = "mocov1"
-    temperature: float = 0.07
-    mlp_head: bool = False
+    temperature: float = option(0.07, "InfoNCE temperature")
+    mlp_head: bool = option(False, "2-layer MLP head (v2) instead of a linear one (v1)")
 
     # Measured here (BENCHMARKS.md): 51.9% kNN in 5 minutes.
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "queue_size": 4096}

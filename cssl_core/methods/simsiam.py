@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cssl_core.config import MethodConfig
+from cssl_core.config import MethodConfig, option, option, option, option
 from cssl_core.losses import negative_cosine
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -27,10 +27,10 @@ class SimSiamConfig(MethodConfig):
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
     augmentation: str = "simclr"
-    projector_layers: int = 3
-    projector_dim: int = 2048
-    predictor_hidden_dim: int = 512
-    fixed_predictor_lr: bool = True
+    projector_layers: int = option(3, "projector depth")
+    projector_dim: int = option(2048, "projector width and output dimension")
+    predictor_hidden_dim: int = option(512, "predictor bottleneck width")
+    fixed_predictor_lr: bool = option(True, "predictor at a constant learning rate (Sec. 4.2)")
 
     # Measured here (BENCHMARKS.md): the paper's 2-layer CIFAR projector (App. D).
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "crop_min_scale": 0.2, "projector_layers": 2}
