@@ -15,14 +15,13 @@ from torch import nn
 from cssl_core.backbones.norm import convert_to_gn_ws, has_batch_norm
 from cssl_core.backbones.resnet import CIFAR_STEM_MAX_SIZE, SmallConvNet, build_resnet
 from cssl_core.backbones.vit import VisionTransformer, vit_patch_size, vit_small, vit_tiny
+from cssl_core.config import NORMS
 from cssl_core.errors import ConfigError
 
 __all__ = [
     "BACKBONES", "CIFAR_STEM_MAX_SIZE", "NORMS", "BackboneSpec", "SmallConvNet", "VisionTransformer",
     "backbone_names", "build_backbone", "convert_to_gn_ws", "has_batch_norm", "vit_names", "vit_patch_size",
 ]
-
-NORMS = ("bn", "gn_ws")
 
 
 @dataclass(frozen=True)
