@@ -1,4 +1,4 @@
-"""Service subcommands: ``serve``, ``api``, ``worker``, ``db`` and ``token``.
+"""Service subcommands: ``serve``, ``api``, ``worker``, ``db``, ``token`` and ``settings``.
 
 ``add_service_commands`` registers them on ``cli.main``'s parser. Settings come from the
 environment (``store.settings``); with no ``CSSL_DATABASE_URL``/``CSSL_BROKER_URL`` the
@@ -54,6 +54,9 @@ def add_service_commands(subparsers) -> None:
     p.add_argument("token", help="the token's prefix as `cssl token list` shows it, or the whole token")
     p.set_defaults(func=cmd_token_revoke)
 
+    p = subparsers.add_parser("settings", help="print the settings in effect, from the CSSL_* variables (passwords masked)")
+    p.set_defaults(func=cmd_settings)
+
 
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
@@ -68,13 +71,17 @@ def _server_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from store.settings import Settings
+    from store.settings import Settings, SettingsError
 
     if getattr(args, "state_dir", None):
         os.environ["CSSL_STATE_DIR"] = args.state_dir
     if getattr(args, "no_auth", False):
         os.environ["CSSL_AUTH_DISABLED"] = "1"
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"cssl: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _ready_schema(settings) -> None:
@@ -246,4 +253,15 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         print(f"cssl token revoke: {exc}", file=sys.stderr)
         return 2
     print(f"revoked {prefix} of {owner}; running API processes refuse it within 30 s", file=sys.stderr)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    values = settings.public()
+    width = max(map(len, values))
+    for name, value in values.items():
+        print(f"{name:<{width}}  {value}{'' if os.environ.get(name) else '  (default)'}")
+    mode = f"embedded in {settings.state_dir}" if settings.embedded else "Postgres + Redis"
+    print(f"mode: {mode}; authentication {'OFF' if settings.auth_disabled else 'on'}")
     return 0

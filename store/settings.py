@@ -1,43 +1,69 @@
 """One settings object, read from the environment once per process.
 
-With neither ``CSSL_DATABASE_URL`` nor ``CSSL_BROKER_URL`` set the service is *embedded*:
-a SQLite file and Celery's file-system transport under ``CSSL_STATE_DIR`` (default
-``./.state``), so ``cssl serve`` needs nothing else installed. In production both URLs point
-at Postgres and Redis.
+Each field is the variable ``CSSL_<FIELD>`` (pydantic-settings); an empty variable counts as
+unset. With neither ``CSSL_DATABASE_URL`` nor ``CSSL_BROKER_URL`` set the service is
+*embedded*: a SQLite file and Celery's file-system transport under ``CSSL_STATE_DIR``
+(default ``./.state``), so ``cssl serve`` needs nothing else installed. In production both
+URLs point at Postgres and Redis. ``cssl settings`` prints what is in effect.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CSSL_"
 
 
 class SettingsError(RuntimeError):
     """The environment describes a service that cannot be started; the message says why."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    state_dir: Path
-    database_url: str
-    broker_url: str
-    artifact_root: Path
-    # Off only when asked for explicitly, and only for an embedded (single-machine) service.
-    auth_disabled: bool = False
-    # The owner that every request acts as when authentication is off.
-    local_owner: str = "local"
-    queue: str = "cssl"
-    # A running job whose heartbeat is older than this is taken as lost and re-queued.
-    heartbeat_timeout: float = 60.0
-    heartbeat_interval: float = 2.0
-    # A queued job whose message was sent this long ago and not taken is published again.
-    republish_after: float = 600.0
-    sweep_interval: float = 10.0
-    max_attempts: int = 3
-    # How often a progress callback is written to the database (optimiser steps).
-    progress_every: int = 10
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    state_dir: Path = Field(Path(".state"), description="embedded database (cssl.db), queue (queue/) and, by default, artifacts")
+    database_url: str = Field("", description="SQLite in the state folder unless set; postgresql://user:pass@host/db in production")
+    broker_url: str = Field("filesystem://", description="file queue in the state folder unless set; redis://host:6379/0 in production")
+    artifact_root: Path = Field(Path(), description="checkpoints and job logs, shared by API and workers (default: STATE_DIR/artifacts)")
+    auth_disabled: bool = Field(False, description="switch tokens off; refused unless the database is the embedded SQLite file")
+    local_owner: str = Field("local", description="the owner every request acts as when authentication is off")
+    queue: str = Field("cssl", min_length=1, description="the Celery queue name")
+    heartbeat_timeout: float = Field(60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued")
+    heartbeat_interval: float = Field(2.0, gt=0, description="seconds between a running job's heartbeats")
+    republish_after: float = Field(600.0, gt=0, description="seconds: a queued job whose message was not taken this long is published again")
+    sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
+    max_attempts: int = Field(3, ge=1, description="after that many lost workers the job fails")
+    progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_the_state_folder(cls, data: Any) -> Any:
+        # The database, queue and artifacts live in the state folder unless set elsewhere.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        state_dir = Path(data.get("state_dir") or ".state").resolve()
+        data["state_dir"] = state_dir
+        data["database_url"] = _sqlalchemy_url(str(data.get("database_url") or f"sqlite:///{state_dir / 'cssl.db'}"))
+        data["artifact_root"] = Path(data.get("artifact_root") or state_dir / "artifacts").resolve()
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.auth_disabled and not self.embedded:
+            raise SettingsError(
+                "CSSL_AUTH_DISABLED is set but the database is not the embedded SQLite file: "
+                "authentication can be switched off only for a local embedded service"
+            )
+        if self.heartbeat_interval >= self.heartbeat_timeout:
+            raise SettingsError("CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT")
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -48,45 +74,63 @@ class Settings:
         return self.state_dir / "queue"
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
-        env = dict(os.environ if env is None else env)
-        state_dir = Path(env.get("CSSL_STATE_DIR", ".state")).resolve()
-        database_url = env.get("CSSL_DATABASE_URL") or f"sqlite:///{state_dir / 'cssl.db'}"
-        broker_url = env.get("CSSL_BROKER_URL") or "filesystem://"
-        settings = cls(
-            state_dir=state_dir,
-            database_url=_sqlalchemy_url(database_url),
-            broker_url=broker_url,
-            artifact_root=Path(env.get("CSSL_ARTIFACT_ROOT") or state_dir / "artifacts").resolve(),
-            auth_disabled=_flag(env, "CSSL_AUTH_DISABLED"),
-            local_owner=env.get("CSSL_LOCAL_OWNER", "local"),
-            queue=env.get("CSSL_QUEUE", "cssl"),
-            heartbeat_timeout=_number(env, "CSSL_HEARTBEAT_TIMEOUT", 60.0),
-            heartbeat_interval=_number(env, "CSSL_HEARTBEAT_INTERVAL", 2.0),
-            republish_after=_number(env, "CSSL_REPUBLISH_AFTER", 600.0),
-            sweep_interval=_number(env, "CSSL_SWEEP_INTERVAL", 10.0),
-            max_attempts=int(_number(env, "CSSL_MAX_ATTEMPTS", 3)),
-            progress_every=int(_number(env, "CSSL_PROGRESS_EVERY", 10)),
-        )
-        settings.check()
-        return settings
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """The settings from ``os.environ``, or from ``env`` alone when given.
 
-    def check(self) -> None:
-        if self.auth_disabled and not self.embedded:
-            raise SettingsError(
-                "CSSL_AUTH_DISABLED is set but the database is not the embedded SQLite file: "
-                "authentication can be switched off only for a local embedded service"
-            )
-        if self.heartbeat_interval >= self.heartbeat_timeout:
-            raise SettingsError("CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT")
+        Raises :class:`SettingsError` naming the variable, what it must be and what it was."""
+        try:
+            if env is None:
+                return cls()
+            # model_validate reads no environment of its own: only these values and the defaults.
+            values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_explain(cls, error) for error in exc.errors())) from None
 
     def with_(self, **changes) -> "Settings":
-        return replace(self, **changes)
+        return self.model_copy(update=changes)
+
+    def public(self) -> dict[str, str]:
+        """``CSSL_*`` variable -> the value in effect, passwords in URLs masked."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            text = mask_password(value) if name.endswith("_url") else str(value).lower() if isinstance(value, bool) else str(value)
+            out[env_name(name)] = text
+        return out
 
 
 @functools.cache
 def get_settings() -> Settings:
     return Settings.from_env()
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def mask_password(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+_WANTED = {bool: "a flag (1, true, yes, on or 0, false, no, off)", int: "a whole number", float: "a number"}
+_BOUNDS = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}", "string_too_short": "non-empty"}
+
+
+def _explain(cls: type[Settings], error: dict) -> str:
+    if not error["loc"]:
+        return error["msg"]
+    field = str(error["loc"][0])
+    bound = _BOUNDS.get(error["type"])
+    limits = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+    wanted = bound.format(**limits) if bound else _WANTED.get(cls.model_fields[field].annotation, error["msg"])
+    return f"{env_name(field)} must be {wanted}, got {error['input']!r}"
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -95,17 +139,3 @@ def _sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
-
-
-def _flag(env: dict[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _number(env: dict[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None

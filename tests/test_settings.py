@@ -1,0 +1,91 @@
+"""Service settings from the CSSL_* environment: defaults, the rules they obey, errors that
+name the variable, and `cssl settings` with passwords masked."""
+
+import os
+
+import pytest
+
+from cli.main import main as cssl
+from store.settings import Settings, SettingsError, mask_password
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path):
+    # The service tests put their own CSSL_* variables in this process's environment.
+    for name in [n for n in os.environ if n.startswith("CSSL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_an_embedded_service_in_the_state_folder(tmp_path):
+    settings = Settings.from_env({})
+    assert settings.state_dir == tmp_path / ".state"
+    assert settings.database_url == f"sqlite:///{tmp_path / '.state' / 'cssl.db'}"
+    assert settings.broker_url == "filesystem://" and settings.embedded
+    assert settings.artifact_root == tmp_path / ".state" / "artifacts"
+    assert settings.queue_folder == tmp_path / ".state" / "queue"
+    assert (settings.auth_disabled, settings.local_owner, settings.queue) == (False, "local", "cssl")
+    assert (settings.heartbeat_timeout, settings.heartbeat_interval, settings.republish_after,
+            settings.sweep_interval, settings.max_attempts, settings.progress_every) == (60, 2, 600, 10, 3, 10)
+
+
+def test_the_environment_sets_every_field(monkeypatch, tmp_path):
+    monkeypatch.setenv("CSSL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("CSSL_DATABASE_URL", "postgres://cssl:pw@db/cssl")
+    monkeypatch.setenv("CSSL_BROKER_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("CSSL_HEARTBEAT_TIMEOUT", "30")
+    monkeypatch.setenv("CSSL_MAX_ATTEMPTS", "5")
+    monkeypatch.setenv("CSSL_QUEUE", "")  # empty is unset
+    settings = Settings.from_env()
+    assert settings.database_url == "postgresql+psycopg://cssl:pw@db/cssl" and not settings.embedded
+    assert settings.artifact_root == tmp_path / "state" / "artifacts"
+    assert (settings.heartbeat_timeout, settings.max_attempts, settings.queue) == (30.0, 5, "cssl")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("CSSL_HEARTBEAT_TIMEOUT", "soon", "CSSL_HEARTBEAT_TIMEOUT must be a number, got 'soon'"),
+    ("CSSL_MAX_ATTEMPTS", "3.5", "CSSL_MAX_ATTEMPTS must be a whole number, got '3.5'"),
+    ("CSSL_AUTH_DISABLED", "maybe", "CSSL_AUTH_DISABLED must be a flag (1, true, yes, on or 0, false, no, off), got 'maybe'"),
+    ("CSSL_SWEEP_INTERVAL", "-1", "CSSL_SWEEP_INTERVAL must be greater than 0, got '-1'"),
+    ("CSSL_PROGRESS_EVERY", "0", "CSSL_PROGRESS_EVERY must be at least 1, got '0'"),
+])
+def test_a_bad_value_names_the_variable_and_what_it_must_be(name, value, message):
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    assert str(error.value) == message
+
+
+def test_the_rules_between_settings():
+    with pytest.raises(SettingsError, match="CSSL_AUTH_DISABLED is set but the database is not the embedded SQLite"):
+        Settings.from_env({"CSSL_AUTH_DISABLED": "1", "CSSL_DATABASE_URL": "postgresql://db/cssl"})
+    assert Settings.from_env({"CSSL_AUTH_DISABLED": "yes"}).auth_disabled
+    with pytest.raises(SettingsError, match="CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT"):
+        Settings.from_env({"CSSL_HEARTBEAT_INTERVAL": "5", "CSSL_HEARTBEAT_TIMEOUT": "5"})
+
+
+def test_mask_password():
+    assert mask_password("postgresql://user:secret@host:5432/db") == "postgresql://user:***@host:5432/db"
+    assert mask_password("redis://:p@ss@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert mask_password("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert mask_password("filesystem://") == "filesystem://"
+
+
+def test_cssl_settings_prints_the_effective_settings_with_passwords_masked(monkeypatch, capsys):
+    monkeypatch.setenv("CSSL_DATABASE_URL", "postgresql://cssl:s3cret@db:5432/cssl")
+    monkeypatch.setenv("CSSL_BROKER_URL", "redis://:hunter2@redis:6379/0")
+    monkeypatch.setenv("CSSL_PROGRESS_EVERY", "4")
+    assert cssl(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "hunter2" not in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("CSSL_")}
+    assert rows["CSSL_DATABASE_URL"] == ["postgresql+psycopg://cssl:***@db:5432/cssl"]
+    assert rows["CSSL_BROKER_URL"] == ["redis://:***@redis:6379/0"]
+    assert rows["CSSL_PROGRESS_EVERY"] == ["4"] and rows["CSSL_MAX_ATTEMPTS"] == ["3", "(default)"]
+    assert len(rows) == len(Settings.model_fields)
+    assert out.splitlines()[-1] == "mode: Postgres + Redis; authentication on"
+
+    monkeypatch.setenv("CSSL_HEARTBEAT_TIMEOUT", "soon")
+    with pytest.raises(SystemExit) as exit:
+        cssl(["settings"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "cssl: error: CSSL_HEARTBEAT_TIMEOUT must be a number, got 'soon'\n"
