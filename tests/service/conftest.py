@@ -1,5 +1,6 @@
 """Fixtures of the service tests: the test database, tokens, a real API server and a real
-Celery worker process (helpers in ``support.py``)."""
+Celery worker process (helpers in ``support.py``, which also chooses between the real
+servers and the embedded backend)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from .support import ADMIN_URL, DATABASE_URL, DB_NAME, REDIS_URL, SERVICE_ENV, Process, free_port, start_worker
+from .support import (ADMIN_URL, DATABASE_URL, DB_NAME, EMBEDDED, REDIS_URL, SERVICE_ENV, Process, free_port,
+                      start_worker)
 
 
 def pytest_collection_modifyitems(items):
@@ -27,14 +29,21 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def service_env() -> dict[str, str]:
     """SERVICE_ENV, once the test database exists and is at head."""
+    from store import migrate
+
+    if EMBEDDED:
+        migrate.upgrade(DATABASE_URL)
+        yield dict(SERVICE_ENV)
+        shutil.rmtree(SERVICE_ENV["CSSL_STATE_DIR"], ignore_errors=True)
+        return
     try:
         admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
         redis.Redis.from_url(REDIS_URL).ping()
     except Exception as exc:
-        pytest.fail(f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both): {exc}")
-    from store import migrate
+        pytest.fail(f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both; without "
+                    f"CI=true or CSSL_TEST_REQUIRE_SERVERS=1 they would run on the embedded backend): {exc}")
 
     migrate.upgrade(DATABASE_URL)
     yield dict(SERVICE_ENV)

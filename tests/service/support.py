@@ -3,7 +3,11 @@ both) and, where a test needs them, a real uvicorn server and a real Celery work
 
 Each test session gets its own database ``cssl_test_<random>`` (dropped at the end), its own
 Redis database number and its own queue name, so sessions on one machine do not meet.
-Unreachable Postgres or Redis is an error, not a skip.
+
+Where Postgres or Redis cannot be reached, the service tests run on the embedded backend
+(SQLite and Celery's file-system queue in a temporary folder) and the few that need the real
+servers are skipped with the reason. Under CI (``CI=true``) or with
+``CSSL_TEST_REQUIRE_SERVERS=1`` an unreachable server is an error, not a fallback.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -27,7 +33,44 @@ ADMIN_URL = os.environ.get("CSSL_TEST_POSTGRES_ADMIN", "postgresql+psycopg://pos
 REDIS_URL = os.environ.get("CSSL_TEST_REDIS", "redis://127.0.0.1:6379/13")
 RUN_ID = uuid.uuid4().hex[:10]
 DB_NAME = f"cssl_test_{RUN_ID}"
-DATABASE_URL = ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+STATE_DIR = tempfile.mkdtemp(prefix=f"cssl_test_{RUN_ID}_")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _unreachable(name: str, url: str, default_port: int) -> str | None:
+    """Why ``name`` at ``url`` cannot be reached, or None when it accepts a connection."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return f"{name} at {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+REQUIRE_SERVERS = _truthy(os.environ.get("CI")) or _truthy(os.environ.get("CSSL_TEST_REQUIRE_SERVERS"))
+UNREACHABLE = [why for why in (_unreachable("Postgres", ADMIN_URL, 5432), _unreachable("Redis", REDIS_URL, 6379)) if why]
+EMBEDDED = bool(UNREACHABLE) and not REQUIRE_SERVERS
+
+
+def needs_servers(why: str):
+    """Marks a test that cannot run on the embedded backend; ``why`` says what it needs."""
+    return pytest.mark.skipif(
+        EMBEDDED,
+        reason=f"needs Postgres and Redis ({why}), which are not reachable here ({'; '.join(UNREACHABLE)}); "
+        "the other service tests ran on SQLite and a file queue",
+    )
+
+
+if EMBEDDED:
+    DATABASE_URL = f"sqlite:///{STATE_DIR}/cssl.db"
+    BROKER_URL = "filesystem://"
+else:
+    DATABASE_URL = ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+    BROKER_URL = REDIS_URL
 
 # A training job of a few seconds on 2 CPU cores.
 TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
@@ -37,8 +80,8 @@ TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "prec
 # modules reading settings at import, like worker.app, see the test's database and queue).
 SERVICE_ENV = {
     "CSSL_DATABASE_URL": DATABASE_URL,
-    "CSSL_BROKER_URL": REDIS_URL,
-    "CSSL_STATE_DIR": tempfile.mkdtemp(prefix=f"cssl_test_{RUN_ID}_"),
+    "CSSL_BROKER_URL": BROKER_URL,
+    "CSSL_STATE_DIR": STATE_DIR,
     "CSSL_QUEUE": f"cssl_test_{RUN_ID}",
     "CSSL_SWEEP_INTERVAL": "1",
     "CSSL_HEARTBEAT_INTERVAL": "0.5",

@@ -1,4 +1,5 @@
-"""Whole jobs through HTTP: a real uvicorn server, a real Celery worker process, Postgres and Redis."""
+"""Whole jobs through HTTP: a real uvicorn server, a real Celery worker process, Postgres and Redis
+(or the embedded backend where those are not reachable)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from .support import SHARED_DATA, TINY, auth, read_events, start_worker, wait_for
+from .support import SHARED_DATA, TINY, auth, needs_servers, read_events, start_worker, wait_for
 
 
 @pytest.fixture()
@@ -150,6 +151,7 @@ def test_a_job_whose_worker_died_resumes_from_its_checkpoint(server, worker, ser
         worker.log = replacement.log
 
 
+@needs_servers("on the file queue the worker that is shutting down claims the job it gave back once more")
 def test_a_worker_shutting_down_gives_its_job_back(server, worker, service_env, tmp_path, alice):
     job = submit(server, alice, method="byol", config={**TINY, "epochs": 3, "checkpoint_every": 0}, evaluate=[])
     read_events(server, f"/v1/jobs/{job['id']}/events", alice, until=lambda e: e["event"] == "progress")

@@ -1,5 +1,5 @@
-"""Alembic against a fresh Postgres database: empty -> head -> base -> head, and the models
-agree with the migrations."""
+"""Alembic against a fresh database (Postgres, or a SQLite file on the embedded backend):
+empty -> head -> base -> head, and the models agree with the migrations."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-from .support import ADMIN_URL
+from .support import ADMIN_URL, EMBEDDED
 
 TABLES = {"api_tokens", "jobs", "job_events", "metric_points", "checkpoints", "evaluations"}
 
 
 @pytest.fixture()
-def empty_database(service_env):
+def empty_database(service_env, tmp_path):
     name = f"cssl_migrate_{uuid.uuid4().hex[:8]}"
+    if EMBEDDED:
+        yield f"sqlite:///{tmp_path / name}.db"
+        return
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
