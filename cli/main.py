@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,22 +46,35 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def config_help(cls: type, key: str) -> str:
+    """A config key's help: its dataclass field's ``metadata["help"]`` (the text the API's
+    schema carries too) and its default."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[key]
+    text = field.metadata.get("help") or f"config key {key}"
+    default = "none" if field.default is None else field.default
+    return f"{text} (default: {default})".replace("%", "%%")  # argparse formats help with %
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cssl_core.config import PretrainConfig
     from cssl_core.evaluation import PROTOCOLS
     from cssl_core.methods import method_names
 
     parser = Parser(prog="cssl", description="Self-supervised pretraining and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("pretrain", help="pretrain a backbone with a self-supervised method")
+    p = sub.add_parser("pretrain", help="pretrain a backbone with a self-supervised method",
+                       description="Pretrain a backbone with a self-supervised method. Defaults are the papers'; on "
+                                   "images of 64 px or less (recipe=auto) a method's small-image recipe changes a "
+                                   "few of them, batch_size among them (`cssl methods` lists both).")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     for option, key in PRETRAIN_OPTIONS.items():
-        p.add_argument(option, dest=key, default=None, help=f"config key {key}")
+        p.add_argument(option, dest=key, default=None, help=config_help(PretrainConfig, key))
     p.add_argument("--config", type=Path, help="JSON file of config keys (the flat form stored with every run)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config key, e.g. --set temperature=0.2 (see `cssl methods`)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<method>-<dataset>-<time>)")
-    p.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    p.add_argument("--resume", type=Path, help="continue from this checkpoint, with the config stored in it")
     p.add_argument("--evaluate", default="", help="protocols to run at the end, e.g. knn,linear")
     p.set_defaults(func=cmd_pretrain)
 
@@ -71,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="protocol parameter, e.g. --set k=20 (knn: k, temperature; linear: epochs, lr, ...)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--baseline", action="store_true",
+                   help="also evaluate the same backbone at random initialisation, for comparison")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -110,7 +128,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from cssl_core.config import build_config
     from cssl_core.evaluation import PROTOCOL_PARAMS, evaluate_checkpoint, protocol_params
-    from cssl_core.train import pretrain
+    from cssl_core.train import load_checkpoint, pretrain
 
     overrides: dict[str, Any] = {}
     if args.config:
@@ -124,49 +142,108 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     eval_params = {p: overrides.pop(p) for p in PROTOCOL_PARAMS if p in overrides}
     for protocol, params in eval_params.items():
         protocol_params(protocol, params)
-    config = build_config(args.method, overrides)
+    if args.resume:
+        # A resumed run keeps its checkpoint's config (pretrain() rebuilds it from there).
+        stored = load_checkpoint(args.resume)["config"]
+        config = build_config(stored["method"], stored)
+    else:
+        config = build_config(args.method, overrides)
     out = args.out or Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-    print(f"run folder: {out}", file=sys.stderr)
 
-    bar = tqdm(total=0, unit="step", dynamic_ncols=True, file=sys.stderr)
+    # The bar appears with the first step, so an error while loading data is all that is printed.
+    bar = None
 
     def on_progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total_steps, initial=p.step, unit="step", dynamic_ncols=True, file=sys.stderr)
         bar.total = p.total_steps
         bar.n = p.step
         bar.set_description(f"epoch {p.epoch + 1}/{p.epochs}")
         bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.3g}", img_s=f"{p.images_per_second:.0f}")
 
     def on_evaluation(r):
-        bar.write(f"epoch {r.epoch}: kNN top-1 {r.top1:.2f}%")
+        tqdm.write(f"epoch {r.epoch}: kNN top-1 {r.top1:.2f}%", file=sys.stderr)
 
-    result = pretrain(config, out, on_progress=on_progress, on_evaluation=on_evaluation, resume_from=args.resume)
-    bar.close()
+    try:
+        result = pretrain(config, out, on_progress=on_progress, on_evaluation=on_evaluation, resume_from=args.resume)
+    except CsslError:
+        if created and not any(out.glob("checkpoints/*.pt")):
+            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves no folder
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"{result.stopped}: {result.steps} steps ({result.epochs_completed:.2f} epochs) in {result.train_seconds:.1f}s "
           f"of training, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}")
     print(f"checkpoint: {result.checkpoint}")
     for protocol in [p for p in args.evaluate.split(",") if p]:
         r = evaluate_checkpoint(result.checkpoint, protocol, **eval_params.get(protocol, {}))
         print(f"{protocol}: top-1 {r.top1:.2f}%" + (f", top-5 {r.top5:.2f}%" if r.top5 is not None else ""))
+    print(next_steps(out, config.method))
     return 0
+
+
+def next_steps(out: Path, method: str) -> str:
+    """The run folder and the commands that evaluate, export and resume it, ready to paste."""
+    cssl, last = _cssl_command(), shlex.quote(str(out / "checkpoints" / "last.pt"))
+    return "\n".join([
+        f"run folder: {out}",
+        f"  evaluate: {cssl} eval {last} --protocol knn",
+        f"  export:   {cssl} export {last} --out {shlex.quote(str(out / 'backbone.pt'))}",
+        f"  resume:   {cssl} pretrain --resume {last} --method {method} --out {shlex.quote(str(out))}",
+    ])
+
+
+def _cssl_command() -> str:
+    """How this shell runs this cssl: ``cssl`` when that is the one on PATH, else its script's path."""
+    script = Path(sys.executable).parent / "cssl"
+    on_path = shutil.which("cssl")
+    if not script.is_file() or (on_path and Path(on_path).resolve() == script.resolve()):
+        return "cssl"
+    relative = os.path.relpath(script)
+    return shlex.quote(str(script) if relative.startswith("..") else relative)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cssl_core.evaluation import evaluate_checkpoint
 
     params = _key_values(args.overrides)  # typed and checked by the protocol's parameters
-    r = evaluate_checkpoint(args.checkpoint, args.protocol, dataset=args.dataset, data=args.data,
-                            device=args.device, random_init=args.random_init, **params)
+
+    def evaluate(random_init: bool):
+        return evaluate_checkpoint(args.checkpoint, args.protocol, dataset=args.dataset, data=args.data,
+                                   device=args.device, random_init=random_init, **params)
+
+    r = evaluate(args.random_init)
+    baseline = evaluate(True) if args.baseline and not args.random_init else None
     if args.json:
         print(json.dumps({"protocol": r.protocol, "parameters": r.parameters, "top1": r.top1, "top5": r.top5,
                           "dataset": r.dataset, "num_train": r.num_train, "num_test": r.num_test,
-                          "epoch": r.epoch, "random_init": args.random_init}))
-    else:
-        what = "random init" if args.random_init else f"epoch {r.epoch}"
-        top5 = f", top-5 {r.top5:.2f}%" if r.top5 is not None else ""
-        print(f"{r.protocol} ({what}, {r.dataset}, {r.num_train} train / {r.num_test} test): top-1 {r.top1:.2f}%{top5}")
+                          "epoch": r.epoch, "random_init": args.random_init,
+                          **({"baseline": {"top1": baseline.top1, "top5": baseline.top5}} if baseline else {})}))
+        return 0
+    rows = [("random init" if args.random_init else f"epoch {r.epoch}", r)]
+    if baseline:
+        rows.append(("random init", baseline))
+    print(f"{r.dataset}: {r.num_train} train / {r.num_test} test images")
+    print(format_table(["protocol", "weights", "parameters", "top-1", "top-5"], [
+        [res.protocol, weights, " ".join(f"{k}={v}" for k, v in res.parameters.items()), f"{res.top1:.2f}%",
+         "-" if res.top5 is None else f"{res.top5:.2f}%"]
+        for weights, res in rows
+    ]))
     return 0
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; numbers (the last two columns) aligned right."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    right = {len(header) - 2, len(header) - 1}
+    lines = ["  ".join(str(cell).rjust(w) if i in right else str(cell).ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

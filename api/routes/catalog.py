@@ -32,10 +32,30 @@ def _methods() -> list[MethodPublic]:
                 defaults=defaults,
                 small_image_recipe=dict(method.config_cls.small_image_recipe),
                 vit_defaults=dict(method.config_cls.vit_defaults),
-                config_schema=TypeAdapter(method.config_cls).json_schema(),
+                config_schema=config_schema(method.config_cls),
             )
         )
     return out
+
+
+def config_schema(config_cls: type) -> dict:
+    """A config dataclass's JSON schema, each key described by its field's help text, the same
+    text `cssl pretrain --help` shows."""
+    schema = TypeAdapter(config_cls).json_schema()
+    for name, prop in schema.get("properties", {}).items():
+        if help_text := field_help(config_cls, name):
+            prop["description"] = help_text
+    return schema
+
+
+def field_help(config_cls: type, name: str) -> str | None:
+    """``metadata["help"]`` of a config field; a subclass that only changes a default (the
+    paper's ``base_lr``) keeps its parent's help."""
+    for cls in config_cls.__mro__:
+        field = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if field is not None and field.metadata.get("help"):
+            return field.metadata["help"]
+    return None
 
 
 @router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from .support import TINY, auth
+from .support import EMBEDDED, TINY, auth
 
 PRETRAIN = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": []}
 
@@ -48,7 +48,8 @@ def test_health_checks_need_no_token(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() | {"warnings": []} == {
-        "status": "ready", "database": "ok", "broker": "ok", "mode": "production", "authentication": "on", "warnings": []
+        "status": "ready", "database": "ok", "broker": "ok", "mode": "embedded" if EMBEDDED else "production",
+        "authentication": "on", "warnings": []
     }
 
 
@@ -206,6 +207,13 @@ def test_methods_and_datasets(client, alice):
     simclr = methods["simclr"]
     assert simclr["paper"] and simclr["defaults"]["temperature"] == 0.5
     assert "temperature" in simclr["config_schema"]["properties"]
+    # Keys are described by their config fields' help (what `cssl pretrain --help` shows), a
+    # method that only changes a default keeping its parent's.
+    from cssl_core.config import MethodConfig
+
+    properties = simclr["config_schema"]["properties"]
+    assert properties["base_lr"]["description"] == MethodConfig.__dataclass_fields__["base_lr"].metadata["help"]
+    assert all(p.get("description") for p in properties.values()), properties
     datasets = {d["name"]: d for d in client.get("/v1/datasets", headers=alice).json()}
     assert datasets["synthetic"]["needs_path"] is False and datasets["cifar10"]["needs_path"] is True
 

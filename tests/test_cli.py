@@ -1,0 +1,107 @@
+"""The command line as a newcomer meets it: option help from the config's field docs, quiet
+failures, the commands printed at the end of a run, and the evaluation table."""
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli.main import PRETRAIN_OPTIONS
+from cli.main import main as cssl
+from cssl_core.config import PretrainConfig
+
+TINY = ["--dataset", "synthetic", "--backbone", "small", "--epochs", "1", "--batch-size", "64", "--subset", "320",
+        "--precision", "fp32"]
+
+
+def test_pretrain_help_says_what_each_option_means_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cssl(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    fields = {f.name: f for f in dataclasses.fields(PretrainConfig)}
+    for option, key in PRETRAIN_OPTIONS.items():
+        field = fields[key]
+        meaning = field.metadata.get("help") or f"config key {key}"
+        default = "none" if field.default is None else field.default
+        assert f"{option} {key.upper()} {meaning} (default: {default})" in text, option
+        assert field.metadata.get("help") is None or f"config key {key} " not in text
+    assert "(default: 256)" in text and "(default: cifar10)" in text
+
+
+def test_nothing_is_printed_before_a_missing_data_error(tmp_path, capfd):
+    out = tmp_path / "run"
+    assert cssl(["pretrain", "--method", "simclr", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"),
+                 "--backbone", "small", "--out", str(out)]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("cssl: error: ") and captured.err.count("\n") == 1, captured.err
+    assert "missing.tar.gz" in captured.err
+    assert not out.exists()  # a run that never started leaves no folder behind
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, str]:
+    """A one-epoch run and what `cssl pretrain` printed on stdout."""
+    out = tmp_path_factory.mktemp("cli") / "my run"  # a space: the printed commands must quote it
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cssl(["pretrain", "--method", "simclr", *TINY, "--out", str(out)]) == 0
+    return out, stdout.getvalue()
+
+
+def printed_commands(stdout: str) -> dict[str, list[str]]:
+    commands = {}
+    for line in stdout.splitlines():
+        match = re.fullmatch(r"\s+(evaluate|export|resume):\s+(.+)", line)
+        if match:
+            commands[match[1]] = shlex.split(match[2])
+    return commands
+
+
+def test_pretrain_ends_with_commands_that_work(run, capsys):
+    out, stdout = run
+    assert f"run folder: {out}" in stdout.splitlines()
+    commands = printed_commands(stdout)
+    assert set(commands) == {"evaluate", "export", "resume"}
+    last = str(out / "checkpoints" / "last.pt")
+    for argv in commands.values():
+        assert argv[0] == "cssl" and shutil.which("cssl") or Path(argv[0]).is_file(), argv[0]
+        assert last in argv
+    assert commands["resume"][1:] == ["pretrain", "--resume", last, "--method", "simclr", "--out", str(out)]
+
+    config = (out / "config.json").read_text()
+    assert cssl(commands["evaluate"][1:]) == 0
+    assert re.search(r"^knn\s+epoch 1\s+k=200 temperature=0.1\s+\d+\.\d\d%", capsys.readouterr().out, re.M)
+    assert cssl(commands["export"][1:]) == 0
+    exported = Path(commands["export"][commands["export"].index("--out") + 1])
+    assert exported.is_file() and exported.parent == out
+    capsys.readouterr()
+    assert cssl(commands["resume"][1:]) == 0
+    assert capsys.readouterr().out.startswith("completed: 5 steps")
+    assert (out / "config.json").read_text() == config  # resuming keeps the run's config
+
+
+def test_eval_prints_an_aligned_table(run, capsys):
+    out, _ = run
+    last = str(out / "checkpoints" / "last.pt")
+    assert cssl(["eval", last, "--protocol", "knn", "--set", "k=20", "--baseline"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "synthetic: 500 train / 200 test images"
+    header, trained, baseline = lines[1:]
+    assert header.split() == ["protocol", "weights", "parameters", "top-1", "top-5"]
+    assert trained.split()[:4] == ["knn", "epoch", "1", "k=20"]
+    assert baseline.split()[:4] == ["knn", "random", "init", "k=20"]
+    # Columns line up: text starts under its header, numbers end under theirs.
+    for row in (trained, baseline):
+        assert row.index("k=20") == header.index("parameters")
+        assert row[: header.index("top-1") + len("top-1")].endswith("%") and len(row) == len(header)
+
+    assert cssl(["eval", last, "--protocol", "knn", "--set", "k=20", "--baseline", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parameters"] == {"k": 20, "temperature": 0.1} and 0 <= result["baseline"]["top1"] <= 100
