@@ -254,19 +254,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    from cssl_core.config import build_config
     from cssl_core.methods import get_method, method_names
 
     rows = []
     for name in method_names():
         cls = get_method(name)
-        rows.append({"name": name, "paper": cls.paper, "arxiv": cls.arxiv,
-                     "defaults": dataclasses.asdict(cls.config_cls())})
+        paper = build_config(name, {"recipe": "paper"}).to_dict()
+        shown = {**dataclasses.asdict(cls.config_cls()), **{k: paper[k] for k in cls.config_cls.small_image_recipe}}
+        rows.append({"name": name, "paper": cls.paper, "arxiv": cls.arxiv, "defaults": shown,
+                     "small_image_recipe": cls.config_cls.small_image_recipe,
+                     "vit_defaults": cls.config_cls.vit_defaults})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print("key=paper's value; (small: X) is the value used on images of 64 px or less, (vit: X) on ViT backbones\n")
     for row in rows:
         print(f"{row['name']}: {row['paper']} (arXiv {row['arxiv']})")
-        print("    " + ", ".join(f"{k}={v}" for k, v in row["defaults"].items()))
+        items = []
+        for key, value in row["defaults"].items():
+            item = f"{key}={value}"
+            if key in row["small_image_recipe"]:
+                item += f" (small: {row['small_image_recipe'][key]})"
+            if key in row["vit_defaults"]:
+                item += f" (vit: {row['vit_defaults'][key]})"
+            items.append(item)
+        print("    " + ", ".join(items))
     return 0
 
 
