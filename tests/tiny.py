@@ -7,4 +7,5 @@ TINY_HEADS: dict[str, dict] = {
     "byol": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
     "simsiam": {"projector_dim": 64, "predictor_hidden_dim": 16},
     "barlow_twins": {"projector_dim": 64},
+    "deepclusterv2": {"nmb_prototypes": (8, 12, 16), "projector_hidden_dim": 64},
 }
