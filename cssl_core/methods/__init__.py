@@ -46,6 +46,8 @@ def build_method(config: PretrainConfig, image_size: int, num_samples: int) -> M
 
 
 # Registering is importing: one line per method.
-from cssl_core.methods import simclr, moco, byol, simsiam, barlow_twins, deepclusterv2  # noqa: E402,F401
+from cssl_core.methods import (  # noqa: E402,F401
+    simclr, moco, byol, simsiam, barlow_twins, deepclusterv2, mocov3, byol_gnws,
+)
 
 __all__ = ["Batch", "Method", "StepOutput", "TrainingSet", "build_method", "get_method", "method_names", "register"]
