@@ -29,6 +29,16 @@ def option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def field_help(config_cls: type, name: str) -> str | None:
+    """The help text of a config field; a subclass that only changes a default (the paper's
+    ``base_lr``) keeps its parent's help."""
+    for cls in config_cls.__mro__:
+        f = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("help"):
+            return f.metadata["help"]
+    return None
+
+
 @dataclass
 class MethodConfig:
     """Optimisation defaults every method config carries; subclasses set the paper's values.

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 
 from api.deps import CurrentOwner
 from api.schemas import DatasetInfo, MethodPublic
-from cssl_core.config import build_config
+from cssl_core.config import build_config, field_help
 from cssl_core.data import describe_datasets
 from cssl_core.methods import get_method, method_names
 
@@ -46,16 +46,6 @@ def config_schema(config_cls: type) -> dict:
         if help_text := field_help(config_cls, name):
             prop["description"] = help_text
     return schema
-
-
-def field_help(config_cls: type, name: str) -> str | None:
-    """``metadata["help"]`` of a config field; a subclass that only changes a default (the
-    paper's ``base_lr``) keeps its parent's help."""
-    for cls in config_cls.__mro__:
-        field = getattr(cls, "__dataclass_fields__", {}).get(name)
-        if field is not None and field.metadata.get("help"):
-            return field.metadata["help"]
-    return None
 
 
 @router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")
