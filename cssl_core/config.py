@@ -63,7 +63,7 @@ class MethodConfig:
     # per step is small at small batches, where 0.02 (solo-learn's) trains faster.
     lars_eta: float = option(0.001, "LARS trust coefficient")
     warmup_epochs: float = option(10.0, "linear learning-rate warmup, in epochs (at most a tenth of the run)")
-    grad_clip: float | None = option(None, "clip the gradients' global norm to this; none: no clipping")
+    grad_clip: float | None = option(None, "clip each parameter's gradient norm to this (DINO's clipping); none: no clipping")
     augmentation: str = option("simclr", "augmentation preset (see cssl_core.augment.presets)")
     crop_min_scale: float | None = option(None, "smallest random-crop area fraction; none: the preset's (the paper's)")
     jitter_strength: float = option(1.0, "multiplies the preset's colour-jitter strengths; 1 keeps the paper's")

@@ -206,11 +206,13 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
         result = pretrain(config, tmp_path / folder, should_stop=stop_after(1))
         state = load_checkpoint(result.checkpoint)["model"]
         deltas = [state[f"student.{k}"] - v for k, v in init.items() if v.is_floating_point() and "running" not in k]
-        return torch.linalg.vector_norm(torch.stack([d.norm() for d in deltas])).item(), config.lr
+        return max(d.norm() for d in deltas).item(), config.lr
 
+    # Clipping is per parameter tensor, as in DINO's official clip_gradients; 1% for the
+    # rounding of (weight + update) - weight in float32 on small tensors.
     clipped, lr = first_update(1e-3, "clipped")
     free, _ = first_update(None, "free")
-    assert clipped <= lr * 1e-3 * 1.001
+    assert clipped <= lr * 1e-3 * 1.01
     assert free > 100 * clipped
 
 

@@ -128,3 +128,11 @@ def test_cli_pretrain_eval_and_errors(tmp_path, capsys):
     (tmp_path / "job.json").write_text(json.dumps(stored))
     assert cssl(["pretrain", "--method", "simclr", "--config", str(tmp_path / "job.json")]) == 2
     assert "k must be at least 1" in capsys.readouterr().err
+
+
+def test_gradient_clipping_is_per_tensor_as_in_dino():
+    big, small = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    big.grad, small.grad = torch.tensor([3.0, 0.0, 0.0, 0.0]), torch.tensor([0.3, 0.4])
+    loop.clip_each_gradient([big, small], 1.0)
+    torch.testing.assert_close(big.grad, torch.tensor([1.0, 0.0, 0.0, 0.0]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(small.grad, torch.tensor([0.3, 0.4]))  # a global norm would shrink it too

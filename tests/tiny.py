@@ -9,6 +9,7 @@ TINY_HEADS: dict[str, dict] = {
     "barlow_twins": {"projector_dim": 64},
     "deepclusterv2": {"nmb_prototypes": (8, 12, 16), "projector_hidden_dim": 64},
     "swav": {"projector_hidden_dim": 64, "nmb_prototypes": 30, "local_crops": 2},
+    "dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "local_crops": 2},
     "mocov3": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
     "byol_gnws": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
 }

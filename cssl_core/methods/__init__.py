@@ -47,7 +47,7 @@ def build_method(config: PretrainConfig, image_size: int, num_samples: int) -> M
 
 # Registering is importing: one line per method.
 from cssl_core.methods import (  # noqa: E402,F401
-    simclr, moco, byol, simsiam, barlow_twins, swav, deepclusterv2, mocov3, byol_gnws,
+    simclr, moco, byol, simsiam, barlow_twins, swav, deepclusterv2, dino, mocov3, byol_gnws,
 )
 
 __all__ = ["Batch", "Method", "StepOutput", "TrainingSet", "build_method", "get_method", "method_names", "register"]

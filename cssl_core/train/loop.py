@@ -264,7 +264,7 @@ class Trainer:
                 for p in params:
                     p.grad = None  # no update at all, momentum and weight decay included
         if self.config.method_config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.method_config.grad_clip)
+            clip_each_gradient(self.trainable, self.config.method_config.grad_clip)
         self.optimizer.step()
         self.model.after_step(batch)
         return out
@@ -339,6 +339,17 @@ class Trainer:
         features = extract_features(module, self.images, self.mean, self.std, self.device,
                                     precision=self.config.precision)
         return features.to(self.device)
+
+
+@torch.no_grad()
+def clip_each_gradient(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """Scale each parameter's gradient down to norm ``max_norm`` at most: per tensor, as DINO's
+    ``clip_gradients`` (arXiv 2104.14294, official code), not one global norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    torch._foreach_mul_(grads, [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms])
 
 
 class LossMeter:
