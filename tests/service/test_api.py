@@ -66,8 +66,10 @@ def test_submit_returns_202_with_location_and_the_resolved_config(client, alice)
     job = response.json()
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["attempt"] == 0
-    # Defaults are filled in from the method's typed config, so the stored config reproduces the run.
-    assert job["config"]["temperature"] == 0.5 and job["config"]["epochs"] == 1
+    # Defaults are filled in from the method's typed config (on these 32 px images its small-image
+    # recipe), so the stored config reproduces the run.
+    assert job["config"]["temperature"] == 0.2 and job["config"]["recipe"] == "small_images"
+    assert job["config"]["epochs"] == 1
     assert client.get(response.headers["location"], headers=alice).json()["id"] == job["id"]
 
 
@@ -206,6 +208,7 @@ def test_methods_and_datasets(client, alice):
     assert {"simclr", "byol", "simsiam", "barlow_twins"} <= set(methods)
     simclr = methods["simclr"]
     assert simclr["paper"] and simclr["defaults"]["temperature"] == 0.5
+    assert simclr["small_image_recipe"]["temperature"] == 0.2 and simclr["small_image_recipe"]["batch_size"] == 128
     assert "temperature" in simclr["config_schema"]["properties"]
     # Keys are described by their config fields' help (what `cssl pretrain --help` shows), a
     # method that only changes a default keeping its parent's.
