@@ -1,4 +1,5 @@
-"""Heads small enough for a test step on a CPU, per method: every registered method has an entry."""
+"""What several test files share: heads small enough for a test step on a CPU (every registered
+method has an entry), and a cancel callback that stops a run after a number of steps."""
 
 TINY_HEADS: dict[str, dict] = {
     "simclr": {},
@@ -13,3 +14,13 @@ TINY_HEADS: dict[str, dict] = {
     "mocov3": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
     "byol_gnws": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
 }
+
+
+def stop_after(calls: int):
+    """A ``should_stop`` callback that says stop on its ``calls``-th call (once per step)."""
+    count = {"n": 0}
+
+    def should_stop() -> bool:
+        count["n"] += 1
+        return count["n"] >= calls
+    return should_stop
