@@ -23,10 +23,14 @@ from cssl_core.train import pretrain
 
 def measure(method: str, backbone: str, batch_size: int, warmup: int, steps: int, precision: str, recipe: str) -> dict:
     seen = []
+    # Up to four batches of the 500 synthetic images: per-sample state (memories, clusters) has
+    # rows to fill, and epoch hooks (DeepCluster's k-means) run once per epoch of them.
+    subset = min(4 * batch_size, 500)
+    steps_per_epoch = subset // batch_size
     config = build_config(method, {
-        "dataset": "synthetic", "subset": batch_size, "backbone": backbone, "batch_size": batch_size,
-        "epochs": warmup + steps,  # a subset of one batch: one step per epoch
-        "checkpoint_every": 0, "precision": precision, "recipe": recipe,
+        "dataset": "synthetic", "subset": subset, "backbone": backbone, "batch_size": batch_size,
+        "epochs": -(-(warmup + steps) // steps_per_epoch), "checkpoint_every": 0, "precision": precision,
+        "recipe": recipe,
     })
     with tempfile.TemporaryDirectory() as out:
         pretrain(config, out, on_progress=seen.append, progress_every=1)
