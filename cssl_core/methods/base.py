@@ -72,6 +72,9 @@ class Method(nn.Module):
     # How many views a step may take; a preset that makes more or fewer is rejected by build_config.
     min_views: ClassVar[int] = 2
     max_views: ClassVar[int | None] = 2
+    # Multi-crop methods: the number of global crops the augmentation preset must make (the
+    # method adds its local crops); None: the preset makes all the views.
+    global_crops: ClassVar[int | None] = None
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig, num_samples: int):
         super().__init__()
@@ -81,15 +84,27 @@ class Method(nn.Module):
         self.num_samples = num_samples
 
     @classmethod
-    def view_specs(cls, config: MethodConfig, image_size: int) -> list[ViewSpec]:
-        """The views each step gets, in order: by default the config's augmentation preset."""
+    def preset_specs(cls, config: MethodConfig, image_size: int) -> list[ViewSpec]:
+        """The config's augmentation preset's views, at its ``crop_min_scale`` and ``jitter_strength``."""
         crop_scale = (config.crop_min_scale, 1.0) if config.crop_min_scale else None
         return preset_views(config.augmentation, image_size, crop_scale, config.jitter_strength)
 
     @classmethod
+    def view_specs(cls, config: MethodConfig, image_size: int) -> list[ViewSpec]:
+        """The views each step gets, in order: by default the preset's."""
+        return cls.preset_specs(config, image_size)
+
+    @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         """Reject a combination that cannot train; called by ``build_config``."""
-        views = cls.view_specs(config.method_config, image_size)
+        mc = config.method_config
+        if cls.global_crops is not None:
+            made = len(cls.preset_specs(mc, image_size))
+            if made != cls.global_crops:
+                raise ConfigError(f"{cls.name} takes its {cls.global_crops} global crops from the augmentation preset, "
+                                  f"and {mc.augmentation!r} makes {made}; use a two-view preset and set local_crops "
+                                  "for the local ones")
+        views = cls.view_specs(mc, image_size)
         low, high = cls.min_views, cls.max_views
         if len(views) < low or (high is not None and len(views) > high):
             wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cssl_core.augment import ViewSpec, local_views, preset_views
+from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses.precision import full_precision
@@ -140,6 +140,7 @@ class DeepClusterV2(Method):
     config_cls = DeepClusterV2Config
     min_views = GLOBAL_CROPS
     max_views = None
+    global_crops = GLOBAL_CROPS
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DeepClusterV2Config, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -160,24 +161,15 @@ class DeepClusterV2(Method):
 
     @classmethod
     def view_specs(cls, config: DeepClusterV2Config, image_size: int) -> list[ViewSpec]:
-        crop_scale = (config.crop_min_scale, 1.0) if config.crop_min_scale else None
-        global_views = preset_views(config.augmentation, image_size, crop_scale, config.jitter_strength)
-        return global_views + local_views(image_size, config.local_crops)
+        return cls.preset_specs(config, image_size) + local_views(image_size, config.local_crops)
 
     @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         mc = config.method_config
-        crop_scale = (mc.crop_min_scale, 1.0) if mc.crop_min_scale else None
-        global_views = preset_views(mc.augmentation, image_size, crop_scale, mc.jitter_strength)
-        if len(global_views) != GLOBAL_CROPS:
-            raise ConfigError(f"deepclusterv2 takes 2 global crops from its augmentation preset, and "
-                              f"augmentation {mc.augmentation!r} makes {len(global_views)}; choose a two-view "
-                              f"preset (local crops come from local_crops)")
         if config.subset is not None and max(mc.nmb_prototypes) > config.subset:
             raise ConfigError(f"nmb_prototypes: {max(mc.nmb_prototypes)} clusters but subset has only "
                               f"{config.subset} images; lower nmb_prototypes")
-        for spec in cls.view_specs(mc, image_size):
-            spec.validate()
+        super().check_config(config, image_size)
 
     def embedding_network(self) -> nn.Module:
         """Images (N, 3, H, W) -> unit embeddings (N, projector_dim): what the memory stores."""

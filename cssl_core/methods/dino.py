@@ -14,14 +14,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cssl_core.augment import ViewSpec, local_views, preset_views
+from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import dino_loss
@@ -29,9 +29,6 @@ from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import momentum_copy
 from cssl_core.train.schedules import momentum_schedule
-
-if TYPE_CHECKING:
-    from cssl_core.config import PretrainConfig
 
 # The teacher-temperature warm-up takes at most this share of a run: 30 epochs are 30% of the
 # official 100-epoch run, so a short or time-budgeted run still ends at ``teacher_temp``.
@@ -171,6 +168,7 @@ class DINO(Method):
     arxiv = "2104.14294"
     config_cls = DINOConfig
     max_views = None
+    global_crops = 2
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DINOConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -189,8 +187,7 @@ class DINO(Method):
         The local crops take the globals' flip-and-colour pipeline and blur with p = 0.5, as
         the official ``DataAugmentationDINO`` (local_views gives the blur).
         """
-        global_scale = (config.crop_min_scale, 1.0) if config.crop_min_scale else None
-        global_crops = preset_views(config.augmentation, image_size, global_scale, config.jitter_strength)
+        global_crops = cls.preset_specs(config, image_size)
         g = global_crops[0]
         local_crops = [
             dataclasses.replace(spec, brightness=g.brightness, contrast=g.contrast, saturation=g.saturation,
@@ -198,18 +195,6 @@ class DINO(Method):
             for spec in local_views(image_size, config.local_crops, tuple(config.local_crop_scale))
         ]
         return global_crops + local_crops
-
-    @classmethod
-    def check_config(cls, config: PretrainConfig, image_size: int) -> None:
-        mc = config.method_config
-        scale = (mc.crop_min_scale, 1.0) if mc.crop_min_scale else None
-        n_global = len(preset_views(mc.augmentation, image_size, scale, mc.jitter_strength))
-        if n_global != 2:
-            raise ConfigError(f"dino takes its 2 global crops from the augmentation preset, but {mc.augmentation!r} "
-                              f"makes {n_global}; use a two-view preset such as byol (DINO's own pair) and set "
-                              f"local_crops for the local crops")
-        for spec in cls.view_specs(mc, image_size):
-            spec.validate()
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         c = self.config

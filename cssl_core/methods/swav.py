@@ -87,6 +87,7 @@ class SwAV(Method):
     config_cls = SwAVConfig
     min_views = GLOBAL_CROPS
     max_views = None
+    global_crops = GLOBAL_CROPS
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SwAVConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -104,7 +105,7 @@ class SwAV(Method):
     def view_specs(cls, config: SwAVConfig, image_size: int) -> list[ViewSpec]:
         """The preset's views (``preset_views``: the global crops, at ``crop_min_scale``), then
         ``local_crops`` local ones."""
-        global_views = super().view_specs(config, image_size)
+        global_views = cls.preset_specs(config, image_size)
         local = [scale_jitter(spec, config.jitter_strength) for spec in local_views(image_size, config.local_crops)]
         return global_views + local
 
@@ -118,11 +119,6 @@ class SwAV(Method):
         for key in ("local_crops", "queue_length", "epoch_queue_starts", "freeze_prototypes_epochs"):
             if not getattr(mc, key) >= 0:
                 raise ConfigError(f"{key} must be zero or positive, got {getattr(mc, key)}")
-        global_views = super().view_specs(mc, image_size)
-        if len(global_views) != GLOBAL_CROPS:
-            raise ConfigError(f"swav takes its {GLOBAL_CROPS} global crops from the augmentation preset, and "
-                              f"{mc.augmentation!r} makes {len(global_views)}; use a two-view preset such as "
-                              "'simclr' and set local_crops for the local ones")
         if mc.queue_length:
             if mc.queue_length < config.batch_size:
                 raise ConfigError(f"queue_length {mc.queue_length} is shorter than a batch ({config.batch_size}); "
