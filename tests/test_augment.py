@@ -1,18 +1,22 @@
-"""Batched view augmentation: sampled distributions, op semantics against torchvision and the
+"""Batched view augmentation: sampled distributions, op semantics against torchvision, PIL and the
 standard library, and the presets' views (shapes, reproducibility, per-image independence)."""
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageEnhance, ImageOps
 
-from cssl_core.augment import ViewSpec, build_views, make_view, ops, preset_names
+from cssl_core.augment import ViewSpec, build_views, make_view, ops, preset_names, preset_views
+from cssl_core.augment import randaugment as ra
 from cssl_core.augment.jitter import JitterParams, color_jitter, sample_jitter_params
 from cssl_core.augment.presets import local_crop_size
 from cssl_core.errors import ConfigError
@@ -333,3 +337,256 @@ def test_views_on_the_gpu_match_the_cpu():
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(b.cpu(), a, atol=1e-3, rtol=0)  # same draws, float rounding only
+
+
+# RandAugment: each op against PIL on uint8 images (as timm calls it), then the batched application.
+
+PIL_FILL = (124, 116, 104)  # PyContrast's img_mean
+PIXEL_LEVEL = 1.5 / 255  # PIL truncates its results to uint8 levels
+
+
+def pil_image(images: torch.Tensor) -> Image.Image:
+    return Image.fromarray(images[0].mul(255).round().byte().permute(1, 2, 0).numpy().copy())
+
+
+def from_pil(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0).float() / 255
+
+
+def reference_images() -> list[torch.Tensor]:
+    """Uint8-valued float images (1, 3, 20, 24): noise, and smooth blobs; not square, so H and W
+    cannot be swapped unnoticed."""
+    noise = uint8_images(1, 24)[..., :20, :].float() / 255
+    smooth = (F.interpolate(torch.rand(1, 3, 4, 5, generator=generator()), size=(20, 24), mode="bilinear")
+              * 255).round() / 255
+    return [noise, smooth]
+
+
+def solarize_add_lut(add: int) -> list[int]:
+    return [min(255, i + add) if i < 128 else i for i in range(256)] * 3
+
+
+PIXEL_REFERENCES = [
+    ("AutoContrast", 0, lambda im, a: ImageOps.autocontrast(im)),
+    ("Equalize", 0, lambda im, a: ImageOps.equalize(im)),
+    ("Invert", 0, lambda im, a: ImageOps.invert(im)),
+    ("Posterize", 4, ImageOps.posterize),
+    ("Posterize", 3, ImageOps.posterize),
+    ("Posterize", 1, ImageOps.posterize),
+    ("Solarize", 128, ImageOps.solarize),
+    ("Solarize", 222, ImageOps.solarize),
+    ("Solarize", 256, ImageOps.solarize),
+    ("SolarizeAdd", 95, lambda im, a: im.point(solarize_add_lut(a))),
+    ("SolarizeAdd", 110, lambda im, a: im.point(solarize_add_lut(a))),
+] + [
+    (name, factor, lambda im, a, enhance=enhance: enhance(im).enhance(a))
+    for name, enhance in [("Color", ImageEnhance.Color), ("Contrast", ImageEnhance.Contrast),
+                          ("Brightness", ImageEnhance.Brightness), ("Sharpness", ImageEnhance.Sharpness)]
+    for factor in (0.1, 1.666, 1.9)
+]
+
+
+@pytest.mark.parametrize("name,argument,reference", PIXEL_REFERENCES,
+                         ids=[f"{n}-{a}" for n, a, _ in PIXEL_REFERENCES])
+def test_randaugment_pixel_ops_match_pil(name, argument, reference):
+    for images in reference_images():
+        out = ra.PIXEL_OPS[name](images, torch.tensor([float(argument)], dtype=F64))
+        expected = from_pil(reference(pil_image(images), argument))
+        torch.testing.assert_close(out, expected, atol=PIXEL_LEVEL, rtol=0)
+
+
+def test_randaugment_posterize_to_zero_bits_is_black():
+    # timm's m = 0; recent PIL refuses bits = 0, whose mask ~(2**8 - 1) keeps nothing.
+    images = reference_images()[0]
+    assert torch.equal(ra.posterize(images, torch.zeros(1, dtype=F64)), torch.zeros_like(images))
+
+
+GEOMETRIC_REFERENCES = [
+    ("ShearX", 0.27, lambda im, a: im.transform(im.size, Image.AFFINE, (1, a, 0, 0, 1, 0), Image.BILINEAR,
+                                                fillcolor=PIL_FILL)),
+    ("ShearY", -0.3, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, 0, a, 1, 0), Image.BILINEAR,
+                                                fillcolor=PIL_FILL)),
+    ("TranslateXRel", 0.41, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, a * im.size[0], 0, 1, 0),
+                                                       Image.BILINEAR, fillcolor=PIL_FILL)),
+    ("TranslateYRel", -0.45, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, a * im.size[1]),
+                                                        Image.BILINEAR, fillcolor=PIL_FILL)),
+    ("Rotate", 27.0, lambda im, a: im.rotate(a, Image.BILINEAR, fillcolor=PIL_FILL)),
+    ("Rotate", -30.0, lambda im, a: im.rotate(a, Image.BILINEAR, fillcolor=PIL_FILL)),
+]
+
+
+@pytest.mark.parametrize("name,argument,reference", GEOMETRIC_REFERENCES,
+                         ids=[f"{n}-{a}" for n, a, _ in GEOMETRIC_REFERENCES])
+def test_randaugment_geometric_ops_match_pil(name, argument, reference):
+    for images in reference_images():
+        matrices = ra.affine_matrices(torch.tensor([ra.OPS.index(name)]), torch.tensor([argument], dtype=F64), (20, 24))
+        out = ra.affine(images, matrices)
+        expected = from_pil(reference(pil_image(images), argument))
+        torch.testing.assert_close(out, expected, atol=PIXEL_LEVEL, rtol=0)
+        outside = (expected * 255 - torch.tensor(PIL_FILL).view(1, 3, 1, 1)).abs().amax(dim=1) == 0
+        assert outside.any()  # the fill is exercised
+
+
+def test_randaugment_arguments_follow_timms_levels():
+    ops_ = torch.arange(len(ra.OPS)).expand(3, -1)
+    magnitude = torch.tensor([10.0, 8.7, 0.0], dtype=F64).view(3, 1).expand(3, len(ra.OPS))
+    sign = torch.tensor([1.0, -1.0, 1.0], dtype=F64).view(3, 1).expand(3, len(ra.OPS))
+    params = ra.RandAugmentParams(ops_, torch.ones(3, len(ra.OPS), dtype=torch.bool), magnitude, sign)
+    args = dict(zip(ra.OPS, params.arguments().T.tolist()))
+    # Worked by hand from timm's *_level_to_arg: int() truncates, m / 10 scales each range.
+    expected = {
+        "Rotate": [30.0, -26.1, 0.0], "Posterize": [4, 3, 0], "Solarize": [256, 222, 0],
+        "SolarizeAdd": [110, 95, 0], "Color": [1.9, 1.666, 0.1], "Sharpness": [1.9, 1.666, 0.1],
+        "ShearX": [0.3, -0.261, 0.0], "TranslateYRel": [0.45, -0.3915, 0.0],
+    }
+    for name, values in expected.items():
+        assert args[name] == pytest.approx(values), name
+    # Relative translation: 0.45 of the side at m = 10, on any image size.
+    matrices = ra.affine_matrices(torch.tensor([ra.OPS.index("TranslateXRel")] * 2),
+                                  torch.tensor([0.45, -0.45], dtype=F64), (32, 32))
+    assert matrices[:, 0, 2].tolist() == pytest.approx([14.4, -14.4])
+
+
+def test_randaugment_draws_ops_magnitudes_and_signs_per_image_and_step():
+    n = 6000
+    params = ra.sample_randaugment_params(n, 2, 10.0, 0.5, 0.5, generator())
+    assert params.ops.shape == params.applied.shape == params.magnitude.shape == (n, 2)
+    counts = torch.bincount(params.ops.flatten(), minlength=len(ra.OPS)).double() / (2 * n)
+    assert (counts - 1 / len(ra.OPS)).abs().max() < 0.015  # uniform over the 15 ops
+    assert abs(params.applied.double().mean() - 0.5) < 0.02
+    level = params.magnitude
+    assert level.min() >= 0 and level.max() == 10
+    assert abs((level == 10).double().mean() - 0.5) < 0.02  # N(10, 0.5) clipped at 10
+    assert abs(level[level < 10].mean() - (10 - 0.5 * (2 / torch.pi) ** 0.5)) < 0.02
+    assert abs(params.sign.mean()) < 0.03 and set(params.sign.unique().tolist()) == {-1.0, 1.0}
+    # Independent per step and per image: the two steps agree as often as chance says.
+    assert abs((params.ops[:, 0] == params.ops[:, 1]).double().mean() - 1 / len(ra.OPS)) < 0.015
+    assert abs((params.ops[1:, 0] == params.ops[:-1, 0]).double().mean() - 1 / len(ra.OPS)) < 0.015
+    fixed = ra.sample_randaugment_params(8, 2, 7.0, 0.0, 1.0, generator())
+    assert (fixed.magnitude == 7).all() and fixed.applied.all()
+
+
+def reference_randaugment(image: torch.Tensor, params: ra.RandAugmentParams, i: int) -> torch.Tensor:
+    """One image (1, 3, H, W) through its own ops, one at a time."""
+    arguments = params.arguments()
+    for step in range(params.ops.shape[1]):
+        if not params.applied[i, step]:
+            continue
+        op, argument = params.ops[i, step : step + 1], arguments[i, step : step + 1]
+        name = ra.OPS[op.item()]
+        if name in ra.PIXEL_OPS:
+            image = ra.PIXEL_OPS[name](image, argument)
+        else:
+            image = ra.affine(image, ra.affine_matrices(op, argument, tuple(image.shape[-2:])))
+    return image
+
+
+def test_randaugment_batch_matches_each_image_alone():
+    images = torch.cat([smooth_images(12, 16), torch.rand(12, 3, 16, 16, generator=generator(1))])
+    params = ra.sample_randaugment_params(24, 3, 9.0, 1.0, 0.7, generator(2))
+    before = images.clone()
+    out = ra.randaugment(images, params)
+    assert torch.equal(images, before)  # not in place unless asked
+    assert len(params.ops[params.applied].unique()) == len(ra.OPS)  # every op is exercised
+    for i in range(24):
+        torch.testing.assert_close(out[i : i + 1], reference_randaugment(images[i : i + 1], params, i),
+                                   atol=1e-6, rtol=0)
+    assert torch.equal(ra.randaugment(images.clone(), params, inplace=True), out)
+
+
+def test_randaugment_gives_every_image_exactly_its_n_ops_at_its_own_magnitudes():
+    n, steps = 16, 3
+    images = torch.rand(n, 3, 8, 8, generator=generator()) * 0.1  # dark: no clipping at 1.9 ** 3
+    params = ra.sample_randaugment_params(n, steps, 5.0, 3.0, 1.0, generator(1))
+    assert params.applied.sum(dim=1).eq(steps).all()
+    brightness = dataclasses.replace(params, ops=torch.full_like(params.ops, ra.OPS.index("Brightness")))
+    factors = params.magnitude / 10 * 1.8 + 0.1  # each image's own factor at each step
+    out = ra.randaugment(images, brightness)
+    torch.testing.assert_close(out, images * factors.prod(dim=1).float().view(n, 1, 1, 1), rtol=1e-5, atol=1e-7)
+    skipped = dataclasses.replace(brightness, applied=torch.zeros_like(params.applied))
+    assert torch.equal(ra.randaugment(images, skipped), images)
+
+
+def test_randaugment_sits_after_blur_and_before_grayscale_in_a_view():
+    spec = ViewSpec(size=16, crop_scale=(0.5, 1.0), jitter_p=1.0, grayscale_p=0.5, blur_p=0.5, blur_kernel=3,
+                    randaugment_ops=2, randaugment_p=0.8)
+    images = smooth_images(8, 16)
+    view = make_view(images, spec, generator(3))
+    g, n = generator(3), 8  # InfoMin's order (PyContrast "D"): jitter, blur, RandAugment, grayscale
+    crop = ops.sample_crop_params(n, (16, 16), spec.crop_scale, spec.crop_ratio, g)
+    x = ops.resized_crop(images, crop, 16, ops.sample_mask(n, spec.flip_p, g))
+    x = color_jitter(x, sample_jitter_params(n, 0.4, 0.4, 0.4, 0.1, 1.0, g))
+    blurred = ops.sample_mask(n, 0.5, g)
+    x = ops.gaussian_blur(x, ops.sample_blur_sigma(n, spec.blur_sigma, g), blurred, 3)
+    x = ra.randaugment(x, ra.sample_randaugment_params(n, 2, 10.0, 0.5, 0.8, g))
+    x = ops.grayscale(x, ops.sample_mask(n, 0.5, g))
+    torch.testing.assert_close(view, x)
+
+
+def test_infomin_preset_is_pycontrasts_augmentation_d():
+    small, large = preset_views("infomin", 32), preset_views("infomin", 224)
+    assert len(large) == 2 and large[0] == large[1]
+    spec = large[0]
+    assert (spec.crop_scale, spec.jitter_p, spec.grayscale_p) == ((0.2, 1.0), 0.8, 0.2)
+    assert (spec.brightness, spec.contrast, spec.saturation, spec.hue) == (0.8, 0.8, 0.8, 0.2)
+    assert (spec.blur_p, spec.blur_sigma, spec.kernel_size()) == (0.5, (0.1, 2.0), 23)
+    assert (spec.randaugment_ops, spec.randaugment_magnitude, spec.randaugment_magnitude_std,
+            spec.randaugment_p) == (2, 10.0, 0.5, 0.5)
+    assert small[0] == dataclasses.replace(spec, size=32, blur_p=0.0)  # small images: no blur, as every preset
+    # MoCo v2's views but for SimCLR-strength jitter and RandAugment.
+    weaker = dataclasses.replace(spec, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, randaugment_ops=0)
+    assert weaker == preset_views("mocov2", 224)[0]
+
+
+def is_fill(views: torch.Tensor) -> torch.Tensor:
+    """Per image (N,): whether some pixel is exactly RandAugment's fill colour."""
+    pixels = ops.denormalize(views, MEAN, STD)
+    return ((pixels - torch.tensor(ra.FILL).view(1, 3, 1, 1)).abs().amax(dim=1) < 1e-5).flatten(1).any(dim=1)
+
+
+def test_infomin_views_differ_from_mocov2s_by_randaugment():
+    images = uint8_images(512, 32)
+    infomin = build_views("infomin", 32, MEAN, STD)(images, generator(5))
+    mocov2 = build_views("mocov2", 32, MEAN, STD)(images, generator(5))
+    for a, b in zip(infomin, mocov2):
+        # Alike only where neither jitter nor RandAugment applied (about 0.2 * 0.25 = 5% of images).
+        assert ((a - b).abs().amax(dim=(1, 2, 3)) > 0.1).double().mean() > 0.9
+        # A geometric op (5 of the 15, each draw applied with p = 0.5: 1/6 a step) brings in the
+        # fill, which lasts unless a later op recolours it: a geometric op at step 2, or one at
+        # step 1 followed by no op, another geometric op or Solarize (its threshold, >= 217
+        # levels, spares the fill); 80% of the views are not grayed afterwards.
+        expected = 0.8 * (1 / 6 + 1 / 6 * (1 / 2 + 1 / 6 + 1 / 30))
+        assert abs(is_fill(a).double().mean() - expected) < 0.05
+        assert not is_fill(b).any()
+
+
+def test_infomin_views_repeat_per_seed_and_generator_state():
+    views, images = build_views("infomin", 32, MEAN, STD), uint8_images(32, 32)
+    first = views(images, generator(7))
+    assert all(torch.equal(a, b) for a, b in zip(first, views(images, generator(7))))
+    g = generator(7)
+    views(images, g)
+    state = g.get_state()
+    nxt = views(images, g)
+    g.set_state(state)
+    assert all(torch.equal(a, b) for a, b in zip(nxt, views(images, g)))
+    assert all(not torch.equal(a, b) for a, b in zip(first, views(images, generator(8))))
+
+
+@pytest.mark.parametrize("field,value", [("randaugment_ops", -1), ("randaugment_magnitude", 10.5),
+                                         ("randaugment_magnitude", -1.0), ("randaugment_magnitude_std", -0.5),
+                                         ("randaugment_p", 1.5)])
+def test_randaugment_fields_are_validated(field, value):
+    with pytest.raises(ConfigError, match=field):
+        ViewSpec(size=8, **{field: value}).validate()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_infomin_views_on_the_gpu_match_the_cpu():
+    views, images = build_views("infomin", 96, MEAN, STD), uint8_images(16, 96)
+    cpu = views(images, generator())
+    gpu = views(images.cuda(), generator())
+    for a, b in zip(cpu, gpu):
+        assert b.device.type == "cuda"
+        # Same draws; equalize and posterize round to uint8 levels, where float rounding may differ.
+        assert ((b.cpu() - a).abs() <= 1e-3).double().mean() > 0.99

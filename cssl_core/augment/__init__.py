@@ -2,8 +2,8 @@
 
 ``build_views(preset, image_size, mean, std)`` gives a :class:`ViewGenerator`; calling it
 with a uint8 batch (N, 3, H, W) and a CPU ``torch.Generator`` returns one float32 tensor per
-view. The ops (:mod:`.ops`, :mod:`.jitter`) draw their parameters per image and process the
-whole batch in a few kernels, on whatever device the images are on.
+view. The ops (:mod:`.ops`, :mod:`.jitter`, :mod:`.randaugment`) draw their parameters per
+image and process the whole batch in a few kernels, on whatever device the images are on.
 """
 
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec, make_view

@@ -2,9 +2,10 @@
 
 The pipeline is SimCLR's (arXiv 2002.05709, App. A): random resized crop, horizontal flip,
 colour jitter (with probability), random grayscale, Gaussian blur, then BYOL's solarisation
-(arXiv 2006.07733, App. B) and normalisation. Every draw comes from the one CPU generator the
-caller passes, in a fixed order, so the training loop makes views reproducible by seeding and
-checkpointing that generator.
+(arXiv 2006.07733, App. B) and normalisation. A view with RandAugment takes InfoMin's order
+(arXiv 2005.10243; PyContrast's augmentation "D"): jitter, blur, RandAugment, then grayscale.
+Every draw comes from the one CPU generator the caller passes, in a fixed order, so the
+training loop makes views reproducible by seeding and checkpointing that generator.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from cssl_core.augment import ops
 from cssl_core.augment.jitter import color_jitter, sample_jitter_params
+from cssl_core.augment.randaugment import LEVEL_MAX, randaugment, sample_randaugment_params
 from cssl_core.errors import ConfigError
 
 
@@ -27,7 +29,10 @@ class ViewSpec:
     ``size`` is the output side in pixels. ``blur_kernel`` of None means about 10% of
     ``size`` (:func:`ops.blur_kernel_size`); blur sigmas are in output pixels.
     ``grayscale_before_jitter`` reproduces MoCo v1's order (arXiv 1911.05722, code:
-    RandomGrayscale before ColorJitter).
+    RandomGrayscale before ColorJitter). ``randaugment_ops`` > 0 adds RandAugment
+    (:mod:`.randaugment`): that many ops per image, each applied with probability
+    ``randaugment_p``, at magnitudes from N(``randaugment_magnitude``, ``randaugment_magnitude_std``)
+    clipped to [0, 10].
     """
 
     size: int
@@ -46,6 +51,10 @@ class ViewSpec:
     blur_kernel: int | None = None
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 10.0
+    randaugment_magnitude_std: float = 0.5
+    randaugment_p: float = 0.5
 
     def validate(self) -> None:
         if self.size < 1:
@@ -55,7 +64,7 @@ class ViewSpec:
             raise ConfigError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ConfigError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "randaugment_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if min(self.brightness, self.contrast, self.saturation, self.hue) < 0 or self.hue > 0.5:
@@ -65,6 +74,13 @@ class ViewSpec:
         kernel = self.kernel_size()
         if kernel % 2 == 0 or (self.blur_p > 0 and kernel // 2 >= self.size):
             raise ConfigError(f"blur_kernel must be odd and under twice the view size, got {kernel}")
+        if self.randaugment_ops < 0:
+            raise ConfigError(f"randaugment_ops must be zero or positive, got {self.randaugment_ops}")
+        if not 0 <= self.randaugment_magnitude <= LEVEL_MAX:
+            raise ConfigError(f"randaugment_magnitude must be in [0, {LEVEL_MAX:g}], got {self.randaugment_magnitude}")
+        if self.randaugment_magnitude_std < 0:
+            raise ConfigError("randaugment_magnitude_std must be zero or positive, "
+                              f"got {self.randaugment_magnitude_std}")
 
     def kernel_size(self) -> int:
         return self.blur_kernel if self.blur_kernel is not None else ops.blur_kernel_size(self.size)
@@ -91,12 +107,22 @@ def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Ten
             n, spec.brightness, spec.contrast, spec.saturation, spec.hue, spec.jitter_p, generator
         )
         view = color_jitter(view, jitter, inplace=True)
-    if not spec.grayscale_before_jitter:
+    # SimCLR grays before the blur, InfoMin after the blur and RandAugment. Grayscale and blur
+    # commute (both linear: one mixes channels, the other pixels), so only RandAugment, which
+    # commutes with neither, needs grayscale moved; the other presets keep their draw order.
+    grayscale_last = spec.randaugment_ops > 0 and not spec.grayscale_before_jitter
+    if not spec.grayscale_before_jitter and not grayscale_last:
         view = grayscale(view)
     if spec.blur_p > 0:
         blurred = ops.sample_mask(n, spec.blur_p, generator)
         sigma = ops.sample_blur_sigma(n, spec.blur_sigma, generator)
         view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size(), inplace=True)
+    if spec.randaugment_ops > 0:
+        params = sample_randaugment_params(n, spec.randaugment_ops, spec.randaugment_magnitude,
+                                           spec.randaugment_magnitude_std, spec.randaugment_p, generator)
+        view = randaugment(view, params, inplace=True)
+    if grayscale_last:
+        view = grayscale(view)
     if spec.solarize_p > 0:
         solarized = ops.sample_mask(n, spec.solarize_p, generator)
         view = ops.solarize(view, solarized, spec.solarize_threshold, inplace=True)

@@ -7,6 +7,8 @@ Small images (64 px or less, :data:`SMALL_IMAGE_MAX_SIZE`) get the papers' CIFAR
   preset turns blur off for small images.
 - SimCLR's colour strength is s = 0.5 on CIFAR-10 instead of 1 (App. B.9), in the simclr
   preset and in multi-crop, which uses SimCLR's colour pipeline.
+- RandAugment (infomin) translates by a fraction of the image side (timm's TranslateXRel,
+  0.45 at m = 10), 100 px at 224 and 14 px at 32: it scales with the image by itself.
 """
 
 from __future__ import annotations
@@ -79,6 +81,20 @@ def byol(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     ]
 
 
+def infomin(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
+    """InfoMin Aug (arXiv 2005.10243, Sec. 5; code: PyContrast's augmentation "D"): crop
+    (0.2, 1) (its crop with a MoCo queue), flip, jitter (0.8, 0.8, 0.8, 0.2) with p = 0.8,
+    blur sigma in (0.1, 2) with p = 0.5 (kernel 23 at 224 px), RandAugment
+    "rand-n2-m10-mstd0.5" (2 ops per image, each with p = 0.5), then grayscale 0.2."""
+    spec = ViewSpec(
+        size=image_size, crop_scale=crop_scale or (0.2, 1.0),
+        brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.8,
+        grayscale_p=0.2, blur_p=_blur(0.5, image_size),
+        randaugment_ops=2, randaugment_magnitude=10.0, randaugment_magnitude_std=0.5, randaugment_p=0.5,
+    )
+    return [spec, spec]
+
+
 def local_crop_size(image_size: int) -> int:
     """SwAV's local side scaled to the image: 96 px at 224, rounded to an even number."""
     return max(2, 2 * round(image_size * 96 / 224 / 2))
@@ -107,6 +123,7 @@ PRESETS: dict[str, Callable[[int, Scale | None], list[ViewSpec]]] = {
     "mocov1": mocov1,
     "mocov2": mocov2,
     "byol": byol,
+    "infomin": infomin,
     "multicrop": multicrop,
 }
 
