@@ -1,0 +1,29 @@
+"""Noise-contrastive estimation of the instance softmax, as in Instance Discrimination (arXiv 1805.01978, Sec. 3.2, Eq. 5-7)."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cssl_core.losses.precision import full_precision
+
+
+@full_precision
+def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_z: float | torch.Tensor,
+             num_samples: int) -> torch.Tensor:
+    """pos_logits: (N,) and neg_logits: (N, K), each ``v . f / T`` (before the exp).
+
+    With P(i|v) = exp(logit) / Z and noise Pn = 1 / num_samples, the posterior that a sample
+    came from the data is h = P / (P + K Pn); the loss is
+    ``-(1/N) sum_n [log h(pos_n) + sum_k log(1 - h(neg_nk))]``, the per-batch mean of
+    lemniscate's ``NCECriterion``. ``log_z`` is the log of the normalising constant Z, a
+    constant: no gradient flows into it. Returns a scalar.
+    """
+    k = neg_logits.shape[1]
+    # h = P / (P + K Pn) = sigmoid(log P - log(K Pn)): log-sigmoid keeps both log h and
+    # log(1 - h) finite where exp(logit) / Z over- or underflows (lemniscate adds eps=1e-7 instead).
+    log_noise = math.log(k / num_samples)
+    log_z = torch.as_tensor(log_z, dtype=torch.float32, device=pos_logits.device).detach()
+    pos = pos_logits.float() - log_z - log_noise  # (N,)
+    neg = neg_logits.float() - log_z - log_noise  # (N, K)
+    return -(F.logsigmoid(pos).sum() + F.logsigmoid(-neg).sum()) / pos_logits.shape[0]

@@ -1,0 +1,167 @@
+"""Instance Discrimination against its defining mechanisms: the positive is the image's own
+memory-bank row, the noise rows are uniform draws from the bank (no gradient into it), Z is
+estimated once from the first batch and kept across a resume, the bank moves only at the batch's
+rows by the momentum rule, and the per-epoch kNN runs on the bank."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cssl_core.config import build_config
+from cssl_core.data import ImageDataset, load_dataset
+from cssl_core.errors import ConfigError
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.knn import knn_scores
+from cssl_core.losses import nce_loss
+from cssl_core.methods import Batch, build_method
+from cssl_core.methods.instdisc import InstDisc
+from cssl_core.methods.memory_bank import MemoryBank
+from cssl_core.train import load_checkpoint, pretrain
+from tiny import TINY_HEADS as ALL_TINY_HEADS
+
+TINY_HEADS = ALL_TINY_HEADS["instdisc"]
+
+
+def make(num_samples=64, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = build_config("instdisc", {"dataset": "synthetic", "backbone": "small", **TINY_HEADS, **overrides})
+    return build_method(config, 32, num_samples)
+
+
+def batch_for(indices, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(views=[torch.randn(len(indices), 3, 32, 32, generator=g)], indices=indices, step=0, epoch=0,
+                 schedules={"lr": 0.1, "weight_decay": 0.0})
+
+
+def features_of(model, batch):
+    """The step's unit features, recomputed (train-mode BN: the batch's own statistics, as in the step)."""
+    with torch.no_grad():
+        return F.normalize(model.head(model.backbone(batch.views[0])), dim=1)
+
+
+def test_loss_contrasts_each_image_with_its_own_bank_row_against_uniform_noise_rows():
+    model = make()
+    bank = model.bank.features.clone()
+    indices = torch.tensor([5, 60, 12, 33, 0, 47, 21, 8])
+    batch = batch_for(indices)
+    torch.manual_seed(7)
+    loss = model(batch).loss
+    f = model.embedding_network()(batch.views[0])  # (N, D), with gradient
+    t, k = model.config.temperature, model.config.num_negatives
+    torch.manual_seed(7)  # the same draw, from the global RNG as the step's
+    noise = bank[torch.randint(0, 64, (len(indices), k))]  # (N, K, D)
+    neg = torch.einsum("nd,nkd->nk", f, noise) / t
+
+    def reference(positive_rows):
+        pos = (f * positive_rows).sum(1) / t
+        # Z from this first batch: mean(exp(all N (1 + K) logits)) * num_samples.
+        z = torch.cat([pos[:, None], neg], 1).detach().double().exp().mean() * 64
+        return nce_loss(pos, neg, math.log(z), 64)
+
+    expected = reference(bank[indices])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # Another image's row as the positive (a swapped index) is a different loss.
+    assert not torch.allclose(reference(bank[indices.roll(1)]), loss, rtol=1e-3)
+    # Gradients reach the backbone and the head, never the bank.
+    loss.backward()
+    assert not model.bank.features.requires_grad and model.bank.features.grad is None
+    assert model.head.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+
+
+def test_bank_rows_change_only_at_the_batch_indices_by_the_momentum_rule():
+    model = make(bank_momentum=0.3)
+    before = model.bank.features.clone()
+    indices = torch.tensor([3, 17, 40, 41, 9, 63, 0, 22])
+    batch = batch_for(indices)
+    model(batch)
+    f = features_of(model, batch)
+    torch.testing.assert_close(model.bank.features[indices], F.normalize(0.3 * before[indices] + 0.7 * f, dim=1))
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[indices] = False
+    assert torch.equal(model.bank.features[untouched], before[untouched])
+    torch.testing.assert_close(model.bank.features.norm(dim=1), torch.ones(64))
+
+
+def test_z_is_estimated_from_the_first_batch_only_and_survives_a_resume():
+    model = make()
+    assert not model.z_estimated
+    model(batch_for(torch.arange(8)))
+    log_z = model.log_z.clone()
+    assert model.z_estimated and torch.isfinite(log_z)
+    model(batch_for(torch.arange(8, 16), seed=1))
+    assert torch.equal(model.log_z, log_z)
+    # A resumed model (other weights and bank before loading) keeps the stored Z instead of estimating anew.
+    resumed = make(seed=1)
+    fresh = make(seed=1)
+    resumed.load_state_dict(model.state_dict())
+    resumed(batch_for(torch.arange(16, 24), seed=2))
+    fresh(batch_for(torch.arange(16, 24), seed=2))
+    assert torch.equal(resumed.log_z, log_z)
+    assert not torch.allclose(fresh.log_z, log_z)  # estimating again would have given another Z
+
+
+def test_noise_rows_are_uniform_draws_from_the_bank_on_the_global_rng():
+    torch.manual_seed(0)
+    bank = MemoryBank(8, 4)
+    torch.testing.assert_close(bank.features.norm(dim=1), torch.ones(8))
+    torch.manual_seed(3)
+    rows = bank.negatives(500, 16)
+    assert rows.shape == (500, 16, 4)
+    drawn = (rows.reshape(-1, 4) @ bank.features.T).argmax(1)  # which bank row each draw is
+    torch.testing.assert_close(rows.reshape(-1, 4), bank.features[drawn])
+    counts = torch.bincount(drawn, minlength=8).float()
+    assert (counts - 1000).abs().max() < 150  # 8,000 draws over 8 rows: about 1,000 each
+    torch.manual_seed(3)
+    assert torch.equal(bank.negatives(500, 16), rows)
+
+
+def test_one_view_per_image_from_the_preset():
+    paper = build_config("instdisc", {"dataset": "synthetic", "recipe": "paper"})
+    mc = paper.method_config
+    assert (mc.temperature, mc.embedding_dim, mc.num_negatives, mc.bank_momentum) == (0.07, 128, 4096, 0.5)
+    assert (mc.base_lr, mc.weight_decay, mc.warmup_epochs, paper.batch_size) == (0.03, 5e-4, 0.0, 256)
+    specs = InstDisc.view_specs(mc, 32)
+    assert len(specs) == 1 and specs[0].crop_scale == (0.2, 1.0) and specs[0].hue == 0.4
+    small = build_config("instdisc", {"dataset": "synthetic"})
+    assert small.batch_size == 128 and small.method_config.temperature == 0.1
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"temperature": 0}, "temperature"),
+    ({"num_negatives": 0}, "num_negatives"),
+    ({"embedding_dim": 0}, "embedding_dim"),
+    ({"bank_momentum": 1.0}, "bank_momentum"),
+])
+def test_config_rejects_what_cannot_train(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        build_config("instdisc", {"dataset": "synthetic", **overrides})
+
+
+def test_per_epoch_knn_runs_on_the_memory_bank_without_the_unlabelled_rows(tmp_path):
+    synthetic = load_dataset("synthetic")
+    unlabelled = synthetic.train.subset(range(128, 192))
+    unlabelled.labels.fill_(-1)
+    data = ImageDataset("synthetic", synthetic.classes, synthetic.train.subset(range(128)), synthetic.test, unlabelled)
+    config = build_config("instdisc", {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "epochs": 1,
+                                       "knn_every": 1, **TINY_HEADS})
+    results = []
+    run = pretrain(config, tmp_path, dataset=data, on_evaluation=results.append)
+    (result,) = results
+    assert result.parameters["features"] == "memory_bank" and result.epoch == 1
+    assert result.num_train == 128 and result.num_test == len(synthetic.test.labels)
+
+    # The same kNN by hand: the trained bank's labelled rows (index order: train, then unlabelled)
+    # against the test images embedded by backbone + head.
+    state = load_checkpoint(run.checkpoint)
+    model = build_method(config, 32, 192)
+    model.load_state_dict(state["model"])
+    norm = state["normalization"]
+    test = extract_features(model.embedding_network(), synthetic.test.images, norm["mean"], norm["std"],
+                            torch.device("cpu"))
+    scores = knn_scores(model.bank.features[:128], synthetic.train.labels[:128], test, 10, 200, 0.1)
+    top1 = (scores.argmax(1) == synthetic.test.labels).float().mean().item() * 100
+    assert result.top1 == pytest.approx(top1)
