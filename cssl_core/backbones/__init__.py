@@ -1,4 +1,4 @@
-"""Backbones: an encoder mapping images (N, 3, H, W) to features (N, D), resolved by name.
+"""Backbones: an encoder mapping images (N, C, H, W) to features (N, D), resolved by name.
 
 ResNets are torchvision's (``resnet.py``), with the CIFAR stem for images of 64 px and less;
 ViTs are written out in ``vit.py``; ``norm.py`` swaps BatchNorm for GroupNorm with
@@ -24,33 +24,45 @@ __all__ = [
 ]
 
 
+# (image_size, in_channels, width) -> (net, D)
+Builder = Callable[[int, int, float], tuple[nn.Module, int]]
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
     description: str
-    build: Callable[[int], tuple[nn.Module, int]] = field(repr=False, compare=False)  # image_size -> (net, D)
+    build: Builder = field(repr=False, compare=False)
     is_vit: bool = False
 
 
-def _vit(factory: Callable[[int], VisionTransformer]) -> Callable[[int], tuple[nn.Module, int]]:
-    def build(image_size: int) -> tuple[nn.Module, int]:
+def _vit(factory: Callable[[int], VisionTransformer]) -> Builder:
+    def build(image_size: int, in_channels: int, width: float) -> tuple[nn.Module, int]:
+        if in_channels != 3 or width != 1.0:
+            raise ConfigError(f"ViT backbones take 3-channel images at width 1, not {in_channels} channels "
+                              f"at width {width}; use a ResNet or small")
         net = factory(image_size)
         return net, net.embed_dim
 
     return build
 
 
+def _small(image_size: int, in_channels: int, width: float) -> tuple[nn.Module, int]:
+    net = SmallConvNet(in_channels, width)
+    return net, net.feature_dim
+
+
 BACKBONES = {
     "resnet18": BackboneSpec(
-        "resnet18", "torchvision ResNet-18, 512 features", lambda size: build_resnet("resnet18", size)
+        "resnet18", "torchvision ResNet-18, 512 features",
+        lambda size, channels, width: build_resnet("resnet18", size, channels, width),
     ),
     "resnet50": BackboneSpec(
-        "resnet50", "torchvision ResNet-50, 2048 features", lambda size: build_resnet("resnet50", size)
+        "resnet50", "torchvision ResNet-50, 2048 features",
+        lambda size, channels, width: build_resnet("resnet50", size, channels, width),
     ),
     "small": BackboneSpec(
-        "small",
-        "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs",
-        lambda size: (SmallConvNet(), SmallConvNet.feature_dim),
+        "small", "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs", _small,
     ),
     "vit_tiny": BackboneSpec(
         "vit_tiny", "ViT-Ti (DeiT): 192 wide, 12 blocks, 3 heads, 192 features; patch 16, or size/8 below 224 px",
@@ -68,9 +80,14 @@ def backbone_names() -> list[str]:
 
 
 def build_backbone(
-    name: str, image_size: int, *, norm: str = "bn", frozen_patch_embed: bool = False
+    name: str, image_size: int, *, norm: str = "bn", frozen_patch_embed: bool = False, in_channels: int = 3,
+    width: float = 1.0,
 ) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; the backbone's forward gives (N, feature_dim).
+
+    ``in_channels`` and ``width`` (ResNets and ``small`` only): images of that many channels, and
+    every stage's channel count times ``width`` (CMC's half-width encoders of L and of ab); the
+    feature dimension scales with it.
 
     ``norm="gn_ws"``: GroupNorm and weight-standardised convolutions in place of BatchNorm
     (``norm.convert_to_gn_ws``). ViTs have no BatchNorm, so it leaves them as they are, their
@@ -84,7 +101,9 @@ def build_backbone(
         raise ConfigError(f"unknown norm {norm!r}; known norms: {', '.join(NORMS)}")
     if frozen_patch_embed and not spec.is_vit:
         raise ConfigError(f"frozen_patch_embed applies to ViTs only ({', '.join(vit_names())}), not {name!r}")
-    net, feature_dim = spec.build(image_size)
+    if in_channels < 1 or not width > 0:
+        raise ConfigError(f"in_channels and width must be positive, got {in_channels} and {width}")
+    net, feature_dim = spec.build(image_size, in_channels, width)
     if frozen_patch_embed:
         net.freeze_patch_embed()
     if norm == "gn_ws":

@@ -3,9 +3,12 @@ the replacement for BatchNorm with which BYOL still learns (Richemond et al., "B
 without batch statistics", arXiv 2010.10241).
 
 Under it each sample's output depends on that sample alone, in training as in evaluation.
+Layer norm (``convert_to_layer_norm``, CPC v2's choice) has the same property.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -91,19 +94,46 @@ def convert_to_gn_ws(module: nn.Module) -> nn.Module:
     if isinstance(module, VisionTransformer):
         return module
     vit_parts = {m for vit in module.modules() if isinstance(vit, VisionTransformer) for m in vit.modules()}
+    return _swap_layers(module, _replacement, skip=vit_parts)
+
+
+def _layer_norm(bn: nn.Module) -> nn.Module:
+    if not isinstance(bn, _BATCH_NORMS):
+        return bn
+    ln = nn.GroupNorm(1, bn.num_features, eps=bn.eps, affine=bn.affine, device="meta")
+    if bn.affine:
+        ln.weight, ln.bias = bn.weight, bn.bias  # the same Parameters, as for GroupNorm above
+    return ln
+
+
+def convert_to_layer_norm(module: nn.Module) -> nn.Module:
+    """Replace, in place, every BatchNorm by layer normalisation over the same channels; return
+    ``module`` (or its replacement, when it is itself a BatchNorm).
+
+    Layer norm here is ``GroupNorm(1, C)``: each sample normalised over all of (C, H, W), then
+    a per-channel scale and shift (BatchNorm's affine Parameters), as CPC v2 (arXiv 1905.09272,
+    Sec. 4.1) uses in place of BatchNorm so that no patch's features depend on other patches.
+    Convolutions stay as they are; a layer held by two parents gets one replacement.
+    """
+    return _swap_layers(module, _layer_norm, skip=set())
+
+
+def _swap_layers(module: nn.Module, replacement: Callable[[nn.Module], nn.Module], skip: set[nn.Module]) -> nn.Module:
+    """Swap each child for ``replacement(child)`` in the module that holds it (parents in
+    ``skip`` are left alone); return ``replacement(module)``."""
     replaced: dict[nn.Module, nn.Module] = {}
     for parent in list(module.modules()):
-        if parent in vit_parts:
+        if parent in skip:
             continue
         # _modules rather than named_children(), which skips a child held twice by one parent.
         for name, child in list(parent._modules.items()):
             if child is None:
                 continue
             if child not in replaced:
-                replaced[child] = _replacement(child)
+                replaced[child] = replacement(child)
             if replaced[child] is not child:
                 setattr(parent, name, replaced[child])
-    return _replacement(module)
+    return replacement(module)
 
 
 def has_batch_norm(module: nn.Module) -> bool:
