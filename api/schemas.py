@@ -7,9 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cssl_core.evaluation import PROTOCOLS
+
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Protocol = Literal["knn", "linear"]
+Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]
 
 PRETRAIN_EXAMPLE = {
     "kind": "pretrain",
@@ -46,7 +48,8 @@ class JobCreate(BaseModel):
         default_factory=dict,
         description="Pretrain: overrides of the method's config, with the CLI's option names (see "
         "GET /v1/methods), and parameters of the final evaluations. Eval: `device` and per-protocol "
-        "parameters. Protocol parameters are objects, e.g. {\"knn\": {\"k\": 200}, \"linear\": {\"epochs\": 50}}",
+        "parameters. Protocol parameters are objects, e.g. {\"knn\": {\"k\": 200}, \"linear\": {\"epochs\": 50}, "
+        "\"finetune\": {\"label_fraction\": 0.01}}",
     )
     evaluate: list[Protocol] | None = Field(
         None, description="Protocols to run on the final checkpoint; default knn and linear; [] for none"

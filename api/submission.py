@@ -120,7 +120,7 @@ def _check_dataset(body: JobCreate, errors: list) -> tuple[str, str | None]:
 def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -> NewJob:
     errors = []
     if not protocols:
-        errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: knn or linear"))
+        errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: " + ", ".join(PROTOCOL_PARAMS)))
     for key in body.config:
         if key not in EVAL_CONFIG_KEYS:
             errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(EVAL_CONFIG_KEYS)}"))

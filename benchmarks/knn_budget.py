@@ -54,7 +54,7 @@ def main() -> None:
         "batch_size": config.batch_size, "recipe": config.recipe, "overrides": overrides, "steps": result.steps,
         "epochs": round(result.epochs_completed, 2), "train_seconds": round(result.train_seconds, 1),
         "images_per_second": round(result.images_per_second, 1), "final_loss": round(result.final_loss, 4),
-        "knn_top1": round(knn.top1, 2), "knn_top5": round(knn.top5, 2),
+        "knn_top1": round(knn.top1, 2), "knn_top5": round(knn.top5, 2), "checkpoint": str(result.checkpoint),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
     if args.random_init:

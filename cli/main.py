@@ -80,14 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", default="", help="protocols to run at the end, e.g. knn,linear")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint's frozen backbone")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: kNN or linear probe on frozen features, or "
+                                    "fine-tuning / distillation on a fraction of the labels")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--protocol", choices=PROTOCOLS, default="knn")
     p.add_argument("--dataset", help="default: the pretraining dataset")
     p.add_argument("--data", help="default: the pretraining data path")
-    p.add_argument("--random-init", action="store_true", help="evaluate the same backbone at random initialisation")
+    p.add_argument("--random-init", action="store_true",
+                   help="evaluate the same backbone at random initialisation (finetune: supervised from scratch)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="protocol parameter, e.g. --set k=20 (knn: k, temperature; linear: epochs, lr, ...)")
+                   help="protocol parameter, e.g. --set k=20 (knn: k, temperature; linear: epochs, lr, "
+                        "label_fraction, ...; finetune: label_fraction, epochs, time_budget, ...; distill: "
+                        "label_fraction, temperature, student_init, ...)")
     p.add_argument("--device", default="auto")
     p.add_argument("--baseline", action="store_true",
                    help="also evaluate the same backbone at random initialisation, for comparison")

@@ -26,7 +26,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 JOB_KINDS = ("pretrain", "eval")
-PROTOCOLS = ("knn", "linear")
 
 
 def utcnow() -> datetime:

@@ -11,6 +11,7 @@ from cssl_core.losses import (
     dino_loss,
     info_nce,
     mocov3_loss,
+    nce_loss,
     negative_cosine,
     nt_xent,
     sinkhorn,
@@ -92,6 +93,32 @@ def test_nt_xent_by_hand():
     # z1 = z2 = (e1, e2), T = 1: each anchor sees its positive at cos 1 and two negatives at cos 0.
     e = torch.eye(2)
     assert nt_xent(e, e.clone(), temperature=1.0).item() == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
+
+
+def ref_nt_xent_with_memory(z1, z2, memory, t):
+    # SimCLR v2's memory: each anchor's softmax also runs over the K memory rows (no gradient into them).
+    z = [_unit(v) for v in torch.cat([z1, z2])]
+    mem = [_unit(m.detach()) for m in memory]
+    n2 = len(z)
+    total = 0.0
+    for i in range(n2):
+        j = (i + n2 // 2) % n2
+        denom = sum(torch.exp(z[i] @ z[k] / t) for k in range(n2) if k != i) + sum(torch.exp(z[i] @ m / t) for m in mem)
+        total = total - torch.log(torch.exp(z[i] @ z[j] / t) / denom)
+    return total / n2
+
+
+def test_nt_xent_with_memory_matches_reference():
+    z1, z2, memory = _pair((5, 4), (5, 4), (7, 4), seed=3)
+    _check(lambda a, b, m, t: nt_xent(a, b, t, memory=m), ref_nt_xent_with_memory, [z1, z2, memory], t=0.3)
+    assert torch.autograd.grad(nt_xent(z1, z2, 0.3, memory=memory), memory, allow_unused=True)[0] is None
+
+
+def test_nt_xent_memory_by_hand():
+    # As the case above plus one memory row orthogonal to both anchors' directions: one more e^0 term.
+    e = torch.eye(3)[:2]
+    memory = torch.eye(3)[2:]
+    assert nt_xent(e, e.clone(), 1.0, memory=memory).item() == pytest.approx(math.log(math.e + 3) - 1, rel=1e-6)
 
 
 def test_info_nce_matches_reference():
@@ -392,3 +419,203 @@ def test_new_losses_run_in_float32_under_bf16_autocast():
             mixed = call()
         assert mixed.dtype == torch.float32
         assert mixed.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def ref_nce(pos_logits, neg_logits, log_z, num_samples):
+    # InstDisc Eq. 5-7, one sample at a time: P(i|v) = exp(logit) / Z, h = P / (P + K Pn), Pn = 1 / n;
+    # lemniscate's NCECriterion sums over the batch and divides by its size (it also adds eps = 1e-7).
+    z = math.exp(log_z)
+    k = neg_logits.shape[1]
+    noise = k / num_samples
+    total = 0.0
+    for pos, negs in zip(pos_logits, neg_logits):
+        p = torch.exp(pos) / z
+        total = total - torch.log(p / (p + noise))
+        for neg in negs:
+            p = torch.exp(neg) / z
+            total = total - torch.log(noise / (p + noise))
+    return total / len(pos_logits)
+
+
+def test_nce_matches_reference():
+    pos, neg = _pair((5,), (5, 7), seed=17)
+    _check(nce_loss, ref_nce, [pos, neg], log_z=2.5, num_samples=40)
+
+
+def test_nce_by_hand_and_no_gradient_to_log_z():
+    # K = 1 noise sample, n = 2 (K Pn = 1/2), Z = 1, logits 0: P = 1, so h(pos) = 2/3, 1 - h(neg) = 1/3
+    # and the loss is -(log 2/3 + log 1/3) = log 9/2 for each of the two (equal) rows of the batch.
+    pos = torch.zeros(2, requires_grad=True)
+    neg = torch.zeros(2, 1, requires_grad=True)
+    log_z = torch.zeros((), requires_grad=True)
+    loss = nce_loss(pos, neg, log_z, 2)
+    assert loss.item() == pytest.approx(math.log(4.5), rel=1e-6)
+    # d/dpos -log h = -(1 - h) = -1/3, d/dneg -log(1 - h) = h = 2/3, each over the batch of 2.
+    g_pos, g_neg, g_z = torch.autograd.grad(loss, [pos, neg, log_z], allow_unused=True)
+    torch.testing.assert_close(g_pos, torch.full((2,), -1 / 6))
+    torch.testing.assert_close(g_neg, torch.full((2, 1), 1 / 3))
+    assert g_z is None
+
+
+def test_nce_is_finite_at_extreme_logits_and_float32_under_autocast():
+    # Logits of +-1/0.07 scaled by 100: exp() of them overflows float32, the log-sigmoid form does not.
+    pos = torch.tensor([1400.0, -1400.0], requires_grad=True)
+    neg = torch.tensor([[1400.0, -1400.0], [-1400.0, 1400.0]], requires_grad=True)
+    loss = nce_loss(pos, neg, 3.0, 1000)
+    (g_pos,) = torch.autograd.grad(loss, pos)
+    assert torch.isfinite(loss) and torch.isfinite(g_pos).all()
+    g = torch.Generator().manual_seed(18)
+    pos, neg = torch.randn(4, generator=g), torch.randn(4, 6, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = nce_loss(pos, neg, 1.0, 100)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(nce_loss(pos, neg, 1.0, 100).item(), rel=1e-6)
+
+
+from cssl_core.losses import invaspread_loss  # noqa: E402
+
+
+def ref_invaspread(z1, z2, t, instances_constant=True):
+    # Ye et al. Sec. 3 over both halves of the batch, as the official BatchCriterion: for each of the
+    # 2N features x_i, P(j | x_i) = exp(x_j . x_i / t) / sum_{k != i} exp(x_k . x_i / t); the loss is
+    # -(1/2N) sum_i [log P(p(i) | x_i) + sum_{j != i, p(i)} log(1 - P(j | x_i))], p(i) = i's other view.
+    # The official code takes the instance side x_j, x_k as constants (``.data``).
+    x = [_unit(v) for v in torch.cat([z1, z2])]
+    instance = [v.detach() for v in x] if instances_constant else x
+    n2 = len(x)
+    total = 0.0
+    for i in range(n2):
+        partner = (i + n2 // 2) % n2
+        denom = sum(torch.exp(x[i] @ instance[k] / t) for k in range(n2) if k != i)
+        total = total - torch.log(torch.exp(x[i] @ instance[partner] / t) / denom)
+        for j in range(n2):
+            if j not in (i, partner):
+                total = total - torch.log(1 - torch.exp(x[i] @ instance[j] / t) / denom)
+    return total / n2
+
+
+def official_batch_criterion(z1, z2, t):
+    # BatchAverage.py ``BatchCriterion.forward`` (negM = 1), on the official model's L2-normalised
+    # features; ``.data`` written as ``.detach()``, the in-place ops out of place, no ``.cuda()``.
+    x = torch.cat([z1, z2])
+    x = x / x.pow(2).sum(1, keepdim=True).pow(0.5)
+    batch_size = x.size(0)
+    reordered_x = torch.cat((x.narrow(0, batch_size // 2, batch_size // 2), x.narrow(0, 0, batch_size // 2)), 0)
+    pos = (x * reordered_x.detach()).sum(1).div(t).exp()
+    all_prob = torch.mm(x, x.t().detach()).div(t).exp() * (1 - torch.eye(batch_size, dtype=x.dtype))
+    all_div = all_prob.sum(1)
+    lnPmt = torch.div(pos, all_div)
+    lnPon = torch.div(all_prob, all_div.repeat(batch_size, 1).t())
+    lnPon = (-lnPon.add(-1)).log()
+    lnPon = lnPon.sum(1) - (-lnPmt.add(-1)).log()
+    lnPmt = lnPmt.log()
+    return -(lnPmt.sum(0) + lnPon.sum(0)) / batch_size
+
+
+def test_invaspread_matches_reference_and_the_official_code():
+    z1, z2 = _pair((5, 4), (5, 4), seed=19)
+    _check(invaspread_loss, ref_invaspread, [z1, z2], temperature=0.5)
+    _check(invaspread_loss, official_batch_criterion, [z1, z2], temperature=0.5)
+
+
+def test_invaspread_by_hand():
+    # z1 = z2 = (e1, e2), T = 1: each of the 4 rows sees its partner at cos 1 and two negatives at
+    # cos 0, so P(partner) = e / (e + 2), each negative's P = 1 / (e + 2), and the row's loss is
+    # -log(e / (e + 2)) - 2 log((e + 1) / (e + 2)) = 3 log(e + 2) - 1 - 2 log(e + 1).
+    e = torch.eye(2)
+    expected = 3 * math.log(math.e + 2) - 1 - 2 * math.log(math.e + 1)
+    assert invaspread_loss(e, e.clone(), temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+    # Swapping the pairs of the second half makes each partner a cos-0 feature and a negative a cos-1 one.
+    assert invaspread_loss(e, e.flip(0), temperature=1.0).item() > expected + 1.0
+
+
+def test_invaspread_instances_are_constants_as_in_the_official_code():
+    z1, z2 = _pair((4, 3), (4, 3), seed=20)
+    ours = torch.autograd.grad(invaspread_loss(z1, z2, 0.5), [z1, z2])
+    full = torch.autograd.grad(ref_invaspread(z1, z2, 0.5, instances_constant=False), [z1, z2])
+    assert all(g.abs().sum() > 0 for g in ours)  # both views get a gradient, as queries
+    assert not all(torch.allclose(a.double(), b, rtol=1e-3) for a, b in zip(ours, full))
+    g = torch.Generator().manual_seed(21)
+    a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = invaspread_loss(a, b)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(invaspread_loss(a, b).item(), rel=1e-6)
+
+
+from cssl_core.losses import nce_softmax_loss  # noqa: E402
+
+
+def ref_nce_softmax(pos_logits, neg_logits):
+    # CMC's NCESoftmaxLoss, one anchor at a time: -log of the positive's share of the 1 + K exponentials.
+    total = 0.0
+    for pos, negs in zip(pos_logits, neg_logits):
+        total = total - torch.log(torch.exp(pos) / (torch.exp(pos) + sum(torch.exp(n) for n in negs)))
+    return total / len(pos_logits)
+
+
+def test_nce_softmax_matches_reference():
+    pos, neg = _pair((5,), (5, 7), seed=22)
+    _check(nce_softmax_loss, ref_nce_softmax, [pos, neg])
+
+
+def test_nce_softmax_by_hand_and_float32_under_autocast():
+    # Logits 0 for the positive and K = 2 noise samples: log 3 per anchor; d/dpos = (1/3 - 1) / N,
+    # d/dneg = (1/3) / N for the batch of N = 2.
+    pos = torch.zeros(2, requires_grad=True)
+    neg = torch.zeros(2, 2, requires_grad=True)
+    loss = nce_softmax_loss(pos, neg)
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    g_pos, g_neg = torch.autograd.grad(loss, [pos, neg])
+    torch.testing.assert_close(g_pos, torch.full((2,), -1 / 3))
+    torch.testing.assert_close(g_neg, torch.full((2, 2), 1 / 6))
+    g = torch.Generator().manual_seed(23)
+    pos, neg = torch.randn(4, generator=g) * 14, torch.randn(4, 6, generator=g) * 14
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = nce_softmax_loss(pos, neg)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(nce_softmax_loss(pos, neg).item(), rel=1e-6)
+
+
+from cssl_core.losses import cpc_loss  # noqa: E402
+
+
+def ref_cpc(predictions, targets, offset):
+    # CPC (v1 Eq. 4, v2's pseudo-code), one prediction at a time: the prediction made at (image a,
+    # row i, column j) scores every target of the batch by an inner product; the loss is
+    # -log softmax at target (a, i + k, j), averaged over the predictions whose target row exists.
+    n, h, w, _ = targets.shape
+    everything = [targets[a, b, c] for a in range(n) for b in range(h) for c in range(w)]
+    total, count = 0.0, 0
+    for a in range(n):
+        for i in range(h - offset):
+            for j in range(w):
+                p = predictions[a, i, j]
+                denom = sum(torch.exp(p @ t) for t in everything)
+                total = total - torch.log(torch.exp(p @ targets[a, i + offset, j]) / denom)
+                count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+def test_cpc_matches_reference(offset):
+    predictions, targets = _pair((2, 4, 3, 5), (2, 4, 3, 5), seed=22)
+    _check(cpc_loss, ref_cpc, [predictions, targets], offset=offset)
+
+
+def test_cpc_by_hand():
+    # Two images of a 2 x 1 grid, both with targets (e1, e2) down the column, both predicting e2
+    # from row 0. Offset 1: each prediction scores the 4 targets at (0, 1, 0, 1) and its own row-1
+    # patch is one of the two 1s, the other image's being a negative: P = e / (2e + 2).
+    targets = torch.eye(2).expand(2, 2, 2).reshape(2, 2, 1, 2)
+    predictions = torch.zeros(2, 2, 1, 2)
+    predictions[:, 0, 0, 1] = 1.0
+    predictions[:, 1] = 7.0  # row 1 has no row below it: it predicts nothing
+    loss = cpc_loss(predictions.requires_grad_(), targets, offset=1)
+    assert loss.item() == pytest.approx(math.log(2 * math.e + 2) - 1, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, predictions)
+    assert torch.equal(grad[:, 1], torch.zeros(2, 1, 2))
+    with pytest.raises(ValueError, match="offset"):
+        cpc_loss(predictions, targets, offset=2)
+    g = torch.Generator().manual_seed(23)
+    p, t = torch.randn(2, 3, 3, 8, generator=g), torch.randn(2, 3, 3, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = cpc_loss(p, t, 1)
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(cpc_loss(p, t, 1).item(), rel=1e-6)

@@ -228,3 +228,14 @@ def test_config_validation_names_what_to_fix():
     config = build_config("simclr", {"epochs": "3", "time_budget": "none", "channels_last": "false"})
     assert config.epochs == 3 and config.time_budget is None and config.channels_last is False
     assert build_config("simclr", config.to_dict()) == config
+
+
+def test_enqueue_keeps_the_newest_keys_when_a_batch_outnumbers_the_queue():
+    from cssl_core.methods.heads import enqueue
+
+    queue, ptr = torch.zeros(4, 1), torch.tensor(1)
+    enqueue(queue, ptr, torch.arange(6.0).view(6, 1))
+    # Keys 0..5 written from position 1 on: 2..5 survive, at positions 3, 0, 1, 2.
+    assert queue.view(-1).tolist() == [3.0, 4.0, 5.0, 2.0] and int(ptr) == 3
+    enqueue(queue, ptr, torch.tensor([[9.0]]))
+    assert queue.view(-1).tolist() == [3.0, 4.0, 5.0, 9.0] and int(ptr) == 0

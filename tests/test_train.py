@@ -17,7 +17,7 @@ from cssl_core.train import export_backbone, load_checkpoint, loop, pretrain
 from tiny import TINY_HEADS, stop_after
 
 # Per-method state worth covering in the exact-resume test: SwAV's queue filled and used in epoch 2.
-RESUME_EXTRAS = {"swav": {"queue_length": 128, "epoch_queue_starts": 1}}
+RESUME_EXTRAS = {"swav": {"queue_length": 128, "epoch_queue_starts": 1}, "simclrv2": {"memory_size": 64}}
 
 TINY = {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "subset": 320, "checkpoint_every": 1}
 

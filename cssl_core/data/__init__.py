@@ -25,6 +25,7 @@ from cssl_core.errors import ConfigError, DataError
 __all__ = [
     "ImageDataset",
     "ImageSplit",
+    "class_balanced_indices",
     "class_balanced_subset",
     "dataset_names",
     "describe_datasets",
@@ -207,18 +208,23 @@ def class_balanced_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
     STL-10's pretraining split) count as one more class. Images keep their order in
     ``split``; the same ``(split, n, seed)`` always gives the same subset.
     """
+    return split.subset(class_balanced_indices(split.labels, n, seed))
+
+
+def class_balanced_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The sorted indices into ``labels`` of :func:`class_balanced_subset`."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"subset size must be a positive integer, got {n!r}")
-    if n > len(split):
-        raise DataError(f"cannot take a subset of {n} images from a split of {len(split)}; lower the subset size")
+    if n > len(labels):
+        raise DataError(f"cannot take a subset of {n} images from a split of {len(labels)}; lower the subset size")
     generator = torch.Generator().manual_seed(seed)
-    classes = split.labels.unique()
+    classes = labels.unique()
     quota = torch.full((len(classes),), n // len(classes), dtype=torch.long)
     quota[torch.randperm(len(classes), generator=generator)[: n % len(classes)]] += 1
 
     chosen, spare = [], []
     for c, take in zip(classes.tolist(), quota.tolist()):
-        members = (split.labels == c).nonzero().squeeze(1)
+        members = (labels == c).nonzero().squeeze(1)
         members = members[torch.randperm(len(members), generator=generator)]
         chosen.append(members[:take])
         spare.append(members[take:])
@@ -226,7 +232,7 @@ def class_balanced_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
     if len(picked) < n:  # some classes were short: fill from the rest, in seeded order
         rest = torch.cat(spare)
         picked = torch.cat([picked, rest[torch.randperm(len(rest), generator=generator)[: n - len(picked)]]])
-    return split.subset(picked.sort().values)
+    return picked.sort().values
 
 
 def _locate(source: DatasetSource, path: str | os.PathLike | None, cache_root: Path, download: bool) -> Path:

@@ -1,4 +1,5 @@
-"""Evaluation protocols on frozen backbones: weighted kNN and a linear probe."""
+"""Evaluation protocols: weighted kNN and a linear probe on frozen features, and SimCLR v2's
+semi-supervised protocols, fine-tuning on a fraction of the labels and distillation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_predict, knn_scores
+from cssl_core.evaluation.distill import DistillParams, distill
+from cssl_core.evaluation.finetune import FinetuneParams, finetune, labelled_fraction, predict
 from cssl_core.evaluation.linear import LinearProbeParams, linear_probe_logits, train_linear_probe
 
 
@@ -28,7 +31,10 @@ class KnnParams:
             raise ConfigError(f"knn k must be at least 1 and temperature positive, got {self.k} and {self.temperature}")
 
 
-PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams}
+PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams, "finetune": FinetuneParams,
+                                     "distill": DistillParams}
+# These train the encoder itself; knn and linear read frozen features.
+END_TO_END_PROTOCOLS = ("finetune", "distill")
 PROTOCOLS = tuple(PROTOCOL_PARAMS)
 
 
@@ -58,7 +64,7 @@ def _topk_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> tuple[float, f
     return top1, top5
 
 
-def protocol_params(protocol: str, overrides: dict[str, Any] | None = None) -> KnnParams | LinearProbeParams:
+def protocol_params(protocol: str, overrides: dict[str, Any] | None = None) -> Any:
     """A protocol's parameters from JSON or command-line values, checked: unknown names, wrong
     types and out-of-range values raise :class:`ConfigError` saying what to fix."""
     if protocol not in PROTOCOL_PARAMS:
@@ -78,8 +84,11 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
                       device: torch.device, **params: Any) -> EvalResult:
     """Evaluate ``backbone`` on ``data`` (an ImageDataset): train split as bank / probe set, test split scored."""
     p = protocol_params(protocol, params)
+    if protocol in END_TO_END_PROTOCOLS:
+        raise ConfigError(f"{protocol} trains the encoder; run it on a checkpoint with evaluate_checkpoint")
     train, test = data.train, data.test
-    labelled = train.labels >= 0
+    # The probe may see a fraction of the labels, the same images fine-tuning on that fraction sees.
+    labelled = labelled_fraction(train.labels, getattr(p, "label_fraction", 1.0), getattr(p, "seed", 0))
     train_images, train_labels = train.images[labelled], train.labels[labelled]
     train_features = extract_features(backbone, train_images, mean, std, device)
     test_features = extract_features(backbone, test.images, mean, std, device)
@@ -114,15 +123,39 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     if images.image_size != state["image_size"]:
         raise ConfigError(f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "
                           f"{state['image_size']}px; evaluate on a dataset of that size")
-    backbone = build_encoder_from_checkpoint(state, random_init=random_init)
     dev = resolve_device(device)
-    backbone = backbone.to(dev).to(memory_format=torch.channels_last)
     norm = state["normalization"]
-    result = evaluate_backbone(backbone, images, protocol, mean=norm["mean"], std=norm["std"], device=dev, **params)
+    if protocol in END_TO_END_PROTOCOLS:
+        result = _train_end_to_end(state, images, protocol, protocol_params(protocol, params), norm, dev, random_init)
+    else:
+        backbone = build_encoder_from_checkpoint(state, random_init=random_init)
+        backbone = backbone.to(dev).to(memory_format=torch.channels_last)
+        result = evaluate_backbone(backbone, images, protocol, mean=norm["mean"], std=norm["std"], device=dev, **params)
     result.epoch = state["step"] // state["steps_per_epoch"]
     result.extra["random_init"] = random_init
     return result
 
 
-__all__ = ["EvalResult", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
+def _train_end_to_end(state: dict[str, Any], data, protocol: str, p: Any, norm: dict, device: torch.device,
+                      random_init: bool) -> EvalResult:
+    """Fine-tune (or fine-tune and distill) the checkpoint's ``encoder_for_finetune``; with
+    ``random_init`` the same architecture from scratch: the supervised baseline."""
+    from cssl_core.train.checkpoint import build_encoder_from_checkpoint
+
+    def encoder(random: bool) -> nn.Module:
+        return build_encoder_from_checkpoint(state, random_init=random, for_finetune=True).to(device)
+
+    mean, std = norm["mean"], norm["std"]
+    if protocol == "finetune":
+        model, extra = finetune(encoder(random_init), data, p, mean, std, device)
+    else:
+        model, teacher, extra = distill(encoder(random_init), encoder(random_init or p.student_init == "random"),
+                                        data, p, mean, std, device)
+        extra["teacher_top1"], _ = _topk_accuracy(predict(teacher, data.test.images, mean, std, device), data.test.labels)
+    top1, top5 = _topk_accuracy(predict(model, data.test.images, mean, std, device), data.test.labels)
+    return EvalResult(protocol=protocol, top1=top1, top5=top5, parameters=dataclasses.asdict(p), dataset=data.name,
+                      num_train=extra["num_labelled"], num_test=len(data.test.labels), extra=extra)
+
+
+__all__ = ["DistillParams", "EvalResult", "FinetuneParams", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
            "evaluate_checkpoint", "extract_features", "knn_predict", "knn_scores", "protocol_params"]

@@ -13,6 +13,7 @@ from cssl_core.errors import ConfigError
 
 @dataclass
 class LinearProbeParams:
+    label_fraction: float = 1.0  # train on a seeded, class-balanced fraction of the labels (as fine-tuning)
     epochs: int = 100
     batch_size: int = 256
     lr: float = 0.1  # SGD, momentum 0.9, cosine to 0, on standardised features
@@ -20,6 +21,8 @@ class LinearProbeParams:
     seed: int = 0
 
     def validate(self) -> None:
+        if not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"linear label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"linear epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0 or self.weight_decay < 0:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cssl_core.config import MethodConfig, option, option, option, option
+from cssl_core.config import MethodConfig, option
 from cssl_core.losses import barlow_twins
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput

@@ -6,12 +6,19 @@ per-step schedules (:meth:`Method.schedules`) and its frozen parameters, hands e
 :class:`Batch`, and calls :meth:`Method.on_epoch_start` and :meth:`Method.after_step`.
 Everything a method keeps between steps (momentum encoders, queues, memory banks, centres)
 is a parameter or a buffer, so it is in ``state_dict`` and a resumed run continues exactly.
+
+Views, and the images evaluation gives :meth:`Method.encoder_for_eval`, arrive normalised with
+the training data's per-channel mean and std. ``build_method`` hands the method that
+normalisation (the loop's channel statistics, or a checkpoint's ``"normalization"``); it is kept
+in the buffers ``input_mean`` and ``input_std`` (3,), and :meth:`Method.pixels` undoes it for a
+method that works on pixel values (CMC's Lab colour space). They stay out of ``state_dict``: they
+come with the data, not with training, and every checkpoint keeps the keys it had.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +69,9 @@ class Method(nn.Module):
     """Base class: ``backbone`` maps images (N, 3, H, W) to features (N, feature_dim).
 
     Subclasses build their heads in ``__init__`` (``num_samples`` sizes per-sample state such
-    as memory banks) and implement :meth:`forward`; the hooks below default to nothing.
+    as memory banks) and implement :meth:`forward`; the hooks below default to nothing. One whose
+    backbone is not the configured RGB encoder (CMC's encoders of L and of ab) overrides
+    :meth:`build_backbone`.
     """
 
     name: ClassVar[str]
@@ -82,6 +91,27 @@ class Method(nn.Module):
         self.feature_dim = feature_dim
         self.config = config
         self.num_samples = num_samples
+        # Until set_input_normalization: mean 0 and std 1, views taken to be pixel values in [0, 1].
+        self.register_buffer("input_mean", torch.zeros(3), persistent=False)
+        self.register_buffer("input_std", torch.ones(3), persistent=False)
+
+    @classmethod
+    def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[nn.Module, int]:
+        """``(backbone, feature_dim)``: by default the configured backbone on RGB images."""
+        from cssl_core.backbones import build_backbone
+
+        mc = config.method_config
+        return build_backbone(config.backbone, image_size, norm=mc.norm, frozen_patch_embed=mc.frozen_patch_embed)
+
+    @torch.no_grad()
+    def set_input_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-channel ``mean`` and ``std`` (each of length 3) the views are normalised with."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (N, 3, H, W) -> float32 pixel values, in [0, 1] up to rounding."""
+        return images.float() * self.input_std.view(1, 3, 1, 1) + self.input_mean.view(1, 3, 1, 1)
 
     @classmethod
     def preset_specs(cls, config: MethodConfig, image_size: int) -> list[ViewSpec]:
@@ -135,6 +165,17 @@ class Method(nn.Module):
     def encoder_for_eval(self) -> nn.Module:
         """The module evaluation and export use: images (N, 3, H, W) -> features (N, D)."""
         return self.backbone
+
+    def encoder_for_finetune(self) -> nn.Module:
+        """The module fine-tuning starts from (a classifier goes on top): by default the
+        evaluation encoder; SimCLR v2 adds its projector's first layer."""
+        return self.encoder_for_eval()
+
+    def knn_bank(self) -> tuple[torch.Tensor, nn.Module] | None:
+        """A memory bank the per-epoch kNN may use as its training features: the bank
+        (num_samples, D) in index order and the module mapping images (N, 3, H, W) to the same
+        normalised D-dim space. None (the default): the kNN embeds the training set afresh."""
+        return None
 
     def parameter_groups(self) -> list[dict]:
         """Optimiser groups. Biases and norm parameters skip weight decay and LARS adaptation."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cssl_core.config import MethodConfig, option, option, option, option, option
+from cssl_core.config import MethodConfig, option
 from cssl_core.losses import negative_cosine
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput

@@ -44,3 +44,16 @@ def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
     torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
     for b_online, b_target in zip(online.buffers(), target.buffers()):
         b_target.copy_(b_online)
+
+
+@torch.no_grad()
+def enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
+    """Write ``keys`` (N, D) into the ring buffer ``queue`` (K, D) at ``ptr`` (a 0-d long
+    buffer) and advance it: the oldest keys are overwritten first, wrapping when K is not a
+    multiple of N. With N > K only the newest K keys are kept (a write with repeated indices
+    would keep an arbitrary one)."""
+    n, size = keys.shape[0], queue.shape[0]
+    first = max(0, n - size)
+    idx = (ptr + torch.arange(first, n, device=keys.device)) % size
+    queue[idx] = keys[first:].to(queue.dtype)
+    ptr.copy_((ptr + n) % size)

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from cssl_core.config import MethodConfig, option, option, option, option, option, option, option, option, option
+from cssl_core.config import MethodConfig, option
 from cssl_core.losses import info_nce
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
-from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+from cssl_core.methods.heads import ema_update, enqueue, mlp, momentum_copy
 from cssl_core.train.schedules import momentum_schedule
 
 
@@ -83,14 +83,6 @@ class MoCoV2(Method):
     def after_step(self, batch: Batch) -> None:
         ema_update(self.encoder_q, self.encoder_k, batch.schedules["momentum"])
 
-    @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        # Oldest keys are overwritten first; the ring wraps when K is not a multiple of N.
-        k = keys.shape[0]
-        idx = (self.queue_ptr + torch.arange(k, device=keys.device)) % self.queue.shape[0]
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + k) % self.queue.shape[0])
-
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = batch.views
         cfg = self.config
@@ -101,11 +93,11 @@ class MoCoV2(Method):
             q = self.encoder_q(torch.cat([x1, x2]))
             loss = 0.5 * (info_nce(q[:n], k[:n], self.queue, cfg.temperature)
                           + info_nce(q[n:], k[n:], self.queue, cfg.temperature))
-            self._enqueue(k[:n])
+            enqueue(self.queue, self.queue_ptr, k[:n])
         else:
             q = self.encoder_q(x1)
             loss = info_nce(q, k, self.queue, cfg.temperature)
-            self._enqueue(k)
+            enqueue(self.queue, self.queue_ptr, k)
         return StepOutput(loss=loss)
 
 

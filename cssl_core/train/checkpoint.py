@@ -53,8 +53,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = False) -> nn.Module:
-    """The checkpoint's evaluation encoder (the method's ``encoder_for_eval()``), images -> features.
+def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = False,
+                                 for_finetune: bool = False) -> nn.Module:
+    """The checkpoint's evaluation encoder (the method's ``encoder_for_eval()``, or with
+    ``for_finetune`` its ``encoder_for_finetune()``), images -> features.
 
     ``random_init=True`` gives the same architecture at the run's initialisation (same seed)
     instead of the trained weights: the baseline a pretrained encoder should beat.
@@ -65,10 +67,12 @@ def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = Fal
     config = build_config(state["config"]["method"], state["config"])
     if random_init:
         torch.manual_seed(config.seed)
-    model = build_method(config, state["image_size"], state.get("num_samples", 0))
+    norm = state.get("normalization")  # the images' normalisation, for a method that undoes it
+    model = build_method(config, state["image_size"], state.get("num_samples", 0),
+                         (norm["mean"], norm["std"]) if norm else None)
     if not random_init:
         model.load_state_dict(state["model"])
-    return model.encoder_for_eval()
+    return model.encoder_for_finetune() if for_finetune else model.encoder_for_eval()
 
 
 def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:

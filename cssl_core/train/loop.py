@@ -24,15 +24,13 @@ from cssl_core.data import ImageDataset, class_balanced_subset, load_dataset
 from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
+from cssl_core.evaluation.bank_knn import evaluate_memory_bank
 from cssl_core.evaluation.features import extract_features
 from cssl_core.methods import Batch, StepOutput, TrainingSet, build_method, get_method
 from cssl_core.train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from cssl_core.train.optim import build_optimizer
-from cssl_core.train.schedules import warmup_cosine, warmup_steps_for
+from cssl_core.train.schedules import BudgetFit, warmup_cosine, warmup_steps_for
 
-# A time budget is first turned into a step count after timing steps 6 to 15 (the first ones are slow).
-_CALIBRATION_SKIP = 5
-_CALIBRATION_STEPS = 10
 # Keep the whole uint8 training set on the device when it is at most this large.
 _MAX_DEVICE_DATA_BYTES = 2 << 30
 
@@ -104,34 +102,6 @@ def pretrain(
     return trainer.run()
 
 
-class BudgetFit:
-    """Turns a time budget into a step count from the timed steps so far, refitted at doubling
-    intervals (the first steps are slow while kernels are prepared)."""
-
-    def __init__(self, budget: float | None, nominal_steps: int):
-        self.budget = budget
-        self.nominal_steps = nominal_steps
-        self.active = budget is not None
-        self.calibration_step, self.calibration_elapsed = _CALIBRATION_SKIP, 0.0
-        self.next_fit = self.calibration_step + _CALIBRATION_STEPS
-
-    def observe(self, step: int, elapsed: float) -> int | None:
-        """The new total step count when this step refits it, else None."""
-        if not self.active:
-            return None
-        if step == self.calibration_step:
-            self.calibration_elapsed = elapsed
-            return None
-        if step != self.next_fit:
-            return None
-        seconds_per_step = (elapsed - self.calibration_elapsed) / (step - self.calibration_step)
-        remaining = int((self.budget - elapsed) / seconds_per_step)
-        total_steps = max(step + 1, min(self.nominal_steps, step + remaining))
-        self.next_fit = self.calibration_step + 2 * (self.next_fit - self.calibration_step)
-        self.active = self.next_fit < 0.9 * total_steps
-        return total_steps
-
-
 class Trainer:
     """One pretraining run: data, views, method and optimiser, and the state that a checkpoint keeps."""
 
@@ -152,6 +122,7 @@ class Trainer:
             raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
                               f"({self.num_samples} images); lower it")
         self.images = split.images
+        self.labels = split.labels  # in index order, -1 where unlabelled: a memory bank's kNN labels
         if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
             self.images = self.images.to(self.device)
         self.image_size = self.data.image_size
@@ -163,7 +134,7 @@ class Trainer:
 
         # Method and optimiser.
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = build_method(config, self.image_size, self.num_samples).to(self.device)
+        self.model = build_method(config, self.image_size, self.num_samples, (self.mean, self.std)).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model.parameter_groups(), config)
         self.frozen = self.model.frozen_parameters(self.steps_per_epoch)
@@ -182,6 +153,8 @@ class Trainer:
         self.step, self.elapsed = state["step"], state["elapsed"]
         self.augment_rng.set_state(state["rng"]["augment"])
         torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:  # methods' draws on the device (noise samples)
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.budget.active = False  # the resumed run keeps the step count it was fitted to
         self._fit_schedules(state["total_steps"])
 
@@ -301,8 +274,14 @@ class Trainer:
         if every and epochs_done % every == 0 and self.step < self.total_steps:
             info = self._checkpoint(final=False)
         if self.config.knn_every and epochs_done % self.config.knn_every == 0:
-            result = evaluate_backbone(self.model.encoder_for_eval(), self.data, "knn", mean=self.mean, std=self.std,
-                                       device=self.device)
+            bank = self.model.knn_bank()
+            if bank is None:
+                result = evaluate_backbone(self.model.encoder_for_eval(), self.data, "knn", mean=self.mean,
+                                           std=self.std, device=self.device)
+            else:  # the bank's rows are the training features: only the test split is embedded
+                features, embed = bank
+                result = evaluate_memory_bank(features, self.labels, embed, self.data, mean=self.mean, std=self.std,
+                                              device=self.device)
             result.epoch = epochs_done
             self.model.train()
             if self.callbacks.on_evaluation:
@@ -322,7 +301,8 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "num_samples": self.num_samples,
             "elapsed": self.elapsed,
-            "rng": {"augment": self.augment_rng.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"augment": self.augment_rng.get_state(), "torch": torch.get_rng_state(),
+                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
             "image_size": self.image_size,
             "feature_dim": self.model.feature_dim,
             "normalization": {"mean": self.mean, "std": self.std},

@@ -32,3 +32,36 @@ def momentum_schedule(base: float, total_steps: int, cosine: bool) -> np.ndarray
 def warmup_steps_for(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
     """Warmup length in steps, at most a tenth of the run so short and time-budgeted runs still decay."""
     return int(min(warmup_epochs * steps_per_epoch, total_steps // 10))
+
+
+# A time budget is first turned into a step count after timing steps 6 to 15 (the first ones are slow).
+_CALIBRATION_SKIP = 5
+_CALIBRATION_STEPS = 10
+
+
+class BudgetFit:
+    """Turns a time budget into a step count from the timed steps so far, refitted at doubling
+    intervals (the first steps are slow while kernels are prepared)."""
+
+    def __init__(self, budget: float | None, nominal_steps: int):
+        self.budget = budget
+        self.nominal_steps = nominal_steps
+        self.active = budget is not None
+        self.calibration_step, self.calibration_elapsed = _CALIBRATION_SKIP, 0.0
+        self.next_fit = self.calibration_step + _CALIBRATION_STEPS
+
+    def observe(self, step: int, elapsed: float) -> int | None:
+        """The new total step count when this step refits it, else None."""
+        if not self.active:
+            return None
+        if step == self.calibration_step:
+            self.calibration_elapsed = elapsed
+            return None
+        if step != self.next_fit:
+            return None
+        seconds_per_step = (elapsed - self.calibration_elapsed) / (step - self.calibration_step)
+        remaining = int((self.budget - elapsed) / seconds_per_step)
+        total_steps = max(step + 1, min(self.nominal_steps, step + remaining))
+        self.next_fit = self.calibration_step + 2 * (self.next_fit - self.calibration_step)
+        self.active = self.next_fit < 0.9 * total_steps
+        return total_steps

@@ -80,6 +80,14 @@ def test_a_pretrain_job_takes_parameters_for_its_final_evaluations(client, alice
     assert job["config"]["knn"] == {"k": 20} and job["config"]["linear"] == {"epochs": 5}
 
 
+def test_semi_supervised_protocols_are_evaluations_too(client, alice):
+    body = {**PRETRAIN, "evaluate": ["finetune", "distill"],
+            "config": {**TINY, "finetune": {"label_fraction": "0.01"}, "distill": {"temperature": 2}}}
+    job = submit(client, alice, body).json()
+    assert job["evaluate"] == ["finetune", "distill"]
+    assert job["config"]["finetune"] == {"label_fraction": 0.01} and job["config"]["distill"] == {"temperature": 2.0}
+
+
 def test_dataset_options_are_config_keys(client, alice):
     body = {**PRETRAIN, "config": {"backbone": "small"}, "dataset": {"name": "synthetic", "options": {"subset": 64}}}
     assert submit(client, alice, body).json()["config"]["subset"] == 64
@@ -102,6 +110,8 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"knn": 20}}, ["body", "config", "knn"], "object of protocol parameters"),
         ({**PRETRAIN, "config": {"linear": {"epoch": 5}}}, ["body", "config", "linear"], "valid: batch_size, epochs"),
         ({**PRETRAIN, "config": {"linear": {"lr": "fast"}}}, ["body", "config", "linear"], "lr must be of type float"),
+        ({**PRETRAIN, "config": {"finetune": {"label_fraction": 10}}}, ["body", "config", "finetune"], "label_fraction must be in (0, 1]"),
+        ({**PRETRAIN, "config": {"distill": {"student_init": "copy"}}}, ["body", "config", "distill"], "student_init must be one of"),
         ({"kind": "pretrain", "dataset": {"name": "synthetic"}}, ["body"], "needs method"),
         ({"kind": "eval"}, ["body"], "exactly one of checkpoint"),
         ({"kind": "eval", "checkpoint": 999999}, ["body", "checkpoint"], "no checkpoint"),
