@@ -165,8 +165,10 @@ class EvaluationPublic(BaseModel):
     epoch: int | None = Field(None, description="epochs of training the backbone had")
     dataset: str
     parameters: dict[str, Any]
-    num_train: int
+    num_train: int = Field(description="labelled training images the protocol used")
     num_test: int
+    extra: dict[str, Any] = Field(default_factory=dict, description="what the protocol reports besides accuracy, "
+                                  "e.g. distill's teacher_top1 or finetune's num_labelled and steps")
     created_at: datetime
 
 

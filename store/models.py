@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -154,8 +155,8 @@ class Checkpoint(Base):
 
 
 class Evaluation(Base):
-    """A kNN or linear result: periodic kNN during training (no checkpoint) or a
-    protocol run on a stored checkpoint."""
+    """A protocol's result (kNN, linear probe, fine-tuning, distillation): periodic kNN during
+    training (no checkpoint) or a protocol run on a stored checkpoint."""
 
     __tablename__ = "evaluations"
 
@@ -170,4 +171,6 @@ class Evaluation(Base):
     parameters: Mapped[dict[str, Any]]
     num_train: Mapped[int]
     num_test: Mapped[int]
+    # What the protocol reports besides accuracy (fine-tuning's labelled images, a teacher's top-1).
+    extra: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

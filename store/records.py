@@ -99,6 +99,7 @@ def record_evaluation(session: Session, job_id: str, checkpoint_id: int | None, 
         parameters=result.get("parameters") or {},
         num_train=result["num_train"],
         num_test=result["num_test"],
+        extra=result.get("extra") or {},
     )
     session.add(evaluation)
     session.flush()

@@ -139,8 +139,9 @@ def test_byol_momentum_rises_to_one_along_a_cosine():
     assert m[0] == pytest.approx(0.996) and m[-1] > 0.99999 and all(m[1:] >= m[:-1])
 
 
-def test_moco_enqueues_the_keys_not_the_queries():
-    model = make("mocov2", queue_size=20, symmetric=False)
+@pytest.mark.parametrize("method", ["mocov2", "infomin"])  # InfoMin is MoCo v2 with other views
+def test_moco_enqueues_the_keys_not_the_queries(method):
+    model = make(method, queue_size=20, symmetric=False)
     with torch.no_grad():  # keys and queries from different encoders
         for p in model.encoder_k.parameters():
             p.add_(0.05 * torch.randn_like(p))

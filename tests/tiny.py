@@ -15,7 +15,7 @@ TINY_HEADS: dict[str, dict] = {
     "byol_gnws": {"projector_hidden_dim": 64, "predictor_hidden_dim": 64},
     "simclrv2": {"projector_hidden_dim": 64},
     "instdisc": {"num_negatives": 16},
-    "cmc": {"num_negatives": 16},
+    "cmc": {"num_negatives": 16, "negatives": "memory_bank"},
     "invaspread": {},
     "cpc": {"patch_size": 16, "patch_stride": 8, "max_offset": 2, "directions": 2, "context_blocks": 1,
             "context_dim": 32, "target_dim": 16},

@@ -30,7 +30,7 @@ from cssl_core.errors import ConfigError
 from cssl_core.losses.precision import full_precision
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput, TrainingSet
-from cssl_core.methods.heads import mlp
+from cssl_core.methods.heads import L2Normalize, mlp
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig
@@ -127,11 +127,6 @@ def spherical_kmeans(x: torch.Tensor, k: int, iterations: int,
     return centroids, assignments
 
 
-class _L2Normalize(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x.float(), dim=1)
-
-
 @register
 class DeepClusterV2(Method):
     name = "deepclusterv2"
@@ -173,7 +168,7 @@ class DeepClusterV2(Method):
 
     def embedding_network(self) -> nn.Module:
         """Images (N, 3, H, W) -> unit embeddings (N, projector_dim): what the memory stores."""
-        return nn.Sequential(self.backbone, self.projector, _L2Normalize())
+        return nn.Sequential(self.backbone, self.projector, L2Normalize())
 
     def kmeans_generator(self, epoch: int, head: int) -> torch.Generator:
         """The generator of ``head``'s initial centroids at ``epoch``: a function of the run's seed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,6 +27,13 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn
     if last_bn:
         layers.append(nn.BatchNorm1d(out_dim, affine=last_bn_affine))
     return nn.Sequential(*layers)
+
+
+class L2Normalize(nn.Module):
+    """(N, D) -> unit rows, float32: the last layer of a module whose output lives on the sphere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """SimCLR: a simple framework for contrastive learning (Chen et al., arXiv 2002.05709).
 
-v1 uses a 2-layer projector (Sec. 2.1); v2 (arXiv 2006.10029, Sec. 2) a deeper, 3-layer one:
-set ``projector_layers=3``.
+v1 uses a 2-layer projector (Sec. 2.1); v2 (arXiv 2006.10029), with its deeper projector kept
+for fine-tuning and its optional memory, is :mod:`cssl_core.methods.simclrv2`.
 """
 
 from __future__ import annotations

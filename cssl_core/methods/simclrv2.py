@@ -25,9 +25,9 @@ from cssl_core.config import option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import nt_xent
 from cssl_core.methods import register
-from cssl_core.methods.base import Batch, Method, StepOutput
-from cssl_core.methods.heads import ema_update, enqueue, mlp, momentum_copy
-from cssl_core.methods.simclr import SimCLRConfig
+from cssl_core.methods.base import Batch, StepOutput
+from cssl_core.methods.heads import ema_update, enqueue, momentum_copy
+from cssl_core.methods.simclr import SimCLR, SimCLRConfig
 from cssl_core.train.schedules import momentum_schedule
 
 
@@ -61,16 +61,14 @@ class SimCLRv2Config(SimCLRConfig):
 
 
 @register
-class SimCLRv2(Method):
+class SimCLRv2(SimCLR):
     name = "simclrv2"
     paper = "Big Self-Supervised Models are Strong Semi-Supervised Learners (Chen et al., 2020)"
     arxiv = "2006.10029"
     config_cls = SimCLRv2Config
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimCLRv2Config, num_samples: int):
-        super().__init__(backbone, feature_dim, config, num_samples)
-        hidden = config.projector_hidden_dim or feature_dim
-        self.projector = mlp(feature_dim, hidden, config.projector_dim, num_layers=config.projector_layers)
+        super().__init__(backbone, feature_dim, config, num_samples)  # backbone and projector
         if config.memory_size:
             self.memory_encoder = momentum_copy(nn.Sequential(self.backbone, self.projector))
             self.register_buffer("memory", F.normalize(torch.randn(config.memory_size, config.projector_dim), dim=1))

@@ -88,6 +88,17 @@ def test_pretrain_lifecycle(server, worker, alice, bob_headers):
     results = get(server, "/v1/evaluations", alice, job=evaluation["id"]).json()
     assert [(r["protocol"], r["parameters"]["k"], r["checkpoint_id"]) for r in results] == [("knn", 20, checkpoint["id"])]
 
+    # The semi-supervised protocols run as evaluations too, and keep what they report beside accuracy.
+    semi = submit(server, alice, kind="eval", job=job["id"], evaluate=["finetune", "distill"], config={
+        "finetune": {"label_fraction": 0.2, "epochs": 1, "batch_size": 16},
+        "distill": {"label_fraction": 0.2, "epochs": 1, "finetune_epochs": 1, "batch_size": 16}})
+    read_events(server, f"/v1/jobs/{semi['id']}/events", alice, timeout=180)
+    assert get(server, f"/v1/jobs/{semi['id']}", alice).json()["status"] == "succeeded"
+    results = {r["protocol"]: r for r in get(server, "/v1/evaluations", alice, job=semi["id"]).json()}
+    assert results["finetune"]["extra"]["num_labelled"] == results["finetune"]["num_train"] > 0
+    assert results["finetune"]["parameters"]["label_fraction"] == 0.2
+    assert 0 <= results["distill"]["extra"]["teacher_top1"] <= 100
+
 
 def test_cancel_running_and_queued_jobs(server, worker, alice):
     long = submit(server, alice, method="byol", config={**TINY, "epochs": 100, "checkpoint_every": 0})
