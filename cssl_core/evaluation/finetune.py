@@ -19,7 +19,7 @@ from torch import nn
 from cssl_core.augment import ViewGenerator, ViewSpec
 from cssl_core.augment.presets import SMALL_IMAGE_MAX_SIZE
 from cssl_core.device import autocast_for
-from cssl_core.errors import ConfigError
+from cssl_core.errors import ConfigError, TrainingError
 
 
 # Small labelled sets give few steps per epoch: train for at least this many steps.
@@ -156,7 +156,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, mean: list[float], 
                         soft = F.softmax(teacher(x).float() / temperature, dim=1)
                     loss = -(soft * F.log_softmax(logits / temperature, dim=1)).sum(1).mean()
             if not torch.isfinite(loss):
-                raise ConfigError(f"the loss became {loss.item()} at step {step}; lower lr (now {lr})")
+                raise TrainingError(f"the loss became {loss.item()} at step {step}; lower lr (now {lr})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
