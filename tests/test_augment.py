@@ -330,13 +330,18 @@ def test_view_generator_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_views_on_the_gpu_match_the_cpu():
-    views, images = build_views("mocov2", 96, MEAN, STD), uint8_images(8, 96)
+@pytest.mark.parametrize("preset, n, share", [
+    ("mocov2", 8, 1.0),  # same draws, float rounding only
+    # equalize and posterize round to uint8 levels, where float rounding may differ
+    ("infomin", 16, 0.99),
+])
+def test_views_on_the_gpu_match_the_cpu(preset, n, share):
+    views, images = build_views(preset, 96, MEAN, STD), uint8_images(n, 96)
     cpu = views(images, generator())
     gpu = views(images.cuda(), generator())
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
-        torch.testing.assert_close(b.cpu(), a, atol=1e-3, rtol=0)  # same draws, float rounding only
+        assert ((b.cpu() - a).abs() <= 1e-3).double().mean() >= share
 
 
 # RandAugment: each op against PIL on uint8 images (as timm calls it), then the batched application.
@@ -579,14 +584,3 @@ def test_infomin_views_repeat_per_seed_and_generator_state():
 def test_randaugment_fields_are_validated(field, value):
     with pytest.raises(ConfigError, match=field):
         ViewSpec(size=8, **{field: value}).validate()
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_infomin_views_on_the_gpu_match_the_cpu():
-    views, images = build_views("infomin", 96, MEAN, STD), uint8_images(16, 96)
-    cpu = views(images, generator())
-    gpu = views(images.cuda(), generator())
-    for a, b in zip(cpu, gpu):
-        assert b.device.type == "cuda"
-        # Same draws; equalize and posterize round to uint8 levels, where float rounding may differ.
-        assert ((b.cpu() - a).abs() <= 1e-3).double().mean() > 0.99

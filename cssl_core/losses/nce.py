@@ -27,3 +27,12 @@ def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_z: float | 
     pos = pos_logits.float() - log_z - log_noise  # (N,)
     neg = neg_logits.float() - log_z - log_noise  # (N, K)
     return -(F.logsigmoid(pos).sum() + F.logsigmoid(-neg).sum()) / pos_logits.shape[0]
+
+
+@torch.no_grad()
+def nce_log_z(pos_logits: torch.Tensor, neg_logits: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """log Z, Z = mean(exp(logit)) * num_samples over a batch's N (1 + K) logits (pos (N,), neg
+    (N, K)): the normalising constant InstDisc estimates once, from its first batch (Sec. 3.2;
+    the official ``NCEAverage``). A 0-d float32 tensor."""
+    logits = torch.cat([pos_logits[:, None], neg_logits], dim=1).flatten().float()
+    return torch.logsumexp(logits, 0) - math.log(logits.numel()) + math.log(num_samples)

@@ -20,7 +20,6 @@ epochs 120, 160 and 200 of 240.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -31,7 +30,7 @@ from torch import nn
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
-from cssl_core.losses import nce_loss, nce_softmax_loss
+from cssl_core.losses import nce_log_z, nce_loss, nce_softmax_loss
 from cssl_core.losses.precision import full_precision
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -244,17 +243,10 @@ class CMC(Method):
         if cfg.loss == "softmax":
             loss = nce_softmax_loss(*logits_l) + nce_softmax_loss(*logits_ab)
         else:
-            self._estimate_log_z(logits_l, logits_ab)
+            with torch.no_grad():  # each direction's Z from the first batch, kept afterwards (no sync)
+                estimate = torch.stack([nce_log_z(*logits, self.num_samples) for logits in (logits_l, logits_ab)])
+                self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
+                self.z_estimated.fill_(True)
             loss = (nce_loss(*logits_l, self.log_z[0], self.num_samples)
                     + nce_loss(*logits_ab, self.log_z[1], self.num_samples))
         return StepOutput(loss=loss)
-
-    @torch.no_grad()
-    def _estimate_log_z(self, *directions: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Once: Z = mean(exp(logits)) * num_samples over the first batch's N (1 + K) logits of each direction."""
-        if self.z_estimated:
-            return
-        for i, (pos, neg) in enumerate(directions):
-            logits = torch.cat([pos[:, None], neg], dim=1).flatten()
-            self.log_z[i] = torch.logsumexp(logits, 0) - math.log(logits.numel()) + math.log(self.num_samples)
-        self.z_estimated.fill_(True)

@@ -227,18 +227,17 @@ class CPC(Method):
                               f"{grid} that {patch}-px patches at stride {stride} make of {image_size}-px images")
         super().check_config(config, image_size)
 
-    def grid_features(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
-        """(N, 3, S, S) -> z (N, D, G, G), each patch encoded on its own."""
+    def grid_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> z (N, D, G, G), each patch augmented and encoded on its own."""
         patch, stride, grid = patch_grid(self.config, images.shape[-1])
-        patches = patchify(images, patch, stride)
-        if augment:
-            patches = augment_patches(patches, self.config.patch_crop_scale, self.config.color_drop_p)
+        patches = augment_patches(patchify(images, patch, stride), self.config.patch_crop_scale,
+                                  self.config.color_drop_p)
         z = self.backbone(patches).reshape(len(images), grid, grid, -1)
         return z.permute(0, 3, 1, 2)
 
     def forward(self, batch: Batch) -> StepOutput:
         (view,) = batch.views
-        return StepOutput(loss=self.grid_loss(self.grid_features(view, augment=True)))
+        return StepOutput(loss=self.grid_loss(self.grid_features(view)))
 
     def grid_loss(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, D, G, G) -> the InfoNCE losses of every direction and offset, summed."""

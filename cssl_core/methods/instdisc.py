@@ -15,7 +15,6 @@ step decay of the learning rate (x0.1 at epochs 120 and 160 of 200) is our cosin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +25,7 @@ from torch import nn
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
-from cssl_core.losses import nce_loss
+from cssl_core.losses import nce_log_z, nce_loss
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import L2Normalize
@@ -100,11 +99,9 @@ class InstDisc(Method):
         negatives = self.bank.negatives(n, cfg.num_negatives)  # (N, K, D), no gradient
         pos, neg = bank_logits(f, positives, negatives, cfg.temperature)
         with torch.no_grad():
-            # Z = mean(exp(logits)) * num_samples over the first batch's N (1 + K) logits, kept
-            # afterwards. torch.where rather than an ``if`` on the flag: no device sync per step.
-            all_logits = torch.cat([pos[:, None], neg], dim=1).flatten()
-            estimate = torch.logsumexp(all_logits, 0) - math.log(all_logits.numel()) + math.log(self.num_samples)
-            self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
+            # Z from the first batch, kept afterwards. torch.where rather than an ``if`` on the
+            # flag: no device sync per step.
+            self.log_z.copy_(torch.where(self.z_estimated, self.log_z, nce_log_z(pos, neg, self.num_samples)))
             self.z_estimated.fill_(True)
         loss = nce_loss(pos, neg, self.log_z, self.num_samples)
         # The bank update sits here rather than in after_step: the step's features are at hand
