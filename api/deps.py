@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from api.problems import ProblemError
 from store import tokens
 from store.settings import Settings
-from worker.sweeper import Publisher
+from dispatch.sweeper import Publisher
 
 bearer = HTTPBearer(auto_error=False, description="A token from `cssl token create --owner NAME`")
 

@@ -1,7 +1,9 @@
 """Server-Sent Events for one job, read from the job_events table.
 
-Polling the table works the same whichever process (worker, API, sweeper) wrote the event,
-and the event's row id is its SSE id, so a client resumes with ``Last-Event-ID``.
+Polling the table works the same whichever process (worker, API, sweeper) wrote the event.
+The SSE id is the event's number within its job (1, 2, 3, ...; see ``records.add_event``):
+numbers become visible in order, so a client that resumes with ``Last-Event-ID: n`` gets
+every later event exactly once, from whichever API process it reconnects to.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _poll(sessions: sessionmaker[Session], job_id: str, after: int) -> tuple[lis
         # Status first: an event written after this read is picked up by the next poll.
         job = jobs.get_job(session, job_id)
         finished = job is None or job.status in TERMINAL_STATUSES
-        events = [(e.id, e.type, {**e.data, "job_id": job_id, "at": e.created_at.isoformat()})
+        events = [(e.seq, e.type, {**e.data, "job_id": job_id, "at": e.created_at.isoformat()})
                   for e in records.events_after(session, job_id, after)]
     return events, finished
 

@@ -13,8 +13,8 @@ from api.routes import artifacts, catalog, health, jobs
 from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
-from worker.app import make_celery
-from worker.sweeper import Publisher, Sweeper
+from dispatch.broker import make_celery
+from dispatch.sweeper import Publisher, Sweeper
 
 log = logging.getLogger("cssl.api")
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def make_engine(database_url: str) -> Engine:
@@ -61,3 +68,56 @@ def session_scope(database_url: str) -> Iterator[Session]:
     with session_factory(database_url)() as session:
         with session.begin():
             yield session
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection or a server that is restarting, not a wrong statement."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_transient(write: Callable[[], T], *, what: str, within: float = 300.0, first_wait: float = 0.5,
+                    max_wait: float = 10.0) -> T:
+    """Runs ``write`` (one whole transaction) until it succeeds, waiting with exponential
+    backoff while the database is unreachable, for up to ``within`` seconds; other errors, and
+    the last transient one, are raised."""
+    deadline = time.monotonic() + within
+    wait = first_wait
+    while True:
+        try:
+            return write()
+        except DBAPIError as exc:
+            if not is_transient(exc) or time.monotonic() + wait > deadline:
+                raise
+            reason = str(exc.orig or exc).strip().splitlines()[0] if (exc.orig or exc) else type(exc).__name__
+            log.warning("%s failed (%s); trying again in %.1f s", what, reason, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait)
+
+
+# One sweeper at a time across every API process sharing the database.
+SWEEP_LOCK_KEY = 0x6373736C  # "cssl"
+
+
+@contextmanager
+def exclusive(database_url: str, key: int = SWEEP_LOCK_KEY) -> Iterator[bool]:
+    """Yields whether this process holds the advisory lock ``key`` (Postgres) for the block;
+    another holder makes it False at once. On SQLite (one embedded service) always True. The
+    lock goes with its connection, so a process that dies releases it."""
+    engine = engine_for(database_url)
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as connection:
+        held = bool(connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+        connection.commit()
+        try:
+            yield held
+        finally:
+            if held:
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
+                except DBAPIError:  # the connection is gone, and the lock with it
+                    connection.invalidate()

@@ -16,7 +16,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import TERMINAL_STATUSES, Job, utcnow
+from store.models import TERMINAL_STATUSES, Checkpoint, Job, utcnow
 from store.records import add_event
 
 
@@ -193,15 +193,29 @@ def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
 
 
 def record_progress(session: Session, job_id: str, attempt: int, progress: dict[str, Any], latest: dict[str, Any]) -> bool:
+    """Keeps the latest values; those the progress report does not carry (the last kNN's
+    top-1, written by :func:`update_latest_metrics`) stay."""
+    current = session.scalar(
+        select(Job.latest_metrics).where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+    )
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
-        .values(progress=progress, latest_metrics=latest)
+        .values(progress=progress, latest_metrics={**(current or {}), **latest})
         .returning(Job.id)
     ).first()
     if done:
         add_event(session, job_id, "progress", progress)
     return done is not None
+
+
+def set_resume_point(session: Session, job_id: str, attempt: int, step: int) -> None:
+    """The checkpoint step this attempt starts from (0: the beginning); an attempt lost
+    without a checkpoint past it made no progress."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.attempt == attempt).values(resumed_from_step=step),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def record_result(session: Session, job_id: str, attempt: int, result: dict[str, Any]) -> None:
@@ -247,12 +261,19 @@ def finish_job(
 
 def release_job(session: Session, job_id: str, attempt: int, message: str) -> bool:
     """Give a running job back to the queue (its worker is shutting down); the next worker
-    resumes it from its last checkpoint."""
+    resumes it from its last checkpoint. A job whose cancel was requested meanwhile is
+    cancelled instead. A warm shutdown is not a failure: it never counts as a stalled attempt."""
+    guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+    cancelled = session.execute(
+        update(Job).where(*guard, Job.cancel_requested.is_(True))
+        .values(status="cancelled", worker=None, finished_at=utcnow()).returning(Job.id)
+    ).first()
+    if cancelled:
+        add_event(session, job_id, "state", {"status": "cancelled", "attempt": attempt,
+                                             "message": f"{message}; the cancel requested meanwhile took effect"})
+        return True
     done = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
-        .values(status="queued", worker=None, published_at=None)
-        .returning(Job.id)
+        update(Job).where(*guard).values(status="queued", worker=None, published_at=None).returning(Job.id)
     ).first()
     if done:
         add_event(session, job_id, "state", {"status": "queued", "attempt": attempt, "message": message})
@@ -264,26 +285,35 @@ def release_job(session: Session, job_id: str, attempt: int, message: str) -> bo
 
 def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) -> list[str]:
     """Running jobs whose worker stopped heartbeating: queued again (they resume from their
-    last checkpoint), cancelled if a cancel was pending, failed after ``max_attempts``.
-    Returns the ids to publish."""
+    last checkpoint), cancelled if a cancel was pending. An attempt lost after writing a
+    checkpoint past the one it started from made progress and is never held against the job;
+    after ``max_attempts`` lost attempts in a row without one, the job fails. Returns the ids
+    to publish."""
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
+    newest_step = (
+        select(func.max(Checkpoint.step)).where(Checkpoint.job_id == Job.id).correlate(Job).scalar_subquery()
+    )
     lost = session.execute(
-        select(Job.id, Job.attempt, Job.cancel_requested, Job.worker).where(
-            Job.status == "running", Job.heartbeat_at < cutoff
-        )
+        select(Job.id, Job.attempt, Job.cancel_requested, Job.worker, Job.resumed_from_step, Job.stalled_attempts,
+               newest_step).where(Job.status == "running", Job.heartbeat_at < cutoff)
     ).all()
     requeued = []
-    for job_id, attempt, cancel_requested, worker in lost:
+    for job_id, attempt, cancel_requested, worker, resumed_from, stalled, newest in lost:
         guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
         message = f"worker {worker} stopped sending heartbeats during attempt {attempt}"
+        progressed = newest is not None and newest > (resumed_from or 0)
+        stalled = 0 if progressed else stalled + 1
         if cancel_requested:
             values, event = {"status": "cancelled", "finished_at": utcnow()}, {"status": "cancelled", "message": message}
-        elif attempt >= max_attempts:
-            error = f"{message}; gave up after {attempt} attempts (CSSL_MAX_ATTEMPTS={max_attempts})"
+        elif stalled >= max_attempts:
+            error = (f"{message}; gave up: {stalled} attempts in a row were lost without writing a new checkpoint "
+                     f"(CSSL_MAX_ATTEMPTS={max_attempts}); the last one started from step {resumed_from or 0}")
             values, event = {"status": "failed", "error": error, "finished_at": utcnow()}, {"status": "failed", "error": error}
         else:
+            since = "after a new checkpoint" if progressed else f"without a new checkpoint ({stalled} of {max_attempts})"
             values = {"status": "queued", "worker": None, "published_at": None}
-            event = {"status": "queued", "message": f"{message}; re-queued to resume from its last checkpoint"}
+            event = {"status": "queued", "message": f"{message}, {since}; re-queued to resume from its last checkpoint"}
+        values["stalled_attempts"] = stalled
         if session.execute(update(Job).where(*guard).values(**values).returning(Job.id)).first():
             add_event(session, job_id, "state", {**event, "attempt": attempt})
             if values["status"] == "queued":
@@ -291,12 +321,13 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     return requeued
 
 
-def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.0) -> list[tuple[str, int]]:
+def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.0) -> list[tuple[str, int, bool]]:
     """Queued jobs with no message sent (the broker was down, or the job was re-queued), or
-    whose message went out ``republish_after`` seconds ago and was never taken."""
+    whose message went out ``republish_after`` seconds ago and was never taken, as
+    ``(id, priority, sent_before)``."""
     now = utcnow()
     rows = session.execute(
-        select(Job.id, Job.priority).where(
+        select(Job.id, Job.priority, Job.published_at).where(
             Job.status == "queued",
             or_(
                 (Job.published_at.is_(None)) & (Job.created_at < now - timedelta(seconds=grace)),
@@ -304,4 +335,4 @@ def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.
             ),
         )
     ).all()
-    return [(job_id, priority) for job_id, priority in rows]
+    return [(job_id, priority, published_at is not None) for job_id, priority, published_at in rows]

@@ -110,16 +110,26 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The last event number given to this job (``JobEvent.seq``); see records.add_event.
+    event_seq: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # The checkpoint step the current attempt started from (0: from scratch).
+    resumed_from_step: Mapped[int | None]
+    # Attempts lost without a new checkpoint; only these count towards CSSL_MAX_ATTEMPTS.
+    stalled_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
 
 
 class JobEvent(Base):
-    """What ``GET /v1/jobs/{id}/events`` streams; the id is the SSE event id."""
+    """What ``GET /v1/jobs/{id}/events`` streams; ``seq`` (1, 2, 3, ... per job) is the SSE id."""
 
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_id_id", "job_id", "id"),
+        UniqueConstraint("job_id", "seq", name="uq_job_events_job_id_seq"),
+    )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int]
     type: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -129,7 +139,10 @@ class MetricPoint(Base):
     """One progress report: loss, lr, images/s and the method's own statistics at a step."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (Index("ix_metric_points_job_id_step", "job_id", "step"),)
+    __table_args__ = (
+        Index("ix_metric_points_job_id_step", "job_id", "step"),
+        UniqueConstraint("job_id", "step", name="uq_metric_points_job_id_step"),
+    )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

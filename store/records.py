@@ -5,31 +5,51 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Checkpoint, Evaluation, Job, JobEvent, MetricPoint
 
 
-def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> None:
-    session.add(JobEvent(job_id=job_id, type=type, data=data))
+def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> int:
+    """Appends the job's next event and returns its number (1, 2, 3, ...).
+
+    The number comes from an UPDATE of the job's row, whose lock is held until this
+    transaction ends: a second writer waits for it, so one job's events commit in the order
+    of their numbers and a reader that sees number n has seen every number below n. (Table
+    ids are handed out at insert and become visible at commit, in any order.)"""
+    seq = session.execute(
+        update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + 1).returning(Job.event_seq),
+        execution_options={"synchronize_session": False},
+    ).scalar_one()
+    session.add(JobEvent(job_id=job_id, seq=seq, type=type, data=data))
+    return seq
 
 
-def events_after(session: Session, job_id: str, after_id: int, limit: int = 500) -> list[JobEvent]:
+def events_after(session: Session, job_id: str, after_seq: int, limit: int = 500) -> list[JobEvent]:
     return list(
         session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id).limit(limit)
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq).order_by(JobEvent.seq).limit(limit)
         )
     )
 
 
 def add_metric_point(session: Session, job_id: str, step: int, epoch: int, values: dict[str, float]) -> None:
+    """One point per step: a resumed attempt's point replaces what a lost attempt wrote."""
+    session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step == step))
     session.add(MetricPoint(job_id=job_id, step=step, epoch=epoch, values=values))
 
 
-def drop_metrics_after(session: Session, job_id: str, step: int) -> None:
-    """A resumed attempt repeats the steps after its checkpoint; keep one value per step."""
+def drop_metrics_after(session: Session, job_id: str, step: int, epoch: int) -> None:
+    """A resumed attempt repeats the steps after its checkpoint (at ``step``, the end of
+    epoch ``epoch``): what a lost attempt recorded past it goes, so that each step and each
+    periodic kNN epoch keeps one value."""
     session.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > step))
+    session.execute(
+        delete(Evaluation).where(
+            Evaluation.job_id == job_id, Evaluation.checkpoint_id.is_(None), Evaluation.epoch > epoch
+        )
+    )
 
 
 def metric_series(session: Session, job_id: str) -> dict[str, list[dict[str, float]]]:
@@ -71,6 +91,14 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
         .order_by(Checkpoint.step.desc(), Checkpoint.final.desc(), Checkpoint.id.desc())
         .limit(1)
     )
+
+
+def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:
+    return list(session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc(), Checkpoint.final.desc(), Checkpoint.id.desc())
+    ))
 
 
 def get_checkpoint(session: Session, checkpoint_id: int, owner: str) -> Checkpoint | None:

@@ -30,3 +30,17 @@ def test_core_runs_without_web_database_or_queue_packages(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("completed")
+
+
+def test_the_api_imports_no_worker_code():
+    # The API publishes and sweeps through ``dispatch``; the worker's runner and tasks (and
+    # the model code they load) stay out of the API process.
+    script = textwrap.dedent("""
+        import sys
+        from api.main import create_app
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "worker")
+        print(loaded)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

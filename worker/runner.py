@@ -3,7 +3,8 @@
 Everything the core reports arrives through its callbacks and is written at once, in short
 transactions, so the API can show progress, metrics and checkpoints while the job runs. A
 heartbeat thread keeps the claim alive and brings back the cancel flag, so the training
-loop's ``should_stop`` costs nothing on the hot path.
+loop's ``should_stop`` costs nothing on the hot path. Every write is retried while the
+database is unreachable (a Postgres restart holds the job for its duration and costs nothing).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from store import jobs, records
-from store.db import session_scope
+from store.db import retry_transient, session_scope
 from store.models import Job
 from store.settings import Settings
 
@@ -105,6 +106,9 @@ class Recorder:
     def _session(self):
         return session_scope(self.settings.database_url)
 
+    def _write(self, what: str, write):
+        return retry_transient(write, what=f"recording the {what} of job {self.job.id}")
+
     def on_progress(self, progress) -> None:
         point = {
             "epoch": progress.epoch,
@@ -118,14 +122,23 @@ class Recorder:
         }
         values = {"loss": progress.loss, "lr": progress.lr, "images_per_second": progress.images_per_second}
         values.update({name: float(value) for name, value in (progress.stats or {}).items()})
-        with self._session() as session:
-            if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
-                self.heartbeat.lost.set()
-                return
-            records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+
+        def write() -> None:
+            with self._session() as session:
+                if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
+                    self.heartbeat.lost.set()
+                    return
+                records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+
+        self._write("progress", write)
 
     def on_checkpoint(self, info) -> int:
         path = Path(info.path)
+        checkpoint_id = self._write("checkpoint", lambda: self._record_checkpoint(info, path))
+        log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
+        return checkpoint_id
+
+    def _record_checkpoint(self, info, path: Path) -> int:
         with self._session() as session:
             checkpoint = records.record_checkpoint(
                 session,
@@ -142,10 +155,13 @@ class Recorder:
                 "checkpoint",
                 {"id": checkpoint.id, "epoch": info.epoch, "step": info.step, "final": info.final},
             )
-        log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
-        return checkpoint.id
+            return checkpoint.id
 
     def on_evaluation(self, result, checkpoint_id: int | None = None) -> None:
+        evaluation = self._write("evaluation", lambda: self._record_evaluation(result, checkpoint_id))
+        log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}")
+
+    def _record_evaluation(self, result, checkpoint_id: int | None):
         data = result.to_dict()
         with self._session() as session:
             evaluation = records.record_evaluation(session, self.job.id, checkpoint_id, data)
@@ -155,7 +171,7 @@ class Recorder:
             jobs.update_latest_metrics(
                 session, self.job.id, {f"{evaluation.protocol}_top1": evaluation.top1, f"{evaluation.protocol}_top5": evaluation.top5}
             )
-        log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}")
+            return evaluation
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.settings.artifact_root))
@@ -163,7 +179,7 @@ class Recorder:
 
 def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
     """Claim and run ``job_id``; returns its final status, or None if it was not ours to run."""
-    job = _claim(settings, job_id, worker_name)
+    job = retry_transient(lambda: _claim(settings, job_id, worker_name), what=f"claiming job {job_id}")
     if job is None:
         log.info("job %s is not queued (a duplicate message, or cancelled); nothing to do", job_id)
         return None
@@ -176,11 +192,15 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
         if status is None:
             log.warning("job %s was given to another attempt; stopping without recording", job.id)
             return None
-        with session_scope(settings.database_url) as session:
-            if status == RELEASED:
-                jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} shut down; resumes from its last checkpoint")
-            else:
-                jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
+
+        def write() -> None:
+            with session_scope(settings.database_url) as session:
+                if status == RELEASED:
+                    jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} shut down; resumes from its last checkpoint")
+                else:
+                    jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
+
+        retry_transient(write, what=f"recording the end of job {job.id}")
         log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
         return status
 
@@ -244,8 +264,11 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
         if outcome.stopped == "cancelled":
             return heartbeat.stopped_status(), None, result
         # Kept now, so that an attempt that only has the evaluations left still has it.
-        with session_scope(settings.database_url) as session:
-            jobs.record_result(session, job.id, job.attempt, result)
+        def write() -> None:
+            with session_scope(settings.database_url) as session:
+                jobs.record_result(session, job.id, job.attempt, result)
+
+        retry_transient(write, what=f"recording the result of job {job.id}")
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
     _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat,
                      _protocol_overrides(job))
@@ -289,26 +312,41 @@ def _claim(settings: Settings, job_id: str, worker_name: str) -> ClaimedJob | No
         if job is None:
             return None
         source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None
-        resume = records.latest_checkpoint(session, job.id) if job.kind == "pretrain" and job.attempt > 1 else None
-        if resume is not None and not (settings.artifact_root / resume.path).exists():
-            resume = None
-        if resume is not None:
-            records.drop_metrics_after(session, job.id, resume.step)
-        return ClaimedJob(
-            id=job.id,
-            kind=job.kind,
-            method=job.method,
-            dataset=job.dataset,
-            dataset_path=job.dataset_path,
-            config=dict(job.config),
-            evaluate=list(job.evaluate),
-            attempt=job.attempt,
-            source_checkpoint=settings.artifact_root / source.path if source else None,
-            source_checkpoint_id=source.id if source else None,
-            resume_from=settings.artifact_root / resume.path if resume else None,
-            resume_checkpoint_id=resume.id if resume else None,
-            resume_is_final=bool(resume and resume.final),
-        )
+        candidates = records.checkpoints_newest_first(session, job.id) if job.kind == "pretrain" and job.attempt > 1 else []
+        claimed = dict(id=job.id, kind=job.kind, method=job.method, dataset=job.dataset, dataset_path=job.dataset_path,
+                       config=dict(job.config), evaluate=list(job.evaluate), attempt=job.attempt,
+                       source_checkpoint=settings.artifact_root / source.path if source else None,
+                       source_checkpoint_id=source.id if source else None)
+    # Outside the claim's transaction: reading a checkpoint can take a while.
+    resume = _newest_loadable(settings, candidates)
+    if claimed["kind"] == "pretrain" and claimed["attempt"] > 1:
+        step, epoch = (resume.step, resume.epoch) if resume else (0, 0)
+        with session_scope(settings.database_url) as session:
+            jobs.set_resume_point(session, job_id, claimed["attempt"], step)
+            records.drop_metrics_after(session, job_id, step, epoch)
+    return ClaimedJob(
+        **claimed,
+        resume_from=settings.artifact_root / resume.path if resume else None,
+        resume_checkpoint_id=resume.id if resume else None,
+        resume_is_final=bool(resume and resume.final),
+    )
+
+
+def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -> records.Checkpoint | None:
+    """The newest checkpoint whose file is there and loads; missing, truncated or corrupt
+    files (a worker killed while writing one, a disk that lost it) are skipped with a warning."""
+    from cssl_core.train.checkpoint import load_checkpoint
+
+    for checkpoint in candidates:
+        try:
+            load_checkpoint(settings.artifact_root / checkpoint.path)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("checkpoint %s (step %d) cannot be resumed from (%s); trying an older one",
+                        checkpoint.path, checkpoint.step, reason)
+            continue
+        return checkpoint
+    return None
 
 
 @contextmanager

@@ -7,10 +7,11 @@ import socket
 
 from celery.signals import worker_ready, worker_shutting_down
 
+from dispatch.broker import RUN_JOB
+from dispatch.sweeper import Publisher, sweep
 from store.settings import get_settings
 from worker import runner
-from worker.app import RUN_JOB, app
-from worker.sweeper import Publisher, sweep
+from worker.app import app
 
 log = logging.getLogger(__name__)
 

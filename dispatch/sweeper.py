@@ -2,7 +2,10 @@
 
 A job submitted while the broker was down, or whose worker died, sits in the database as
 ``queued``; the sweeper publishes it (again). Duplicates are harmless because a worker runs
-a job only after claiming it with a conditional update.
+a job only after claiming it with a conditional update, but they are not sent needlessly:
+one sweeper at a time runs across all API processes (a Postgres advisory lock), and a job
+whose message went out long ago is published again only when the queue is empty (its
+message was lost with a restarted broker), not while messages wait for a busy worker.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import time
 
 from celery import Celery
 
+from dispatch.broker import publish, queue_size
 from store import jobs
-from store.db import session_scope
+from store.db import exclusive, session_scope
 from store.settings import Settings
-from worker.app import publish
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +56,31 @@ class Publisher:
         return True
 
 
-def sweep(publisher: Publisher) -> dict[str, int]:
+def sweep(publisher: Publisher) -> dict[str, int] | None:
+    """One pass; None when another process's sweeper holds the lock."""
     settings = publisher.settings
-    with session_scope(settings.database_url) as session:
-        requeued = jobs.requeue_lost(session, settings.heartbeat_timeout, settings.max_attempts)
-    for job_id in requeued:
-        log.warning("job %s lost its worker; re-queued", job_id)
-    with session_scope(settings.database_url) as session:
-        pending = jobs.unpublished_jobs(session, settings.republish_after)
-    published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority in pending)
+    with exclusive(settings.database_url) as ours:
+        if not ours:
+            return None
+        with session_scope(settings.database_url) as session:
+            requeued = jobs.requeue_lost(session, settings.heartbeat_timeout, settings.max_attempts)
+        for job_id in requeued:
+            log.warning("job %s lost its worker; re-queued", job_id)
+        with session_scope(settings.database_url) as session:
+            pending = jobs.unpublished_jobs(session, settings.republish_after)
+        if any(sent_before for _, _, sent_before in pending) and _queue_busy(publisher):
+            pending = [job for job in pending if not job[2]]
+        published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority, _ in pending)
     return {"requeued": len(requeued), "published": published}
+
+
+def _queue_busy(publisher: Publisher) -> bool:
+    """Messages wait in the queue: a job not taken yet is most likely among them."""
+    try:
+        return queue_size(publisher.app, publisher.settings) > 0
+    except Exception as exc:  # the broker is down: sending fails as well, and says so
+        log.debug("could not read the queue's length: %s", exc)
+        return False
 
 
 class Sweeper:

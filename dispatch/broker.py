@@ -1,0 +1,76 @@
+"""The Celery app's configuration and how a job is published. Importing this module loads
+no model code and no task, so the API can publish without importing the worker."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from store.settings import Settings
+
+RUN_JOB = "cssl.run_job"
+# API priorities run 0 (lowest) to 9 (highest); Redis serves its priority 0 first.
+MAX_PRIORITY = 9
+
+
+def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
+    """The app as both sides configure it; the worker passes its task modules in ``include``."""
+    app = Celery("cssl", broker=settings.broker_url, include=list(include))
+    app.conf.update(
+        # The job row is the record; Celery only carries the job id and keeps no results.
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        # A message is acknowledged when the task returns, and put back if the worker dies;
+        # the claim in store.jobs makes a second delivery a no-op.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        broker_transport_options=_transport_options(settings),
+    )
+    return app
+
+
+def _transport_options(settings: Settings) -> dict:
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.queue_folder
+        for name in ("messages", "processed", "control"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "messages"),
+            "data_folder_out": str(folder / "messages"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+            "polling_interval": 0.2,
+        }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        return {
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # Training runs for hours; the heartbeat, not redelivery, detects a lost worker.
+            "visibility_timeout": 24 * 3600,
+        }
+    return {}
+
+
+def publish(app: Celery, settings: Settings, job_id: str, priority: int) -> None:
+    """Send the job id to the queue; raises when the broker cannot be reached."""
+    app.send_task(
+        RUN_JOB,
+        args=[job_id],
+        queue=settings.queue,
+        priority=MAX_PRIORITY - priority,
+        retry=False,
+    )
+
+
+
+def queue_size(app: Celery, settings: Settings) -> int:
+    """Messages waiting in the job queue (every priority level); raises when the broker is down."""
+    with app.connection_for_write() as connection:
+        return connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
