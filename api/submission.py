@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.problems import field_error, invalid
 from api.schemas import JobCreate
-from cssl_core.config import build_config, common_field_names
+from cssl_core.config import build_config, common_field_names, did_you_mean
 from cssl_core.data import describe_datasets
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation import PROTOCOL_PARAMS, protocol_params
@@ -55,7 +55,8 @@ def _pretrain(body: JobCreate, protocols: list[str]) -> NewJob:
             errors.append(field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config"))
         elif key not in valid_keys:
             valid = sorted((valid_keys - set(DATASET_KEYS)) | set(PROTOCOL_PARAMS))
-            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}; valid options: {', '.join(valid)}"))
+            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}{did_you_mean(key, valid)}; "
+                                                               f"valid options: {', '.join(valid)}"))
     for key, value in body.dataset.options.items():
         if key not in valid_keys or key in DATASET_KEYS:
             errors.append(field_error(["body", "dataset", "options", key], "unknown data option; data options are config keys such as subset"))

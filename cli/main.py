@@ -48,13 +48,15 @@ class Parser(argparse.ArgumentParser):
 
 def config_help(cls: type, key: str) -> str:
     """A config key's help: its dataclass field's ``metadata["help"]`` (the text the API's
-    schema carries too) and its default."""
-    from cssl_core.config import field_help
+    schema carries too), its default and, for a number, its valid range."""
+    from cssl_core.config import field_bounds, field_help
 
     field = {f.name: f for f in dataclasses.fields(cls)}[key]
     text = field_help(cls, key) or f"config key {key}"
     default = "none" if field.default is None else field.default
-    return f"{text} (default: {default})".replace("%", "%%")  # argparse formats help with %
+    bounds = field_bounds(cls, key)
+    limits = f"; {bounds}" if bounds else ""
+    return f"{text} (default: {default}{limits})".replace("%", "%%")  # argparse formats help with %
 
 
 def build_parser() -> argparse.ArgumentParser:

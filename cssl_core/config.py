@@ -10,10 +10,11 @@ flat names, so a stored run can be rebuilt with :func:`build_config`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from cssl_core.errors import ConfigError
 
@@ -24,19 +25,92 @@ RECIPES = ("auto", "small_images", "paper")
 SMALL_IMAGE_MAX_SIZE = 64  # images of this side or less get a method's small-image recipe
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by ``cssl pretrain --help`` and the API schema)."""
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric key's valid range: above ``gt`` or from ``ge``, below ``lt`` or up to ``le``
+    (pydantic's names). A tuple key's bounds hold for each of its numbers."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.gt is not None and self.ge is not None) or (self.lt is not None and self.le is not None):
+            raise TypeError("give at most one lower bound (gt or ge) and one upper bound (lt or le)")
+
+    def __contains__(self, value: float) -> bool:
+        # Written so that NaN, which compares false with everything, is outside any bounds.
+        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+
+    def __str__(self) -> str:
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if low is not None and high is not None:
+            return f"in {'(' if self.gt is not None else '['}{low}, {high}{')' if self.lt is not None else ']'}"
+        if self.gt is not None:
+            return f"greater than {self.gt}"
+        if self.ge is not None:
+            return f"at least {self.ge}"
+        return f"less than {self.lt}" if self.lt is not None else f"at most {self.le}"
+
+
+def option(default: Any, help: str, *, gt: float | None = None, ge: float | None = None,
+           lt: float | None = None, le: float | None = None) -> Any:
+    """A config field with its help text (shown by ``cssl pretrain --help`` and the API schema)
+    and, for a number, its valid range (checked by :func:`check_bounds`)."""
+    metadata: dict[str, Any] = {"help": help}
+    if (gt, ge, lt, le) != (None, None, None, None):
+        metadata["bounds"] = Bounds(gt=gt, ge=ge, lt=lt, le=le)
+    return field(default=default, metadata=metadata)
+
+
+def _inherited_metadata(config_cls: type, name: str, key: str) -> Any:
+    # A subclass that only changes a default (the paper's ``base_lr``) keeps its parent's metadata.
+    for cls in config_cls.__mro__:
+        f = getattr(cls, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get(key):
+            return f.metadata[key]
+    return None
 
 
 def field_help(config_cls: type, name: str) -> str | None:
-    """The help text of a config field; a subclass that only changes a default (the paper's
-    ``base_lr``) keeps its parent's help."""
-    for cls in config_cls.__mro__:
-        f = getattr(cls, "__dataclass_fields__", {}).get(name)
-        if f is not None and f.metadata.get("help"):
-            return f.metadata["help"]
-    return None
+    """The help text of a config field, declared on the class or a parent."""
+    return _inherited_metadata(config_cls, name, "help") or None
+
+
+def field_bounds(config_cls: type, name: str) -> Bounds | None:
+    """The valid range of a numeric config field, declared on the class or a parent."""
+    return _inherited_metadata(config_cls, name, "bounds")
+
+
+def check_bounds(config: Any) -> None:
+    """Reject a non-finite float or a number outside its field's declared bounds, naming the
+    key, the range and the value. Every config dataclass's ``validate`` starts here."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            continue
+        each = " each" if isinstance(value, tuple) else ""
+        if not all(math.isfinite(v) for v in numbers if isinstance(v, float)):
+            raise ConfigError(f"{f.name} must{each} be a finite number, got {value}")
+        bounds = field_bounds(type(config), f.name)
+        if bounds is not None and not all(v in bounds for v in numbers):
+            raise ConfigError(f"{f.name} must{each} be {bounds}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: a 400-digit number by its first digits."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean temperature?)`` for a misspelt name, or nothing when none is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 @dataclass
@@ -55,43 +129,36 @@ class MethodConfig:
     vit_defaults: ClassVar[dict[str, Any]] = {}
 
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
-    base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)")
-    weight_decay: float = option(1e-4, "weight decay (biases and norm parameters get none)")
-    weight_decay_end: float | None = option(None, "weight decay at the end of a cosine schedule from weight_decay; none: constant")
-    sgd_momentum: float = option(0.9, "momentum of SGD and LARS")
+    base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)", gt=0)
+    weight_decay: float = option(1e-4, "weight decay (biases and norm parameters get none)", ge=0)
+    weight_decay_end: float | None = option(None, "weight decay at the end of a cosine schedule from weight_decay; "
+                                                   "none: constant", ge=0)
+    sgd_momentum: float = option(0.9, "momentum of SGD and LARS", ge=0, lt=1)
     # 0.001 is SimCLR's and BYOL's at batch 4096; a relative update of base_lr * batch/256 * eta
     # per step is small at small batches, where 0.02 (solo-learn's) trains faster.
-    lars_eta: float = option(0.001, "LARS trust coefficient")
-    warmup_epochs: float = option(10.0, "linear learning-rate warmup, in epochs (at most a tenth of the run)")
-    grad_clip: float | None = option(None, "clip each parameter's gradient norm to this (DINO's clipping); none: no clipping")
+    lars_eta: float = option(0.001, "LARS trust coefficient", gt=0)
+    warmup_epochs: float = option(10.0, "linear learning-rate warmup, in epochs (at most a tenth of the run)", ge=0)
+    grad_clip: float | None = option(None, "clip each parameter's gradient norm to this (DINO's clipping); none: no "
+                                           "clipping", gt=0)
     augmentation: str = option("simclr", "augmentation preset (see cssl_core.augment.presets)")
-    crop_min_scale: float | None = option(None, "smallest random-crop area fraction; none: the preset's (the paper's)")
-    jitter_strength: float = option(1.0, "multiplies the preset's colour-jitter strengths; 1 keeps the paper's")
+    crop_min_scale: float | None = option(None, "smallest random-crop area fraction; none: the preset's (the paper's)",
+                                          gt=0, le=1)
+    jitter_strength: float = option(1.0, "multiplies the preset's colour-jitter strengths; 1 keeps the paper's", ge=0)
     norm: str = option("bn", "normalisation layers: bn (BatchNorm) or gn_ws (GroupNorm + weight standardisation, no batch statistics)")
     frozen_patch_embed: bool = option(False, "ViTs: keep the patch projection at its random init (MoCo v3)")
 
     def validate(self) -> None:
+        """Bounds first (:func:`check_bounds`), then choices; a subclass adds its cross-field
+        checks after ``super().validate()``."""
         from cssl_core.augment import preset_names
 
+        check_bounds(self)
         if self.augmentation not in preset_names():
             raise ConfigError(f"augmentation must be one of {', '.join(preset_names())}, got {self.augmentation!r}")
-        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
-            raise ConfigError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
-        _non_negative("jitter_strength", self.jitter_strength)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        _positive("base_lr", self.base_lr)
-        _non_negative("weight_decay", self.weight_decay)
-        if self.weight_decay_end is not None:
-            _non_negative("weight_decay_end", self.weight_decay_end)
-        if self.grad_clip is not None:
-            _positive("grad_clip", self.grad_clip)
-        _positive("lars_eta", self.lars_eta)
-        _non_negative("warmup_epochs", self.warmup_epochs)
-        if not 0 <= self.sgd_momentum < 1:
-            raise ConfigError(f"sgd_momentum must be in [0, 1), got {self.sgd_momentum}")
 
 
 @dataclass
@@ -102,13 +169,14 @@ class PretrainConfig:
     dataset: str = option("cifar10", "dataset name (see `cssl datasets`)")
     data: str | None = option(None, "path of the dataset's files (a folder or a .tar.gz); none: the dataset's default location")
     backbone: str = option("resnet18", "encoder: resnet18, resnet50, small, vit_tiny, vit_small")
-    epochs: int = option(100, "training epochs (a time budget may stop earlier)")
-    batch_size: int = option(256, "images per optimiser step")
-    subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all")
-    seed: int = option(0, "seed of the initialisation, data order and augmentation")
-    time_budget: float | None = option(None, "stop after this many seconds of training; schedules are fitted to it")
-    checkpoint_every: int = option(10, "write a checkpoint every this many epochs (0: only at the end)")
-    knn_every: int = option(0, "kNN-evaluate every this many epochs (0: never during training)")
+    epochs: int = option(100, "training epochs (a time budget may stop earlier)", ge=1)
+    batch_size: int = option(256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2)
+    subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all", ge=1)
+    seed: int = option(0, "seed of the initialisation, data order and augmentation", ge=0, le=2**32 - 1)
+    time_budget: float | None = option(None, "stop after this many seconds of training; schedules are fitted to it",
+                                       gt=0)
+    checkpoint_every: int = option(10, "write a checkpoint every this many epochs (0: only at the end)", ge=0)
+    knn_every: int = option(0, "kNN-evaluate every this many epochs (0: never during training)", ge=0)
     precision: str = option("bf16", "bf16 (autocast where the hardware has native bf16) or fp32")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
@@ -117,16 +185,7 @@ class PretrainConfig:
     method_config: MethodConfig = field(default_factory=MethodConfig)
 
     def validate(self) -> None:
-        _positive("epochs", self.epochs)
-        _positive("batch_size", self.batch_size)
-        if self.batch_size < 2:
-            raise ConfigError("batch_size must be at least 2: contrastive losses need negatives in the batch")
-        if self.subset is not None:
-            _positive("subset", self.subset)
-        if self.time_budget is not None:
-            _positive("time_budget", self.time_budget)
-        _non_negative("checkpoint_every", self.checkpoint_every)
-        _non_negative("knn_every", self.knn_every)
+        check_bounds(self)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.recipe not in RECIPES:
@@ -172,8 +231,9 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     specific = {f.name: f for f in fields(spec.config_cls)}
     unknown = sorted(set(overrides) - set(common) - set(specific))
     if unknown:
-        valid = ", ".join(sorted(set(common) | set(specific)))
-        raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)}; valid options: {valid}")
+        valid = sorted(set(common) | set(specific))
+        named = ", ".join(key + did_you_mean(key, valid) for key in unknown)
+        raise ConfigError(f"unknown option(s) for method {method!r}: {named}; valid options: {', '.join(valid)}")
     image_size = dataset_image_size(coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default)))
     recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
     if recipe == "auto":
@@ -223,10 +283,7 @@ def coerce_field(f: dataclasses.Field, value: Any) -> Any:
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
-            out = float(value)
-            if not math.isfinite(out):
-                raise ValueError
-            return out
+            return float(value)  # check_bounds rejects NaN and infinity
         if base == "str":
             if not isinstance(value, str):
                 raise ValueError
@@ -235,16 +292,9 @@ def coerce_field(f: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
             return tuple(float(v) if "float" in base else int(v) for v in value)
+    except OverflowError:  # an int beyond a float's range
+        raise ConfigError(f"{f.name} must be a finite number, got {_shown(value)}") from None
     except (TypeError, ValueError):
-        raise ConfigError(f"{f.name} must be of type {base}, got {value!r}") from None
+        raise ConfigError(f"{f.name} must be of type {base}, got {_shown(value)}") from None
     return value
 
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive, got {value}")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if not value >= 0:
-        raise ConfigError(f"{name} must be zero or positive, got {value}")

@@ -14,7 +14,7 @@ import pytest
 
 from cli.main import PRETRAIN_OPTIONS
 from cli.main import main as cssl
-from cssl_core.config import PretrainConfig
+from cssl_core.config import PretrainConfig, field_bounds
 
 TINY = ["--dataset", "synthetic", "--backbone", "small", "--epochs", "1", "--batch-size", "64", "--subset", "320",
         "--precision", "fp32"]
@@ -29,9 +29,29 @@ def test_pretrain_help_says_what_each_option_means_and_its_default(capsys):
         field = fields[key]
         meaning = field.metadata.get("help") or f"config key {key}"
         default = "none" if field.default is None else field.default
-        assert f"{option} {key.upper()} {meaning} (default: {default})" in text, option
+        bounds = field_bounds(PretrainConfig, key)
+        limits = f"; {bounds}" if bounds else ""
+        assert f"{option} {key.upper()} {meaning} (default: {default}{limits})" in text, option
         assert field.metadata.get("help") is None or f"config key {key} " not in text
-    assert "(default: 256)" in text and "(default: cifar10)" in text
+    assert "(default: 256; at least 2)" in text and "(default: cifar10)" in text
+    assert "(default: 0; in [0, 4294967295])" in text  # --seed
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--set", "temperature=-1"], "temperature must be greater than 0, got -1.0"),
+    (["--set", "temperature=nan"], "temperature must be a finite number, got nan"),
+    (["--set", "sgd_momentum=1"], "sgd_momentum must be in [0, 1), got 1.0"),
+    (["--epochs", "0"], "epochs must be at least 1, got 0"),
+    (["--set", "temprature=0.2"], "unknown option(s) for method 'simclr': temprature (did you mean temperature?); "
+                                  "valid options: augmentation, "),
+])
+def test_a_bad_value_is_one_line_naming_the_key_and_no_run(tmp_path, capfd, argv, error):
+    out = tmp_path / "run"
+    assert cssl(["pretrain", "--method", "simclr", "--dataset", "synthetic", *argv, "--out", str(out)]) == 2
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"cssl: error: {error}") and captured.err.count("\n") == 1, captured.err
+    assert not out.exists()
 
 
 def test_nothing_is_printed_before_a_missing_data_error(tmp_path, capfd):

@@ -174,7 +174,7 @@ def test_vit_tiny_uses_adamw_and_the_frozen_patch_projection():
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="frozen_patch_embed applies to ViT backbones"):
         build_config("mocov3", {"backbone": "resnet18", "frozen_patch_embed": True})
-    with pytest.raises(ConfigError, match="temperature must be positive"):
+    with pytest.raises(ConfigError, match="temperature must be greater than 0, got 0.0"):
         build_config("mocov3", {"temperature": 0})
     small = build_config("mocov3", {"dataset": "cifar10"})
     assert small.recipe == "small_images" and small.batch_size == 128 and small.method_config.temperature == 0.2

@@ -199,11 +199,11 @@ def test_queue_fills_from_its_epoch_in_a_checkpointed_buffer(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"augmentation": "multicrop"}, "swav takes its 2 global crops from the augmentation preset, and 'multicrop' makes 8"),
-    ({"local_crops": -1}, "local_crops must be zero or positive"),
-    ({"nmb_prototypes": 0}, "nmb_prototypes must be positive"),
-    ({"temperature": 0.0}, "temperature must be positive"),
-    ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be positive"),
-    ({"freeze_prototypes_epochs": -1}, "freeze_prototypes_epochs must be zero or positive"),
+    ({"local_crops": -1}, "local_crops must be at least 0, got -1"),
+    ({"nmb_prototypes": 0}, "nmb_prototypes must be at least 1, got 0"),
+    ({"temperature": 0.0}, "temperature must be greater than 0, got 0.0"),
+    ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be at least 1, got 0"),
+    ({"freeze_prototypes_epochs": -1}, "freeze_prototypes_epochs must be at least 0, got -1.0"),
     ({"queue_length": 100, "batch_size": 128}, "queue_length 100 is shorter than a batch"),
     ({"queue_length": 3840, "epochs": 10}, "epoch_queue_starts 15 is not before the end of the run"),
 ])

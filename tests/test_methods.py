@@ -220,7 +220,7 @@ def test_config_validation_names_what_to_fix():
         build_config("simclr", {"epochs": "ten"})
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         build_config("simclr", {"optimizer": "rmsprop"})
-    with pytest.raises(ConfigError, match="jitter_strength must be zero or positive"):
+    with pytest.raises(ConfigError, match="jitter_strength must be at least 0, got -0.5"):
         build_config("simclr", {"jitter_strength": -0.5})
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
         build_config("simclr", {"dataset": "imagenet"})

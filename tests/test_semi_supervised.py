@@ -31,9 +31,9 @@ def test_label_fraction_is_class_balanced_seeded_and_skips_unlabelled():
 
 @pytest.mark.parametrize("protocol, params, words", [
     ("finetune", {"label_fraction": 0}, "label_fraction must be in (0, 1]"),
-    ("finetune", {"lr": -1}, "lr must be positive"),
+    ("finetune", {"lr": -1}, "lr must be greater than 0, got -1.0"),
     ("finetune", {"batch_size": 1}, "batch_size must be at least 2"),
-    ("distill", {"temperature": 0}, "temperature must be positive"),
+    ("distill", {"temperature": 0}, "temperature must be greater than 0, got 0.0"),
     ("distill", {"student_init": "teacher"}, "student_init must be one of pretrained, random"),
     ("linear", {"label_fraction": 1.5}, "label_fraction must be in (0, 1]"),
 ])

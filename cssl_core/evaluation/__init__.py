@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cssl_core.config import coerce_field
+from cssl_core.config import check_bounds, coerce_field, did_you_mean, option
 from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
@@ -23,12 +23,11 @@ from cssl_core.evaluation.linear import LinearProbeParams, linear_probe_logits, 
 
 @dataclass
 class KnnParams:
-    k: int = 200
-    temperature: float = 0.1
+    k: int = option(200, "neighbours that vote", ge=1)
+    temperature: float = option(0.1, "a neighbour's vote is exp(similarity / temperature)", gt=0)
 
     def validate(self) -> None:
-        if self.k < 1 or not self.temperature > 0:
-            raise ConfigError(f"knn k must be at least 1 and temperature positive, got {self.k} and {self.temperature}")
+        check_bounds(self)
 
 
 PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams, "finetune": FinetuneParams,
@@ -68,13 +67,15 @@ def protocol_params(protocol: str, overrides: dict[str, Any] | None = None) -> A
     """A protocol's parameters from JSON or command-line values, checked: unknown names, wrong
     types and out-of-range values raise :class:`ConfigError` saying what to fix."""
     if protocol not in PROTOCOL_PARAMS:
-        raise ConfigError(f"unknown protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {protocol!r}{did_you_mean(protocol, PROTOCOLS)}; "
+                          f"known protocols: {', '.join(PROTOCOLS)}")
     cls = PROTOCOL_PARAMS[protocol]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {protocol} parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        named = ", ".join(name + did_you_mean(name, fields) for name in unknown)
+        raise ConfigError(f"unknown {protocol} parameter(s) {named}; valid: {', '.join(sorted(fields))}")
     params = cls(**{name: coerce_field(fields[name], value) for name, value in overrides.items()})
     params.validate()
     return params

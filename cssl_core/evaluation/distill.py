@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cssl_core.config import check_bounds, option
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.finetune import (
     Classifier,
     FinetuneParams,
-    check_label_fraction,
-    check_training,
     classifier_for,
     finetune,
     train_classifier,
@@ -31,24 +30,23 @@ STUDENT_INITS = ("pretrained", "random")
 
 @dataclass
 class DistillParams:
-    label_fraction: float = 0.1  # the teacher's fine-tuning labels
-    temperature: float = 1.0
-    epochs: int = 30  # the student's, over the whole training set
-    batch_size: int = 128
-    lr: float = 0.05  # the student's; the teacher is fine-tuned with fine-tuning's defaults
-    weight_decay: float = 0.0
-    student_init: str = "pretrained"
-    time_budget: float | None = None  # seconds of the student's training
-    finetune_epochs: int | None = None  # the teacher's; none: fine-tuning's default for the fraction
-    finetune_time_budget: float | None = None  # seconds of the teacher's fine-tuning
-    seed: int = 0
+    label_fraction: float = option(0.1, "fraction of the training labels the teacher is fine-tuned on", gt=0, le=1)
+    temperature: float = option(1.0, "temperature T of the teacher's and the student's softmax", gt=0)
+    epochs: int = option(30, "the student's epochs, over the whole training set", ge=1)
+    batch_size: int = option(128, "the student's images per step (batch norm needs two)", ge=2)
+    lr: float = option(0.05, "the student's peak learning rate; the teacher is fine-tuned with fine-tuning's",
+                       gt=0)
+    weight_decay: float = option(0.0, "the student's weight decay", ge=0)
+    student_init: str = option("pretrained", f"the student's start: {', '.join(STUDENT_INITS)}")
+    time_budget: float | None = option(None, "seconds of the student's training", gt=0)
+    finetune_epochs: int | None = option(None, "the teacher's epochs; none: fine-tuning's default for the fraction",
+                                         ge=1)
+    finetune_time_budget: float | None = option(None, "seconds of the teacher's fine-tuning", gt=0)
+    seed: int = option(0, "seed of the labelled fraction, the initialisation and the augmentation", ge=0,
+                       le=2**32 - 1)
 
     def validate(self) -> None:
-        check_label_fraction(self.label_fraction)
-        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.time_budget)
-        self.teacher_params().validate()
-        if not self.temperature > 0:
-            raise ConfigError(f"distill temperature must be positive, got {self.temperature}")
+        check_bounds(self)
         if self.student_init not in STUDENT_INITS:
             raise ConfigError(f"student_init must be one of {', '.join(STUDENT_INITS)}, got {self.student_init!r}")
 

@@ -18,8 +18,9 @@ from torch import nn
 
 from cssl_core.augment import ViewGenerator, ViewSpec
 from cssl_core.augment.presets import SMALL_IMAGE_MAX_SIZE
+from cssl_core.config import check_bounds, option
 from cssl_core.device import autocast_for
-from cssl_core.errors import ConfigError, TrainingError
+from cssl_core.errors import TrainingError
 
 
 # Small labelled sets give few steps per epoch: train for at least this many steps.
@@ -28,46 +29,29 @@ MIN_STEPS = 500
 
 @dataclass
 class FinetuneParams:
-    label_fraction: float = 0.1
+    label_fraction: float = option(0.1, "fraction of the training labels, e.g. 0.01 for 1%", gt=0, le=1)
     # None: the paper's 60 epochs for 1% of the labels and 30 for 10% or more (App. B), or as many
     # as MIN_STEPS steps take when that is more.
-    epochs: int | None = None
+    epochs: int | None = option(None, "training epochs; none: the paper's for the fraction", ge=1)
     # The paper fine-tunes at batch 1024 on 13k-128k images; 64 keeps several steps per epoch on
     # the few hundred labelled images of a small data set.
-    batch_size: int = 64
+    batch_size: int = option(64, "images per step (batch norm needs two)", ge=2)
     # SGD with Nesterov momentum, cosine to 0, no weight decay and no warmup (as the official
     # command). lr 0.02 fine-tuned digits better than 0.05 (90.0% against 87.7% at 10% of the labels).
-    lr: float = 0.02
-    weight_decay: float = 0.0
-    time_budget: float | None = None  # seconds of training; the schedule is fitted to it
-    seed: int = 0
+    lr: float = option(0.02, "peak learning rate", gt=0)
+    weight_decay: float = option(0.0, "weight decay", ge=0)
+    time_budget: float | None = option(None, "seconds of training; the schedule is fitted to it", gt=0)
+    seed: int = option(0, "seed of the labelled fraction, the initialisation and the augmentation", ge=0,
+                       le=2**32 - 1)
 
     def validate(self) -> None:
-        check_label_fraction(self.label_fraction)
-        check_training(self.epochs, self.batch_size, self.lr, self.weight_decay, self.time_budget)
+        check_bounds(self)
 
     def resolved_epochs(self, num_images: int) -> int:
         if self.epochs:
             return self.epochs
         steps_per_epoch = max(1, num_images // self.batch_size)
         return max(60 if self.label_fraction <= 0.01 else 30, math.ceil(MIN_STEPS / steps_per_epoch))
-
-
-def check_label_fraction(fraction: float) -> None:
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"label_fraction must be in (0, 1], e.g. 0.01 for 1% of the labels, got {fraction}")
-
-
-def check_training(epochs: int | None, batch_size: int, lr: float, weight_decay: float,
-                   time_budget: float | None) -> None:
-    if epochs is not None and epochs < 1:
-        raise ConfigError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 2:
-        raise ConfigError(f"batch_size must be at least 2 (batch norm needs two images), got {batch_size}")
-    if not lr > 0 or not weight_decay >= 0:
-        raise ConfigError(f"lr must be positive and weight_decay zero or positive, got {lr} and {weight_decay}")
-    if time_budget is not None and not time_budget > 0:
-        raise ConfigError(f"time_budget must be positive seconds, got {time_budget}")
 
 
 def labelled_fraction(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:

@@ -8,25 +8,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cssl_core.errors import ConfigError
+from cssl_core.config import check_bounds, option
 
 
 @dataclass
 class LinearProbeParams:
-    label_fraction: float = 1.0  # train on a seeded, class-balanced fraction of the labels (as fine-tuning)
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.1  # SGD, momentum 0.9, cosine to 0, on standardised features
-    weight_decay: float = 0.0
-    seed: int = 0
+    label_fraction: float = option(1.0, "train on a seeded, class-balanced fraction of the labels (as fine-tuning)",
+                                   gt=0, le=1)
+    epochs: int = option(100, "epochs over the labelled features", ge=1)
+    batch_size: int = option(256, "features per step", ge=1)
+    lr: float = option(0.1, "peak learning rate of SGD (momentum 0.9, cosine to 0, on standardised features)", gt=0)
+    weight_decay: float = option(0.0, "weight decay of the linear layer", ge=0)
+    seed: int = option(0, "seed of the labelled fraction and the batch order", ge=0, le=2**32 - 1)
 
     def validate(self) -> None:
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"linear label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"linear epochs and batch_size must be at least 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0 or self.weight_decay < 0:
-            raise ConfigError(f"linear lr must be positive and weight_decay zero or positive, got {self.lr} and {self.weight_decay}")
+        check_bounds(self)
 
 
 def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,

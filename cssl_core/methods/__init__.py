@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from cssl_core.config import did_you_mean
 from cssl_core.errors import ConfigError
 from cssl_core.methods.base import Batch, Method, StepOutput, TrainingSet
 
@@ -23,7 +24,8 @@ def get_method(name: str) -> type[Method]:
     try:
         return _REGISTRY[name.lower()]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(method_names())}") from None
+        raise ConfigError(f"unknown method {name!r}{did_you_mean(name.lower(), method_names())}; "
+                          f"known methods: {', '.join(method_names())}") from None
 
 
 def method_names() -> list[str]:

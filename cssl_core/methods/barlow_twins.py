@@ -24,10 +24,10 @@ class BarlowTwinsConfig(MethodConfig):
     weight_decay: float = 1.5e-6
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
-    lambd: float = option(0.0051, "weight of the off-diagonal (redundancy) term")
-    projector_layers: int = option(3, "projector depth")
-    projector_dim: int = option(8192, "projector width and output dimension")
-    bias_lr_ratio: float = option(0.024, "learning-rate ratio of biases and norms (0.0048 / 0.2)")
+    lambd: float = option(0.0051, "weight of the off-diagonal (redundancy) term", ge=0)
+    projector_layers: int = option(3, "projector depth", ge=1)
+    projector_dim: int = option(8192, "projector width and output dimension", ge=1)
+    bias_lr_ratio: float = option(0.024, "learning-rate ratio of biases and norms (0.0048 / 0.2)", ge=0)
 
     # Measured here (BENCHMARKS.md): 57.5% kNN in 5 minutes; the 8192-wide projector runs at a
     # tenth of the speed on a CPU.

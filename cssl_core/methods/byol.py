@@ -31,11 +31,11 @@ class BYOLConfig(MethodConfig):
     weight_decay: float = 1.5e-6
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
-    momentum: float = option(0.996, "target EMA momentum at the start (tau_base)")
+    momentum: float = option(0.996, "target EMA momentum at the start (tau_base)", ge=0, le=1)
     momentum_cosine: bool = option(True, "raise the momentum to 1 along a cosine")
-    projector_hidden_dim: int = option(4096, "projector width")
-    projector_dim: int = option(256, "projection dimension")
-    predictor_hidden_dim: int = option(4096, "predictor width")
+    projector_hidden_dim: int = option(4096, "projector width", ge=1)
+    projector_dim: int = option(256, "projection dimension", ge=1)
+    predictor_hidden_dim: int = option(4096, "predictor width", ge=1)
 
     # Measured here (BENCHMARKS.md): 47.1% kNN in 5 minutes.
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "crop_min_scale": 0.2, "lars_eta": 0.02}

@@ -91,12 +91,12 @@ class CMCConfig(MethodConfig):
                                   "nce: InstDisc's NCE (official AlexNet)")
     negatives: str = option("memory_bank", "memory_bank: the other view's bank rows, the image's own as the "
                                            "positive; batch: the other view's features of the batch")
-    num_negatives: int = option(16384, "noise rows K drawn from the other view's memory bank per anchor")
-    temperature: float = option(0.07, "temperature T of the logits")
-    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)")
-    head_dim: int = option(128, "dimension of each view's unit feature")
+    num_negatives: int = option(16384, "noise rows K drawn from the other view's memory bank per anchor", ge=1)
+    temperature: float = option(0.07, "temperature T of the logits", gt=0)
+    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)", ge=0, lt=1)
+    head_dim: int = option(128, "dimension of each view's unit feature", ge=1)
     encoder_width: float = option(0.5, "width of each view's encoder (0.5: two half-width encoders, the "
-                                       "parameters of one)")
+                                       "parameters of one)", gt=0)
 
     # Reasoned, not measured: batch 128 at lr 0.03 (the official ResNet setting), T = 0.1 (the
     # official README's STL-10 value), crop (0.2, 1) (the official crop for AlexNet and
@@ -116,11 +116,6 @@ class CMCConfig(MethodConfig):
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {', '.join(NEGATIVES)}, got {self.negatives!r}")
-        for key in ("num_negatives", "temperature", "head_dim", "encoder_width"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not 0 <= self.bank_momentum < 1:
-            raise ConfigError(f"bank_momentum must be in [0, 1), got {self.bank_momentum}")
 
 
 class LabEncoders(nn.Module):

@@ -59,20 +59,24 @@ class CPCConfig(MethodConfig):
     # images (73% of the area); the colour work v2 leaves to each patch.
     augmentation: str = "mocov2"
     crop_min_scale: float | None = 0.7
-    patch_size: int | None = option(None, "patch side in pixels; none: a quarter of the image side (v1: 64 of 256)")
-    patch_stride: int | None = option(None, "pixels between neighbouring patches; none: half the patch size (v1: 32)")
-    min_offset: int = option(1, "nearest row predicted, k rows below the context (v2's pseudo-code: 3)")
-    max_offset: int = option(5, "farthest row predicted (v1: up to five rows of a 7 x 7 grid)")
+    patch_size: int | None = option(None, "patch side in pixels; none: a quarter of the image side (v1: 64 of 256)",
+                                    ge=1)
+    patch_stride: int | None = option(None, "pixels between neighbouring patches; none: half the patch size (v1: 32)",
+                                      ge=1)
+    min_offset: int = option(1, "nearest row predicted, k rows below the context (v2's pseudo-code: 3)", ge=1)
+    max_offset: int = option(5, "farthest row predicted (v1: up to five rows of a 7 x 7 grid)", ge=1)
     directions: int = option(4, "context directions: 1 top-down (v1), 2 + bottom-up, 3 + left-to-right, "
-                                "4 + right-to-left (v2)")
-    context_blocks: int = option(5, "residual blocks of the masked context network (v2's pixelCNN)")
-    context_dim: int = option(256, "hidden channels of the context network's blocks")
-    target_dim: int = option(64, "dimension of the projected patch features that predictions are scored against")
-    prediction_scale: float = option(0.1, "predictions are scaled by this before the inner products (v2's emb_scale)")
+                                "4 + right-to-left (v2)", ge=1, le=len(DIRECTIONS))
+    context_blocks: int = option(5, "residual blocks of the masked context network (v2's pixelCNN)", ge=0)
+    context_dim: int = option(256, "hidden channels of the context network's blocks", ge=1)
+    target_dim: int = option(64, "dimension of the projected patch features that predictions are scored against",
+                             ge=1)
+    prediction_scale: float = option(0.1, "predictions are scaled by this before the inner products (v2's emb_scale)",
+                                     gt=0)
     patch_crop_scale: float = option(0.88, "smallest area of each patch's random square sub-crop (v1: 60 of 64 px); "
-                                           "1: none")
+                                           "1: none", gt=0, le=1)
     color_drop_p: float = option(1.0, "probability that a patch keeps one random colour channel and drops the others "
-                                      "(v2)")
+                                      "(v2)", ge=0, le=1)
 
     # The derived 8-px patches at stride 4 give 32-px images v1's 7 x 7 grid. Measured (BENCHMARKS.md,
     # CIFAR-10 in 5 minutes): batch 32 and two directions train 3.5x the images of batch 128 and four
@@ -84,20 +88,8 @@ class CPCConfig(MethodConfig):
         if self.norm != "bn":
             raise ConfigError("cpc always uses layer norm (CPC v2); norm=gn_ws would also standardise the context "
                               "and prediction convolutions, so leave norm at its default")
-        for key in ("context_dim", "target_dim", "prediction_scale", "patch_size", "patch_stride"):
-            value = getattr(self, key)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
-        if not 1 <= self.min_offset <= self.max_offset:
-            raise ConfigError(f"min_offset and max_offset must satisfy 1 <= min_offset <= max_offset, "
-                              f"got {self.min_offset} and {self.max_offset}")
-        if not 1 <= self.directions <= len(DIRECTIONS):
-            raise ConfigError(f"directions must be 1 to {len(DIRECTIONS)}, got {self.directions}")
-        if self.context_blocks < 0:
-            raise ConfigError(f"context_blocks must be zero or positive, got {self.context_blocks}")
-        if not 0 < self.patch_crop_scale <= 1 or not 0 <= self.color_drop_p <= 1:
-            raise ConfigError(f"patch_crop_scale must be in (0, 1] and color_drop_p in [0, 1], "
-                              f"got {self.patch_crop_scale} and {self.color_drop_p}")
+        if self.min_offset > self.max_offset:
+            raise ConfigError(f"min_offset must be at most max_offset, got {self.min_offset} and {self.max_offset}")
 
     def offsets(self) -> range:
         return range(self.min_offset, self.max_offset + 1)

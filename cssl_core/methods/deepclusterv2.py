@@ -52,13 +52,13 @@ class DeepClusterV2Config(MethodConfig):
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"  # the global crops; SwAV's pipeline is SimCLR's with its own crop scale
     crop_min_scale: float | None = 0.14
-    temperature: float = option(0.1, "softmax temperature of the prototype scores")
+    temperature: float = option(0.1, "softmax temperature of the prototype scores", gt=0)
     nmb_prototypes: tuple[int, ...] = option((3000, 3000, 3000),
-                                             "clusters (prototypes) of each head, one k-means per head")
-    local_crops: int = option(6, "local (small, low-resolution) crops per image besides the 2 global ones")
-    kmeans_iterations: int = option(10, "k-means iterations at each epoch start")
-    projector_hidden_dim: int = option(2048, "hidden width of the projection MLP")
-    projector_dim: int = option(128, "dimension of the L2-normalised embedding the memory stores")
+                                             "clusters (prototypes) of each head, one k-means per head", ge=1)
+    local_crops: int = option(6, "local (small, low-resolution) crops per image besides the 2 global ones", ge=0)
+    kmeans_iterations: int = option(10, "k-means iterations at each epoch start", ge=0)
+    projector_hidden_dim: int = option(2048, "hidden width of the projection MLP", ge=1)
+    projector_dim: int = option(128, "dimension of the L2-normalised embedding the memory stores", ge=1)
 
     # Not yet measured. 100 clusters per head over-cluster a 10-class set tenfold, DeepCluster's
     # best ratio (arXiv 1807.05520, Fig. 3: 10,000 clusters on ImageNet's 1,000 classes), where
@@ -73,15 +73,8 @@ class DeepClusterV2Config(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.nmb_prototypes or any(k < 1 for k in self.nmb_prototypes):
-            raise ConfigError(f"nmb_prototypes must list one positive cluster count per head, "
-                              f"got {self.nmb_prototypes}")
-        for key in ("temperature", "projector_hidden_dim", "projector_dim"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("local_crops", "kmeans_iterations"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be zero or positive, got {getattr(self, key)}")
+        if not self.nmb_prototypes:
+            raise ConfigError("nmb_prototypes must list one cluster count per head, got none")
 
 
 @full_precision

@@ -52,22 +52,27 @@ class DINOConfig(MethodConfig):
     grad_clip: float | None = 3.0
     augmentation: str = "byol"
     crop_min_scale: float | None = 0.4
-    out_dim: int = option(65536, "DINO head output dimension K (prototypes)")
-    hidden_dim: int = option(2048, "hidden width of the DINO head's MLP")
-    bottleneck_dim: int = option(256, "DINO head bottleneck, L2-normalised before the last layer")
-    head_layers: int = option(3, "linear layers in the DINO head's MLP (GELU between them)")
+    out_dim: int = option(65536, "DINO head output dimension K (prototypes)", ge=1)
+    hidden_dim: int = option(2048, "hidden width of the DINO head's MLP", ge=1)
+    bottleneck_dim: int = option(256, "DINO head bottleneck, L2-normalised before the last layer", ge=1)
+    head_layers: int = option(3, "linear layers in the DINO head's MLP (GELU between them)", ge=1)
     norm_last_layer: bool = option(True, "fix the norm of each row of the head's last layer to 1 (more stable; "
                                          "the paper's ViT-S runs use false)")
-    freeze_last_layer: int = option(1, "epochs during which the head's last layer gets no update")
-    local_crops: int = option(8, "local crops per image, seen by the student only (0: the two global crops alone)")
-    local_crop_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops (min,max)")
-    student_temp: float = option(0.1, "student softmax temperature")
-    teacher_temp: float = option(0.07, "teacher softmax temperature after its warm-up")
-    warmup_teacher_temp: float = option(0.04, "teacher softmax temperature at the start of its linear warm-up")
+    freeze_last_layer: int = option(1, "epochs during which the head's last layer gets no update", ge=0)
+    local_crops: int = option(8, "local crops per image, seen by the student only (0: the two global crops alone)",
+                             ge=0)
+    local_crop_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops (min,max)",
+                                                  gt=0, le=1)
+    student_temp: float = option(0.1, "student softmax temperature", gt=0)
+    teacher_temp: float = option(0.07, "teacher softmax temperature after its warm-up", gt=0)
+    warmup_teacher_temp: float = option(0.04, "teacher softmax temperature at the start of its linear warm-up",
+                                        gt=0)
     warmup_teacher_temp_epochs: int = option(30, f"teacher-temperature warm-up, in epochs (at most "
-                                                 f"{TEACHER_TEMP_WARMUP_SHARE:.0%} of the run)")
-    center_momentum: float = option(0.9, "momentum of the centre, a running mean of the teacher's outputs")
-    momentum_teacher: float = option(0.996, "teacher EMA momentum at the start, raised to 1 along a cosine")
+                                                 f"{TEACHER_TEMP_WARMUP_SHARE:.0%} of the run)", ge=0)
+    center_momentum: float = option(0.9, "momentum of the centre, a running mean of the teacher's outputs",
+                                    ge=0, le=1)
+    momentum_teacher: float = option(0.996, "teacher EMA momentum at the start, raised to 1 along a cosine",
+                                     ge=0, le=1)
 
     # ViTs keep the paper's AdamW whatever the image size (the small-image recipe's SGD is the
     # official convnet optimiser).
@@ -92,16 +97,6 @@ class DINOConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers", "student_temp", "teacher_temp",
-                     "warmup_teacher_temp"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("freeze_last_layer", "local_crops", "warmup_teacher_temp_epochs"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
-        for name in ("center_momentum", "momentum_teacher"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.local_crop_scale) != 2:
             raise ConfigError(f"local_crop_scale must be two numbers (min,max), got {self.local_crop_scale}")
 

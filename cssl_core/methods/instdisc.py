@@ -24,7 +24,6 @@ from torch import nn
 
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
-from cssl_core.errors import ConfigError
 from cssl_core.losses import nce_log_z, nce_loss
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -43,22 +42,15 @@ class InstDiscConfig(MethodConfig):
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
     augmentation: str = "mocov1"
-    temperature: float = option(0.07, "temperature T of the logits f . v / T")
-    embedding_dim: int = option(128, "dimension of the unit features the memory bank stores")
-    num_negatives: int = option(4096, "noise samples K drawn uniformly from the memory bank per image")
-    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)")
+    temperature: float = option(0.07, "temperature T of the logits f . v / T", gt=0)
+    embedding_dim: int = option(128, "dimension of the unit features the memory bank stores", ge=1)
+    num_negatives: int = option(4096, "noise samples K drawn uniformly from the memory bank per image", ge=1)
+    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)",
+                                   ge=0, lt=1)
 
     # The official cifar.py: batch 128 at lr 0.03 (0.06 per 256 by the linear rule), T = 0.1, K = 4096,
     # weight decay 5e-4. cifar.py drops the flip and steps the lr down; here the flip and the cosine stay.
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128, "base_lr": 0.06, "temperature": 0.1}
-
-    def validate(self) -> None:
-        super().validate()
-        for key in ("temperature", "embedding_dim", "num_negatives"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        if not 0 <= self.bank_momentum < 1:
-            raise ConfigError(f"bank_momentum must be in [0, 1), got {self.bank_momentum}")
 
 
 @register

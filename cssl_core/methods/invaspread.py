@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from cssl_core.config import MethodConfig, option
-from cssl_core.errors import ConfigError
 from cssl_core.losses import invaspread_loss
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -40,18 +39,12 @@ class InvaSpreadConfig(MethodConfig):
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
     augmentation: str = "mocov1"
-    temperature: float = option(0.1, "softmax temperature T over the batch's instance features")
-    embedding_dim: int = option(128, "dimension of the unit instance features (the linear head's output)")
+    temperature: float = option(0.1, "softmax temperature T over the batch's instance features", gt=0)
+    embedding_dim: int = option(128, "dimension of the unit instance features (the linear head's output)", ge=1)
 
     # Reasoned, not measured: the paper's own setup is CIFAR-10 (demo_seen.py), batch 128 and the
     # values above; only the batch size differs from our 256 default.
     small_image_recipe: ClassVar[dict[str, Any]] = {"batch_size": 128}
-
-    def validate(self) -> None:
-        super().validate()
-        for key in ("temperature", "embedding_dim"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
 
 
 @register

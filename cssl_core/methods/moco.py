@@ -36,12 +36,12 @@ class MoCoV2Config(MethodConfig):
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
     augmentation: str = "mocov2"
-    temperature: float = option(0.2, "InfoNCE temperature")
-    queue_size: int = option(65536, "number of negative keys kept in the queue")
-    momentum: float = option(0.999, "EMA momentum of the key encoder")
+    temperature: float = option(0.2, "InfoNCE temperature", gt=0)
+    queue_size: int = option(65536, "number of negative keys kept in the queue", ge=1)
+    momentum: float = option(0.999, "EMA momentum of the key encoder", ge=0, le=1)
     momentum_cosine: bool = option(False, "raise the momentum to 1 along a cosine")
     mlp_head: bool = option(True, "2-layer MLP head (v2) instead of a linear one (v1)")
-    head_dim: int = option(128, "key/query dimension")
+    head_dim: int = option(128, "key/query dimension", ge=1)
     symmetric: bool = option(False, "symmetrised loss: both views act as query and key")
 
     # Measured here (BENCHMARKS.md): 49.6% kNN in 5 minutes. A queue of 65,536 keys outlasts

@@ -45,13 +45,14 @@ class MoCoV3Config(MethodConfig):
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
     crop_min_scale: float | None = 0.2
-    temperature: float = option(1.0, "InfoNCE temperature T (the loss is scaled by 2T); 1.0 for ResNets, 0.2 for ViTs")
-    momentum: float = option(0.99, "momentum encoder's EMA momentum at the start")
+    temperature: float = option(1.0, "InfoNCE temperature T (the loss is scaled by 2T); 1.0 for ResNets, 0.2 for ViTs",
+                                     gt=0)
+    momentum: float = option(0.99, "momentum encoder's EMA momentum at the start", ge=0, le=1)
     momentum_cosine: bool = option(True, "raise the momentum to 1 along a cosine (--moco-m-cos)")
-    projector_layers: int = option(2, "projector depth: 2 for ResNets, 3 for ViTs (official code)")
-    projector_hidden_dim: int = option(4096, "projector width")
-    projector_dim: int = option(256, "projection (query and key) dimension")
-    predictor_hidden_dim: int = option(4096, "predictor width")
+    projector_layers: int = option(2, "projector depth: 2 for ResNets, 3 for ViTs (official code)", ge=1)
+    projector_hidden_dim: int = option(4096, "projector width", ge=1)
+    projector_dim: int = option(256, "projection (query and key) dimension", ge=1)
+    predictor_hidden_dim: int = option(4096, "predictor width", ge=1)
     predictor_last_bn: bool = option(False, "BN without affine on the predictor's output (official ViT heads)")
 
     # ViT-S/B (official CONFIG.md): AdamW, lr 1.5e-4 x batch/256, weight decay 0.1, 40 warmup epochs,
@@ -96,12 +97,6 @@ class MoCoV3(Method):
         if mc.frozen_patch_embed and config.backbone not in vit_names():
             raise ConfigError(f"frozen_patch_embed applies to ViT backbones ({', '.join(vit_names())}); "
                               f"set it to false for {config.backbone!r}")
-        if not mc.temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {mc.temperature}")
-        if not 0 <= mc.momentum <= 1:
-            raise ConfigError(f"momentum must be in [0, 1], got {mc.momentum}")
-        if mc.projector_layers < 1:
-            raise ConfigError(f"projector_layers must be at least 1, got {mc.projector_layers}")
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         return {"momentum": momentum_schedule(self.config.momentum, total_steps, self.config.momentum_cosine)}

@@ -27,10 +27,11 @@ class SimCLRConfig(MethodConfig):
     weight_decay: float = 1e-6
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"
-    temperature: float = option(0.5, "NT-Xent temperature")
-    projector_layers: int = option(2, "projector depth (3: SimCLR v2)")
-    projector_hidden_dim: int | None = option(None, "projector width; none: the backbone's feature dimension, as in the paper")
-    projector_dim: int = option(128, "projection output dimension")
+    temperature: float = option(0.5, "NT-Xent temperature", gt=0)
+    projector_layers: int = option(2, "projector depth (3: SimCLR v2)", ge=1)
+    projector_hidden_dim: int | None = option(None, "projector width; none: the backbone's feature dimension, as in "
+                                                   "the paper", ge=1)
+    projector_dim: int = option(128, "projection output dimension", ge=1)
 
     # Measured here (BENCHMARKS.md, CIFAR-10 in 5 minutes on a CPU): 57.3-57.9% kNN against 47.8%
     # with the paper's values. LARS' eta 0.001 is tuned for batch 4096.

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cssl_core.config import option
-from cssl_core.errors import ConfigError
 from cssl_core.losses import nt_xent
 from cssl_core.methods import register
 from cssl_core.methods.base import Batch, StepOutput
@@ -38,26 +37,16 @@ class SimCLRv2Config(SimCLRConfig):
     base_lr: float = 0.3
     weight_decay: float = 1e-4
     temperature: float = option(0.1, "NT-Xent temperature")
-    projector_layers: int = option(3, "projector depth; fine-tuning starts from its first layer")
+    projector_layers: int = option(3, "projector depth; fine-tuning starts from its first layer", ge=2)
     # The memory (Sec. 2, "we also incorporate the memory mechanism from MoCo"): off by default as in
     # the released code; the paper reports about 1% from it at batch 4096.
-    memory_size: int = option(0, "negatives kept from a momentum encoder (MoCo-style memory); 0: none")
-    memory_momentum: float = option(0.999, "EMA momentum of the memory's encoder (MoCo's value)")
+    memory_size: int = option(0, "negatives kept from a momentum encoder (MoCo-style memory); 0: none", ge=0)
+    memory_momentum: float = option(0.999, "EMA momentum of the memory's encoder (MoCo's value)", ge=0, lt=1)
 
     # SimCLR's measured small-image recipe (BENCHMARKS.md): the same loss and views at CIFAR size.
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128, "temperature": 0.2, "crop_min_scale": 0.2, "lars_eta": 0.05,
     }
-
-    def validate(self) -> None:
-        super().validate()
-        if self.projector_layers < 2:
-            raise ConfigError(f"simclrv2 fine-tunes from the projector's first layer, so projector_layers must be at "
-                         f"least 2, got {self.projector_layers}")
-        if self.memory_size < 0:
-            raise ConfigError(f"memory_size must be zero or positive, got {self.memory_size}")
-        if not 0 <= self.memory_momentum < 1:
-            raise ConfigError(f"memory_momentum must be in [0, 1), got {self.memory_momentum}")
 
 
 @register

@@ -27,9 +27,9 @@ class SimSiamConfig(MethodConfig):
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
     augmentation: str = "simclr"
-    projector_layers: int = option(3, "projector depth")
-    projector_dim: int = option(2048, "projector width and output dimension")
-    predictor_hidden_dim: int = option(512, "predictor bottleneck width")
+    projector_layers: int = option(3, "projector depth", ge=1)
+    projector_dim: int = option(2048, "projector width and output dimension", ge=1)
+    predictor_hidden_dim: int = option(512, "predictor bottleneck width", ge=1)
     fixed_predictor_lr: bool = option(True, "predictor at a constant learning rate (Sec. 4.2)")
 
     # Measured here (BENCHMARKS.md): the paper's 2-layer CIFAR projector (App. D).

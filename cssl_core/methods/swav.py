@@ -46,16 +46,18 @@ class SwAVConfig(MethodConfig):
     warmup_epochs: float = 10.0
     augmentation: str = "simclr"
     crop_min_scale: float | None = 0.14
-    local_crops: int = option(6, "local crops per image besides the 2 global ones (multi-crop; 0: none)")
-    temperature: float = option(0.1, "softmax temperature of the predictions")
-    epsilon: float = option(0.05, "Sinkhorn-Knopp entropy regularisation of the codes")
-    sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp normalisation rounds")
-    projector_hidden_dim: int = option(2048, "projection MLP hidden width")
-    projector_dim: int = option(128, "embedding dimension (the prototypes' dimension)")
-    nmb_prototypes: int = option(3000, "number of prototypes K")
-    freeze_prototypes_epochs: float = option(1.0, "keep the prototypes fixed for this many epochs from the start")
-    queue_length: int = option(0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)")
-    epoch_queue_starts: int = option(15, "epoch from which the queue is filled (used once full)")
+    local_crops: int = option(6, "local crops per image besides the 2 global ones (multi-crop; 0: none)", ge=0)
+    temperature: float = option(0.1, "softmax temperature of the predictions", gt=0)
+    epsilon: float = option(0.05, "Sinkhorn-Knopp entropy regularisation of the codes", gt=0)
+    sinkhorn_iterations: int = option(3, "Sinkhorn-Knopp normalisation rounds", ge=1)
+    projector_hidden_dim: int = option(2048, "projection MLP hidden width", ge=1)
+    projector_dim: int = option(128, "embedding dimension (the prototypes' dimension)", ge=1)
+    nmb_prototypes: int = option(3000, "number of prototypes K", ge=1)
+    freeze_prototypes_epochs: float = option(1.0, "keep the prototypes fixed for this many epochs from the start",
+                                            ge=0)
+    queue_length: int = option(0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)",
+                               ge=0)
+    epoch_queue_starts: int = option(15, "epoch from which the queue is filled (used once full)", ge=0)
 
     # Not yet measured here; reasons, for images of 64 px or less (CIFAR on a CPU, short runs):
     # - nmb_prototypes 100: the paper's ratio K / batch = 3000 / 4096 at batch 128 (about 94),
@@ -112,13 +114,6 @@ class SwAV(Method):
     @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         mc = config.method_config
-        for key in ("nmb_prototypes", "projector_dim", "projector_hidden_dim", "sinkhorn_iterations",
-                    "temperature", "epsilon"):
-            if not getattr(mc, key) > 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(mc, key)}")
-        for key in ("local_crops", "queue_length", "epoch_queue_starts", "freeze_prototypes_epochs"):
-            if not getattr(mc, key) >= 0:
-                raise ConfigError(f"{key} must be zero or positive, got {getattr(mc, key)}")
         if mc.queue_length:
             if mc.queue_length < config.batch_size:
                 raise ConfigError(f"queue_length {mc.queue_length} is shorter than a batch ({config.batch_size}); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,10 @@ from torch import nn
 from cssl_core.errors import CheckpointError
 
 FORMAT = "cssl-checkpoint/1"
+# What evaluating or resuming a checkpoint reads besides its weights.
+REQUIRED_KEYS = ("config", "model", "step", "steps_per_epoch", "image_size")
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without pickle's STOP
 
 
 @dataclass
@@ -41,16 +46,42 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The state :func:`save_checkpoint` wrote to ``path``. Every checkpoint the core reads comes
+    through here: any other file (text, a truncated copy, another program's torch file) raises
+    :class:`CheckpointError` ``not a cssl checkpoint: <path>: <reason>``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many kinds on a truncated or foreign file
-        raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a cssl checkpoint (expected format {FORMAT})")
-    return state
+    except OSError as exc:
+        raise CheckpointError(f"could not read checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception:  # the pickle and zip readers raise many kinds; the reason comes from the bytes
+        raise CheckpointError(f"not a cssl checkpoint: {path}: {_unreadable_reason(path)}") from None
+    if not isinstance(state, dict):
+        reason = f"it holds a {type(state).__name__}, not a checkpoint's dict"
+    elif "format" not in state:
+        reason = "it has no format entry (a plain state_dict, or another program's checkpoint?)"
+    elif state["format"] != FORMAT:
+        reason = f"its format is {state['format']!r}, expected {FORMAT!r}"
+    elif missing := [key for key in REQUIRED_KEYS if key not in state]:
+        reason = f"it lacks {', '.join(missing)}"
+    else:
+        return state
+    raise CheckpointError(f"not a cssl checkpoint: {path}: {reason}")
+
+
+def _unreadable_reason(path: Path) -> str:
+    """Why ``torch.load`` could not read ``path``, from its first bytes."""
+    with path.open("rb") as f:
+        head = f.read(len(LEGACY_MAGIC))
+    if not head:
+        return "the file is empty"
+    # torch.save writes a zip archive whose directory sits at its end (before torch 1.6, a pickle
+    # stream that starts with its magic number).
+    if head.startswith(ZIP_MAGIC) or head == LEGACY_MAGIC:
+        return "the file is truncated or corrupt (an interrupted write or copy?)"
+    return "not a file written by torch.save"
 
 
 def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = False,

@@ -100,7 +100,12 @@ def test_dataset_options_are_config_keys(client, alice):
     [
         ({**PRETRAIN, "method": "simclrr"}, ["body", "method"], "known methods"),
         ({**PRETRAIN, "config": {"epochs": 1, "temprature": 0.2}}, ["body", "config", "temprature"], "valid options"),
-        ({**PRETRAIN, "config": {"epochs": -3}}, ["body", "config", "epochs"], "positive"),
+        ({**PRETRAIN, "config": {"temprature": 0.2}}, ["body", "config", "temprature"], "(did you mean temperature?)"),
+        ({**PRETRAIN, "config": {"epochs": -3}}, ["body", "config", "epochs"], "epochs must be at least 1, got -3"),
+        ({**PRETRAIN, "config": {"temperature": -1}}, ["body", "config", "temperature"], "temperature must be greater than 0, got -1.0"),
+        ({**PRETRAIN, "config": {"temperature": 10**400}}, ["body", "config", "temperature"], "temperature must be a finite number"),
+        ({**PRETRAIN, "config": {"sgd_momentum": 1e300}}, ["body", "config", "sgd_momentum"], "sgd_momentum must be in [0, 1), got 1e+300"),
+        ({**PRETRAIN, "config": {"seed": 10**30}}, ["body", "config", "seed"], "seed must be in [0, 4294967295]"),
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
         ({**PRETRAIN, "dataset": {"name": "cifar10"}}, ["body", "dataset", "path"], "needs a path"),
@@ -109,6 +114,7 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "priority": 12}, ["body", "priority"], "less than or equal"),
         ({**PRETRAIN, "evaluate": ["svm"]}, ["body", "evaluate", 0], "knn"),
         ({**PRETRAIN, "config": {"knn": {"k": 0}}}, ["body", "config", "knn"], "k must be at least 1"),
+        ({**PRETRAIN, "config": {"knn": {"temperature": 0}}}, ["body", "config", "knn"], "temperature must be greater than 0, got 0.0"),
         ({**PRETRAIN, "config": {"knn": 20}}, ["body", "config", "knn"], "object of protocol parameters"),
         ({**PRETRAIN, "config": {"linear": {"epoch": 5}}}, ["body", "config", "linear"], "valid: batch_size, epochs"),
         ({**PRETRAIN, "config": {"linear": {"lr": "fast"}}}, ["body", "config", "linear"], "lr must be of type float"),
@@ -126,6 +132,16 @@ def test_validation_errors_name_the_field(client, alice, body, loc, words):
     assert [e["loc"] for e in problem["errors"]] == [loc], problem
     assert words in problem["errors"][0]["msg"], problem
     assert ".".join(map(str, loc)) in problem["detail"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_non_finite_number_is_refused_naming_the_field(client, alice, literal):
+    # JSON has no NaN or infinity, but Python's parser (and so the API's) reads these literals.
+    body = '{"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": {"temperature": %s}}'
+    response = client.post("/v1/jobs", content=body % literal, headers={**alice, "content-type": "application/json"})
+    problem = assert_problem(response, 422)
+    assert [e["loc"] for e in problem["errors"]] == [["body", "config", "temperature"]], problem
+    assert problem["errors"][0]["msg"].startswith("temperature must be a finite number, got "), problem
 
 
 def test_several_bad_fields_are_all_named(client, alice):
