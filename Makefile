@@ -3,14 +3,27 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean lock audit
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions in the lock files (what was tested), then the project itself.
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+# After changing dependencies in pyproject.toml: resolve them afresh and write the lock files.
+lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
-	touch $@
+	$(BIN)/python scripts/lock.py
+
+# Known vulnerabilities in the locked packages (needs the PyPI JSON API or OSV reachable).
+audit: venv
+	$(BIN)/pip install --disable-pip-version-check -q pip-audit
+	$(BIN)/pip-audit --strict -r requirements.lock -r requirements-dev.lock --no-deps --disable-pip
 
 demo: venv
 	$(BIN)/python -m cli.service_demo
