@@ -8,7 +8,13 @@ against Postgres + Redis, and measures:
 2. ``GET /v1/jobs/{id}`` at ``--clients`` concurrent clients while a training job runs:
    requests/s and latency percentiles;
 3. ``POST /v1/jobs`` throughput at ``--post-clients`` concurrent clients (the jobs are
-   cancelled afterwards and never train).
+   cancelled afterwards and never train);
+4. with ``--soak SECONDS``: a mixed read load (job, list, metrics, checkpoints) at
+   ``--soak-clients`` while a job trains, with the resident memory of the API and worker
+   processes at its start and end, errors and latency percentiles;
+5. with ``--failover``: a second worker waits idle; the worker running a job is killed with
+   SIGKILL, and the time until the job runs again on the other worker is measured (it is
+   ``CSSL_HEARTBEAT_TIMEOUT`` plus up to one ``CSSL_SWEEP_INTERVAL``; ``--heartbeat-timeout``).
 
 Every loop is bounded in time and count; the client runs on the same 2 cores as the service.
 
@@ -51,10 +57,14 @@ def main() -> int:
     parser.add_argument("--posts", type=int, default=500)
     parser.add_argument("--first-step-runs", type=int, default=5)
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (cssl api --workers)")
+    parser.add_argument("--soak", type=float, default=0, help="seconds of mixed load with memory sampled (0: none)")
+    parser.add_argument("--soak-clients", type=int, default=10)
+    parser.add_argument("--failover", action="store_true", help="measure a lost worker's job moving to another")
+    parser.add_argument("--heartbeat-timeout", type=float, default=60.0, help="CSSL_HEARTBEAT_TIMEOUT of the service")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
-    with Service(args.mode, args.api_workers) as service:
+    with Service(args.mode, args.api_workers, args.heartbeat_timeout) as service:
         results = {"mode": args.mode, "api_workers": args.api_workers, "cores": os.cpu_count()}
         results["first_step"] = first_step(service, args.first_step_runs)
         print(json.dumps({"first_step": results["first_step"]}, indent=1), flush=True)
@@ -73,6 +83,12 @@ def main() -> int:
         results["post_job"] = asyncio.run(post_load(service, args.post_clients, args.posts, args.duration))
         print(json.dumps({"post_job": results["post_job"]}, indent=1), flush=True)
         service.cancel_all()
+        if args.soak:
+            results["soak"] = soak(service, args.soak_clients, args.soak)
+            print(json.dumps({"soak": results["soak"]}, indent=1), flush=True)
+        if args.failover:
+            results["failover"] = failover(service)
+            print(json.dumps({"failover": results["failover"]}, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
@@ -157,6 +173,74 @@ async def post_load(service: "Service", clients: int, posts: int, duration: floa
     return await _load(service, clients, duration, posts, "POST", "/v1/jobs", json.dumps(body).encode(), 202)
 
 
+def soak(service: "Service", clients: int, seconds: float) -> dict:
+    job = service.submit(LONG, evaluate=[])
+    service.wait_for_status(job, "running")
+    paths = [f"/v1/jobs/{job}", "/v1/jobs?limit=20", f"/v1/jobs/{job}/metrics", "/v1/checkpoints"]
+    memory_start = service.memory()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    async def run() -> float:
+        connections = [await RawConnection(service.port, service.headers).open() for _ in range(clients)]
+        deadline = time.monotonic() + seconds
+
+        async def one_client(connection: RawConnection, offset: int):
+            turn = offset
+            while time.monotonic() < deadline:
+                path = paths[turn % len(paths)]
+                turn += 1
+                start = time.perf_counter()
+                status, _ = await connection.request("GET", path)
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    errors[f"{status} {path}"] = errors.get(f"{status} {path}", 0) + 1
+                await asyncio.sleep(0.01)  # a dashboard's pace, not a flood: the job trains beside it
+
+        start = time.monotonic()
+        await asyncio.gather(*(one_client(c, i) for i, c in enumerate(connections)))
+        for connection in connections:
+            connection.close()
+        return time.monotonic() - start
+
+    elapsed = asyncio.run(run())
+    memory_end = service.memory()
+    still = service.get(job)
+    service.cancel_all()
+    return {"seconds": round(elapsed, 1), "clients": clients, "errors": errors, **_summary(latencies, elapsed),
+            "rss_mib_start": memory_start, "rss_mib_end": memory_end, "job_status_at_end": still["status"],
+            "job_steps": still["progress"]["step"]}
+
+
+def failover(service: "Service") -> dict:
+    spare = service.start_worker("spare")
+    time.sleep(15)  # the spare is up and idle
+    job = service.submit(LONG, evaluate=[])
+    service.wait_for_status(job, "running")
+    first = service.get(job)["worker"]
+    victim = service.processes[0] if first.startswith("cssl@") else spare
+    victim.send_signal(signal.SIGKILL)
+    killed = time.time()
+    victim.wait()
+    # The events carry the server's times: the new attempt's claim and its first step.
+    resumed = {}
+
+    def second_attempt_stepped(event) -> bool:
+        if event["event"] == "state" and event["data"]["status"] == "running" and event["data"]["attempt"] == 2:
+            resumed["claim"] = _time(event["data"]["at"])
+        elif event["event"] == "progress" and "claim" in resumed:
+            resumed["step"] = _time(event["data"]["at"])
+            return True
+        return False
+
+    service.events_until(job, second_attempt_stepped)
+    current = service.get(job)
+    service.cancel_all()
+    return {"heartbeat_timeout_s": service.heartbeat_timeout, "first_worker": first, "second_worker": current["worker"],
+            "death_to_claim_s": round(resumed["claim"] - killed, 2),
+            "death_to_next_step_s": round(resumed["step"] - killed, 2)}
+
+
 def _summary(latencies: list[float], elapsed: float) -> dict:
     ordered = sorted(latencies)
 
@@ -167,6 +251,19 @@ def _summary(latencies: list[float], elapsed: float) -> dict:
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(1000 * ordered[-1], 1)}
 
 
+def _rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its descendants, from /proc."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return total
+    return total + sum(_rss_kib(int(child)) for child in children)
+
+
 def _time(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -174,12 +271,14 @@ def _time(iso: str) -> float:
 class Service:
     """An API and a worker process with a fresh database and queue, removed afterwards."""
 
-    def __init__(self, mode: str, api_workers: int = 1):
-        self.mode, self.api_workers = mode, api_workers
+    def __init__(self, mode: str, api_workers: int = 1, heartbeat_timeout: float = 60.0):
+        self.mode, self.api_workers, self.heartbeat_timeout = mode, api_workers, heartbeat_timeout
         self.run_id = uuid.uuid4().hex[:8]
         self.state = Path(tempfile.mkdtemp(prefix="cssl-bench-"))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CSSL_")}
-        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_PROGRESS_EVERY="1", CSSL_QUEUE=f"bench_{self.run_id}")
+        # No submission limit: the POST load measures the API, not the limit.
+        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_PROGRESS_EVERY="1", CSSL_QUEUE=f"bench_{self.run_id}",
+                        CSSL_SUBMIT_RATE="0", CSSL_HEARTBEAT_TIMEOUT=str(heartbeat_timeout))
         self.admin_url = os.environ.get("CSSL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
         if mode == "postgres":
             self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_bench_{self.run_id}"
@@ -195,6 +294,7 @@ class Service:
         token = self._cli("token", "create", "--owner", "bench").strip().splitlines()[-1]
         self.headers = {"Authorization": f"Bearer {token}"}
         log = open(self.state / "service.log", "ab")
+        self.log = log
         self.processes.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=self.env,
                                                stdout=log, stderr=log))
         self.processes.append(subprocess.Popen(
@@ -226,6 +326,32 @@ class Service:
             broker = redis.Redis.from_url(self.env["CSSL_BROKER_URL"])
             for key in broker.scan_iter(f"*{self.env['CSSL_QUEUE']}*"):  # the cancelled jobs' messages
                 broker.delete(key)
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        """Another worker process (a Celery worker of its own name, like a second machine's)."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--loglevel=INFO",
+             f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=REPO, env=self.env, stdout=self.log, stderr=self.log)
+        self.processes.append(process)
+        return process
+
+    def memory(self) -> dict[str, float]:
+        """Resident memory (MiB) of the API and the first worker, each with its child processes."""
+        names = {"worker": self.processes[0].pid, "api": self.processes[1].pid}
+        return {name: round(_rss_kib(pid) / 1024, 1) for name, pid in names.items()}
+
+    def events_until(self, job_id: str, done) -> list[dict]:
+        events, kind = [], None
+        with httpx.stream("GET", f"{self.base}/v1/jobs/{job_id}/events", headers=self.headers, timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    events.append({"event": kind, "data": json.loads(line.split(":", 1)[1])})
+                    if done(events[-1]):
+                        return events
+        return events
 
     def _cli(self, *argv: str) -> str:
         return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=self.env, check=True,
