@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.deps import TokenCache
-from api.routes import artifacts, catalog, health, jobs
+from api.routes import artifacts, catalog, datasets, health, jobs
 from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
@@ -48,6 +48,6 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.publisher = Publisher(app.state.celery, settings)
     app.state.token_cache = TokenCache()
     problems.install(app)
-    for module in (jobs, artifacts, catalog, health):
+    for module in (jobs, artifacts, catalog, datasets, health):
         app.include_router(module.router)
     return app

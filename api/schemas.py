@@ -16,7 +16,7 @@ Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]
 PRETRAIN_EXAMPLE = {
     "kind": "pretrain",
     "method": "simclr",
-    "dataset": {"name": "cifar10", "path": "/data/cifar10-jpeg.tar.gz"},
+    "dataset": {"name": "cifar10", "path": "cifar10-jpeg.tar.gz"},
     "config": {"epochs": 200, "backbone": "resnet18", "batch_size": 512},
     "evaluate": ["knn", "linear"],
     "priority": 5,
@@ -28,12 +28,25 @@ class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="A name from GET /v1/datasets", examples=["cifar10"])
-    path: str | None = Field(None, description="Where the data lies on the workers, for data sets that need one")
+    path: str | None = Field(
+        None,
+        description="For data sets that need files: a file or folder under the service's data roots; "
+        "a relative path is relative to the first root",
+        examples=["cifar10-jpeg.tar.gz"],
+    )
+    upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="Instead of a path: the id of one of "
+                               "your uploads (POST /v1/datasets/uploads)")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Data options that are config keys, e.g. {\"subset\": 5000}",
         examples=[{"subset": 5000}],
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if self.path is not None and self.upload is not None:
+            raise ValueError("a data set comes from a path or from an upload, not both")
+        return self
 
 
 class JobCreate(BaseModel):
@@ -94,6 +107,7 @@ class Timings(BaseModel):
 class DatasetPublic(BaseModel):
     name: str
     path: str | None = None
+    upload: str | None = Field(None, description="The upload the job reads, when it names one")
 
 
 class JobLinks(BaseModel):
@@ -190,6 +204,16 @@ class DatasetInfo(BaseModel):
     description: str
     needs_path: bool
     image_size: int | None = None
+
+
+class UploadPublic(BaseModel):
+    id: str = Field(description="What a job names: {\"dataset\": {\"name\": \"imagefolder\", \"upload\": id}}")
+    name: str
+    status: Literal["ready", "deleting"]
+    sha256: str = Field(description="Of the archive as received")
+    size_bytes: int = Field(description="The archive's size")
+    num_files: int = Field(description="Files unpacked from it")
+    created_at: datetime
 
 
 class Health(BaseModel):

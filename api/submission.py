@@ -6,25 +6,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from api.problems import field_error, invalid
 from api.schemas import JobCreate
 from cssl_core.config import build_config, common_field_names, did_you_mean
-from cssl_core.data import describe_datasets
-from cssl_core.errors import ConfigError
+from cssl_core.data import describe_datasets, locate_dataset
+from cssl_core.errors import ConfigError, DataError
 from cssl_core.evaluation import PROTOCOL_PARAMS, protocol_params
 from cssl_core.methods import get_method
-from store import jobs, records
+from store import data_roots, datasets, jobs, records
 from store.jobs import NewJob
+from store.settings import Settings
 
 DEFAULT_PROTOCOLS = ["knn", "linear"]
 # Set through `dataset`, not through `config`.
 DATASET_KEYS = ("dataset", "data")
 # Protocol parameters ({"knn": {"k": 20}}) sit beside the run's keys in a job's config.
 EVAL_CONFIG_KEYS = ("device", *PROTOCOL_PARAMS)
+# The same words for every path refused, whether it exists or not: a refusal tells nothing
+# about the server's files.
+UNREADABLE_PATH = (
+    "not a path the service reads data from; name a file or folder in its data folder, relative to it "
+    "(e.g. cifar10-jpeg.tar.gz), or upload your own with POST /v1/datasets/uploads and name it by its id as upload"
+)
 
 
 def request_hash(body: JobCreate) -> str:
@@ -32,20 +38,20 @@ def request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def resolve(session: Session, owner: str, body: JobCreate) -> NewJob:
+def resolve(session: Session, owner: str, body: JobCreate, settings: Settings) -> NewJob:
     protocols = list(dict.fromkeys(DEFAULT_PROTOCOLS if body.evaluate is None else body.evaluate))
     if body.kind == "pretrain":
-        return _pretrain(body, protocols)
-    return _eval(session, owner, body, protocols)
+        return _pretrain(session, owner, settings, body, protocols)
+    return _eval(session, owner, settings, body, protocols)
 
 
-def _pretrain(body: JobCreate, protocols: list[str]) -> NewJob:
+def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate, protocols: list[str]) -> NewJob:
     errors = []
     try:
         method = get_method(body.method)
     except ConfigError as exc:
         raise invalid([field_error(["body", "method"], str(exc))]) from None
-    dataset_name, dataset_path = _check_dataset(body, errors)
+    dataset_name, dataset_path = _check_dataset(session, owner, settings, body, errors)
 
     valid_keys = set(common_field_names()) | {f.name for f in dataclasses.fields(method.config_cls)}
     eval_params = _protocol_params(body.config, errors)
@@ -105,20 +111,46 @@ def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
     return checked
 
 
-def _check_dataset(body: JobCreate, errors: list) -> tuple[str, str | None]:
+def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCreate, errors: list) -> tuple[str, str | None]:
+    """The data set's name and its data path: the user's path, or ``uploads/<id>`` for an upload
+    of theirs; either must resolve inside the data roots and hold the data set's files."""
     catalog = {d["name"]: d for d in describe_datasets()}
-    name, path = body.dataset.name, body.dataset.path
-    info = catalog.get(name)
+    spec = body.dataset
+    info = catalog.get(spec.name)
     if info is None:
-        errors.append(field_error(["body", "dataset", "name"], f"unknown data set {name!r}; known: {', '.join(sorted(catalog))}"))
-    elif info.get("needs_path") and not path:
-        errors.append(field_error(["body", "dataset", "path"], f"the data set {name!r} needs a path on the workers, e.g. /data/cifar10-jpeg.tar.gz"))
-    if path and not Path(path).exists():
-        errors.append(field_error(["body", "dataset", "path"], f"{path} does not exist on the service; give a path the workers can read"))
-    return name, path or None
+        errors.append(field_error(["body", "dataset", "name"], f"unknown data set {spec.name!r}; known: {', '.join(sorted(catalog))}"))
+    if spec.upload is not None:
+        loc = ["body", "dataset", "upload"]
+        upload = datasets.usable_dataset(session, spec.upload, owner)
+        if upload is None:
+            errors.append(field_error(loc, f"no upload {spec.upload}; list yours with GET /v1/datasets/uploads"))
+            return spec.name, None
+        path = upload.path
+    elif spec.path:
+        loc, path = ["body", "dataset", "path"], spec.path
+    else:
+        if info is not None and info["needs_path"]:
+            errors.append(field_error(["body", "dataset", "path"], f"the data set {spec.name!r} needs a path in the service's "
+                                      "data folder (e.g. cifar10-jpeg.tar.gz) or an upload"))
+        return spec.name, None
+    if info is None:
+        return spec.name, path
+    if not info["needs_path"]:
+        errors.append(field_error(loc, f"the data set {spec.name!r} takes no files; leave out path and upload"))
+        return spec.name, None
+    resolved = data_roots.resolve_data_path(settings, path, uploads=spec.upload is not None)
+    if resolved is None:
+        gone = f"upload {spec.upload}'s files are gone; upload it again"
+        errors.append(field_error(loc, UNREADABLE_PATH if spec.upload is None else gone))
+        return spec.name, path
+    try:
+        locate_dataset(spec.name, resolved)
+    except DataError:
+        errors.append(field_error(loc, f"the files there are not laid out as {spec.name} needs: {info['description']}"))
+    return spec.name, path
 
 
-def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -> NewJob:
+def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, protocols: list[str]) -> NewJob:
     errors = []
     if not protocols:
         errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: " + ", ".join(PROTOCOL_PARAMS)))
@@ -145,7 +177,9 @@ def _eval(session: Session, owner: str, body: JobCreate, protocols: list[str]) -
                 errors.append(field_error(["body", "job"], f"job {source.id} recorded no checkpoint"))
     dataset_name, dataset_path = (source.dataset, source.dataset_path) if source else ("", None)
     if body.dataset is not None:
-        dataset_name, dataset_path = _check_dataset(body, errors)
+        dataset_name, dataset_path = _check_dataset(session, owner, settings, body, errors)
+    elif (upload := data_roots.upload_id(dataset_path)) and datasets.usable_dataset(session, upload, owner) is None:
+        errors.append(field_error(["body", "dataset"], f"the pretraining data, upload {upload}, was deleted; name a data set"))
     if errors:
         raise invalid(errors)
     return NewJob(

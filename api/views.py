@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from store.models import Checkpoint, Evaluation, Job, utcnow
+from store.data_roots import upload_id
+from store.models import Checkpoint, Dataset, Evaluation, Job, utcnow
 
 from api.schemas import (
     CheckpointPublic,
@@ -12,6 +13,7 @@ from api.schemas import (
     JobPublic,
     Progress,
     Timings,
+    UploadPublic,
 )
 
 
@@ -23,7 +25,7 @@ def job_public(job: Job) -> JobPublic:
         kind=job.kind,
         status=job.status,
         method=job.method,
-        dataset=DatasetPublic(name=job.dataset, path=job.dataset_path),
+        dataset=DatasetPublic(name=job.dataset, path=job.dataset_path, upload=upload_id(job.dataset_path)),
         config=job.config,
         evaluate=job.evaluate,
         priority=job.priority,
@@ -69,3 +71,7 @@ def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
 
 def evaluation_public(evaluation: Evaluation) -> EvaluationPublic:
     return EvaluationPublic.model_validate(evaluation, from_attributes=True)
+
+
+def upload_public(dataset: Dataset) -> UploadPublic:
+    return UploadPublic.model_validate(dataset, from_attributes=True)

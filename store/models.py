@@ -187,3 +187,23 @@ class Evaluation(Base):
     # What the protocol reports besides accuracy (fine-tuning's labelled images, a teacher's top-1).
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A data set a user uploaded: a .tar.gz unpacked under the first data root, owned like a job."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_created_at", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    # Of the archive as received.
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    num_files: Mapped[int]
+    # Relative to the first data root (uploads/<id>): the data path of the jobs that name it.
+    path: Mapped[str] = mapped_column(Text)
+    # ready, or deleting while its files are being removed.
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -10,12 +10,14 @@ URLs point at Postgres and Redis. ``cssl settings`` prints what is in effect.
 from __future__ import annotations
 
 import functools
+import os
+import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CSSL_"
 
@@ -40,6 +42,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
     max_attempts: int = Field(3, ge=1, description="after that many lost workers the job fails")
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
+    data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (), description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
+        "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)")
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive POST /v1/datasets/uploads "
+                                  "takes; unpacked, its files may take four times that")
+    cache_dir: Path = Field(Path(), description="the workers' decoded-dataset cache (default: STATE_DIR/cache)")
 
     @model_validator(mode="before")
     @classmethod
@@ -52,6 +60,8 @@ class Settings(BaseSettings):
         data["state_dir"] = state_dir
         data["database_url"] = _sqlalchemy_url(str(data.get("database_url") or f"sqlite:///{state_dir / 'cssl.db'}"))
         data["artifact_root"] = Path(data.get("artifact_root") or state_dir / "artifacts").resolve()
+        data["cache_dir"] = Path(data.get("cache_dir") or state_dir / "cache").resolve()
+        data["data_roots"] = _folders(data.get("data_roots")) or (state_dir / "data",)
         return data
 
     @model_validator(mode="after")
@@ -72,6 +82,10 @@ class Settings(BaseSettings):
     @property
     def queue_folder(self) -> Path:
         return self.state_dir / "queue"
+
+    @property
+    def uploads_folder(self) -> Path:
+        return self.data_roots[0] / "uploads"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -95,7 +109,14 @@ class Settings(BaseSettings):
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            text = mask_password(value) if name.endswith("_url") else str(value).lower() if isinstance(value, bool) else str(value)
+            if name.endswith("_url"):
+                text = mask_password(value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, tuple):
+                text = os.pathsep.join(map(str, value))
+            else:
+                text = str(value)
             out[env_name(name)] = text
         return out
 
@@ -131,6 +152,13 @@ def _explain(cls: type[Settings], error: dict) -> str:
     limits = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
     wanted = bound.format(**limits) if bound else _WANTED.get(cls.model_fields[field].annotation, error["msg"])
     return f"{env_name(field)} must be {wanted}, got {error['input']!r}"
+
+
+def _folders(value: Any) -> tuple[Path, ...]:
+    """``"/data:/mnt/more"`` or ``"/data,/mnt/more"`` (or a sequence) -> absolute paths, in order."""
+    if isinstance(value, str):
+        value = re.split(f"[,{re.escape(os.pathsep)}]", value)
+    return tuple(Path(str(part).strip()).resolve() for part in value or () if str(part).strip())
 
 
 def _sqlalchemy_url(url: str) -> str:

@@ -2,6 +2,7 @@
 name the variable, and `cssl settings` with passwords masked."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,18 @@ def test_cssl_settings_prints_the_effective_settings_with_passwords_masked(monke
         cssl(["settings"])
     assert exit.value.code == 2
     assert capsys.readouterr().err == "cssl: error: CSSL_HEARTBEAT_TIMEOUT must be a number, got 'soon'\n"
+
+
+def test_data_roots_upload_limit_and_cache(tmp_path):
+    settings = Settings.from_env({})
+    assert settings.data_roots == (tmp_path / ".state" / "data",)
+    assert settings.uploads_folder == tmp_path / ".state" / "data" / "uploads"
+    assert settings.cache_dir == tmp_path / ".state" / "cache"
+    assert settings.max_upload_bytes == 2 * 1024**3
+    # os.pathsep or commas; relative folders from the working directory; the first holds uploads.
+    settings = Settings.from_env({"CSSL_DATA_ROOTS": f"/data{os.pathsep}more, /mnt/shared/", "CSSL_MAX_UPLOAD_BYTES": "1024"})
+    assert settings.data_roots == (Path("/data"), tmp_path / "more", Path("/mnt/shared"))
+    assert settings.uploads_folder == Path("/data/uploads") and settings.max_upload_bytes == 1024
+    assert settings.public()["CSSL_DATA_ROOTS"] == os.pathsep.join(["/data", str(tmp_path / "more"), "/mnt/shared"])
+    with pytest.raises(SettingsError, match="CSSL_MAX_UPLOAD_BYTES must be at least 1, got '0'"):
+        Settings.from_env({"CSSL_MAX_UPLOAD_BYTES": "0"})

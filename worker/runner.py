@@ -10,6 +10,7 @@ database is unreachable (a Postgres restart holds the job for its duration and c
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from store import jobs, records
+from store import data_roots, jobs, records
 from store.db import retry_transient, session_scope
 from store.models import Job
 from store.settings import Settings
@@ -185,6 +186,8 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
         return None
     job_dir = settings.artifact_root / "jobs" / job.id
     job_dir.mkdir(parents=True, exist_ok=True)
+    # cssl_core's decoded-dataset cache goes to the service's own folder, never a user's path.
+    os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
     with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
         log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset)
         recorder = Recorder(settings, job, heartbeat)
@@ -209,9 +212,10 @@ def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat
     from cssl_core.errors import CsslError
 
     try:
+        data = _job_data(settings, job)
         if job.kind == "pretrain":
-            return _pretrain(settings, job, job_dir, recorder, heartbeat)
-        return _evaluate_only(job, recorder, heartbeat)
+            return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
+        return _evaluate_only(job, data, recorder, heartbeat)
     except LeaseLost:
         return None, None, None
     except CsslError as exc:
@@ -223,8 +227,23 @@ def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat
         return "failed", message, None
 
 
-def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
+def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
+    """The job's data path checked again, now: a link may have changed since the API checked it."""
+    from cssl_core.errors import DataError
+
+    if job.dataset_path is None:
+        return None
+    path = data_roots.resolve_data_path(settings, job.dataset_path, uploads=True)
+    if path is None:
+        raise DataError("the job's data is no longer readable by the service (moved, deleted, or now outside its data "
+                        "folders); submit the job again with a path under them, or an upload")
+    return path
+
+
+def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder,
+              heartbeat: Heartbeat):
     from cssl_core.config import build_config
+    from cssl_core.data import load_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
 
@@ -250,6 +269,8 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
             on_evaluation=recorder.on_evaluation,
             resume_from=job.resume_from,
             progress_every=settings.progress_every,
+            # From the path checked above, not from the config (a resumed one holds an older path).
+            dataset=load_dataset(config.dataset, data) if data is not None else None,
         )
         checkpoint = Path(outcome.checkpoint).resolve()
         result = {
@@ -270,16 +291,16 @@ def _pretrain(settings: Settings, job: ClaimedJob, job_dir: Path, recorder: Reco
 
         retry_transient(write, what=f"recording the result of job {job.id}")
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
-    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, config.data, config.device, recorder, heartbeat,
+    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, data, config.device, recorder, heartbeat,
                      _protocol_overrides(job))
     if heartbeat.should_stop():
         return heartbeat.stopped_status(), None, result
     return "succeeded", None, result
 
 
-def _evaluate_only(job: ClaimedJob, recorder: Recorder, heartbeat: Heartbeat):
+def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat):
     device = job.config.get("device", "auto")
-    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, job.dataset_path, device,
+    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data, device,
                      recorder, heartbeat, _protocol_overrides(job))
     if heartbeat.should_stop():
         return heartbeat.stopped_status(), None, None

@@ -38,6 +38,7 @@ def submit_job(
     session: SessionDep,
     owner: CurrentOwner,
     publisher: PublisherDep,
+    settings: SettingsDep,
     response: Response,
     body: Annotated[
         JobCreate,
@@ -48,7 +49,7 @@ def submit_job(
         Header(max_length=255, description="Retry safely: the same key and body returns the first job"),
     ] = None,
 ) -> JobPublic:
-    new = submission.resolve(session, owner, body)
+    new = submission.resolve(session, owner, body, settings)
     try:
         job, created = jobs.create_job(
             session, owner, new, idempotency_key=idempotency_key, request_hash=submission.request_hash(body)

@@ -30,6 +30,7 @@ __all__ = [
     "dataset_names",
     "describe_datasets",
     "load_dataset",
+    "locate_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,17 @@ def describe_datasets() -> list[dict]:
         {"name": s.name, "description": s.description, "needs_path": s.needs_path, "image_size": s.image_size}
         for s in _SOURCES.values()
     ]
+
+
+def locate_dataset(name: str, path: str | os.PathLike) -> Path:
+    """The files of dataset ``name`` at ``path`` (its folder or archive), without reading them;
+    :class:`DataError` when they are not there or not laid out as the dataset expects."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    if not source.needs_path:
+        raise ConfigError(f"dataset {name} takes no files")
+    return source.locate(Path(path))
 
 
 def load_dataset(

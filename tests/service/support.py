@@ -34,6 +34,7 @@ REDIS_URL = os.environ.get("CSSL_TEST_REDIS", "redis://127.0.0.1:6379/13")
 RUN_ID = uuid.uuid4().hex[:10]
 DB_NAME = f"cssl_test_{RUN_ID}"
 STATE_DIR = tempfile.mkdtemp(prefix=f"cssl_test_{RUN_ID}_")
+DATA_ROOT = Path(STATE_DIR) / "data"
 
 
 def _truthy(value: str | None) -> bool:
@@ -88,6 +89,10 @@ SERVICE_ENV = {
     "CSSL_HEARTBEAT_TIMEOUT": "5",
     "CSSL_REPUBLISH_AFTER": "600",
     "CSSL_PROGRESS_EVERY": "1",
+    # Jobs read data from the state folder's data/ (uploads go there) and from the shared archives.
+    "CSSL_DATA_ROOTS": os.pathsep.join([str(DATA_ROOT), str(SHARED_DATA)]),
+    # The decoded-dataset cache of earlier runs, so that CIFAR-10 is decoded once, not every session.
+    "CSSL_CACHE_DIR": os.environ.get("CSSL_CACHE_DIR") or str(Path.home() / ".cache" / "cssl"),
 }
 os.environ.update(SERVICE_ENV)
 

@@ -109,7 +109,7 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
         ({**PRETRAIN, "dataset": {"name": "cifar10"}}, ["body", "dataset", "path"], "needs a path"),
-        ({**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}}, ["body", "dataset", "path"], "does not exist"),
+        ({**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}}, ["body", "dataset", "path"], "not a path the service reads"),
         ({**PRETRAIN, "dataset": {"name": "mnist"}}, ["body", "dataset", "name"], "known"),
         ({**PRETRAIN, "priority": 12}, ["body", "priority"], "less than or equal"),
         ({**PRETRAIN, "evaluate": ["svm"]}, ["body", "evaluate", 0], "knn"),
