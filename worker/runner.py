@@ -14,7 +14,7 @@ import os
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -180,16 +180,20 @@ class Recorder:
 
 def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
     """Claim and run ``job_id``; returns its final status, or None if it was not ours to run."""
-    job = retry_transient(lambda: _claim(settings, job_id, worker_name), what=f"claiming job {job_id}")
-    if job is None:
+    claimed = retry_transient(lambda: _claim(settings, job_id, worker_name), what=f"claiming job {job_id}")
+    if claimed is None:
         log.info("job %s is not queued (a duplicate message, or cancelled); nothing to do", job_id)
         return None
+    job, candidates = claimed
     job_dir = settings.artifact_root / "jobs" / job.id
     job_dir.mkdir(parents=True, exist_ok=True)
     # cssl_core's decoded-dataset cache goes to the service's own folder, never a user's path.
     os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
+    # The heartbeat starts before anything slow (reading checkpoints, the first import of torch).
     with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
         log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset)
+        if job.kind == "pretrain" and job.attempt > 1:
+            job = retry_transient(lambda: _resume_point(settings, job, candidates), what=f"choosing where job {job.id} resumes")
         recorder = Recorder(settings, job, heartbeat)
         status, error, result = _run(settings, job, job_dir, recorder, heartbeat)
         if status is None:
@@ -327,30 +331,43 @@ def _run_evaluations(job, checkpoint, checkpoint_id, dataset, data, device, reco
         recorder.on_evaluation(result, checkpoint_id)
 
 
-def _claim(settings: Settings, job_id: str, worker_name: str) -> ClaimedJob | None:
+def _claim(settings: Settings, job_id: str, worker_name: str) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
+    """The claimed job, and its checkpoints newest first (where a later attempt may resume)."""
     with session_scope(settings.database_url) as session:
         job: Job | None = jobs.claim_job(session, job_id, worker_name)
         if job is None:
             return None
         source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None
         candidates = records.checkpoints_newest_first(session, job.id) if job.kind == "pretrain" and job.attempt > 1 else []
-        claimed = dict(id=job.id, kind=job.kind, method=job.method, dataset=job.dataset, dataset_path=job.dataset_path,
-                       config=dict(job.config), evaluate=list(job.evaluate), attempt=job.attempt,
-                       source_checkpoint=settings.artifact_root / source.path if source else None,
-                       source_checkpoint_id=source.id if source else None)
-    # Outside the claim's transaction: reading a checkpoint can take a while.
+        claimed = ClaimedJob(
+            id=job.id,
+            kind=job.kind,
+            method=job.method,
+            dataset=job.dataset,
+            dataset_path=job.dataset_path,
+            config=dict(job.config),
+            evaluate=list(job.evaluate),
+            attempt=job.attempt,
+            source_checkpoint=settings.artifact_root / source.path if source else None,
+            source_checkpoint_id=source.id if source else None,
+            resume_from=None,
+            resume_checkpoint_id=None,
+            resume_is_final=False,
+        )
+        return claimed, candidates
+
+
+def _resume_point(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint]) -> ClaimedJob:
+    """Resume from the newest checkpoint that loads; what the lost attempts recorded past it goes."""
     resume = _newest_loadable(settings, candidates)
-    if claimed["kind"] == "pretrain" and claimed["attempt"] > 1:
-        step, epoch = (resume.step, resume.epoch) if resume else (0, 0)
-        with session_scope(settings.database_url) as session:
-            jobs.set_resume_point(session, job_id, claimed["attempt"], step)
-            records.drop_metrics_after(session, job_id, step, epoch)
-    return ClaimedJob(
-        **claimed,
-        resume_from=settings.artifact_root / resume.path if resume else None,
-        resume_checkpoint_id=resume.id if resume else None,
-        resume_is_final=bool(resume and resume.final),
-    )
+    step, epoch = (resume.step, resume.epoch) if resume else (0, 0)
+    with session_scope(settings.database_url) as session:
+        jobs.set_resume_point(session, job.id, job.attempt, step)
+        records.drop_metrics_after(session, job.id, step, epoch)
+    if resume is None:
+        return job
+    return replace(job, resume_from=settings.artifact_root / resume.path, resume_checkpoint_id=resume.id,
+                   resume_is_final=resume.final)
 
 
 def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -> records.Checkpoint | None:

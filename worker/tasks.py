@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 
-from celery.signals import worker_ready, worker_shutting_down
+from billiard.process import active_children
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from dispatch.broker import RUN_JOB
 from dispatch.sweeper import Publisher, sweep
@@ -33,7 +36,22 @@ def _sweep_on_start(**_) -> None:
         log.exception("startup sweep failed")
 
 
+# With --pool=prefork the jobs run in child processes, which a warm shutdown does not reach
+# (the main process only waits for their tasks to end): the main process passes it on.
+RELEASE_SIGNAL = signal.SIGUSR2
+
+
 @worker_shutting_down.connect
 def _release_running_job(**_) -> None:
     # The running job (if any) checkpoints at its next step and returns to the queue.
     runner.SHUTTING_DOWN.set()
+    for child in active_children():
+        try:
+            os.kill(child.pid, RELEASE_SIGNAL)
+        except ProcessLookupError:
+            pass
+
+
+@worker_process_init.connect
+def _release_on_signal(**_) -> None:
+    signal.signal(RELEASE_SIGNAL, lambda *_: runner.SHUTTING_DOWN.set())

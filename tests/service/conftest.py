@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from .support import (ADMIN_URL, DATABASE_URL, DB_NAME, EMBEDDED, REDIS_URL, SERVICE_ENV, Process, free_port,
-                      start_worker)
+from .support import ADMIN_URL, DATABASE_URL, DB_NAME, EMBEDDED, REDIS_URL, SERVICE_ENV, start_api, start_worker
 
 
 def pytest_collection_modifyitems(items):
@@ -78,23 +74,7 @@ def tokens(settings) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(service_env, tmp_path_factory):
     """A real uvicorn process serving the API (its sweeper included)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("api") / "api.log"
-    process = Process(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port)],
-        service_env,
-        log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        raise AssertionError(f"API did not start:\n{process.output()}")
+    process, base = start_api(service_env, tmp_path_factory.mktemp("api") / "api.log")
     yield base
     process.stop()
 

@@ -89,6 +89,8 @@ SERVICE_ENV = {
     "CSSL_HEARTBEAT_TIMEOUT": "5",
     "CSSL_REPUBLISH_AFTER": "600",
     "CSSL_PROGRESS_EVERY": "1",
+    # Tests submit jobs faster than a user would; those about the limit set their own.
+    "CSSL_SUBMIT_RATE": "0",
     # Jobs read data from the state folder's data/ (uploads go there) and from the shared archives.
     "CSSL_DATA_ROOTS": os.pathsep.join([str(DATA_ROOT), str(SHARED_DATA)]),
     # The decoded-dataset cache of earlier runs, so that CIFAR-10 is decoded once, not every session.
@@ -148,6 +150,25 @@ def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
     )
     worker.wait_for(" ready.", timeout=90)
     return worker
+
+
+def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[Process, str]:
+    """A real uvicorn process serving the API (its sweeper included); returns it and its base URL."""
+    port = port or free_port()
+    process = Process(
+        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"API did not start:\n{process.output()}")
 
 
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
