@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from cssl_core.data import dataset_names
 from cssl_core.evaluation import PROTOCOLS
+from cssl_core.methods import method_names
 
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]
+
+# Bounds of what a request may name, so that an out-of-range number is a 422 and never reaches
+# the database: checkpoint ids, offsets and event numbers are Postgres `integer`s, job ids uuid4 hex.
+MAX_ROW_ID = 2**31 - 1
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def _no_nul(value: Any) -> Any:
+    # Postgres stores no NUL in text or JSON, and a free-form config value would take it there.
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text may not contain NUL (\\u0000)")
+    for item in [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else ():
+        _no_nul(item)
+    return value
+
+
+ConfigValues = Annotated[dict[str, Any], AfterValidator(_no_nul)]
 
 PRETRAIN_EXAMPLE = {
     "kind": "pretrain",
@@ -21,13 +40,17 @@ PRETRAIN_EXAMPLE = {
     "evaluate": ["knn", "linear"],
     "priority": 5,
 }
+# Runs anywhere: generated images, no files needed.
+TRY_EXAMPLE = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"},
+               "config": {"backbone": "small", "epochs": 1}, "evaluate": ["knn"]}
 EVAL_EXAMPLE = {"kind": "eval", "job": "9f1c2e7a5b3d4e6f8a0b1c2d3e4f5a6b", "evaluate": ["linear"], "config": {"linear": {"epochs": 50}}}
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="A name from GET /v1/datasets", examples=["cifar10"])
+    name: str = Field(description="A name from GET /v1/datasets", examples=["cifar10"],
+                      json_schema_extra={"enum": dataset_names()})
     path: str | None = Field(
         None,
         description="For data sets that need files: a file or folder under the service's data roots; "
@@ -36,7 +59,7 @@ class DatasetSpec(BaseModel):
     )
     upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="Instead of a path: the id of one of "
                                "your uploads (POST /v1/datasets/uploads)")
-    options: dict[str, Any] = Field(
+    options: ConfigValues = Field(
         default_factory=dict,
         description="Data options that are config keys, e.g. {\"subset\": 5000}",
         examples=[{"subset": 5000}],
@@ -55,9 +78,10 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PRETRAIN_EXAMPLE, EVAL_EXAMPLE]})
 
     kind: JobKind = "pretrain"
-    method: str | None = Field(None, description="Pretrain: a name from GET /v1/methods")
+    method: str | None = Field(None, description="Pretrain: a name from GET /v1/methods",
+                               json_schema_extra={"enum": [*method_names(), None]})
     dataset: DatasetSpec | None = Field(None, description="Pretrain: required. Eval: defaults to the pretraining data")
-    config: dict[str, Any] = Field(
+    config: ConfigValues = Field(
         default_factory=dict,
         description="Pretrain: overrides of the method's config, with the CLI's option names (see "
         "GET /v1/methods), and parameters of the final evaluations. Eval: `device` and per-protocol "
@@ -67,8 +91,10 @@ class JobCreate(BaseModel):
     evaluate: list[Protocol] | None = Field(
         None, description="Protocols to run on the final checkpoint; default knn and linear; [] for none"
     )
-    checkpoint: int | None = Field(None, description="Eval: the checkpoint to evaluate")
-    job: str | None = Field(None, description="Eval: a succeeded pretrain job whose final checkpoint to evaluate")
+    checkpoint: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="Eval: the checkpoint to evaluate")
+    job: str | None = Field(
+        None, pattern=JOB_ID_PATTERN, description="Eval: a succeeded pretrain job whose final checkpoint to evaluate"
+    )
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest)")
 
     @model_validator(mode="after")
@@ -238,3 +264,4 @@ class Problem(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[dict[str, Any]] | None = Field(None, description="422: one entry per bad field, with its loc")
+    retry_after: int | None = Field(None, description="429: seconds until a retry can succeed, as in `Retry-After`")

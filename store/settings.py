@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
     max_attempts: int = Field(3, ge=1, description="after that many lost workers the job fails")
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
+    submit_rate: float = Field(60.0, ge=0, description="job submissions per minute per owner, in each API process; 0: no limit")
+    submit_burst: int = Field(20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies")
     data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         (), description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
         "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)")

@@ -2,26 +2,44 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path as PathParam, Query
 from fastapi.responses import FileResponse
 
 from api.deps import CurrentOwner, ReadSessionDep, SettingsDep
-from api.problems import ProblemError
-from api.schemas import CheckpointPublic, EvaluationPublic, Problem
+from api.problems import ProblemError, problem
+from api.schemas import JOB_ID_PATTERN, MAX_ROW_ID, CheckpointPublic, EvaluationPublic
 from api.views import checkpoint_public, evaluation_public
 from store import records
 
 router = APIRouter(prefix="/v1", tags=["results"])
+log = logging.getLogger(__name__)
+
+JobFilter = Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Only this job's")]
+DOWNLOAD = {"Download": {"operationRef": "#/paths/~1v1~1checkpoints~1{checkpoint_id}~1download/get",
+                         "parameters": {"checkpoint_id": "$response.body#/0/id"}}}
 
 
-@router.get("/checkpoints", response_model=list[CheckpointPublic], summary="Your checkpoints, newest first")
+def artifact_file(root: Path, relative: str) -> Path | None:
+    """``root / relative`` if it is a file inside ``root`` once ``..`` and symbolic links are
+    followed, else None: a row or a link must not lead a download out of the artifact store."""
+    root = root.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        log.warning("refusing %s: it leads out of the artifact store %s", relative, root)
+        return None
+    return path if path.is_file() else None
+
+
+@router.get("/checkpoints", response_model=list[CheckpointPublic], responses={200: {"links": DOWNLOAD}},
+            summary="Your checkpoints, newest first")
 def list_checkpoints(
     session: ReadSessionDep,
     owner: CurrentOwner,
-    job: Annotated[str | None, Query(description="Only this job's")] = None,
+    job: JobFilter = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[CheckpointPublic]:
     return [checkpoint_public(c) for c in records.list_checkpoints(session, owner, job, limit)]
@@ -32,13 +50,13 @@ def list_checkpoints(
     response_class=FileResponse,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "A torch.save file"},
-        404: {"model": Problem},
-        410: {"model": Problem, "description": "The file is no longer in the artifact store"},
+        404: problem("No such checkpoint for this token's owner"),
+        410: problem("The file is no longer in the artifact store"),
     },
     summary="Download a checkpoint: the full training state, or ?format=torchvision for the backbone state_dict",
 )
 def download_checkpoint(
-    checkpoint_id: int,
+    checkpoint_id: Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)],
     session: ReadSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
@@ -47,9 +65,9 @@ def download_checkpoint(
     checkpoint = records.get_checkpoint(session, checkpoint_id, owner)
     if checkpoint is None:
         raise ProblemError(404, f"no checkpoint {checkpoint_id}; list yours with GET /v1/checkpoints")
-    path = settings.artifact_root / checkpoint.path
-    if not path.exists():
-        raise ProblemError(410, f"checkpoint {checkpoint_id} was recorded at {checkpoint.path} but the file is gone from the artifact store")
+    path = artifact_file(settings.artifact_root, checkpoint.path)
+    if path is None:
+        raise ProblemError(410, f"checkpoint {checkpoint_id} was recorded at {checkpoint.path} but that file is not in the artifact store")
     name = f"{checkpoint.job_id}-epoch{checkpoint.epoch:04d}"
     if format == "torchvision":
         path = _backbone_file(path)
@@ -73,8 +91,10 @@ def _backbone_file(checkpoint: Path) -> Path:
 def list_evaluations(
     session: ReadSessionDep,
     owner: CurrentOwner,
-    job: Annotated[str | None, Query(description="Results produced by this job")] = None,
-    checkpoint: Annotated[int | None, Query(description="Results on this checkpoint, from any job")] = None,
+    job: Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Results produced by this job")] = None,
+    checkpoint: Annotated[
+        int | None, Query(ge=1, le=MAX_ROW_ID, description="Results on this checkpoint, from any job")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[EvaluationPublic]:
     return [evaluation_public(e) for e in records.list_evaluations(session, owner, job, checkpoint, limit)]

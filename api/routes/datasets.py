@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CurrentOwner, ReadSessionDep, SessionDep, SettingsDep
 from api.problems import ProblemError, field_error, invalid
+from api.ratelimit import TOO_MANY, limit_submissions
 from api.schemas import Problem, UploadPublic
 from api.views import upload_public
 from store import data_roots, datasets
@@ -47,7 +48,9 @@ def _owned(session, upload_id: str, owner: str) -> Dataset:
         413: {"model": Problem, "description": "The archive, or its files unpacked, is over the service's limit"},
         422: {"model": Problem, "description": "Not a readable .tar.gz, or a member that may not be unpacked "
               "(an absolute path, '..', a link, a device)"},
+        429: TOO_MANY,
     },
+    dependencies=[Depends(limit_submissions)],
     openapi_extra=ARCHIVE_BODY,
     summary="Upload a data set as a .tar.gz; jobs name it by the id returned",
 )
@@ -57,7 +60,8 @@ async def upload_dataset(
     owner: CurrentOwner,
     settings: SettingsDep,
     response: Response,
-    name: Annotated[str, Query(min_length=1, max_length=128, description="Your name for it")],
+    # No NUL: Postgres text cannot hold one.
+    name: Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[^\x00]+$", description="Your name for it")],
 ) -> UploadPublic:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_upload_bytes:

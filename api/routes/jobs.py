@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api import events, submission
 from api.deps import CurrentOwner, PublisherDep, ReadSessionDep, SessionDep, SettingsDep
-from api.problems import ProblemError
-from api.schemas import EVAL_EXAMPLE, PRETRAIN_EXAMPLE, JobCreate, JobKind, JobList, JobMetrics, JobPublic, JobStatus, Problem
+from api.problems import ProblemError, problem
+from api.ratelimit import TOO_MANY, limit_submissions
+from api.routes.artifacts import artifact_file
+from api.schemas import (EVAL_EXAMPLE, JOB_ID_PATTERN, MAX_ROW_ID, PRETRAIN_EXAMPLE, TRY_EXAMPLE, JobCreate, JobKind,
+                         JobList, JobMetrics, JobPublic, JobStatus)
 from api.views import job_public
 from store import jobs, records
 from store.models import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-NOT_FOUND = {404: {"model": Problem, "description": "No such job for this token's owner"}}
+NOT_FOUND = {404: problem("No such job for this token's owner")}
+JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id: 32 hex digits")]
+# SSE ids are non-negative integers; a Last-Event-ID that is not one is ignored, as the SSE
+# spec has clients ignore an id they cannot use.
+EVENT_ID = re.compile(r"[0-9]{1,10}")
+
+
+def job_links(job_id: str) -> dict:
+    """OpenAPI links from a response that names a job (``job_id``: a runtime expression) to the
+    routes that take it."""
+    path = {"job_id": job_id}
+    return {
+        "GetJob": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}/get", "parameters": path},
+        "CancelJob": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}~1cancel/post", "parameters": path},
+        "JobEvents": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}~1events/get", "parameters": path},
+        "JobMetrics": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}~1metrics/get", "parameters": path},
+        "JobLogs": {"operationRef": "#/paths/~1v1~1jobs~1{job_id}~1logs/get", "parameters": path},
+        "JobCheckpoints": {"operationRef": "#/paths/~1v1~1checkpoints/get", "parameters": {"job": job_id}},
+        "JobEvaluations": {"operationRef": "#/paths/~1v1~1evaluations/get", "parameters": {"job": job_id}},
+    }
 
 
 def _owned_job(session, job_id: str, owner: str) -> Job:
@@ -31,7 +54,20 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
     "",
     status_code=202,
     response_model=JobPublic,
-    responses={422: {"model": Problem, "description": "A field is invalid; `errors` names each one"}},
+    responses={
+        202: {
+            "description": "Queued",
+            "headers": {
+                "Location": {"description": "The job's URL", "required": True, "schema": {"type": "string"}},
+                "Idempotent-Replayed": {"description": "`true` when an Idempotency-Key returned an earlier job",
+                                        "schema": {"type": "string", "enum": ["true"]}},
+            },
+            "links": job_links("$response.body#/id"),
+        },
+        422: problem("A field is invalid, or names something that does not exist or is not yours; `errors` names each one"),
+        429: TOO_MANY,
+    },
+    dependencies=[Depends(limit_submissions)],
     summary="Submit a pretraining or evaluation job",
 )
 def submit_job(
@@ -42,7 +78,8 @@ def submit_job(
     response: Response,
     body: Annotated[
         JobCreate,
-        Body(openapi_examples={"pretrain": {"value": PRETRAIN_EXAMPLE}, "eval": {"value": EVAL_EXAMPLE}}),
+        Body(openapi_examples={"pretrain": {"value": PRETRAIN_EXAMPLE}, "eval": {"value": EVAL_EXAMPLE},
+                               "try": {"summary": "Needs no data: generated images", "value": TRY_EXAMPLE}}),
     ],
     idempotency_key: Annotated[
         str | None,
@@ -73,24 +110,30 @@ def submit_job(
     return job_public(job)
 
 
-@router.get("", response_model=JobList, summary="List your jobs, newest first")
+@router.get("", response_model=JobList, responses={200: {"links": job_links("$response.body#/items/0/id")}},
+            summary="List your jobs, newest first")
 def list_jobs(
     request: Request,
     session: ReadSessionDep,
     owner: CurrentOwner,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
-    method: str | None = None,
+    method: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A method's name")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> JobList:
     rows, more = jobs.list_jobs(session, owner, status=status, kind=kind, method=method, limit=limit, offset=offset)
     next_page = str(request.url.include_query_params(offset=offset + limit, limit=limit)) if more else None
     return JobList(items=[job_public(job) for job in rows], next=next_page)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="A job's status, progress and latest metrics")
-def get_job(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> JobPublic:
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 200: {"links": job_links("$response.body#/id")}},
+    summary="A job's status, progress and latest metrics",
+)
+def get_job(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobPublic:
     return job_public(_owned_job(session, job_id, owner))
 
 
@@ -98,10 +141,10 @@ def get_job(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> JobPub
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobPublic,
-    responses={**NOT_FOUND, 409: {"model": Problem, "description": "The job has already finished"}},
+    responses={**NOT_FOUND, 202: {"links": job_links("$response.body#/id")}, 409: problem("The job has already finished")},
     summary="Cancel: a queued job never runs; a running one stops at its next step and keeps its checkpoint",
 )
-def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+def cancel_job(job_id: JobId, session: SessionDep, owner: CurrentOwner) -> JobPublic:
     job = _owned_job(session, job_id, owner)
     if job.status in ("succeeded", "failed"):
         raise ProblemError(409, f"job {job_id} has already {job.status}; there is nothing to cancel")
@@ -109,7 +152,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPubl
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics")
-def get_metrics(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> JobMetrics:
+def get_metrics(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobMetrics:
     job = _owned_job(session, job_id, owner)
     return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id))
 
@@ -128,15 +171,20 @@ def get_metrics(job_id: str, session: ReadSessionDep, owner: CurrentOwner) -> Jo
     summary="Server-Sent Events: progress and state changes as they happen",
 )
 def get_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
     session: ReadSessionDep,
     owner: CurrentOwner,
-    last_event_id: Annotated[int | None, Header(description="Resume after this event id")] = None,
-    after: Annotated[int | None, Query(ge=0, description="Same as Last-Event-ID, for clients that cannot set headers")] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Resume after this event id; a value that is not a non-negative integer is ignored")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ROW_ID, description="Same as Last-Event-ID, for clients that cannot set headers")
+    ] = None,
 ) -> StreamingResponse:
     job = _owned_job(session, job_id, owner)
-    start = last_event_id if last_event_id is not None else (after or 0)
+    resume = EVENT_ID.fullmatch(last_event_id.strip()) if last_event_id else None
+    start = int(resume.group()) if resume and int(resume.group()) <= MAX_ROW_ID else (after or 0)
     return StreamingResponse(
         events.stream(request, request.app.state.read_sessions, job.id, start),
         media_type="text/event-stream",
@@ -151,15 +199,15 @@ def get_events(
     summary="The worker's log for this job",
 )
 def get_logs(
-    job_id: str,
+    job_id: JobId,
     session: ReadSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    tail: Annotated[int | None, Query(ge=1, description="Only the last N lines")] = None,
+    tail: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID, description="Only the last N lines")] = None,
 ) -> PlainTextResponse:
     job = _owned_job(session, job_id, owner)
-    path = settings.artifact_root / "jobs" / job.id / "job.log"
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    path = artifact_file(settings.artifact_root, f"jobs/{job.id}/job.log")
+    text = path.read_text(encoding="utf-8", errors="replace") if path else ""
     if tail is not None:
         text = "".join(text.splitlines(keepends=True)[-tail:])
     return PlainTextResponse(text)
