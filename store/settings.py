@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(2.0, gt=0, description="seconds between a running job's heartbeats")
     republish_after: float = Field(600.0, gt=0, description="seconds: a queued job whose message was not taken this long is published again")
     sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
-    max_attempts: int = Field(3, ge=1, description="after that many lost workers the job fails")
+    max_attempts: int = Field(3, ge=1, description="a job fails after that many lost attempts in a row without a new checkpoint")
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
     submit_rate: float = Field(60.0, ge=0, description="job submissions per minute per owner, in each API process; 0: no limit")
     submit_burst: int = Field(20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies")
