@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -81,9 +83,16 @@ def _backbone_file(checkpoint: Path) -> Path:
 
     out = checkpoint.with_name(checkpoint.stem + ".torchvision.pt")
     if not out.exists() or out.stat().st_mtime < checkpoint.stat().st_mtime:
-        tmp = out.with_name(out.name + ".tmp")
-        export_backbone(checkpoint, tmp)
-        tmp.replace(out)
+        # A temporary file of this request's own: concurrent downloads each export and the last
+        # rename wins, so no one renames away, or reads, a file another is still writing.
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            export_backbone(checkpoint, Path(tmp))
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return out
 
 

@@ -270,3 +270,21 @@ def test_no_loadable_checkpoint_restarts_from_the_beginning_without_old_points(s
     assert job_row(settings, job_id).resumed_from_step == 0
     with session_scope(settings.database_url) as session:
         assert "loss" not in records.metric_series(session, job_id)
+
+
+def test_concurrent_exports_of_one_checkpoint(tmp_path):
+    # Several downloads of ?format=torchvision at once: each must get a whole file, and none
+    # may fail because another renamed away the temporary file it was writing.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.routes.artifacts import _backbone_file
+    from cssl_core.config import build_config
+    from cssl_core.train import pretrain
+
+    outcome = pretrain(build_config("simclr", {**TINY, "dataset": "synthetic"}), tmp_path)
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: _backbone_file(outcome.checkpoint), range(8)))
+    assert len(set(paths)) == 1
+    state = torch.load(paths[0], weights_only=True)
+    assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert [p.name for p in paths[0].parent.iterdir() if p.name.endswith(".tmp")] == []
