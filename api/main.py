@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.bodylimit import BodyLimit
 from api.deps import TokenCache
 from api.ratelimit import TokenBucket
 from api.routes import artifacts, catalog, datasets, health, jobs
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.token_cache = TokenCache()
     app.state.submit_bucket = TokenBucket.from_settings(settings)
     problems.install(app)
+    app.add_middleware(BodyLimit)
     for module in (jobs, artifacts, catalog, datasets, health):
         app.include_router(module.router)
     return app

@@ -96,6 +96,9 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
                 responses["422"] = {**INVALID, **own}
             if operation.get("security"):
                 responses.setdefault("401", UNAUTHORIZED)
+            if "requestBody" in operation:  # api.bodylimit refuses bodies past its ceiling
+                responses.setdefault("413", {"description": "The request body is larger than the API accepts",
+                                             "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     return openapi

@@ -21,6 +21,13 @@ MAX_ROW_ID = 2**31 - 1
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
+def _each_once(protocols: list[str]) -> list[str]:
+    repeated = sorted({p for p in protocols if protocols.count(p) > 1})
+    if repeated:
+        raise ValueError(f"each protocol at most once; repeated: {', '.join(repeated)}")
+    return protocols
+
+
 def _no_nul(value: Any) -> Any:
     # Postgres stores no NUL in text or JSON, and a free-form config value would take it there.
     if isinstance(value, str) and "\x00" in value:
@@ -88,8 +95,9 @@ class JobCreate(BaseModel):
         "parameters. Protocol parameters are objects, e.g. {\"knn\": {\"k\": 200}, \"linear\": {\"epochs\": 50}, "
         "\"finetune\": {\"label_fraction\": 0.01}}",
     )
-    evaluate: list[Protocol] | None = Field(
-        None, description="Protocols to run on the final checkpoint; default knn and linear; [] for none"
+    evaluate: Annotated[list[Protocol], AfterValidator(_each_once)] | None = Field(
+        None, max_length=len(PROTOCOLS), description="Protocols to run on the final checkpoint, each at most once; "
+        "default knn and linear; [] for none"
     )
     checkpoint: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="Eval: the checkpoint to evaluate")
     job: str | None = Field(

@@ -169,8 +169,9 @@ class PretrainConfig:
     dataset: str = option("cifar10", "dataset name (see `cssl datasets`)")
     data: str | None = option(None, "path of the dataset's files (a folder or a .tar.gz); none: the dataset's default location")
     backbone: str = option("resnet18", "encoder: resnet18, resnet50, small, vit_tiny, vit_small")
-    epochs: int = option(100, "training epochs (a time budget may stop earlier)", ge=1)
-    batch_size: int = option(256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2)
+    epochs: int = option(100, "training epochs (a time budget may stop earlier)", ge=1, le=100_000)
+    batch_size: int = option(256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2,
+                             le=65_536)
     subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all", ge=1)
     seed: int = option(0, "seed of the initialisation, data order and augmentation", ge=0, le=2**32 - 1)
     time_budget: float | None = option(None, "stop after this many seconds of training; schedules are fitted to it",
