@@ -375,14 +375,8 @@ class Service:
         return httpx.get(f"{self.base}/v1/jobs/{job_id}", headers=self.headers).json()
 
     def events(self, job_id: str) -> list[dict]:
-        events, kind = [], None
-        with httpx.stream("GET", f"{self.base}/v1/jobs/{job_id}/events", headers=self.headers, timeout=60) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    events.append({"event": kind, "data": json.loads(line.split(":", 1)[1])})
-        return events
+        """Every event of a job, until its stream ends."""
+        return self.events_until(job_id, lambda event: False)
 
     def wait_for_status(self, job_id: str, status: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
