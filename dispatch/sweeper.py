@@ -69,7 +69,7 @@ def sweep(publisher: Publisher) -> dict[str, int] | None:
         with session_scope(settings.database_url) as session:
             pending = jobs.unpublished_jobs(session, settings.republish_after)
         if any(sent_before for _, _, sent_before in pending) and _queue_busy(publisher):
-            pending = [job for job in pending if not job[2]]
+            pending = [(job_id, priority, sent) for job_id, priority, sent in pending if not sent]
         published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority, _ in pending)
     return {"requeued": len(requeued), "published": published}
 

@@ -90,7 +90,7 @@ def retry_transient(write: Callable[[], T], *, what: str, within: float = 300.0,
         except DBAPIError as exc:
             if not is_transient(exc) or time.monotonic() + wait > deadline:
                 raise
-            reason = str(exc.orig or exc).strip().splitlines()[0] if (exc.orig or exc) else type(exc).__name__
+            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
             log.warning("%s failed (%s); trying again in %.1f s", what, reason, wait)
             time.sleep(wait)
             wait = min(wait * 2, max_wait)

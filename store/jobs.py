@@ -170,6 +170,9 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
             error=None,
+            # Where this attempt starts, until the runner says otherwise (an older checkpoint,
+            # if the newest does not load): progress is a checkpoint past it.
+            resumed_from_step=_newest_checkpoint_step(),
         )
         .returning(Job),
         execution_options={"synchronize_session": False},
@@ -178,6 +181,14 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
         return None
     add_event(session, job.id, "state", {"status": "running", "attempt": job.attempt, "worker": worker})
     return job
+
+
+def _newest_checkpoint_step():
+    """The step of the job's newest checkpoint (0: none), for use inside a statement on jobs."""
+    return (
+        select(func.coalesce(func.max(Checkpoint.step), 0)).where(Checkpoint.job_id == Job.id)
+        .correlate(Job).scalar_subquery()
+    )
 
 
 def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
@@ -290,9 +301,7 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     after ``max_attempts`` lost attempts in a row without one, the job fails. Returns the ids
     to publish."""
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
-    newest_step = (
-        select(func.max(Checkpoint.step)).where(Checkpoint.job_id == Job.id).correlate(Job).scalar_subquery()
-    )
+    newest_step = _newest_checkpoint_step()
     lost = session.execute(
         select(Job.id, Job.attempt, Job.cancel_requested, Job.worker, Job.resumed_from_step, Job.stalled_attempts,
                newest_step).where(Job.status == "running", Job.heartbeat_at < cutoff)
@@ -301,7 +310,7 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     for job_id, attempt, cancel_requested, worker, resumed_from, stalled, newest in lost:
         guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
         message = f"worker {worker} stopped sending heartbeats during attempt {attempt}"
-        progressed = newest is not None and newest > (resumed_from or 0)
+        progressed = newest > (resumed_from or 0)
         stalled = 0 if progressed else stalled + 1
         if cancel_requested:
             values, event = {"status": "cancelled", "finished_at": utcnow()}, {"status": "cancelled", "message": message}

@@ -288,3 +288,20 @@ def test_concurrent_exports_of_one_checkpoint(tmp_path):
     state = torch.load(paths[0], weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     assert [p.name for p in paths[0].parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_attempt_lost_before_it_chose_its_checkpoint_made_no_progress(settings):
+    # Attempt 2 resumes from step 10 and writes step 20; attempt 3 dies before the runner
+    # records where it resumes: it still made no progress past 20.
+    job_id = new_job(settings)
+    claim(settings, job_id)
+    checkpoint_at(settings, job_id, 10)
+    lose_worker(settings, job_id)
+    attempt = claim(settings, job_id)
+    assert job_row(settings, job_id).resumed_from_step == 10  # set by the claim itself
+    checkpoint_at(settings, job_id, 20)
+    lose_worker(settings, job_id)
+    assert job_row(settings, job_id).stalled_attempts == 0
+    claim(settings, job_id)
+    lose_worker(settings, job_id)
+    assert job_row(settings, job_id).stalled_attempts == 1 and attempt == 2
