@@ -180,15 +180,17 @@ class JobList(BaseModel):
 
 
 class MetricPoint(BaseModel):
-    step: int | None
+    step: int | None = Field(description="optimiser steps done; null for knn_top1")
     epoch: int
     value: float | None
+    time: float | None = Field(None, description="seconds since the job was first claimed: wall time, across resumes")
 
 
 class JobMetrics(BaseModel):
     job_id: str
     series: dict[str, list[MetricPoint]] = Field(
-        description="loss, lr, images_per_second, the method's statistics per step; knn_top1 per evaluation epoch"
+        description="loss, lr, images_per_second, the method's statistics per step; knn_top1 per evaluation epoch. "
+        "Each in step order; with ?points=N, at most N points per step series (knn_top1 stays whole)"
     )
 
 

@@ -1,4 +1,5 @@
-"""Engines and sessions. SQLite (embedded) and Postgres differ only here."""
+"""Engines and sessions. SQLite (embedded) and Postgres differ here, and in how
+``store/series.py`` reads a long metric series."""
 
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from store.series import keep_extremes, read_columns
 from store.models import Checkpoint, Evaluation, Job, JobEvent, MetricPoint
 
 
@@ -52,22 +52,38 @@ def drop_metrics_after(session: Session, job_id: str, step: int, epoch: int) -> 
     )
 
 
-def metric_series(session: Session, job_id: str) -> dict[str, list[dict[str, float]]]:
-    """``{name: [{"step", "epoch", "value"}]}`` for every value reported, plus ``knn_top1`` per
-    evaluation epoch from the periodic kNN results."""
-    series: dict[str, list[dict[str, float]]] = defaultdict(list)
-    points = session.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.step))
-    for point in points:
-        for name, value in point.values.items():
-            series[name].append({"step": point.step, "epoch": point.epoch, "value": value})
-    periodic = session.scalars(
-        select(Evaluation)
+def metric_series(session: Session, job_id: str, points: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``{name: [{"step", "epoch", "value", "time"}]}`` for every value reported, in step order,
+    plus ``knn_top1`` per evaluation epoch from the periodic kNN results. ``time`` is seconds
+    since the job was first claimed (wall time, across resumes).
+
+    With ``points``, each per-step series is cut to at most that many points by
+    :func:`store.series.keep_extremes`; ``knn_top1`` (one point per evaluation epoch) stays whole."""
+    started_at = session.scalar(select(Job.started_at).where(Job.id == job_id))
+    start = started_at.timestamp() if started_at else None
+    columns = read_columns(session, job_id)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for name, (rows, values) in columns.series.items():
+        if points is not None and len(rows) > points:
+            kept = keep_extremes(columns.steps[rows], values, points)
+            rows, values = rows[kept], values[kept]
+        times = [None] * len(rows) if start is None else (columns.at[rows] - start).round(3).tolist()
+        series[name] = [
+            {"step": step, "epoch": epoch, "value": None if value != value else value, "time": time}  # NaN: null
+            for step, epoch, value, time in zip(columns.steps[rows].tolist(), columns.epochs[rows].tolist(),
+                                                values.tolist(), times)
+        ]
+    periodic = session.execute(
+        select(Evaluation.epoch, Evaluation.top1, Evaluation.created_at)
         .where(Evaluation.job_id == job_id, Evaluation.protocol == "knn", Evaluation.checkpoint_id.is_(None))
         .order_by(Evaluation.epoch)
-    )
-    for evaluation in periodic:
-        series["knn_top1"].append({"step": None, "epoch": evaluation.epoch, "value": evaluation.top1})
-    return dict(series)
+    ).all()
+    if periodic:
+        series["knn_top1"] = [
+            {"step": None, "epoch": epoch, "value": top1, "time": None if start is None else round(at.timestamp() - start, 3)}
+            for epoch, top1, at in periodic
+        ]
+    return series
 
 
 def record_checkpoint(

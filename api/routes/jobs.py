@@ -152,9 +152,16 @@ def cancel_job(job_id: JobId, session: SessionDep, owner: CurrentOwner) -> JobPu
 
 
 @router.get("/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics")
-def get_metrics(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobMetrics:
+def get_metrics(
+    job_id: JobId,
+    session: ReadSessionDep,
+    owner: CurrentOwner,
+    points: Annotated[int | None, Query(
+        ge=2, le=100_000, description="At most this many points per series, for a plot: the first and last point "
+        "and, in each of (points - 2) / 2 equal step ranges, the lowest and highest value; absent: every point")] = None,
+) -> JobMetrics:
     job = _owned_job(session, job_id, owner)
-    return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id))
+    return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id, points))
 
 
 @router.get(

@@ -1,0 +1,108 @@
+"""How long ``GET /v1/jobs/{id}/metrics?points=N`` takes on a long run: a job with ``--rows``
+metric rows (five series each, as a run with two statistics reports), every request timed
+through the whole API in-process; prints one JSON line (median and fastest in ms).
+
+Makes its own Postgres database (``--mode embedded``: a SQLite file in a temporary folder), and
+drops it at the end.
+
+    .venv/bin/python -m benchmarks.metric_series --rows 100000 --points 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+
+import numpy as np
+
+ADMIN_URL = os.environ.get("CSSL_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--points", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=5)
+    parser.add_argument("--mode", choices=["postgres", "embedded"], default="postgres")
+    args = parser.parse_args()
+
+    from sqlalchemy import create_engine, text
+
+    state = tempfile.mkdtemp(prefix="cssl_bench_series_")
+    name = f"cssl_bench_{uuid.uuid4().hex[:8]}"
+    admin = None
+    if args.mode == "postgres":
+        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    else:
+        url = f"sqlite:///{state}/cssl.db"
+    os.environ.update({"CSSL_DATABASE_URL": url, "CSSL_STATE_DIR": state, "CSSL_QUEUE": f"bench_{name}",
+                       "CSSL_BROKER_URL": "filesystem://" if args.mode == "embedded" else
+                       os.environ.get("CSSL_TEST_REDIS", "redis://127.0.0.1:6379/13")})
+    try:
+        print(json.dumps(run(url, args)))
+    finally:
+        from store.db import engine_for
+
+        engine_for(url).dispose()
+        if admin is not None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+        shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+def run(url: str, args) -> dict:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import insert
+
+    from api.main import create_app
+    from store import migrate, tokens
+    from store.db import session_scope
+    from store.models import Job, MetricPoint, utcnow
+    from store.settings import Settings
+
+    migrate.upgrade(url)
+    rng = np.random.default_rng(0)
+    started = utcnow()
+    with session_scope(url) as session:
+        token = tokens.create_token(session, "bench")
+        job = Job(owner="bench", kind="pretrain", method="simclr", dataset="synthetic", config={}, evaluate=[],
+                  status="succeeded", started_at=started)
+        session.add(job)
+        session.flush()
+        loss = 5 * np.exp(-np.arange(args.rows) / (args.rows / 3)) + rng.random(args.rows) * 0.1
+        session.execute(insert(MetricPoint), [
+            {"job_id": job.id, "step": i + 1, "epoch": i // 1000, "created_at": started + timedelta(seconds=0.05 * i),
+             "values": {"loss": float(loss[i]), "lr": 0.1, "images_per_second": float(1000 + rng.random()),
+                        "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
+            for i in range(args.rows)
+        ])
+    app = create_app(Settings.from_env(os.environ), sweep=False)
+    timings = []
+    with TestClient(app) as client:
+        for _ in range(args.requests):
+            begin = time.perf_counter()
+            response = client.get(f"/v1/jobs/{job.id}/metrics", params={"points": args.points},
+                                  headers={"Authorization": f"Bearer {token}"})
+            timings.append((time.perf_counter() - begin) * 1000)
+            assert response.status_code == 200, response.text
+    series = response.json()["series"]
+    return {"mode": args.mode, "rows": args.rows, "points": args.points, "requests": args.requests,
+            "median_ms": round(statistics.median(timings)), "fastest_ms": round(min(timings)),
+            "points_returned": {name: len(points) for name, points in series.items()}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The routes a dashboard reads, in-process against the real database: metric series cut for a
+plot without losing their spikes, with wall time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import insert
+
+from store import records
+from store.db import session_scope
+from store.models import Job, MetricPoint, utcnow
+
+from .support import EMBEDDED, auth
+
+STEPS = 5000
+SPIKE, DIP = 2345, 3777
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    from api.main import create_app
+
+    app = create_app(settings.with_(queue=settings.queue + "_idle"), sweep=False)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture()
+def alice(tokens):
+    return auth(tokens["alice"])
+
+
+def add_job(settings, owner: str = "alice", **fields) -> str:
+    with session_scope(settings.database_url) as session:
+        job = Job(owner=owner, kind="pretrain", method="simclr", dataset="synthetic", config={}, evaluate=[],
+                  **{"status": "succeeded", "started_at": utcnow(), **fields})
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def add_points(settings, job_id: str, values: list[dict], seconds_per_step: float = 0.1) -> None:
+    """Steps 1..n with ``values[i]`` at step i + 1, each written ``seconds_per_step`` after the one before."""
+    with session_scope(settings.database_url) as session:
+        started = session.get(Job, job_id).started_at
+        session.execute(insert(MetricPoint), [
+            {"job_id": job_id, "step": i + 1, "epoch": i // 1000, "values": v,
+             "created_at": started + timedelta(seconds=seconds_per_step * (i + 1))}
+            for i, v in enumerate(values)])
+
+
+@pytest.fixture(scope="module")
+def long_run(settings) -> str:
+    """A run of 5000 steps: a noisy falling loss with one spike up and one dip down, a constant
+    lr, and a statistic reported on even steps only."""
+    rng = np.random.default_rng(0)
+    loss = 3 * np.exp(-np.arange(STEPS) / 2000) + rng.random(STEPS) * 0.05
+    loss[SPIKE - 1], loss[DIP - 1] = 100.0, -50.0
+    values = [{"loss": float(loss[i]), "lr": 0.1, **({"even": float(rng.random())} if (i + 1) % 2 == 0 else {})}
+              for i in range(STEPS)]
+    job_id = add_job(settings)
+    add_points(settings, job_id, values)
+    with session_scope(settings.database_url) as session:
+        for epoch in range(1, 61):  # periodic kNN, more evaluations than the points asked for
+            records.record_evaluation(session, job_id, None, {"protocol": "knn", "top1": float(epoch), "epoch": epoch,
+                                                              "dataset": "synthetic", "num_train": 1, "num_test": 1})
+    return job_id
+
+
+def reference_steps(steps: list[int], values: list[float], points: int) -> list[int]:
+    """The steps a cut to ``points`` keeps, bucket by bucket with a loop: the first and the last,
+    and the earliest lowest and earliest highest value of each of (points - 2) // 2 step ranges."""
+    if len(steps) <= points:
+        return steps
+    buckets, span = (points - 2) // 2, steps[-1] - steps[0] + 1
+    kept = {steps[0], steps[-1]}
+    for b in range(buckets):
+        inside = [(v, s) for s, v in zip(steps, values) if (s - steps[0]) * buckets // span == b]
+        if inside:
+            kept.add(min(inside, key=lambda p: (p[0], p[1]))[1])
+            kept.add(min(inside, key=lambda p: (-p[0], p[1]))[1])
+    return sorted(kept)
+
+
+def test_a_cut_series_keeps_spikes_ends_and_at_most_n_points(client, alice, long_run):
+    full = client.get(f"/v1/jobs/{long_run}/metrics", headers=alice).json()["series"]
+    assert [len(full[name]) for name in ("loss", "lr", "even", "knn_top1")] == [STEPS, STEPS, STEPS // 2, 60]
+    for points in (2, 3, 10, 101, 400):
+        response = client.get(f"/v1/jobs/{long_run}/metrics", params={"points": points}, headers=alice)
+        assert response.status_code == 200, response.text
+        series = response.json()["series"]
+        assert series["knn_top1"] == full["knn_top1"]  # one per evaluation epoch: whole
+        for name in ("loss", "lr", "even"):
+            cut = series[name]
+            steps = [p["step"] for p in cut]
+            assert len(cut) <= points and steps == sorted(set(steps)), (name, points)
+            assert steps[0] == full[name][0]["step"] and steps[-1] == full[name][-1]["step"]
+            by_step = {p["step"]: p for p in full[name]}
+            assert all(p == by_step[p["step"]] for p in cut)  # real points, with their epoch, value and time
+            expected = reference_steps([p["step"] for p in full[name]], [p["value"] for p in full[name]], points)
+            assert steps == expected, (name, points)
+        if points >= 4:
+            assert {SPIKE, DIP} <= {p["step"] for p in series["loss"]}
+
+
+def test_points_carry_wall_time_since_the_job_was_first_claimed(client, alice, long_run):
+    series = client.get(f"/v1/jobs/{long_run}/metrics", params={"points": 200}, headers=alice).json()["series"]
+    for name in ("loss", "even"):
+        times = [p["time"] for p in series[name]]
+        assert times == sorted(times)
+        assert times == [pytest.approx(0.1 * p["step"], abs=1e-3) for p in series[name]]
+    knn = series["knn_top1"]
+    assert all(p["step"] is None and p["time"] >= 0 for p in knn)
+    assert [p["time"] for p in knn] == sorted(p["time"] for p in knn)
+
+
+def test_null_values_and_the_limits_of_points(client, alice, settings):
+    job_id = add_job(settings)
+    add_points(settings, job_id, [{"loss": None}] + [{"loss": float(i % 7)} for i in range(1, 20)] + [{"loss": None}])
+    full = client.get(f"/v1/jobs/{job_id}/metrics", headers=alice).json()["series"]["loss"]
+    assert full[0]["value"] is None and full[-1]["value"] is None and len(full) == 21
+    cut = client.get(f"/v1/jobs/{job_id}/metrics", params={"points": 6}, headers=alice).json()["series"]["loss"]
+    # The first and last points are kept though null; no bucket's extreme is.
+    assert [p["value"] for p in cut if p["value"] is None] == [None, None] and len(cut) <= 6
+    for points in (0, 1, 100_001, "many"):
+        response = client.get(f"/v1/jobs/{job_id}/metrics", params={"points": points}, headers=alice)
+        assert response.status_code == 422, (points, response.text)
+    assert client.get(f"/v1/jobs/{job_id}/metrics", params={"points": 100_000}, headers=alice).status_code == 200
+
+
+def test_a_job_not_yet_started_has_no_times(client, alice, settings):
+    job_id = add_job(settings, status="queued", started_at=None)
+    with session_scope(settings.database_url) as session:
+        session.execute(insert(MetricPoint), [{"job_id": job_id, "step": 1, "epoch": 0, "values": {"loss": 1.0}}])
+    assert client.get(f"/v1/jobs/{job_id}/metrics", headers=alice).json()["series"]["loss"] == [
+        {"step": 1, "epoch": 0, "value": 1.0, "time": None}]
+
+
+@pytest.mark.skipif(EMBEDDED, reason="the binary read is Postgres's; the embedded backend reads the other way")
+def test_both_ways_of_reading_the_columns_agree(settings, long_run):
+    from store.series import read_columns_portable, read_columns_postgres
+
+    job_id = add_job(settings)
+    add_points(settings, job_id, [{"a": 1.5, "b": None}, {"b": 2}, {"a": -3.25}, {}, {"a": 1e-300, "b": 7}])
+    for job in (long_run, job_id):
+        with session_scope(settings.database_url) as session:
+            fast, portable = read_columns_postgres(session, job), read_columns_portable(session, job)
+        for column in ("steps", "epochs", "at"):
+            np.testing.assert_array_equal(getattr(fast, column), getattr(portable, column))
+        assert fast.series.keys() == portable.series.keys()
+        for name, (rows, values) in fast.series.items():
+            np.testing.assert_array_equal(rows, portable.series[name][0])
+            np.testing.assert_array_equal(values, portable.series[name][1])  # NaN (null) where the other has NaN
+    assert fast.series["b"][0].tolist() == [0, 1, 4] and np.isnan(fast.series["b"][1][0])
