@@ -222,6 +222,24 @@ class EvaluationPublic(BaseModel):
     created_at: datetime
 
 
+class LeaderboardRow(BaseModel):
+    """A method's best final evaluation on a data set under a protocol, with what its pretraining cost."""
+
+    method: str
+    dataset: str = Field(description="The data set evaluated on")
+    protocol: Protocol
+    backbone: str | None = None
+    top1: float = Field(description="percent")
+    top5: float | None = None
+    job_id: str = Field(description="The pretrain job whose final checkpoint was evaluated")
+    checkpoint_id: int
+    evaluation_id: int
+    train_seconds: float | None = Field(None, description="The pretrain job's training time")
+    images_per_second: float | None = Field(None, description="Its training throughput")
+    epochs: float | None = Field(None, description="Epochs of pretraining completed")
+    batch_size: int | None = None
+
+
 class MethodPublic(BaseModel):
     name: str
     paper: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from store.series import keep_extremes, read_columns
@@ -159,6 +159,41 @@ def list_evaluations(
     if checkpoint_id is not None:
         query = query.where(Evaluation.checkpoint_id == checkpoint_id)
     return list(session.scalars(query.order_by(Evaluation.id).limit(limit)))
+
+
+def leaderboard(session: Session, owner: str, *, dataset: str | None = None, protocol: str | None = None,
+                backbone: str | None = None) -> list[Row]:
+    """For each (data set, protocol, method), the best top-1 of the owner's evaluations of a succeeded
+    pretrain job's final checkpoint (whichever job ran the evaluation; never the periodic kNN,
+    which has no checkpoint), with what that pretraining cost; sorted by data set, protocol and
+    top-1, best first. One query: the ranking is a window over the candidates."""
+    candidates = (
+        select(
+            Job.method, Evaluation.dataset, Evaluation.protocol, Job.config["backbone"].as_string().label("backbone"),
+            Evaluation.top1, Evaluation.top5, Job.id.label("job_id"), Evaluation.checkpoint_id,
+            Evaluation.id.label("evaluation_id"),
+            Job.result["train_seconds"].as_float().label("train_seconds"),
+            Job.result["images_per_second"].as_float().label("images_per_second"),
+            Job.result["epochs_completed"].as_float().label("epochs"),
+            Job.config["batch_size"].as_integer().label("batch_size"),
+            func.row_number().over(partition_by=(Evaluation.dataset, Evaluation.protocol, Job.method),
+                                   order_by=(Evaluation.top1.desc(), Evaluation.id)).label("rank"),
+        )
+        .join(Checkpoint, Checkpoint.id == Evaluation.checkpoint_id)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.owner == owner, Job.kind == "pretrain", Job.status == "succeeded", Checkpoint.final,
+               Evaluation.top1.is_not(None))
+    )
+    if dataset is not None:
+        candidates = candidates.where(Evaluation.dataset == dataset)
+    if protocol is not None:
+        candidates = candidates.where(Evaluation.protocol == protocol)
+    if backbone is not None:
+        candidates = candidates.where(Job.config["backbone"].as_string() == backbone)
+    ranked = candidates.subquery()
+    best = select(*[c for c in ranked.c if c.name != "rank"]).where(ranked.c.rank == 1)
+    return list(session.execute(best.order_by(ranked.c.dataset, ranked.c.protocol, ranked.c.top1.desc(),
+                                              ranked.c.method)))
 
 
 def final_evaluations(session: Session, job_id: str) -> list[Evaluation]:

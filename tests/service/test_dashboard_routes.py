@@ -36,8 +36,8 @@ def alice(tokens):
 
 def add_job(settings, owner: str = "alice", **fields) -> str:
     with session_scope(settings.database_url) as session:
-        job = Job(owner=owner, kind="pretrain", method="simclr", dataset="synthetic", config={}, evaluate=[],
-                  **{"status": "succeeded", "started_at": utcnow(), **fields})
+        job = Job(owner=owner, **{"kind": "pretrain", "method": "simclr", "dataset": "synthetic", "config": {},
+                                  "evaluate": [], "status": "succeeded", "started_at": utcnow(), **fields})
         session.add(job)
         session.flush()
         return job.id
@@ -156,3 +156,100 @@ def test_both_ways_of_reading_the_columns_agree(settings, long_run):
             np.testing.assert_array_equal(rows, portable.series[name][0])
             np.testing.assert_array_equal(values, portable.series[name][1])  # NaN (null) where the other has NaN
     assert fast.series["b"][0].tolist() == [0, 1, 4] and np.isnan(fast.series["b"][1][0])
+
+
+def add_checkpoint(settings, job_id: str, *, final: bool = True, epoch: int = 10) -> int:
+    with session_scope(settings.database_url) as session:
+        return records.record_checkpoint(session, job_id, f"jobs/{job_id}/epoch{epoch}-{final}.pt", epoch=epoch,
+                                         step=epoch * 10, final=final, size_bytes=1).id
+
+
+def add_evaluation(settings, job_id: str, checkpoint_id: int | None, protocol: str, top1: float | None,
+                   dataset: str = "synthetic", top5: float | None = None) -> int:
+    with session_scope(settings.database_url) as session:
+        return records.record_evaluation(session, job_id, checkpoint_id, {
+            "protocol": protocol, "top1": top1, "top5": top5, "epoch": 10, "dataset": dataset, "num_train": 1,
+            "num_test": 1}).id
+
+
+def pretrained(settings, owner: str, method: str, *, status: str = "succeeded", backbone: str = "small",
+               batch_size: int = 256, seconds: float = 100.0) -> tuple[str, int]:
+    """A pretrain job and its final checkpoint."""
+    job_id = add_job(settings, owner, method=method, status=status, config={"backbone": backbone, "batch_size": batch_size},
+                     result={"train_seconds": seconds, "images_per_second": 10 * seconds, "epochs_completed": seconds / 10})
+    return job_id, add_checkpoint(settings, job_id)
+
+
+@pytest.fixture(scope="module")
+def leaderboard_owner(settings) -> tuple[dict, dict]:
+    """An owner of their own (other tests' jobs stay out of it) with jobs to rank, and what their
+    leaderboard should say, keyed by (data set, protocol, method)."""
+    import uuid
+
+    from store import tokens
+
+    owner = f"board-{uuid.uuid4().hex[:8]}"
+    with session_scope(settings.database_url) as session:
+        token = tokens.create_token(session, owner)
+    a, a_final = pretrained(settings, owner, "simclr", seconds=100)
+    b, b_final = pretrained(settings, owner, "simclr", batch_size=512, seconds=200)
+    c, c_final = pretrained(settings, owner, "byol", backbone="resnet18", seconds=300)
+    add_evaluation(settings, a, a_final, "knn", 50.0)
+    add_evaluation(settings, a, a_final, "linear", 60.0)
+    add_evaluation(settings, a, None, "knn", 98.0)  # periodic kNN during training
+    add_evaluation(settings, a, add_checkpoint(settings, a, final=False, epoch=5), "knn", 97.0)  # not the final one
+    b_knn = add_evaluation(settings, b, b_final, "knn", 55.0, top5=90.0)
+    add_evaluation(settings, b, b_final, "linear", 58.0)
+    later, _ = pretrained(settings, owner, "simclr")
+    add_evaluation(settings, later, _, "knn", 55.0)  # a tie: the earlier evaluation stays first
+    # An eval job on a's final checkpoint: its result counts for a.
+    a_linear = add_evaluation(settings, add_job(settings, owner, kind="eval", source_checkpoint_id=a_final), a_final,
+                              "linear", 65.0)
+    c_knn = add_evaluation(settings, c, c_final, "knn", 40.0)
+    c_cifar = add_evaluation(settings, c, c_final, "knn", 30.0, dataset="cifar10")
+    failed, failed_final = pretrained(settings, owner, "simclr", status="failed")
+    add_evaluation(settings, failed, failed_final, "knn", 99.0)
+    theirs, theirs_final = pretrained(settings, f"{owner}-other", "simclr")
+    add_evaluation(settings, theirs, theirs_final, "knn", 99.5)
+    expected = {
+        ("cifar10", "knn", "byol"): (c, c_final, c_cifar, 30.0),
+        ("synthetic", "knn", "simclr"): (b, b_final, b_knn, 55.0),
+        ("synthetic", "knn", "byol"): (c, c_final, c_knn, 40.0),
+        ("synthetic", "linear", "simclr"): (a, a_final, a_linear, 65.0),
+    }
+    return auth(token), expected
+
+
+def test_the_leaderboard_has_each_methods_best_final_result(client, leaderboard_owner):
+    headers, expected = leaderboard_owner
+    rows = client.get("/v1/leaderboard", headers=headers).json()
+    assert [(r["dataset"], r["protocol"], r["method"]) for r in rows] == list(expected)  # sorted, best first
+    for row in rows:
+        job_id, checkpoint_id, evaluation_id, top1 = expected[row["dataset"], row["protocol"], row["method"]]
+        assert (row["job_id"], row["checkpoint_id"], row["evaluation_id"], row["top1"]) == (
+            job_id, checkpoint_id, evaluation_id, top1)
+    b = rows[1]
+    assert b == {"method": "simclr", "dataset": "synthetic", "protocol": "knn", "backbone": "small", "top1": 55.0,
+                 "top5": 90.0, "job_id": b["job_id"], "checkpoint_id": b["checkpoint_id"],
+                 "evaluation_id": b["evaluation_id"], "train_seconds": 200.0, "images_per_second": 2000.0,
+                 "epochs": 20.0, "batch_size": 512}
+
+
+@pytest.mark.parametrize("params, keys", [
+    ({"dataset": "synthetic"}, [("synthetic", "knn", "simclr"), ("synthetic", "knn", "byol"),
+                                ("synthetic", "linear", "simclr")]),
+    ({"protocol": "linear"}, [("synthetic", "linear", "simclr")]),
+    ({"backbone": "resnet18"}, [("cifar10", "knn", "byol"), ("synthetic", "knn", "byol")]),
+    ({"backbone": "small", "protocol": "knn", "dataset": "synthetic"}, [("synthetic", "knn", "simclr")]),
+    ({"dataset": "stl10"}, []),
+])
+def test_the_leaderboard_filters(client, leaderboard_owner, params, keys):
+    headers, _ = leaderboard_owner
+    rows = client.get("/v1/leaderboard", params=params, headers=headers).json()
+    assert [(r["dataset"], r["protocol"], r["method"]) for r in rows] == keys
+
+
+def test_the_leaderboard_refuses_unknown_protocols(client, leaderboard_owner):
+    headers, _ = leaderboard_owner
+    assert client.get("/v1/leaderboard", params={"protocol": "svm"}, headers=headers).status_code == 422
+    assert client.get("/v1/leaderboard", params={"dataset": "a b"}, headers=headers).status_code == 422
