@@ -210,7 +210,7 @@ class EvaluationPublic(BaseModel):
     job_id: str
     checkpoint_id: int | None = Field(None, description="null for periodic kNN during training")
     protocol: Protocol
-    top1: float = Field(description="percent")
+    top1: float | None = Field(description="percent; null for a result without an accuracy (embedding)")
     top5: float | None = None
     epoch: int | None = Field(None, description="epochs of training the backbone had")
     dataset: str
@@ -218,7 +218,8 @@ class EvaluationPublic(BaseModel):
     num_train: int = Field(description="labelled training images the protocol used")
     num_test: int
     extra: dict[str, Any] = Field(default_factory=dict, description="what the protocol reports besides accuracy, "
-                                  "e.g. distill's teacher_top1 or finetune's num_labelled and steps")
+                                  "e.g. distill's teacher_top1, finetune's num_labelled and steps, or embedding's "
+                                  "reduction, points ([x, y, label] rows) and classes (the names labels index)")
     created_at: datetime
 
 

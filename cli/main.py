@@ -190,9 +190,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"checkpoint: {result.checkpoint}")
     for protocol in [p for p in args.evaluate.split(",") if p]:
         r = evaluate_checkpoint(result.checkpoint, protocol, **eval_params.get(protocol, {}))
-        print(f"{protocol}: top-1 {r.top1:.2f}%" + (f", top-5 {r.top5:.2f}%" if r.top5 is not None else ""))
+        print(f"{protocol}: {_accuracy(r)}")
     print(next_steps(out, config.method))
     return 0
+
+
+def _accuracy(r) -> str:
+    if r.top1 is None:  # an embedding: a picture, no accuracy
+        return f"{r.num_test} test images in 2-D by {r.extra['reduction']} (see --json)"
+    return f"top-1 {r.top1:.2f}%" + (f", top-5 {r.top5:.2f}%" if r.top5 is not None else "")
 
 
 def next_steps(out: Path, method: str) -> str:
@@ -231,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"protocol": r.protocol, "parameters": r.parameters, "top1": r.top1, "top5": r.top5,
                           "dataset": r.dataset, "num_train": r.num_train, "num_test": r.num_test,
                           "epoch": r.epoch, "random_init": args.random_init,
+                          **({"points": r.extra["points"], "classes": r.extra["classes"]} if r.protocol == "embedding" else {}),
                           **({"baseline": {"top1": baseline.top1, "top5": baseline.top5}} if baseline else {})}))
         return 0
     rows = [("random init" if args.random_init else f"epoch {r.epoch}", r)]
@@ -238,8 +245,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows.append(("random init", baseline))
     print(f"{r.dataset}: {r.num_train} train / {r.num_test} test images")
     print(format_table(["protocol", "weights", "parameters", "top-1", "top-5"], [
-        [res.protocol, weights, " ".join(f"{k}={v}" for k, v in res.parameters.items()), f"{res.top1:.2f}%",
-         "-" if res.top5 is None else f"{res.top5:.2f}%"]
+        [res.protocol, weights, " ".join(f"{k}={v}" for k, v in res.parameters.items()),
+         "-" if res.top1 is None else f"{res.top1:.2f}%", "-" if res.top5 is None else f"{res.top5:.2f}%"]
         for weights, res in rows
     ]))
     return 0

@@ -168,8 +168,8 @@ class Checkpoint(Base):
 
 
 class Evaluation(Base):
-    """A protocol's result (kNN, linear probe, fine-tuning, distillation): periodic kNN during
-    training (no checkpoint) or a protocol run on a stored checkpoint."""
+    """A protocol's result (kNN, linear probe, fine-tuning, distillation, embedding): periodic kNN
+    during training (no checkpoint) or a protocol run on a stored checkpoint."""
 
     __tablename__ = "evaluations"
 
@@ -177,7 +177,8 @@ class Evaluation(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"), index=True)
     protocol: Mapped[str] = mapped_column(String(16))
-    top1: Mapped[float] = mapped_column(Float)
+    # Null for a result without an accuracy: an embedding's points are in ``extra``.
+    top1: Mapped[float | None] = mapped_column(Float)
     top5: Mapped[float | None] = mapped_column(Float)
     epoch: Mapped[int | None]
     dataset: Mapped[str] = mapped_column(String(64))

@@ -136,7 +136,7 @@ def record_evaluation(session: Session, job_id: str, checkpoint_id: int | None, 
         job_id=job_id,
         checkpoint_id=checkpoint_id,
         protocol=result["protocol"],
-        top1=result["top1"],
+        top1=result.get("top1"),
         top5=result.get("top5"),
         epoch=result.get("epoch"),
         dataset=result["dataset"],
@@ -150,14 +150,23 @@ def record_evaluation(session: Session, job_id: str, checkpoint_id: int | None, 
     return evaluation
 
 
+def get_evaluation(session: Session, evaluation_id: int, owner: str) -> Evaluation | None:
+    return session.scalar(
+        select(Evaluation).join(Job, Job.id == Evaluation.job_id).where(Evaluation.id == evaluation_id, Job.owner == owner)
+    )
+
+
 def list_evaluations(
-    session: Session, owner: str, job_id: str | None = None, checkpoint_id: int | None = None, limit: int = 100
+    session: Session, owner: str, job_id: str | None = None, checkpoint_id: int | None = None, limit: int = 100,
+    protocol: str | None = None,
 ) -> list[Evaluation]:
     query = select(Evaluation).join(Job, Job.id == Evaluation.job_id).where(Job.owner == owner)
     if job_id is not None:
         query = query.where(Evaluation.job_id == job_id)
     if checkpoint_id is not None:
         query = query.where(Evaluation.checkpoint_id == checkpoint_id)
+    if protocol is not None:
+        query = query.where(Evaluation.protocol == protocol)
     return list(session.scalars(query.order_by(Evaluation.id).limit(limit)))
 
 

@@ -160,7 +160,11 @@ class Recorder:
 
     def on_evaluation(self, result, checkpoint_id: int | None = None) -> None:
         evaluation = self._write("evaluation", lambda: self._record_evaluation(result, checkpoint_id))
-        log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}")
+        at = "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}"
+        if evaluation.top1 is None:  # no accuracy: an embedding
+            log.info("%s: %d test images%s", evaluation.protocol, evaluation.num_test, at)
+        else:
+            log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, at)
 
     def _record_evaluation(self, result, checkpoint_id: int | None):
         data = result.to_dict()
@@ -169,9 +173,10 @@ class Recorder:
             event = {"id": evaluation.id, "protocol": evaluation.protocol, "top1": evaluation.top1,
                      "top5": evaluation.top5, "epoch": evaluation.epoch, "checkpoint_id": checkpoint_id}
             records.add_event(session, self.job.id, "evaluation", event)
-            jobs.update_latest_metrics(
-                session, self.job.id, {f"{evaluation.protocol}_top1": evaluation.top1, f"{evaluation.protocol}_top5": evaluation.top5}
-            )
+            if evaluation.top1 is not None:
+                jobs.update_latest_metrics(
+                    session, self.job.id, {f"{evaluation.protocol}_top1": evaluation.top1, f"{evaluation.protocol}_top5": evaluation.top5}
+                )
             return evaluation
 
     def relative(self, path: Path) -> str:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 JobFilter = Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Only this job's")]
 DOWNLOAD = {"Download": {"operationRef": "#/paths/~1v1~1checkpoints~1{checkpoint_id}~1download/get",
                          "parameters": {"checkpoint_id": "$response.body#/0/id"}}}
+GET_EVALUATION = {"GetEvaluation": {"operationRef": "#/paths/~1v1~1evaluations~1{evaluation_id}/get",
+                                    "parameters": {"evaluation_id": "$response.body#/0/id"}}}
 
 
 def artifact_file(root: Path, relative: str) -> Path | None:
@@ -96,7 +98,8 @@ def _backbone_file(checkpoint: Path) -> Path:
     return out
 
 
-@router.get("/evaluations", response_model=list[EvaluationPublic], summary="kNN and linear results")
+@router.get("/evaluations", response_model=list[EvaluationPublic], responses={200: {"links": GET_EVALUATION}},
+            summary="Your evaluation results, oldest first")
 def list_evaluations(
     session: ReadSessionDep,
     owner: CurrentOwner,
@@ -104,9 +107,22 @@ def list_evaluations(
     checkpoint: Annotated[
         int | None, Query(ge=1, le=MAX_ROW_ID, description="Results on this checkpoint, from any job")
     ] = None,
+    protocol: Annotated[Protocol | None, Query(description="Only this protocol's results")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[EvaluationPublic]:
-    return [evaluation_public(e) for e in records.list_evaluations(session, owner, job, checkpoint, limit)]
+    return [evaluation_public(e) for e in records.list_evaluations(session, owner, job, checkpoint, limit, protocol)]
+
+
+@router.get("/evaluations/{evaluation_id}", response_model=EvaluationPublic,
+            responses={404: problem("No such evaluation for this token's owner")},
+            summary="One evaluation result: an embedding's points, say")
+def get_evaluation(
+    evaluation_id: Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)], session: ReadSessionDep, owner: CurrentOwner
+) -> EvaluationPublic:
+    evaluation = records.get_evaluation(session, evaluation_id, owner)
+    if evaluation is None:
+        raise ProblemError(404, f"no evaluation {evaluation_id}; list yours with GET /v1/evaluations")
+    return evaluation_public(evaluation)
 
 
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"

@@ -1,5 +1,6 @@
-"""Evaluation protocols: weighted kNN and a linear probe on frozen features, and SimCLR v2's
-semi-supervised protocols, fine-tuning on a fraction of the labels and distillation."""
+"""Evaluation protocols: weighted kNN and a linear probe on frozen features, SimCLR v2's
+semi-supervised protocols, fine-tuning on a fraction of the labels and distillation, and a 2-D
+embedding of the test split for a plot."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_predict, knn_scores
 from cssl_core.evaluation.distill import DistillParams, distill
+from cssl_core.evaluation.embedding import EmbeddingParams, embedding_subset, reduce_to_2d
 from cssl_core.evaluation.finetune import FinetuneParams, finetune, labelled_fraction, predict
 from cssl_core.evaluation.linear import LinearProbeParams, linear_probe_logits, train_linear_probe
 
@@ -31,7 +33,7 @@ class KnnParams:
 
 
 PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams, "finetune": FinetuneParams,
-                                     "distill": DistillParams}
+                                     "distill": DistillParams, "embedding": EmbeddingParams}
 # These train the encoder itself; knn and linear read frozen features.
 END_TO_END_PROTOCOLS = ("finetune", "distill")
 PROTOCOLS = tuple(PROTOCOL_PARAMS)
@@ -39,10 +41,11 @@ PROTOCOLS = tuple(PROTOCOL_PARAMS)
 
 @dataclass
 class EvalResult:
-    """Accuracies in percent on the dataset's test split, with the protocol's parameters."""
+    """Accuracies in percent on the dataset's test split, with the protocol's parameters; an
+    embedding has no accuracy (top1 None) and its points in ``extra``."""
 
     protocol: str
-    top1: float
+    top1: float | None
     top5: float | None
     parameters: dict[str, Any]
     dataset: str
@@ -88,6 +91,8 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
     if protocol in END_TO_END_PROTOCOLS:
         raise ConfigError(f"{protocol} trains the encoder; run it on a checkpoint with evaluate_checkpoint")
     train, test = data.train, data.test
+    if protocol == "embedding":
+        return _embed(backbone, data, p, mean, std, device)
     # The probe may see a fraction of the labels, the same images fine-tuning on that fraction sees.
     labelled = labelled_fraction(train.labels, getattr(p, "label_fraction", 1.0), getattr(p, "seed", 0))
     train_images, train_labels = train.images[labelled], train.labels[labelled]
@@ -102,6 +107,20 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
     top1, top5 = _topk_accuracy(scores, test.labels)
     return EvalResult(protocol=protocol, top1=top1, top5=top5, parameters=dataclasses.asdict(p),
                       dataset=data.name, num_train=len(train_labels), num_test=len(test.labels))
+
+
+def _embed(backbone: nn.Module, data, p: EmbeddingParams, mean: list[float], std: list[float],
+           device: torch.device) -> EvalResult:
+    """The test split (a class-balanced subset of at most ``max_points``) in 2-D: ``extra`` holds
+    ``points`` as [x, y, label] rows, rounded to 4 decimals, and the ``classes`` the labels index."""
+    chosen = embedding_subset(data.test.labels, p)
+    features = extract_features(backbone, data.test.images[chosen], mean, std, device)
+    xy = reduce_to_2d(features, p)
+    labels = data.test.labels[chosen].tolist()
+    points = [[round(x, 4), round(y, 4), label] for (x, y), label in zip(xy.tolist(), labels)]
+    return EvalResult(protocol="embedding", top1=None, top5=None, parameters=dataclasses.asdict(p), dataset=data.name,
+                      num_train=0, num_test=len(points),
+                      extra={"reduction": p.method, "points": points, "classes": list(data.classes)})
 
 
 def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str | None = None,
@@ -158,5 +177,5 @@ def _train_end_to_end(state: dict[str, Any], data, protocol: str, p: Any, norm: 
                       num_train=extra["num_labelled"], num_test=len(data.test.labels), extra=extra)
 
 
-__all__ = ["DistillParams", "EvalResult", "FinetuneParams", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
+__all__ = ["DistillParams", "EmbeddingParams", "EvalResult", "FinetuneParams", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
            "evaluate_checkpoint", "extract_features", "knn_predict", "knn_scores", "protocol_params"]

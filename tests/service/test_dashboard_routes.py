@@ -197,6 +197,7 @@ def leaderboard_owner(settings) -> tuple[dict, dict]:
     add_evaluation(settings, a, a_final, "knn", 50.0)
     add_evaluation(settings, a, a_final, "linear", 60.0)
     add_evaluation(settings, a, None, "knn", 98.0)  # periodic kNN during training
+    add_evaluation(settings, a, a_final, "embedding", None)  # no accuracy
     add_evaluation(settings, a, add_checkpoint(settings, a, final=False, epoch=5), "knn", 97.0)  # not the final one
     b_knn = add_evaluation(settings, b, b_final, "knn", 55.0, top5=90.0)
     add_evaluation(settings, b, b_final, "linear", 58.0)
@@ -253,3 +254,46 @@ def test_the_leaderboard_refuses_unknown_protocols(client, leaderboard_owner):
     headers, _ = leaderboard_owner
     assert client.get("/v1/leaderboard", params={"protocol": "svm"}, headers=headers).status_code == 422
     assert client.get("/v1/leaderboard", params={"dataset": "a b"}, headers=headers).status_code == 422
+
+
+def test_embeddings_through_the_worker(server, worker, tokens, alice):
+    import httpx
+
+    from .support import TINY, read_events
+
+    def get(path, headers=alice, **params):
+        response = httpx.get(server + path, headers=headers, params=params, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "evaluate": ["knn", "embedding"],
+            "config": {**TINY, "embedding": {"max_points": 50}}}
+    job = httpx.post(f"{server}/v1/jobs", json=body, headers=alice).json()
+    events = read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=240)
+    assert events[-2]["data"].get("status") == "succeeded", events[-3:]
+    assert [e["data"]["top1"] for e in events if e["event"] == "evaluation" and e["data"]["protocol"] == "embedding"] == [None]
+    done = get(f"/v1/jobs/{job['id']}")
+    assert "knn_top1" in done["latest_metrics"] and "embedding_top1" not in done["latest_metrics"]
+
+    results = {e["protocol"]: e for e in get("/v1/evaluations", job=job["id"])}
+    embedding = results["embedding"]
+    assert embedding["top1"] is None and embedding["top5"] is None and embedding["checkpoint_id"] == results["knn"]["checkpoint_id"]
+    assert embedding["num_test"] == 50 and embedding["parameters"]["max_points"] == 50
+    extra = embedding["extra"]
+    assert extra["reduction"] == "pca" and extra["classes"][0] == "disk" and len(extra["classes"]) == 10
+    assert len(extra["points"]) == 50 and all(0 <= label < 10 and isinstance(x, float) for x, _, label in extra["points"])
+    assert get(f"/v1/evaluations/{embedding['id']}") == embedding
+    missing = httpx.get(f"{server}/v1/evaluations/{embedding['id']}", headers=auth(tokens["bob"]))
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    # No accuracy, so no place on the leaderboard.
+    assert all(row["protocol"] != "embedding" for row in get("/v1/leaderboard"))
+
+    # As an eval job of its own, with t-SNE.
+    again = httpx.post(f"{server}/v1/jobs", headers=alice, json={
+        "kind": "eval", "job": job["id"], "evaluate": ["embedding"],
+        "config": {"embedding": {"method": "tsne", "max_points": 40, "perplexity": 5, "seed": 1}}}).json()
+    read_events(server, f"/v1/jobs/{again['id']}/events", alice, timeout=240)
+    assert get(f"/v1/jobs/{again['id']}")["status"] == "succeeded"
+    [tsne] = get("/v1/evaluations", job=again["id"])
+    assert tsne["extra"]["reduction"] == "tsne" and len(tsne["extra"]["points"]) == 40
+    assert sorted(get("/v1/evaluations", job=again["id"], protocol="embedding"), key=lambda e: e["id"]) == [tsne]

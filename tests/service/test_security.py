@@ -86,7 +86,7 @@ def alices(server, worker, tokens, routes) -> dict[str, str | int]:
     [checkpoint] = httpx.get(f"{server}/v1/checkpoints", params={"job": job["id"]}, headers=alice).json()
     [evaluation] = httpx.get(f"{server}/v1/evaluations", params={"job": job["id"]}, headers=alice).json()
     assert evaluation["checkpoint_id"] == checkpoint["id"]
-    ids = {"job_id": job["id"], "checkpoint_id": checkpoint["id"]}
+    ids = {"job_id": job["id"], "checkpoint_id": checkpoint["id"], "evaluation_id": evaluation["id"]}
     if ("POST", "/v1/datasets/uploads") in routes:
         upload = httpx.post(f"{server}/v1/datasets/uploads", params={"name": "alices-data"}, content=archive(),
                             headers={**alice, "content-type": "application/gzip"})
@@ -134,7 +134,7 @@ def test_the_public_routes_answer_without_a_token(routes, client):
 
 
 def test_every_other_route_needs_a_token(routes, spec, client):
-    placeholders = {"job_id": uuid.uuid4().hex, "checkpoint_id": 1, "upload_id": uuid.uuid4().hex}
+    placeholders = {"job_id": uuid.uuid4().hex, "checkpoint_id": 1, "evaluation_id": 1, "upload_id": uuid.uuid4().hex}
     for method, path in sorted(set(routes) - PUBLIC):
         request = request_for(method, path, spec, placeholders)
         for headers in ({}, {"Authorization": "Basic YWxpY2U6c2VjcmV0"}, auth("cssl_not-a-token")):
