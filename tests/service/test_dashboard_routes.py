@@ -297,3 +297,12 @@ def test_embeddings_through_the_worker(server, worker, tokens, alice):
     [tsne] = get("/v1/evaluations", job=again["id"])
     assert tsne["extra"]["reduction"] == "tsne" and len(tsne["extra"]["points"]) == 40
     assert sorted(get("/v1/evaluations", job=again["id"], protocol="embedding"), key=lambda e: e["id"]) == [tsne]
+
+
+def test_evaluations_filter_by_protocol(client, leaderboard_owner):
+    headers, _ = leaderboard_owner
+    linear = client.get("/v1/evaluations", params={"protocol": "linear"}, headers=headers).json()
+    assert [(e["protocol"], e["top1"]) for e in linear] == [("linear", 60.0), ("linear", 58.0), ("linear", 65.0)]
+    [embedding] = client.get("/v1/evaluations", params={"protocol": "embedding"}, headers=headers).json()
+    assert embedding["top1"] is None
+    assert client.get("/v1/evaluations", params={"protocol": "svm"}, headers=headers).status_code == 422

@@ -96,9 +96,12 @@ def alices(server, worker, tokens, routes) -> dict[str, str | int]:
 
 
 def nobodys(ids: dict) -> dict:
-    """Ids of the same kinds that no one has."""
-    return {name: 2_000_000_000 + n if isinstance(value, int) else uuid.uuid4().hex
-            for n, (name, value) in enumerate(ids.items())}
+    """Ids of the same kinds that no one has; ids that are equal (a checkpoint and an evaluation
+    may both be number 1) stay equal, so the answers read the same once the ids are taken out."""
+    fresh: dict = {}
+    for n, value in enumerate(ids.values()):
+        fresh.setdefault(value, 2_000_000_000 + n if isinstance(value, int) else uuid.uuid4().hex)
+    return {name: fresh[value] for name, value in ids.items()}
 
 
 def request_for(method: str, path: str, spec: dict, ids: dict) -> dict:
