@@ -251,7 +251,14 @@ class MethodPublic(BaseModel):
         description="Values used instead of the paper's on images of 64 px or less (recipe=auto), measured here",
     )
     vit_defaults: dict[str, Any] = Field(default_factory=dict, description="Values used when the backbone is a ViT")
-    config_schema: dict[str, Any] = Field(description="JSON schema of the method's own config")
+    config_schema: dict[str, Any] = Field(description="JSON schema of every key a job's config takes for this method "
+                                          "(the run's common keys, then the method's own), with each key's valid range")
+
+
+class ProtocolPublic(BaseModel):
+    name: str = Field(description="What a job's `evaluate` names")
+    parameters: dict[str, Any] = Field(description="Each parameter's default; a job sets them in config.<name>")
+    parameters_schema: dict[str, Any] = Field(description="JSON schema of the parameters, with each one's valid range")
 
 
 class DatasetInfo(BaseModel):

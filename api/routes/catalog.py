@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from fastapi import APIRouter
 from pydantic import TypeAdapter
 
 from api.deps import CurrentOwner
-from api.schemas import DatasetInfo, MethodPublic
-from cssl_core.config import build_config, field_help
+from api.schemas import DatasetInfo, MethodPublic, ProtocolPublic
+from cssl_core.config import PretrainConfig, build_config, field_bounds, field_help
 from cssl_core.data import describe_datasets
+from cssl_core.evaluation import PROTOCOL_PARAMS
 from cssl_core.methods import get_method, method_names
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -32,20 +34,52 @@ def _methods() -> list[MethodPublic]:
                 defaults=defaults,
                 small_image_recipe=dict(method.config_cls.small_image_recipe),
                 vit_defaults=dict(method.config_cls.vit_defaults),
-                config_schema=config_schema(method.config_cls),
+                config_schema=job_config_schema(method.config_cls),
             )
         )
     return out
 
 
-def config_schema(config_cls: type) -> dict:
+# A job names these through its method and dataset fields, not its config.
+RUN_KEYS_SET_ELSEWHERE = ("method", "method_config", "dataset", "data")
+# Where a number's declared bounds go in a JSON schema.
+BOUND_KEYWORDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
+
+
+def config_schema(config_cls: type, skip: tuple[str, ...] = ()) -> dict:
     """A config dataclass's JSON schema, each key described by its field's help text, the same
-    text `cssl pretrain --help` shows."""
+    text `cssl pretrain --help` shows, and bounded by its declared valid range."""
     schema = TypeAdapter(config_cls).json_schema()
-    for name, prop in schema.get("properties", {}).items():
+    schema.pop("$defs", None)
+    properties = schema.get("properties", {})
+    for name in skip:
+        properties.pop(name, None)
+    schema["required"] = [name for name in schema.get("required", []) if name in properties]
+    if not schema["required"]:
+        schema.pop("required")
+    for name, prop in properties.items():
         if help_text := field_help(config_cls, name):
             prop["description"] = help_text
+        if bounds := field_bounds(config_cls, name):
+            prop.update({BOUND_KEYWORDS[k]: getattr(bounds, k) for k in BOUND_KEYWORDS if getattr(bounds, k) is not None})
     return schema
+
+
+def job_config_schema(method_config_cls: type) -> dict:
+    """The schema of every key a job's config takes for a method: the run's keys common to all
+    methods, then the method's own."""
+    schema = config_schema(method_config_cls)
+    run = config_schema(PretrainConfig, skip=RUN_KEYS_SET_ELSEWHERE)["properties"]
+    schema["properties"] = {**run, **schema.get("properties", {})}
+    return schema
+
+
+@functools.cache
+def _protocols() -> list[ProtocolPublic]:
+    return [
+        ProtocolPublic(name=name, parameters=dataclasses.asdict(params_cls()), parameters_schema=config_schema(params_cls))
+        for name, params_cls in PROTOCOL_PARAMS.items()
+    ]
 
 
 @router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")
@@ -56,3 +90,8 @@ def list_methods(_: CurrentOwner) -> list[MethodPublic]:
 @router.get("/datasets", response_model=list[DatasetInfo], summary="Data sets a job can name")
 def list_datasets(_: CurrentOwner) -> list[DatasetInfo]:
     return [DatasetInfo(**{k: d.get(k) for k in DatasetInfo.model_fields}) for d in describe_datasets()]
+
+
+@router.get("/protocols", response_model=list[ProtocolPublic], summary="Evaluation protocols and their parameters")
+def list_protocols(_: CurrentOwner) -> list[ProtocolPublic]:
+    return _protocols()

@@ -249,6 +249,20 @@ def test_methods_and_datasets(client, alice):
     assert datasets["synthetic"]["needs_path"] is False and datasets["cifar10"]["needs_path"] is True
 
 
+def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parameters(client, alice):
+    """What the dashboard's submit form is generated from."""
+    simclr = {m["name"]: m for m in client.get("/v1/methods", headers=alice).json()}["simclr"]
+    properties = simclr["config_schema"]["properties"]
+    assert set(properties) == set(simclr["defaults"]) - {"dataset", "data"}
+    assert properties["epochs"]["minimum"] == 1 and properties["epochs"]["maximum"] == 100_000
+    assert properties["temperature"]["exclusiveMinimum"] == 0 and properties["sgd_momentum"]["exclusiveMaximum"] == 1
+    protocols = {p["name"]: p for p in client.get("/v1/protocols", headers=alice).json()}
+    assert {"knn", "linear", "finetune", "distill"} <= set(protocols)
+    assert protocols["knn"]["parameters"] == {"k": 200, "temperature": 0.1}
+    assert protocols["knn"]["parameters_schema"]["properties"]["k"]["minimum"] == 1
+    assert protocols["linear"]["parameters_schema"]["properties"]["label_fraction"]["maximum"] == 1
+
+
 def test_openapi_is_versioned_and_has_examples(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
