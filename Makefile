@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: venv demo test bench clean lock audit
+.PHONY: venv demo dashboard ui-vendor test bench clean lock audit
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,15 @@ audit: venv
 
 demo: venv
 	$(BIN)/python -m cli.service_demo
+
+# The embedded service kept up (state in .state/) with the dashboard at /ui/ and a token to sign in
+# with; Ctrl-C stops it. DASHBOARD_ARGS="--port 8080 --example" picks a port and starts a run to watch.
+dashboard: venv
+	$(BIN)/python -m cli.dashboard $(DASHBOARD_ARGS)
+
+# After changing a version in ui/package.json: the dashboard's third-party files into api/ui/vendor/ (needs npm).
+ui-vendor:
+	bash scripts/vendor_ui.sh
 
 # Starts Postgres and Redis if installed; without them the service tests run embedded (scripts/test.sh).
 test: venv

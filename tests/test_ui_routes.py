@@ -1,0 +1,90 @@
+"""How the API serves the dashboard (api/routes/ui.py): every page path is the same index.html,
+no token needed, none of it in the OpenAPI description; the files it loads are all served from
+/ui itself (nothing from a CDN), and each vendored package is the version ui/package.json pins,
+with its licence. The pages themselves are tested in a browser in tests/service/test_dashboard.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+UI = ROOT / "api" / "ui"
+JOB_ID = "0123456789abcdef0123456789abcdef"
+PAGES = ["/ui/", f"/ui/jobs/{JOB_ID}", "/ui/compare?jobs=a,b", "/ui/leaderboard", "/ui/submit?from=x"]
+# Static imports, dynamic imports and re-exports of the dashboard's modules.
+IMPORT = re.compile(r"""(?:^|\s)(?:import|export)\s[^'"]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']\s*\)""", re.M)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from api.main import create_app
+    from store.settings import Settings
+
+    settings = Settings.from_env({"CSSL_STATE_DIR": str(tmp_path_factory.mktemp("state"))})
+    with TestClient(create_app(settings, sweep=False), follow_redirects=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_each_page_path_is_the_index_without_a_token(client, path):
+    response = client.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text == (UI / "index.html").read_text()
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["cache-control"] == "no-cache"
+
+
+def test_ui_without_a_slash_redirects(client):
+    response = client.get("/ui")
+    assert response.status_code == 307 and response.headers["location"] == "/ui/"
+
+
+def test_files_are_served_and_a_missing_one_is_a_problem(client):
+    script = client.get("/ui/js/main.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert client.get("/ui/vendor/uplot/uPlot.esm.js").status_code == 200
+    missing = client.get("/ui/js/nothing.js")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    # Page paths are not files, and files are not pages.
+    assert client.get(f"/ui/jobs/{JOB_ID}/extra").status_code == 404
+
+
+def test_the_api_still_needs_a_token_and_the_ui_is_not_in_the_openapi(client):
+    assert client.get("/v1/jobs").status_code == 401
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not [p for p in paths if p.startswith("/ui")]
+
+
+def test_every_module_import_and_asset_is_local_and_exists():
+    modules = sorted(UI.glob("js/**/*.js"))
+    assert modules, "no modules under api/ui/js"
+    for module in modules:
+        for static, dynamic in IMPORT.findall(module.read_text()):
+            target = static or dynamic
+            assert target.startswith("."), f"{module.relative_to(ROOT)} imports {target!r}: only files of the dashboard itself"
+            assert (module.parent / target).resolve().is_file(), f"{module.relative_to(ROOT)}: {target} does not exist"
+    index = (UI / "index.html").read_text()
+    for url in re.findall(r'(?:src|href)="([^"]+)"', index):
+        if url.startswith("/ui/") and "." in url.rsplit("/", 1)[-1]:  # a file, not a page
+            assert (UI / url.removeprefix("/ui/")).is_file(), url
+        else:
+            assert not re.match(r"(https?:)?//", url), f"index.html loads {url} from elsewhere"
+    for text in [index, *(m.read_text() for m in modules), (UI / "style.css").read_text()]:
+        assert not re.search(r"""(?:src=|href=|url\(|import\s*\(?|from\s)\s*["']?(?:https?:)?//""", text)
+
+
+def test_vendored_files_are_the_pinned_versions_with_their_licences():
+    pins = json.loads((ROOT / "ui" / "package.json").read_text())["dependencies"]
+    lock = json.loads((ROOT / "ui" / "package-lock.json").read_text())["packages"]
+    for package, version in pins.items():
+        folder = UI / "vendor" / package
+        assert lock[f"node_modules/{package}"]["version"] == version
+        assert (folder / "VERSION").read_text().strip() == version, package
+        assert (folder / "LICENSE").stat().st_size > 500, package
+    assert (UI / "vendor" / "uplot" / "uPlot.esm.js").is_file() and (UI / "vendor" / "axe-core" / "axe.min.js").is_file()
