@@ -1,16 +1,20 @@
 """DINO against its defining mechanisms: centring, the teacher (EMA, no gradient, evaluated),
 the frozen last layer, the schedules, clipping, multi-crop; attention maps."""
 
+import base64
 import copy
+import io
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import cssl_core.methods.dino  # noqa: F401 (registers it)
 from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
+from cssl_core.evaluation import evaluate_checkpoint
 from cssl_core.evaluation.attention import attention_maps
 from cssl_core.losses import dino_loss
 from cssl_core.methods import Batch, build_method
@@ -264,3 +268,26 @@ def test_attention_maps_of_any_vit_checkpoint(tmp_path):
     state = load_checkpoint(pretrain(config, tmp_path, should_stop=stop_after(1)).checkpoint)
     maps = attention_maps(state, torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8), device="cpu")
     assert maps.shape == (2, 3, 10, 10)  # other sizes too: position embeddings are interpolated
+
+
+def test_attention_protocol_on_a_few_test_images(tmp_path, small_run):
+    config = build_config("dino", {**TINY_RUN, "backbone": "vit_tiny", "batch_size": 10, "subset": 20, "epochs": 1})
+    checkpoint = pretrain(config, tmp_path, should_stop=stop_after(1)).checkpoint
+    result = evaluate_checkpoint(checkpoint, "attention", device="cpu", num_images=4, seed=3)
+    extra = result.extra
+    assert result.top1 is None and result.num_test == 4 and result.parameters == {"num_images": 4, "seed": 3}
+    assert (extra["heads"], extra["patch"], len(extra["labels"])) == (3, 4, 4)
+    maps = torch.tensor(extra["maps"])
+    assert maps.shape == (4, 3, 8, 8)  # vit_tiny: 3 heads; 32 px in patches of 4
+    assert (maps >= 0).all() and (maps.sum(dim=(2, 3)) <= 1 + 1e-3).all()
+    for url in extra["images"]:
+        assert url.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert (image.size, image.mode) == ((32, 32), "RGB")
+    assert all(0 <= label < len(extra["classes"]) for label in extra["labels"])
+    assert evaluate_checkpoint(checkpoint, "attention", device="cpu", num_images=4, seed=3).extra == extra  # seeded
+    _, small, *_ = small_run
+    with pytest.raises(ConfigError, match="attention maps need a ViT backbone"):
+        evaluate_checkpoint(small.checkpoint, "attention", device="cpu")
+    with pytest.raises(ConfigError, match="num_images"):
+        evaluate_checkpoint(checkpoint, "attention", num_images=33)

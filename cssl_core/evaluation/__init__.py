@@ -1,6 +1,6 @@
 """Evaluation protocols: weighted kNN and a linear probe on frozen features, SimCLR v2's
-semi-supervised protocols, fine-tuning on a fraction of the labels and distillation, and a 2-D
-embedding of the test split for a plot."""
+semi-supervised protocols, fine-tuning on a fraction of the labels and distillation, a 2-D
+embedding of the test split for a plot, and a ViT's attention maps on a few test images."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch import nn
 from cssl_core.config import check_bounds, coerce_field, did_you_mean, option
 from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
+from cssl_core.evaluation.attention import AttentionParams, attention_extra
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_predict, knn_scores
 from cssl_core.evaluation.distill import DistillParams, distill
@@ -33,16 +34,19 @@ class KnnParams:
 
 
 PROTOCOL_PARAMS: dict[str, type] = {"knn": KnnParams, "linear": LinearProbeParams, "finetune": FinetuneParams,
-                                     "distill": DistillParams, "embedding": EmbeddingParams}
+                                     "distill": DistillParams, "embedding": EmbeddingParams,
+                                     "attention": AttentionParams}
 # These train the encoder itself; knn and linear read frozen features.
 END_TO_END_PROTOCOLS = ("finetune", "distill")
+# These need the checkpoint, not only its backbone.
+CHECKPOINT_PROTOCOLS = (*END_TO_END_PROTOCOLS, "attention")
 PROTOCOLS = tuple(PROTOCOL_PARAMS)
 
 
 @dataclass
 class EvalResult:
     """Accuracies in percent on the dataset's test split, with the protocol's parameters; an
-    embedding has no accuracy (top1 None) and its points in ``extra``."""
+    embedding or attention maps have no accuracy (top1 None) and their data in ``extra``."""
 
     protocol: str
     top1: float | None
@@ -88,8 +92,8 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
                       device: torch.device, **params: Any) -> EvalResult:
     """Evaluate ``backbone`` on ``data`` (an ImageDataset): train split as bank / probe set, test split scored."""
     p = protocol_params(protocol, params)
-    if protocol in END_TO_END_PROTOCOLS:
-        raise ConfigError(f"{protocol} trains the encoder; run it on a checkpoint with evaluate_checkpoint")
+    if protocol in CHECKPOINT_PROTOCOLS:
+        raise ConfigError(f"{protocol} needs a checkpoint; run it with evaluate_checkpoint")
     train, test = data.train, data.test
     if protocol == "embedding":
         return _embed(backbone, data, p, mean, std, device)
@@ -145,7 +149,12 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
                           f"{state['image_size']}px; evaluate on a dataset of that size")
     dev = resolve_device(device)
     norm = state["normalization"]
-    if protocol in END_TO_END_PROTOCOLS:
+    if protocol == "attention":
+        p = protocol_params(protocol, params)
+        extra = attention_extra(state, images.test, images.classes, p, dev)
+        result = EvalResult(protocol=protocol, top1=None, top5=None, parameters=dataclasses.asdict(p),
+                            dataset=images.name, num_train=0, num_test=len(extra["labels"]), extra=extra)
+    elif protocol in END_TO_END_PROTOCOLS:
         result = _train_end_to_end(state, images, protocol, protocol_params(protocol, params), norm, dev, random_init)
     else:
         backbone = build_encoder_from_checkpoint(state, random_init=random_init)
@@ -177,5 +186,5 @@ def _train_end_to_end(state: dict[str, Any], data, protocol: str, p: Any, norm: 
                       num_train=extra["num_labelled"], num_test=len(data.test.labels), extra=extra)
 
 
-__all__ = ["DistillParams", "EmbeddingParams", "EvalResult", "FinetuneParams", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
+__all__ = ["AttentionParams", "DistillParams", "EmbeddingParams", "EvalResult", "FinetuneParams", "KnnParams", "LinearProbeParams", "PROTOCOLS", "PROTOCOL_PARAMS", "evaluate_backbone",
            "evaluate_checkpoint", "extract_features", "knn_predict", "knn_scores", "protocol_params"]

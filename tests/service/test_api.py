@@ -261,6 +261,8 @@ def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parame
     assert protocols["knn"]["parameters"] == {"k": 200, "temperature": 0.1}
     assert protocols["knn"]["parameters_schema"]["properties"]["k"]["minimum"] == 1
     assert protocols["linear"]["parameters_schema"]["properties"]["label_fraction"]["maximum"] == 1
+    assert protocols["attention"]["parameters"] == {"num_images": 6, "seed": 0}
+    assert protocols["attention"]["parameters_schema"]["properties"]["num_images"]["maximum"] == 32
 
 
 def test_openapi_is_versioned_and_has_examples(client):

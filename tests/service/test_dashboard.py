@@ -1,7 +1,7 @@
 """The dashboard (/ui) end to end in a real headless browser (Debian's chromium, driven by
 Playwright) against a real API server and Celery worker: sign in with a token; submit a job
 from the form and watch its loss chart gain points; an API validation error beside its field;
-cancel a second job from its row; download a checkpoint; an embedding plot; compare; the leaderboard; run again
+cancel a second job from its row; download a checkpoint; an embedding plot; a ViT's attention maps; compare; the leaderboard; run again
 with changes; the banner of a service without authentication; and axe-core (vendored) finds no
 serious or critical accessibility violation on the main pages. Screenshots go to each test's
 tmp_path.
@@ -195,6 +195,26 @@ def test_an_embedding_of_a_checkpoint_is_computed_and_plotted(server, page, trai
     # A reload finds it.
     page.reload()
     page.locator("#embedding canvas").wait_for()
+
+
+def test_attention_maps_of_a_vit_checkpoint_are_computed_and_drawn(server, worker, page, owner_token, tmp_path):
+    # One epoch of 20 images in batches of 10: two steps of a tiny DINO ViT.
+    config = {"backbone": "vit_tiny", "epochs": 1, "batch_size": 10, "subset": 20, "precision": "fp32",
+              "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "local_crops": 2}
+    body = {"kind": "pretrain", "method": "dino", "dataset": {"name": "synthetic"}, "config": config, "evaluate": []}
+    job = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
+    read_events(server, f"/v1/jobs/{job}/events", auth(owner_token), timeout=180)
+    page.goto(f"{server}/ui/jobs/{job}")
+    attention = page.locator("#attention")
+    attention.get_by_text("No attention maps of this checkpoint yet").wait_for()
+    attention.get_by_role("button", name="Attention maps").click()
+    attention.get_by_text("queued").wait_for()
+    # Six test images, each beside its mean map and its 3 heads' maps.
+    attention.locator("figure").nth(5).wait_for(timeout=90_000)
+    assert attention.locator("figure").count() == 6 and attention.locator("canvas").count() == 6 * 4
+    assert attention.get_by_role("img", name="Test image 1, class").count() == 1
+    assert attention.locator("img").first.evaluate("img => img.complete && img.naturalWidth") == 32
+    page.screenshot(path=str(tmp_path / "attention.png"), full_page=True)
 
 
 def test_cancel_a_second_job_from_its_row(server, worker, page, trained, owner_token, shared, tmp_path):

@@ -1,4 +1,4 @@
-// Line charts (uPlot, vendored) and the embedding scatter plot (a plain canvas).
+// Line charts (uPlot, vendored), the embedding scatter plot and attention heatmaps (plain canvases).
 
 import uPlot from "../vendor/uplot/uPlot.esm.js";
 import { clear, h } from "./dom.js";
@@ -6,6 +6,8 @@ import { clear, h } from "./dom.js";
 // Okabe-Ito: told apart with the common colour-vision deficiencies.
 export const PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8C6D1F", "#6A3D9A", "#B15928"];
 const HEIGHT = 220;
+// Inferno, sampled: dark for no attention, bright yellow for the most; it reads in greyscale too.
+const HEAT = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
 
 function axisValue(value) {
   if (value === null || value === undefined) return "";
@@ -159,4 +161,29 @@ export function embeddingPlot(container, { points, classes, title }) {
   const legend = h("ul", { class: "legend", "aria-label": "Classes" },
     classes.map((name, i) => h("li", {}, h("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` }), String(name))));
   clear(container, canvas, legend);
+}
+
+/**
+ * An attention map as a heatmap: `map` is rows of non-negative weights, one per patch, coloured
+ * from its smallest to its largest. The canvas has `cell` pixels a patch; CSS sets its shown size.
+ */
+export function attentionHeatmap(map, { cell, label, className }) {
+  const rows = map.length;
+  const cols = rows ? map[0].length : 0;
+  const canvas = h("canvas", { width: cols * cell, height: rows * cell, role: "img", "aria-label": label, class: className });
+  const ctx = canvas.getContext("2d");
+  const low = Math.min(...map.flat());
+  const range = Math.max(...map.flat()) - low || 1;
+  map.forEach((row, y) => row.forEach((value, x) => {
+    ctx.fillStyle = heat((value - low) / range);
+    ctx.fillRect(x * cell, y * cell, cell, cell);
+  }));
+  return canvas;
+}
+
+function heat(t) {
+  const x = Math.min(1, Math.max(0, t)) * (HEAT.length - 1);
+  const i = Math.min(HEAT.length - 2, Math.floor(x));
+  const rgb = HEAT[i].map((a, k) => Math.round(a + (HEAT[i + 1][k] - a) * (x - i)));
+  return `rgb(${rgb.join(",")})`;
 }

@@ -1,8 +1,9 @@
 // /ui/jobs/{id}: one run. Charts of its metrics (updated from its progress events while it
-// trains), its config, events, log, evaluations and checkpoints, and an embedding plot per checkpoint.
+// trains), its config, events, log, evaluations and checkpoints, and per checkpoint an embedding plot
+// and, for a ViT, its attention maps on a few test images.
 
 import { api, apiOr, download, watchJob } from "../api.js";
-import { embeddingPlot, lineChart } from "../charts.js";
+import { attentionHeatmap, embeddingPlot, lineChart } from "../charts.js";
 import { ACTIVE, bytes, clear, debounce, every, h, number, percent, progressCell, shortId, statusBadge, toast, when } from "../dom.js";
 
 // Points per series asked of the server; past four times that, live points are folded back into a fresh sample.
@@ -31,6 +32,8 @@ export async function render(main, { params: [jobId], signal }) {
   const evaluationsBox = h("div", { class: "table-wrap" });
   const checkpointsBox = h("div", { class: "table-wrap" });
   const embeddingBox = h("section", { id: "embedding", "aria-labelledby": "embedding-title" });
+  const isVit = String(job.config?.backbone || "").startsWith("vit");
+  const attentionBox = h("section", { id: "attention", "aria-labelledby": "attention-title", hidden: !isVit });
   const eventsList = h("ol", { class: "events", id: "events", "aria-label": "Events, oldest first" });
   const logBox = h("pre", { id: "log", tabindex: "0", "aria-label": `Last ${LOG_LINES} lines of the job's log` });
 
@@ -49,6 +52,7 @@ export async function render(main, { params: [jobId], signal }) {
     h("h2", {}, "Evaluations"), evaluationsBox,
     h("h2", {}, "Checkpoints"), checkpointsBox,
     embeddingBox,
+    attentionBox,
     h("h2", {}, "Resolved config"), configTable(job.config),
     h("h2", {}, "Events"), eventsList,
     h("h2", {}, "Log"), logBox);
@@ -139,9 +143,15 @@ export async function render(main, { params: [jobId], signal }) {
             onclick: (e) => save(e.target, c.download, `${c.job_id}-epoch${c.epoch}.pt`) }, "Full"),
           h("button", { type: "button", class: "secondary small", "aria-label": `torchvision backbone of checkpoint ${c.id}`,
             onclick: (e) => save(e.target, `${c.download}?format=torchvision`, `${c.job_id}-epoch${c.epoch}-backbone.pt`) }, "torchvision")),
-        h("td", {}, h("button", { type: "button", class: "secondary small", "aria-label": `Show embedding of checkpoint ${c.id}`,
-          onclick: () => showEmbedding(c) }, "Show")))))));
-    if (!shownEmbedding) showEmbedding(checkpoints.find((c) => c.final) || checkpoints[0]);
+        h("td", {}, h("button", { type: "button", class: "secondary small",
+          "aria-label": `Show embedding${isVit ? " and attention maps" : ""} of checkpoint ${c.id}`,
+          onclick: () => showCheckpoint(c) }, "Show")))))));
+    if (!shownEmbedding) showCheckpoint(checkpoints.find((c) => c.final) || checkpoints[0]);
+  }
+
+  function showCheckpoint(checkpoint) {
+    showEmbedding(checkpoint);
+    if (isVit) showAttention(checkpoint);
   }
 
   async function save(button, path, name) {
@@ -160,33 +170,64 @@ export async function render(main, { params: [jobId], signal }) {
     shownEmbedding = checkpoint;
     const body = h("div", { class: "embedding" }, h("p", { class: "muted" }, "Loading…"));
     clear(embeddingBox, h("h2", { id: "embedding-title" }, `Embedding of checkpoint ${checkpoint.id} (epoch ${checkpoint.epoch})`), body);
-    const found = (await api(`/v1/evaluations?checkpoint=${checkpoint.id}`, { signal })).filter((e) => e.protocol === "embedding");
+    const extra = await newestExtra(checkpoint, "embedding");
     if (shownEmbedding !== checkpoint) return;
-    const newest = found[found.length - 1];
-    let extra = newest?.extra;
-    if (newest && !extra?.points) extra = (await apiOr(newest, `/v1/evaluations/${newest.id}`, { signal })).extra;
     if (extra?.points?.length) {
       embeddingPlot(body, { points: extra.points, classes: extra.classes || [], title: `${extra.reduction || "2-D"} of test-set features` });
       body.prepend(h("p", { class: "muted" }, `${(extra.reduction || "").toUpperCase()} of ${extra.points.length} test images' features, coloured by class.`));
       return;
     }
-    const button = h("button", { type: "button", id: "compute-embedding" }, "Compute embedding");
+    clear(body, h("div", {}, h("p", {}, "No embedding of this checkpoint yet."),
+      ...computeButton(checkpoint, "embedding", { id: "compute-embedding", label: "Compute embedding", what: "Embedding", shows: "the plot appears",
+        onDone: () => shownEmbedding === checkpoint && showEmbedding(checkpoint) })));
+  }
+
+  let shownAttention = null;
+  async function showAttention(checkpoint) {
+    shownAttention = checkpoint;
+    const body = h("div", { class: "attention" }, h("p", { class: "muted" }, "Loading…"));
+    clear(attentionBox, h("h2", { id: "attention-title" }, `Attention maps of checkpoint ${checkpoint.id} (epoch ${checkpoint.epoch})`), body);
+    const extra = await newestExtra(checkpoint, "attention");
+    if (shownAttention !== checkpoint) return;
+    if (extra?.maps?.length) {
+      clear(body, extra.images.map((src, i) => attentionFigure(src, extra.maps[i], extra.classes?.[extra.labels[i]] ?? extra.labels[i], i)));
+      attentionBox.insertBefore(h("p", { class: "muted" }, `The [CLS] token's attention to each patch in the last block: `
+        + `each test image, the mean of the ${extra.heads} heads, then each head; brighter is more attention.`), body);
+      return;
+    }
+    clear(body, h("div", {}, h("p", {}, "No attention maps of this checkpoint yet."),
+      ...computeButton(checkpoint, "attention", { id: "compute-attention", label: "Attention maps", what: "Attention maps", shows: "they appear",
+        onDone: () => shownAttention === checkpoint && showAttention(checkpoint) })));
+  }
+
+  // The newest evaluation of `protocol` on the checkpoint: its extra, asked for on its own if the list leaves it out.
+  async function newestExtra(checkpoint, protocol) {
+    const found = (await api(`/v1/evaluations?checkpoint=${checkpoint.id}`, { signal })).filter((e) => e.protocol === protocol);
+    const newest = found[found.length - 1];
+    let extra = newest?.extra;
+    if (newest && !extra?.[protocol === "embedding" ? "points" : "maps"]) extra = (await apiOr(newest, `/v1/evaluations/${newest.id}`, { signal })).extra;
+    return extra;
+  }
+
+  // A button that queues an evaluation job of `protocol` on the checkpoint, and the note that follows it.
+  function computeButton(checkpoint, protocol, { id, label, what, shows, onDone }) {
+    const button = h("button", { type: "button", id }, label);
     const note = h("p", { class: "muted", role: "status" });
     button.addEventListener("click", async () => {
       button.disabled = true;
       const finalOfSucceeded = checkpoint.final && job.status === "succeeded";
-      const request = finalOfSucceeded ? { kind: "eval", job: job.id, evaluate: ["embedding"] }
-        : { kind: "eval", checkpoint: checkpoint.id, evaluate: ["embedding"] };
+      const request = finalOfSucceeded ? { kind: "eval", job: job.id, evaluate: [protocol] }
+        : { kind: "eval", checkpoint: checkpoint.id, evaluate: [protocol] };
       try {
         const evalJob = await api("/v1/jobs", { method: "POST", body: request });
-        clear(note, "Embedding job ", h("a", { href: `/ui/jobs/${evalJob.id}` }, shortId(evalJob.id)), " queued; the plot appears here when it is done.");
-        watchJob(evalJob.id, { signal, onEvent: () => {}, onEnd: () => shownEmbedding === checkpoint && showEmbedding(checkpoint) });
+        clear(note, `${what} job `, h("a", { href: `/ui/jobs/${evalJob.id}` }, shortId(evalJob.id)), ` queued; ${shows} here when it is done.`);
+        watchJob(evalJob.id, { signal, onEvent: () => {}, onEnd: onDone });
       } catch (error) {
         note.textContent = `Could not start it: ${error.message}`;
         button.disabled = false;
       }
     });
-    clear(body, h("div", {}, h("p", {}, "No embedding of this checkpoint yet."), button, note));
+    return [button, note];
   }
 
   async function loadLog() {
@@ -266,6 +307,21 @@ export async function render(main, { params: [jobId], signal }) {
   every(LOG_POLL_MS, async () => {
     if (ACTIVE.has(job.status) || !logBox.textContent) await loadLog();
   }, signal);
+}
+
+// One test image beside its attention: the mean over heads, then each head; the caption names the class.
+function attentionFigure(src, heads, className, index) {
+  const rows = heads[0].length;
+  const cols = rows ? heads[0][0].length : 0;
+  const mean = heads[0].map((row, y) => row.map((_, x) => heads.reduce((sum, head) => sum + head[y][x], 0) / heads.length));
+  const cell = Math.max(1, Math.round(96 / Math.max(cols, 1)));
+  return h("figure", {},
+    h("div", { class: "pair" },
+      h("img", { src, alt: `Test image ${index + 1}, class ${className}` }),
+      attentionHeatmap(mean, { cell, label: `Mean attention over heads on test image ${index + 1} (${className})` })),
+    h("div", { class: "heads" }, heads.map((map, k) => attentionHeatmap(map, { cell, className: "head",
+      label: `Head ${k + 1} attention on test image ${index + 1} (${className})` }))),
+    h("figcaption", {}, String(className)));
 }
 
 function metricsOf(jobId, signal) {
