@@ -99,12 +99,12 @@ class Service:
 
     def __enter__(self) -> "Service":
         from store import migrate, tokens
-        from store.db import session_scope
+        from store.db import create_database, session_scope
         from store.settings import Settings
 
         settings = Settings.from_env(self.env)
         if self.mode == "postgres":
-            self._admin(f'CREATE DATABASE "cssl_fuzz_{self.run_id}"')
+            create_database(settings.database_url)
         migrate.upgrade(settings.database_url)
         with session_scope(settings.database_url) as session:
             self.token = tokens.create_token(session, "fuzz")
@@ -135,21 +135,12 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         if self.mode == "postgres":
-            self._admin(f'DROP DATABASE IF EXISTS "cssl_fuzz_{self.run_id}" WITH (FORCE)')
-            import redis
+            from dispatch.broker import delete_queue
+            from store.db import drop_database
 
-            broker = redis.Redis.from_url(self.env["CSSL_BROKER_URL"])
-            for key in broker.scan_iter(f"*{self.env['CSSL_QUEUE']}*"):
-                broker.delete(key)
+            drop_database(self.env["CSSL_DATABASE_URL"])
+            delete_queue(self.env["CSSL_BROKER_URL"], self.env["CSSL_QUEUE"])
         shutil.rmtree(self.state, ignore_errors=True)
-
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-        engine.dispose()
 
     def _count(self) -> int:
         return len(STATUS.findall(self.log.read_bytes()))

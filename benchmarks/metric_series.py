@@ -34,16 +34,13 @@ def main() -> int:
     parser.add_argument("--mode", choices=["postgres", "embedded"], default="postgres")
     args = parser.parse_args()
 
-    from sqlalchemy import create_engine, text
+    from store.db import create_database, drop_database
 
     state = tempfile.mkdtemp(prefix="cssl_bench_series_")
     name = f"cssl_bench_{uuid.uuid4().hex[:8]}"
-    admin = None
     if args.mode == "postgres":
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
         url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        create_database(url)
     else:
         url = f"sqlite:///{state}/cssl.db"
     os.environ.update({"CSSL_DATABASE_URL": url, "CSSL_STATE_DIR": state, "CSSL_QUEUE": f"bench_{name}",
@@ -55,10 +52,8 @@ def main() -> int:
         from store.db import engine_for
 
         engine_for(url).dispose()
-        if admin is not None:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        if args.mode == "postgres":
+            drop_database(url)
         shutil.rmtree(state, ignore_errors=True)
     return 0
 

@@ -187,12 +187,12 @@ class Service:
 
     def __enter__(self) -> "Service":
         from store import migrate, tokens
-        from store.db import session_scope
+        from store.db import create_database, session_scope
         from store.settings import Settings
 
         self.database_url = Settings.from_env(self.env).database_url
         if self.mode == "postgres":
-            self._admin(f'CREATE DATABASE "cssl_ui_load_{self.run_id}"')
+            create_database(self.database_url)
         migrate.upgrade(self.database_url)
         with session_scope(self.database_url) as session:
             self.token = tokens.create_token(session, "bench")
@@ -217,19 +217,10 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         if self.mode == "postgres":
-            from store.db import session_factory
+            from store.db import drop_database
 
-            session_factory(self.database_url).kw["bind"].dispose()
-            self._admin(f'DROP DATABASE IF EXISTS "cssl_ui_load_{self.run_id}" WITH (FORCE)')
+            drop_database(self.database_url)
         shutil.rmtree(self.state, ignore_errors=True)
-
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-        engine.dispose()
 
     def _job(self, session, **fields):
         from cssl_core.config import build_config

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 
-from cli.service_demo import _wait_ready, free_port
+from cli.service_demo import _wait_ready, free_port, stop_service
 
 # --example: a short run with periodic kNN, so that every chart of the run page moves.
 EXAMPLE_JOB = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "digits"},
@@ -62,13 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if service.poll() is None:
-            service.send_signal(signal.SIGTERM)
-            try:
-                service.wait(60)
-            except subprocess.TimeoutExpired:
-                service.kill()
-        print("service stopped", flush=True)
+        stop_service(service, timeout=60)
 
 
 def _user() -> str:

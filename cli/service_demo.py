@@ -77,12 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         _print_random_init_baseline(base, job_id, state_dir)
         return 0
     finally:
+        stop_service(service, timeout=30)
+
+
+def stop_service(service: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM (the worker checkpoints and gives its job back), then SIGKILL after ``timeout``."""
+    if service.poll() is None:
         service.send_signal(signal.SIGTERM)
         try:
-            service.wait(30)
+            service.wait(timeout)
         except subprocess.TimeoutExpired:
             service.kill()
-        print("service stopped", flush=True)
+    print("service stopped", flush=True)
 
 
 def _print_random_init_baseline(base: str, job_id: str, state_dir: str) -> None:

@@ -74,3 +74,15 @@ def queue_size(app: Celery, settings: Settings) -> int:
     """Messages waiting in the job queue (every priority level); raises when the broker is down."""
     with app.connection_for_write() as connection:
         return connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
+
+
+def delete_queue(broker_url: str, queue: str) -> None:
+    """Removes every key of a Redis queue (all priority levels, unacknowledged messages): the
+    clean-up of a scratch queue in tests and benchmarks. Other brokers: nothing."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return
+    import redis
+
+    broker = redis.Redis.from_url(broker_url)
+    for key in broker.scan_iter(f"*{queue}*"):
+        broker.delete(key)

@@ -41,6 +41,8 @@ from pathlib import Path
 import httpx
 
 from cli.service_demo import free_port
+from dispatch.broker import delete_queue
+from store.db import create_database, drop_database
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
@@ -289,7 +291,7 @@ class Service:
 
     def __enter__(self) -> "Service":
         if self.mode == "postgres":
-            self._admin(f'CREATE DATABASE "cssl_bench_{self.run_id}"')
+            create_database(self.env["CSSL_DATABASE_URL"])
         self._cli("db", "upgrade")
         token = self._cli("token", "create", "--owner", "bench").strip().splitlines()[-1]
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -320,12 +322,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 process.kill()
         if self.mode == "postgres":
-            self._admin(f'DROP DATABASE IF EXISTS "cssl_bench_{self.run_id}" WITH (FORCE)')
-            import redis
-
-            broker = redis.Redis.from_url(self.env["CSSL_BROKER_URL"])
-            for key in broker.scan_iter(f"*{self.env['CSSL_QUEUE']}*"):  # the cancelled jobs' messages
-                broker.delete(key)
+            drop_database(self.env["CSSL_DATABASE_URL"])
+            delete_queue(self.env["CSSL_BROKER_URL"], self.env["CSSL_QUEUE"])  # the cancelled jobs' messages
 
     def start_worker(self, name: str) -> subprocess.Popen:
         """Another worker process (a Celery worker of its own name, like a second machine's)."""
@@ -356,14 +354,6 @@ class Service:
     def _cli(self, *argv: str) -> str:
         return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=self.env, check=True,
                               capture_output=True, text=True).stdout
-
-    def _admin(self, statement: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-        engine.dispose()
 
     def submit(self, config: dict, **body) -> str:
         response = httpx.post(f"{self.base}/v1/jobs", headers=self.headers, json={

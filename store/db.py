@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -122,3 +122,24 @@ def exclusive(database_url: str, key: int = SWEEP_LOCK_KEY) -> Iterator[bool]:
                     connection.commit()
                 except DBAPIError:  # the connection is gone, and the lock with it
                     connection.invalidate()
+
+
+def create_database(database_url: str) -> None:
+    """Creates the Postgres database that ``database_url`` names (a scratch database for tests
+    and benchmarks), connecting through the server's ``postgres`` database."""
+    _on_server(database_url, f'CREATE DATABASE "{make_url(database_url).database}"')
+
+
+def drop_database(database_url: str) -> None:
+    """Drops it, closing this process's pooled connections first and anyone else's by force."""
+    engine_for(database_url).dispose()
+    _on_server(database_url, f'DROP DATABASE IF EXISTS "{make_url(database_url).database}" WITH (FORCE)')
+
+
+def _on_server(database_url: str, statement: str) -> None:
+    admin = create_engine(make_url(database_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        admin.dispose()

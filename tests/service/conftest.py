@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, text
 
-from .support import ADMIN_URL, DATABASE_URL, DB_NAME, EMBEDDED, REDIS_URL, SERVICE_ENV, start_api, start_worker
+from dispatch.broker import delete_queue
+from store.db import create_database, drop_database
+
+from .support import ADMIN_URL, DATABASE_URL, EMBEDDED, REDIS_URL, SERVICE_ENV, auth, start_api, start_worker
 
 
 def pytest_collection_modifyitems(items):
@@ -33,9 +35,7 @@ def service_env() -> dict[str, str]:
         shutil.rmtree(SERVICE_ENV["CSSL_STATE_DIR"], ignore_errors=True)
         return
     try:
-        admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{DB_NAME}"'))
+        create_database(DATABASE_URL)
         redis.Redis.from_url(REDIS_URL).ping()
     except Exception as exc:
         pytest.fail(f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both; without "
@@ -43,16 +43,9 @@ def service_env() -> dict[str, str]:
 
     migrate.upgrade(DATABASE_URL)
     yield dict(SERVICE_ENV)
-    from store.db import session_factory
-
-    session_factory(DATABASE_URL).kw["bind"].dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)'))
-    admin.dispose()
+    drop_database(DATABASE_URL)
     shutil.rmtree(SERVICE_ENV["CSSL_STATE_DIR"], ignore_errors=True)
-    broker = redis.Redis.from_url(REDIS_URL)
-    for key in broker.scan_iter(f"*{SERVICE_ENV['CSSL_QUEUE']}*"):
-        broker.delete(key)
+    delete_queue(REDIS_URL, SERVICE_ENV["CSSL_QUEUE"])
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +79,23 @@ def worker(service_env, tmp_path_factory):
     process.stop(signal.SIGQUIT)
 
 
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    """The API in-process (FastAPI's TestClient) on a queue no worker reads: jobs submitted
+    through it stay queued."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(settings.with_(queue=settings.queue + "_idle"), sweep=False)) as client:
+        yield client
+
+
+@pytest.fixture()
+def alice(tokens) -> dict[str, str]:
+    return auth(tokens["alice"])
 
 
 @pytest.fixture()

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import redis
-from sqlalchemy import create_engine, text
+
+from store.db import create_database
 
 from .support import free_port
 
@@ -77,10 +78,7 @@ class PrivatePostgres:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def create_database(self) -> None:
-        admin = create_engine(self.url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text("CREATE DATABASE cssl"))
-        admin.dispose()
+        create_database(self.url)
 
 
 class PrivateRedis:

@@ -13,21 +13,6 @@ from .support import EMBEDDED, TINY, auth
 PRETRAIN = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": []}
 
 
-@pytest.fixture(scope="module")
-def client(settings):
-    from api.main import create_app
-
-    # A queue no worker reads: jobs submitted here stay queued.
-    app = create_app(settings.with_(queue=settings.queue + "_idle"), sweep=False)
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture()
-def alice(tokens):
-    return auth(tokens["alice"])
-
-
 @pytest.fixture()
 def bob(tokens):
     return auth(tokens["bob"])

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 
 from .support import auth
 
 JOB = b'{"kind":"pretrain","method":"simclr","dataset":{"name":"synthetic"},"config":%s}'
 
 
-@pytest.fixture(scope="module")
-def client(settings):
-    from api.main import create_app
-
-    with TestClient(create_app(settings.with_(queue=settings.queue + "_idle", submit_rate=0), sweep=False)) as client:
-        yield client
-
-
 @pytest.fixture()
-def alice(tokens):
+def alice(tokens):  # JSON bodies sent as bytes here, so the content type is set by hand
     return {**auth(tokens["alice"]), "Content-Type": "application/json"}
 
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 from store import records
@@ -18,20 +17,6 @@ from .support import EMBEDDED, auth
 
 STEPS = 5000
 SPIKE, DIP = 2345, 3777
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    from api.main import create_app
-
-    app = create_app(settings.with_(queue=settings.queue + "_idle"), sweep=False)
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.fixture()
-def alice(tokens):
-    return auth(tokens["alice"])
 
 
 def add_job(settings, owner: str = "alice", **fields) -> str:

@@ -22,11 +22,6 @@ from .servers import PrivatePostgres, PrivateRedis, unavailable
 from .support import TINY, Process, auth, needs_servers, read_events, start_api, start_worker, wait_for
 
 
-@pytest.fixture()
-def alice(tokens):
-    return auth(tokens["alice"])
-
-
 def submit(base, headers, **body):
     response = httpx.post(f"{base}/v1/jobs", json={"kind": "pretrain", "dataset": {"name": "synthetic"}, **body},
                           headers=headers, timeout=30)

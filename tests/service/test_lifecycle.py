@@ -10,12 +10,7 @@ import httpx
 import pytest
 import torch
 
-from .support import SHARED_DATA, TINY, auth, needs_servers, read_events, start_worker, wait_for
-
-
-@pytest.fixture()
-def alice(tokens):
-    return auth(tokens["alice"])
+from .support import SHARED_DATA, TINY, needs_servers, read_events, start_worker, wait_for
 
 
 def submit(base, headers, **body):
