@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 
-.PHONY: venv demo dashboard ui-vendor test bench clean lock audit
+.PHONY: venv demo dashboard ui-vendor test lint bench clean lock audit
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,15 @@ ui-vendor:
 # Starts Postgres and Redis if installed; without them the service tests run embedded (scripts/test.sh).
 test: venv
 	VENV=$(VENV) bash scripts/test.sh
+
+# Ruff's lint rules and formatting (configured in pyproject.toml); `make format` applies them.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) runs .cache
