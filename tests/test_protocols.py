@@ -3,6 +3,10 @@ decorator and then accepted, run and refused by its declared facts alone; every 
 protocol returns what it declares."""
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +115,56 @@ def test_a_protocol_defined_in_a_test_file_is_accepted_and_runs(fresh_registry, 
     assert 0 <= result.top1 <= 100 and result.top5 is not None and (result.num_train, result.num_test) == (500, 200)
     assert set(result.extra) == {"centroid_norm", "random_init"} and result.extra["centroid_norm"] > 0
     assert evaluate_checkpoint(small_checkpoint, "centroid", device="cpu", random_init=True).extra["random_init"]
+
+
+NEW_PROTOCOL_FILE = """
+from dataclasses import dataclass
+
+from cssl_core.config import check_bounds, option
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.protocol import Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput
+
+
+@dataclass
+class FeatureNormParams:
+    max_images: int = option(100, "test images measured", ge=1)
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@register_protocol
+class FeatureNormProtocol(Protocol):
+    name = "feature_norm"
+    summary = "the mean L2 norm of the test split's frozen features"
+    params_cls = FeatureNormParams
+    accuracy = False
+    extra = {"mean_norm": "the mean L2 norm"}
+
+    def run_features(self, backbone, data, params, mean, std, device):
+        features = extract_features(backbone, data.test.images[: params.max_images], mean, std, device)
+        return ProtocolOutput(None, None, 0, len(features), {"mean_norm": features.norm(dim=1).mean().item()})
+"""
+
+
+def test_a_protocol_in_a_new_file_of_the_package_needs_no_other_change(tmp_path):
+    """The whole of adding a protocol: one file in cssl_core/evaluation/, in a copy of the core."""
+    core = Path(__file__).resolve().parents[1] / "cssl_core"
+    shutil.copytree(core, tmp_path / "cssl_core", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "cssl_core" / "evaluation" / "feature_norm.py").write_text(NEW_PROTOCOL_FILE)
+    script = (
+        "from cssl_core.evaluation import get_protocol, protocol_names, protocol_params\n"
+        "assert 'feature_norm' in protocol_names(), protocol_names()\n"
+        "assert protocol_params('feature_norm', {'max_images': '7'}).max_images == 7\n"
+        "print(get_protocol('feature_norm').facts()['extra'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mean_norm" in done.stdout and "random_init" in done.stdout
 
 
 def test_the_registry_lists_it_and_forgets_it_with_the_test(fresh_registry):

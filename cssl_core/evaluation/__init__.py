@@ -2,13 +2,15 @@
 semi-supervised protocols, fine-tuning on a fraction of the labels and distillation, a 2-D
 embedding of the test split for a plot, and a ViT's attention maps on a few test images.
 
-Each protocol is a class registered by name in its own module (:mod:`.protocol` holds the
-contract and the registry); the functions here run any of them by its declared facts.
+Each protocol is a class registered by name in its own module of this package (:mod:`.protocol`
+holds the contract and the registry); the functions here run any of them by its declared facts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,11 @@ from cssl_core.evaluation.protocol import (
     require_module,
 )
 from cssl_core.evaluation.result import EvalResult, ProtocolOutput, topk_accuracy
+
+# Every module of this package is imported, so a protocol defined in a new file here is registered
+# with no line anywhere else. (Those modules import from .protocol and .result, never from here.)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 class _ParamsByName(Mapping):
