@@ -61,6 +61,8 @@ class _ParamsByName(Mapping):
         return len(protocol_names())
 
 
+# For code that only asks whether a config key names a protocol, or wants its parameters class;
+# get_protocol gives the whole declaration.
 PROTOCOL_PARAMS: Mapping[str, type] = _ParamsByName()
 
 
