@@ -34,11 +34,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cssl_core.augment import ViewSpec, ops
+from cssl_core.backbones import build_backbone
+from cssl_core.backbones.norm import convert_to_layer_norm
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import cpc_loss
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
+from cssl_core.registry import register
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig
@@ -197,9 +199,6 @@ class CPC(Method):
     @classmethod
     def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[nn.Module, int]:
         """The configured backbone built for the patch size, with layer norm for batch norm."""
-        from cssl_core.backbones import build_backbone
-        from cssl_core.backbones.norm import convert_to_layer_norm
-
         mc = config.method_config
         patch, _, _ = patch_grid(mc, image_size)
         backbone, feature_dim = build_backbone(config.backbone, patch, frozen_patch_embed=mc.frozen_patch_embed)
