@@ -123,10 +123,13 @@ class MethodConfig:
     images of 64 px or less in a short run; ``recipe="auto"`` uses them for such data.
     ``vit_defaults`` holds the paper's values for ViT backbones where they differ (e.g. AdamW
     instead of LARS); they apply whenever the backbone is a ViT and the key is not given.
+    ``tiny_test_values`` holds values for a quick test step on 32-px images where the generic
+    shrinking of widths, crops, blocks and counts (``tests/tiny.py``) leaves the step slow.
     """
 
     small_image_recipe: ClassVar[dict[str, Any]] = {}
     vit_defaults: ClassVar[dict[str, Any]] = {}
+    tiny_test_values: ClassVar[dict[str, Any]] = {}
 
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
     base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)", gt=0)

@@ -16,7 +16,7 @@ from cssl_core.methods.cpc import CPC, augment_patches, orient, patch_grid, patc
 from tiny import tiny_heads
 
 # The 7 x 7 grid of 32-px images (8-px patches at stride 4), with small heads.
-SMALL_HEADS = tiny_heads("cpc")
+SMALL_HEADS = {key: tiny_heads("cpc")[key] for key in ("context_blocks", "context_dim", "target_dim")}
 
 
 def make(backbone="small", **overrides):

@@ -19,7 +19,8 @@ _COMMON = {f.name for f in dataclasses.fields(MethodConfig)}
 
 def tiny_heads(method: str) -> dict[str, Any]:
     """Overrides that shrink ``method``'s own config fields, as 32-px test images see them (the
-    defaults with the small-image recipe), by the rules above."""
+    defaults with the small-image recipe), by the rules above; then the config's
+    ``tiny_test_values`` where those rules leave a step slow (CPC's patch grid)."""
     config_cls = get_method(method).config_cls
     values = {f.name: f.default for f in dataclasses.fields(config_cls)} | config_cls.small_image_recipe
     out: dict[str, Any] = {}
@@ -35,7 +36,7 @@ def tiny_heads(method: str) -> dict[str, Any]:
             out[f.name] = min(value, MAX_BLOCKS)
         elif value is not None and getattr(field_bounds(config_cls, f.name), "ge", None) == 1:
             out[f.name] = tuple(min(v, MAX_COUNT) for v in value) if isinstance(value, tuple) else min(value, MAX_COUNT)
-    return {key: value for key, value in out.items() if value != values[key]}
+    return {key: value for key, value in out.items() if value != values[key]} | config_cls.tiny_test_values
 
 
 def stop_after(calls: int):
