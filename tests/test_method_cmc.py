@@ -164,7 +164,8 @@ def encoder_grads(model, loss):
 def test_each_view_is_contrasted_against_the_other_views_bank_in_both_directions():
     model = make()
     with torch.no_grad():  # banks that differ from each other, and are near the features
-        model.bank_l.features.copy_(F.normalize(model.bank_l.features + 0.3 * torch.randn(64, model.config.head_dim), dim=1))
+        noise = 0.3 * torch.randn(64, model.config.head_dim)
+        model.bank_l.features.copy_(F.normalize(model.bank_l.features + noise, dim=1))
     banks = copy.deepcopy((model.bank_l, model.bank_ab))
     batch = batch_for(indices=torch.tensor([5, 9, 0, 33, 17, 60, 2, 41]))
     torch.manual_seed(7)

@@ -14,7 +14,8 @@ from tiny import tiny_heads
 
 def make(**overrides):
     torch.manual_seed(0)
-    config = build_config("simclrv2", {"dataset": "synthetic", "backbone": "small", **tiny_heads("simclrv2"), **overrides})
+    heads = tiny_heads("simclrv2")
+    config = build_config("simclrv2", {"dataset": "synthetic", "backbone": "small", **heads, **overrides})
     return build_method(config, 32, 64)
 
 
