@@ -1,6 +1,8 @@
 """The ``cssl`` command: pretrain, evaluate, export and list what the core offers.
 
 Service commands (serve, api, worker, db, token) are registered from ``cli.service``.
+The core (and with it torch) is imported inside each command, so that ``cssl --help`` and the
+service commands start without loading it; no import here breaks a circle.
 """
 
 from __future__ import annotations

@@ -5,22 +5,28 @@ by every method) plus the fields of the method's own config dataclass (its loss 
 hyper-parameters and its optimiser defaults from the paper). The CLI's options, the API's
 ``config`` object and the JSON stored with a run and inside every checkpoint all use these
 flat names, so a stored run can be rebuilt with :func:`build_config`.
+
+It sits above the augmentation presets, the backbones, the datasets and the method registry,
+and below the methods: :func:`build_config` asks :data:`cssl_core.registry.METHODS` what a
+method name means, and nothing it imports imports it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Mapping
 
-from cssl_core.errors import ConfigError
+from cssl_core.augment import preset_names
+from cssl_core.backbones import NORMS, vit_names
+from cssl_core.data import dataset_image_size
+from cssl_core.errors import ConfigError, did_you_mean
+from cssl_core.registry import METHODS
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("bf16", "fp32")
-NORMS = ("bn", "gn_ws")
 RECIPES = ("auto", "small_images", "paper")
 SMALL_IMAGE_MAX_SIZE = 64  # images of this side or less get a method's small-image recipe
 
@@ -107,12 +113,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 
 
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """`` (did you mean temperature?)`` for a misspelt name, or nothing when none is close."""
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 @dataclass
 class MethodConfig:
     """Optimisation defaults every method config carries; subclasses set the paper's values.
@@ -123,10 +123,13 @@ class MethodConfig:
     images of 64 px or less in a short run; ``recipe="auto"`` uses them for such data.
     ``vit_defaults`` holds the paper's values for ViT backbones where they differ (e.g. AdamW
     instead of LARS); they apply whenever the backbone is a ViT and the key is not given.
+    ``tiny_test_values`` holds values for a quick test step on 32-px images where the generic
+    shrinking of widths, crops, blocks and counts (``tests/tiny.py``) leaves the step slow.
     """
 
     small_image_recipe: ClassVar[dict[str, Any]] = {}
     vit_defaults: ClassVar[dict[str, Any]] = {}
+    tiny_test_values: ClassVar[dict[str, Any]] = {}
 
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
     base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)", gt=0)
@@ -150,8 +153,6 @@ class MethodConfig:
     def validate(self) -> None:
         """Bounds first (:func:`check_bounds`), then choices; a subclass adds its cross-field
         checks after ``super().validate()``."""
-        from cssl_core.augment import preset_names
-
         check_bounds(self)
         if self.augmentation not in preset_names():
             raise ConfigError(f"augmentation must be one of {', '.join(preset_names())}, got {self.augmentation!r}")
@@ -221,11 +222,7 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     key not given, and a ViT backbone the method's ViT values; the result records which recipe it used, so its :meth:`~PretrainConfig.to_dict`
     rebuilds the same config.
     """
-    from cssl_core.backbones import vit_names
-    from cssl_core.data import dataset_image_size
-    from cssl_core.methods import get_method
-
-    spec = get_method(method)
+    spec = METHODS.get(method)
     overrides = dict(overrides or {})
     overrides.pop("method", None)
     common = {f.name: f for f in fields(PretrainConfig) if f.name not in ("method", "method_config")}

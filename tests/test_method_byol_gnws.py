@@ -13,9 +13,9 @@ from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, build_method, get_method
 from cssl_core.methods.byol import BYOL, BYOLConfig
 from cssl_core.train.optim import build_optimizer
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["byol_gnws"]
+TINY_HEADS = tiny_heads("byol_gnws")
 
 
 def make(**overrides):

@@ -18,9 +18,9 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.methods.cmc import LAB_MEAN, LAB_STD, normalized_lab, rgb_to_lab
 from cssl_core.train import load_checkpoint, loop, pretrain
 from cssl_core.train.checkpoint import build_encoder_from_checkpoint
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["cmc"]
+TINY_HEADS = {**tiny_heads("cmc"), "negatives": "memory_bank"}  # the small-image recipe uses the batch
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
 
@@ -164,7 +164,8 @@ def encoder_grads(model, loss):
 def test_each_view_is_contrasted_against_the_other_views_bank_in_both_directions():
     model = make()
     with torch.no_grad():  # banks that differ from each other, and are near the features
-        model.bank_l.features.copy_(F.normalize(model.bank_l.features + 0.3 * torch.randn(64, 128), dim=1))
+        noise = 0.3 * torch.randn(64, model.config.head_dim)
+        model.bank_l.features.copy_(F.normalize(model.bank_l.features + noise, dim=1))
     banks = copy.deepcopy((model.bank_l, model.bank_ab))
     batch = batch_for(indices=torch.tensor([5, 9, 0, 33, 17, 60, 2, 41]))
     torch.manual_seed(7)

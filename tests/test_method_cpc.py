@@ -13,10 +13,10 @@ from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, build_method
 from cssl_core.methods.cpc import CPC, augment_patches, orient, patch_grid, patchify
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
 # The 7 x 7 grid of 32-px images (8-px patches at stride 4), with small heads.
-SMALL_HEADS = {key: ALL_TINY_HEADS["cpc"][key] for key in ("context_blocks", "context_dim", "target_dim")}
+SMALL_HEADS = {key: tiny_heads("cpc")[key] for key in ("context_blocks", "context_dim", "target_dim")}
 
 
 def make(backbone="small", **overrides):

@@ -11,9 +11,9 @@ from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, TrainingSet, build_method
 from cssl_core.methods.deepclusterv2 import DeepClusterV2, spherical_kmeans
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["deepclusterv2"]
+TINY_HEADS = tiny_heads("deepclusterv2")
 
 
 def make(num_samples=64, **overrides):

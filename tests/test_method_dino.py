@@ -22,9 +22,9 @@ from cssl_core.methods.dino import DINO
 from cssl_core.train import load_checkpoint, pretrain
 from cssl_core.train.checkpoint import build_encoder_from_checkpoint
 from cssl_core.train.schedules import warmup_cosine
-from tiny import TINY_HEADS as ALL_TINY_HEADS, stop_after
+from tiny import tiny_heads, stop_after
 
-TINY_HEADS = ALL_TINY_HEADS["dino"]
+TINY_HEADS = tiny_heads("dino")
 # 128 images at batch 32: 4 steps per epoch.
 TINY_RUN = {"dataset": "synthetic", "backbone": "small", "batch_size": 32, "subset": 128, "checkpoint_every": 1,
             **TINY_HEADS}

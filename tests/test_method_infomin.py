@@ -12,9 +12,9 @@ from cssl_core.config import build_config
 from cssl_core.methods import Batch, build_method
 from cssl_core.methods.infomin import InfoMin
 from cssl_core.methods.moco import MoCoV2, MoCoV2Config
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["infomin"]
+TINY_HEADS = tiny_heads("infomin")
 
 
 def make(**overrides):

@@ -19,9 +19,9 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.methods.instdisc import InstDisc
 from cssl_core.methods.memory_bank import MemoryBank
 from cssl_core.train import load_checkpoint, pretrain
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["instdisc"]
+TINY_HEADS = tiny_heads("instdisc")
 
 
 def make(num_samples=64, seed=0, **overrides):

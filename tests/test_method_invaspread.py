@@ -9,9 +9,9 @@ from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import invaspread_loss
 from cssl_core.methods import Batch, build_method
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["invaspread"]
+TINY_HEADS = tiny_heads("invaspread")
 BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -91,7 +91,7 @@ def test_paper_values_and_small_image_recipe():
     small = build_config("invaspread", {"dataset": "synthetic"})
     assert small.batch_size == 128 and small.lr == pytest.approx(0.03)  # the official lr at the official batch
     model = make()
-    assert model.head.out_features == 128
+    assert model.head.out_features == model.config.embedding_dim
 
 
 @pytest.mark.parametrize("key", ["temperature", "embedding_dim"])

@@ -15,9 +15,9 @@ from cssl_core.errors import ConfigError
 from cssl_core.losses import mocov3_loss
 from cssl_core.methods import Batch, build_method
 from cssl_core.train.optim import build_optimizer
-from tiny import TINY_HEADS as ALL_TINY_HEADS
+from tiny import tiny_heads
 
-TINY_HEADS = ALL_TINY_HEADS["mocov3"]
+TINY_HEADS = tiny_heads("mocov3")
 
 
 def make(num_samples=64, **overrides):

@@ -9,12 +9,13 @@ from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import nt_xent
 from cssl_core.methods import Batch, build_method
-from tiny import TINY_HEADS
+from tiny import tiny_heads
 
 
 def make(**overrides):
     torch.manual_seed(0)
-    config = build_config("simclrv2", {"dataset": "synthetic", "backbone": "small", **TINY_HEADS["simclrv2"], **overrides})
+    heads = tiny_heads("simclrv2")
+    config = build_config("simclrv2", {"dataset": "synthetic", "backbone": "small", **heads, **overrides})
     return build_method(config, 32, 64)
 
 

@@ -14,7 +14,7 @@ from cssl_core.config import build_config
 from cssl_core.errors import TrainingError
 from cssl_core.methods import method_names
 from cssl_core.train import export_backbone, load_checkpoint, loop, pretrain
-from tiny import TINY_HEADS, stop_after
+from tiny import stop_after, tiny_heads
 
 # Per-method state worth covering in the exact-resume test: SwAV's queue filled and used in epoch 2.
 RESUME_EXTRAS = {"swav": {"queue_length": 128, "epoch_queue_starts": 1}, "simclrv2": {"memory_size": 64}}
@@ -23,7 +23,7 @@ TINY = {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "subset":
 
 
 def config(method="simclr", **overrides):
-    return build_config(method, {**TINY, **TINY_HEADS.get(method, {}), **overrides})
+    return build_config(method, {**TINY, **tiny_heads(method), **overrides})
 
 
 @pytest.mark.parametrize("method", method_names())

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from cssl_core.backbones.norm import convert_to_gn_ws, has_batch_norm
+from cssl_core.backbones.norm import NORMS, convert_to_gn_ws, has_batch_norm
 from cssl_core.backbones.resnet import CIFAR_STEM_MAX_SIZE, SmallConvNet, build_resnet
 from cssl_core.backbones.vit import VisionTransformer, vit_patch_size, vit_small, vit_tiny
-from cssl_core.config import NORMS
 from cssl_core.errors import ConfigError
 
 __all__ = [

@@ -21,6 +21,7 @@ from cssl_core.backbones.vit import VisionTransformer
 # the 8-channel groups that default gives the 64-channel first stage of a ResNet.
 GN_GROUPS = 16
 
+NORMS = ("bn", "gn_ws")  # the config's norm: BatchNorm, or GroupNorm with weight-standardised convolutions
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cssl_core.augment import ViewSpec, preset_views
+from cssl_core.backbones import build_backbone
 from cssl_core.config import MethodConfig
 from cssl_core.errors import ConfigError
 
@@ -98,8 +99,6 @@ class Method(nn.Module):
     @classmethod
     def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[nn.Module, int]:
         """``(backbone, feature_dim)``: by default the configured backbone on RGB images."""
-        from cssl_core.backbones import build_backbone
-
         mc = config.method_config
         return build_backbone(config.backbone, image_size, norm=mc.norm, frozen_patch_embed=mc.frozen_patch_embed)
 

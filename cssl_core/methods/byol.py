@@ -11,15 +11,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-
 import torch
 from torch import nn
 
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import negative_cosine
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cssl_core.errors import ConfigError
-from cssl_core.methods import register
 from cssl_core.methods.byol import BYOL, BYOLConfig
+from cssl_core.registry import register
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig

@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cssl_core.augment import ViewSpec
+from cssl_core.backbones import build_backbone, vit_names
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import nce_log_z, nce_loss, nce_softmax_loss
 from cssl_core.losses.precision import full_precision
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.memory_bank import MemoryBank, bank_logits
+from cssl_core.registry import register
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig
@@ -184,8 +185,6 @@ class CMC(Method):
 
     @classmethod
     def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[LabEncoders, int]:
-        from cssl_core.backbones import build_backbone
-
         mc = config.method_config
         encoder_l, dim_l = build_backbone(config.backbone, image_size, norm=mc.norm, in_channels=1,
                                           width=mc.encoder_width)
@@ -202,8 +201,6 @@ class CMC(Method):
 
     @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
-        from cssl_core.backbones import vit_names
-
         if config.backbone in vit_names():
             raise ConfigError(f"cmc encodes 1- and 2-channel images, which ViTs ({', '.join(vit_names())}) do not "
                               "take; use a ResNet or small")

@@ -28,9 +28,9 @@ from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses.precision import full_precision
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput, TrainingSet
 from cssl_core.methods.heads import L2Normalize, mlp
+from cssl_core.registry import register
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig

@@ -25,9 +25,9 @@ from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import dino_loss
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import momentum_copy
+from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
 # The teacher-temperature warm-up takes at most this share of a run: 30 epochs are 30% of the

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cssl_core.config import option
-from cssl_core.methods import register
 from cssl_core.methods.moco import MoCoV2, MoCoV2Config
+from cssl_core.registry import register
 
 
 @dataclass

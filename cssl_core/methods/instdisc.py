@@ -25,10 +25,10 @@ from torch import nn
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import nce_log_z, nce_loss
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import L2Normalize
 from cssl_core.methods.memory_bank import MemoryBank, bank_logits
+from cssl_core.registry import register
 
 
 @dataclass

@@ -24,8 +24,8 @@ from torch import nn
 
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import invaspread_loss
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
+from cssl_core.registry import register
 
 
 @dataclass

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import info_nce
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import ema_update, enqueue, mlp, momentum_copy
+from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
 

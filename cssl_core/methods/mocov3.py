@@ -25,9 +25,9 @@ from cssl_core.backbones import vit_names
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import mocov3_loss
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import ema_update, mlp, momentum_copy
+from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ from torch import nn
 
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import nt_xent
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import mlp
+from cssl_core.registry import register
 
 
 @dataclass

@@ -23,10 +23,10 @@ from torch import nn
 
 from cssl_core.config import option
 from cssl_core.losses import nt_xent
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, StepOutput
 from cssl_core.methods.heads import ema_update, enqueue, momentum_copy
 from cssl_core.methods.simclr import SimCLR, SimCLRConfig
+from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
 

@@ -13,9 +13,9 @@ from torch import nn
 
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import negative_cosine
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import mlp
+from cssl_core.registry import register
 
 
 @dataclass

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from cssl_core.augment import ViewSpec, local_views, scale_jitter
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import swav_loss
 from cssl_core.losses.precision import full_precision
-from cssl_core.methods import register
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import mlp
+from cssl_core.registry import register
 
 if TYPE_CHECKING:
     from cssl_core.config import PretrainConfig

@@ -12,7 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cssl_core.config import build_config
 from cssl_core.errors import CheckpointError
+from cssl_core.methods import build_method
 
 FORMAT = "cssl-checkpoint/1"
 # What evaluating or resuming a checkpoint reads besides its weights.
@@ -92,9 +94,6 @@ def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = Fal
     ``random_init=True`` gives the same architecture at the run's initialisation (same seed)
     instead of the trained weights: the baseline a pretrained encoder should beat.
     """
-    from cssl_core.config import build_config
-    from cssl_core.methods import build_method
-
     config = build_config(state["config"]["method"], state["config"])
     if random_init:
         torch.manual_seed(config.seed)

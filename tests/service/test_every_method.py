@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from cssl_core.methods import method_names
-from tiny import TINY_HEADS
+from tiny import tiny_heads
 
 from .support import TINY, auth, wait_for
 
@@ -18,7 +18,7 @@ def test_every_method_trains_and_evaluates_as_a_job(server, worker, tokens):
     for method in method_names():
         response = httpx.post(f"{server}/v1/jobs", headers=headers, json={
             "kind": "pretrain", "method": method, "dataset": {"name": "synthetic"},
-            "config": {**TINY, **TINY_HEADS[method]}, "evaluate": ["knn"],
+            "config": {**TINY, **tiny_heads(method)}, "evaluate": ["knn"],
         }, timeout=30)
         assert response.status_code == 202, (method, response.text)
         jobs[method] = response.json()["id"]
