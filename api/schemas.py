@@ -8,12 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from cssl_core.data import dataset_names
-from cssl_core.evaluation import PROTOCOLS
+from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
 
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Protocol = Literal[PROTOCOLS]  # type: ignore[valid-type]
+Protocol = Literal[tuple(protocol_names())]  # type: ignore[valid-type]
 
 # Bounds of what a request may name, so that an out-of-range number is a 422 and never reaches
 # the database: checkpoint ids, offsets and event numbers are Postgres `integer`s, job ids uuid4 hex.
@@ -96,8 +96,8 @@ class JobCreate(BaseModel):
         "\"finetune\": {\"label_fraction\": 0.01}}",
     )
     evaluate: Annotated[list[Protocol], AfterValidator(_each_once)] | None = Field(
-        None, max_length=len(PROTOCOLS), description="Protocols to run on the final checkpoint, each at most once; "
-        "default knn and linear; [] for none"
+        None, max_length=len(protocol_names()),
+        description="Protocols to run on the final checkpoint, each at most once; default knn and linear; [] for none"
     )
     checkpoint: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="Eval: the checkpoint to evaluate")
     job: str | None = Field(
@@ -262,6 +262,14 @@ class MethodPublic(BaseModel):
 
 class ProtocolPublic(BaseModel):
     name: str = Field(description="What a job's `evaluate` names")
+    summary: str = Field(description="One line: what the protocol measures")
+    needs: Literal["features", "checkpoint"] = Field(
+        description="features: the frozen features of the backbone; checkpoint: the whole checkpoint"
+    )
+    trains_encoder: bool = Field(description="true: the encoder itself trains (fine-tuning, distillation)")
+    backbone: Literal["any", "vit"] = Field(description="the backbones it takes: any, or ViTs only")
+    accuracy: bool = Field(description="true: a result has top1 (and top5); false: a result has only `extra`")
+    extra: dict[str, str] = Field(description="The keys of a result's `extra`, each with what it holds")
     parameters: dict[str, Any] = Field(description="Each parameter's default; a job sets them in config.<name>")
     parameters_schema: dict[str, Any] = Field(description="JSON schema of the parameters, with each one's valid range")
 

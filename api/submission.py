@@ -14,7 +14,7 @@ from api.schemas import JobCreate
 from cssl_core.config import build_config, common_field_names, did_you_mean
 from cssl_core.data import describe_datasets, locate_dataset
 from cssl_core.errors import ConfigError, DataError
-from cssl_core.evaluation import PROTOCOL_PARAMS, protocol_params
+from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
 from store import data_roots, datasets, jobs, records
 from store.jobs import NewJob
@@ -23,8 +23,9 @@ from store.settings import Settings
 DEFAULT_PROTOCOLS = ["knn", "linear"]
 # Set through `dataset`, not through `config`.
 DATASET_KEYS = ("dataset", "data")
-# Protocol parameters ({"knn": {"k": 20}}) sit beside the run's keys in a job's config.
-EVAL_CONFIG_KEYS = ("device", *PROTOCOL_PARAMS)
+# An eval job's config keys besides the protocols' parameters ({"knn": {"k": 20}}); a pretrain
+# job's config holds those beside the run's keys.
+EVAL_CONFIG_KEYS = ("device",)
 # The same words for every path refused, whether it exists or not: a refusal tells nothing
 # about the server's files.
 UNREADABLE_PATH = (
@@ -55,12 +56,12 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
 
     valid_keys = set(common_field_names()) | {f.name for f in dataclasses.fields(method.config_cls)}
     eval_params = _protocol_params(body.config, errors)
-    overrides = {k: v for k, v in body.config.items() if k not in PROTOCOL_PARAMS}
+    overrides = {k: v for k, v in body.config.items() if k not in protocol_names()}
     for key in overrides:
         if key in DATASET_KEYS or key == "method":
             errors.append(field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config"))
         elif key not in valid_keys:
-            valid = sorted((valid_keys - set(DATASET_KEYS)) | set(PROTOCOL_PARAMS))
+            valid = sorted((valid_keys - set(DATASET_KEYS)) | set(protocol_names()))
             errors.append(field_error(["body", "config", key], f"unknown option for {method.name}{did_you_mean(key, valid)}; "
                                                                f"valid options: {', '.join(valid)}"))
     for key, value in body.dataset.options.items():
@@ -95,7 +96,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
 def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
     """The protocol parameter objects in ``config``, typed and checked; the given keys only."""
     checked = {}
-    for protocol in PROTOCOL_PARAMS:
+    for protocol in protocol_names():
         if protocol not in config:
             continue
         value = config[protocol]
@@ -153,10 +154,12 @@ def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCr
 def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, protocols: list[str]) -> NewJob:
     errors = []
     if not protocols:
-        errors.append(field_error(["body", "evaluate"], "an eval job needs at least one protocol: " + ", ".join(PROTOCOL_PARAMS)))
+        errors.append(field_error(["body", "evaluate"],
+                                  "an eval job needs at least one protocol: " + ", ".join(protocol_names())))
+    eval_keys = [*EVAL_CONFIG_KEYS, *protocol_names()]
     for key in body.config:
-        if key not in EVAL_CONFIG_KEYS:
-            errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(EVAL_CONFIG_KEYS)}"))
+        if key not in eval_keys:
+            errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(eval_keys)}"))
     eval_params = _protocol_params(body.config, errors)
 
     if body.checkpoint is not None:

@@ -61,7 +61,7 @@ def config_help(cls: type, key: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from cssl_core.config import PretrainConfig
-    from cssl_core.evaluation import PROTOCOLS
+    from cssl_core.evaluation import get_protocol, protocol_names
     from cssl_core.methods import method_names
 
     parser = Parser(prog="cssl", description="Self-supervised pretraining and evaluation.")
@@ -82,18 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate", default="", help="protocols to run at the end, e.g. knn,linear")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint: kNN or linear probe on frozen features, or "
-                                    "fine-tuning / distillation on a fraction of the labels")
+    protocols = [get_protocol(name) for name in protocol_names()]
+    p = sub.add_parser("eval", help="evaluate a checkpoint by a protocol: kNN or linear probe on frozen features, "
+                                    "fine-tuning / distillation on a fraction of the labels, ...",
+                       description="Evaluate a checkpoint by a protocol:\n" + "\n".join(
+                           f"  {cls.name}: {cls.summary}" for cls in protocols),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--protocol", choices=PROTOCOLS, default="knn")
+    p.add_argument("--protocol", choices=protocol_names(), default="knn")
     p.add_argument("--dataset", help="default: the pretraining dataset")
     p.add_argument("--data", help="default: the pretraining data path")
     p.add_argument("--random-init", action="store_true",
                    help="evaluate the same backbone at random initialisation (finetune: supervised from scratch)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="protocol parameter, e.g. --set k=20 (knn: k, temperature; linear: epochs, lr, "
-                        "label_fraction, ...; finetune: label_fraction, epochs, time_budget, ...; distill: "
-                        "label_fraction, temperature, student_init, ...)")
+                   help="protocol parameter, e.g. --set k=20 (" + "; ".join(
+                       f"{cls.name}: {', '.join(f.name for f in dataclasses.fields(cls.params_cls))}"
+                       for cls in protocols) + ")")
     p.add_argument("--device", default="auto")
     p.add_argument("--baseline", action="store_true",
                    help="also evaluate the same backbone at random initialisation, for comparison")
@@ -135,7 +139,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cssl_core.config import build_config
-    from cssl_core.evaluation import PROTOCOL_PARAMS, evaluate_checkpoint, protocol_params
+    from cssl_core.evaluation import evaluate_checkpoint, protocol_names, protocol_params
     from cssl_core.train import load_checkpoint, pretrain
 
     overrides: dict[str, Any] = {}
@@ -147,7 +151,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     overrides.update({key: getattr(args, key) for key in PRETRAIN_OPTIONS.values() if getattr(args, key) is not None})
     overrides.update(_key_values(args.overrides))
     # A service job's stored config also holds its evaluations' parameters ({"knn": {"k": 20}}).
-    eval_params = {p: overrides.pop(p) for p in PROTOCOL_PARAMS if p in overrides}
+    eval_params = {p: overrides.pop(p) for p in protocol_names() if p in overrides}
     for protocol, params in eval_params.items():
         protocol_params(protocol, params)
     if args.resume:
@@ -196,9 +200,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _accuracy(r) -> str:
-    if r.top1 is None:  # an embedding: a picture, no accuracy
-        return f"{r.num_test} test images in 2-D by {r.extra['reduction']} (see --json)"
+    if r.top1 is None:
+        return f"{r.num_test} test images, {_payload(r)}"
     return f"top-1 {r.top1:.2f}%" + (f", top-5 {r.top5:.2f}%" if r.top5 is not None else "")
+
+
+def _payload(r) -> str:
+    """A result without an accuracy is its protocol's declared extra payload; ``cssl eval --json`` prints it."""
+    from cssl_core.evaluation import get_protocol
+
+    return f"no accuracy; cssl eval --json prints its {', '.join(get_protocol(r.protocol).extra)}"
 
 
 def next_steps(out: Path, method: str) -> str:
@@ -223,7 +234,7 @@ def _cssl_command() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cssl_core.evaluation import evaluate_checkpoint
+    from cssl_core.evaluation import evaluate_checkpoint, get_protocol
 
     params = _key_values(args.overrides)  # typed and checked by the protocol's parameters
 
@@ -234,10 +245,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate(args.random_init)
     baseline = evaluate(True) if args.baseline and not args.random_init else None
     if args.json:
+        # The protocol's declared extra keys (embedding's points and classes, fine-tuning's steps) beside the rest.
+        extra = {key: r.extra[key] for key in get_protocol(r.protocol).extra if key in r.extra}
         print(json.dumps({"protocol": r.protocol, "parameters": r.parameters, "top1": r.top1, "top5": r.top5,
                           "dataset": r.dataset, "num_train": r.num_train, "num_test": r.num_test,
-                          "epoch": r.epoch, "random_init": args.random_init,
-                          **({"points": r.extra["points"], "classes": r.extra["classes"]} if r.protocol == "embedding" else {}),
+                          "epoch": r.epoch, "random_init": args.random_init, **extra,
                           **({"baseline": {"top1": baseline.top1, "top5": baseline.top5}} if baseline else {})}))
         return 0
     rows = [("random init" if args.random_init else f"epoch {r.epoch}", r)]
@@ -249,6 +261,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
          "-" if res.top1 is None else f"{res.top1:.2f}%", "-" if res.top5 is None else f"{res.top5:.2f}%"]
         for weights, res in rows
     ]))
+    if not get_protocol(r.protocol).accuracy:
+        print(f"{r.protocol}: {_payload(r)}")
     return 0
 
 

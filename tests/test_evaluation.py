@@ -64,7 +64,7 @@ def test_protocol_params_are_typed_and_checked():
         ("knn", {"k": 2.5}, "k must be of type int"),
         ("knn", {"neighbours": 5}, "valid: k, temperature"),
         ("linear", {"lr": -1}, "lr must be greater than 0, got -1.0"),
-        ("svm", {}, "known protocols: knn, linear"),
+        ("svm", {}, "known protocols: attention, distill, embedding, finetune, knn, linear"),
     ]:
         with pytest.raises(ConfigError, match=words):
             protocol_params(protocol, bad)

@@ -287,7 +287,7 @@ def test_attention_protocol_on_a_few_test_images(tmp_path, small_run):
     assert all(0 <= label < len(extra["classes"]) for label in extra["labels"])
     assert evaluate_checkpoint(checkpoint, "attention", device="cpu", num_images=4, seed=3).extra == extra  # seeded
     _, small, *_ = small_run
-    with pytest.raises(ConfigError, match="attention maps need a ViT backbone"):
+    with pytest.raises(ConfigError, match="the attention protocol takes a ViT backbone only"):
         evaluate_checkpoint(small.checkpoint, "attention", device="cpu")
     with pytest.raises(ConfigError, match="num_images"):
         evaluate_checkpoint(checkpoint, "attention", num_images=33)

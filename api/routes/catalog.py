@@ -1,4 +1,4 @@
-"""/v1/methods and /v1/datasets, resolved through cssl_core's registries."""
+"""/v1/methods, /v1/protocols and /v1/datasets, resolved through cssl_core's registries."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from api.deps import CurrentOwner
 from api.schemas import DatasetInfo, MethodPublic, ProtocolPublic
 from cssl_core.config import PretrainConfig, build_config, field_bounds, field_help
 from cssl_core.data import describe_datasets
-from cssl_core.evaluation import PROTOCOL_PARAMS
+from cssl_core.evaluation import Protocol, get_protocol, protocol_names
 from cssl_core.methods import get_method, method_names
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -75,11 +75,13 @@ def job_config_schema(method_config_cls: type) -> dict:
 
 
 @functools.cache
+def _protocol(cls: type[Protocol]) -> ProtocolPublic:
+    return ProtocolPublic(**cls.facts(), parameters=dataclasses.asdict(cls.params_cls()),
+                          parameters_schema=config_schema(cls.params_cls))
+
+
 def _protocols() -> list[ProtocolPublic]:
-    return [
-        ProtocolPublic(name=name, parameters=dataclasses.asdict(params_cls()), parameters_schema=config_schema(params_cls))
-        for name, params_cls in PROTOCOL_PARAMS.items()
-    ]
+    return [_protocol(get_protocol(name)) for name in protocol_names()]
 
 
 @router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")
@@ -102,6 +104,7 @@ def _auto_recipe(dataset: str) -> str:
     return build_config(method_names()[0], {"dataset": dataset}).recipe
 
 
-@router.get("/protocols", response_model=list[ProtocolPublic], summary="Evaluation protocols and their parameters")
+@router.get("/protocols", response_model=list[ProtocolPublic],
+            summary="Evaluation protocols: what each needs and returns, and its parameters")
 def list_protocols(_: CurrentOwner) -> list[ProtocolPublic]:
     return _protocols()

@@ -14,9 +14,12 @@ from typing import Any, Mapping
 
 import torch
 
+from cssl_core.backbones import VisionTransformer
 from cssl_core.config import check_bounds, option
+from cssl_core.data import class_balanced_indices
 from cssl_core.device import resolve_device
-from cssl_core.errors import ConfigError
+from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol, require_backbone
+from cssl_core.evaluation.result import ProtocolOutput
 
 
 @torch.no_grad()
@@ -29,25 +32,30 @@ def attention_maps(checkpoint: str | os.PathLike | Mapping[str, Any], images: to
     evaluation encoder (a DINO checkpoint's teacher) in fp32. Each map is the softmax row of
     the [CLS] query over the patches, so it sums to 1 less the [CLS] token's attention to itself.
     """
-    from cssl_core.backbones import vit_names
     from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
 
     state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
-    backbone = state["config"]["backbone"]
-    if backbone not in vit_names():
-        raise ConfigError(f"attention maps need a ViT backbone ({', '.join(vit_names())}); this checkpoint's "
-                          f"backbone is {backbone!r}, which has no attention")
+    require_backbone(state["config"]["backbone"], "vit", "attention_maps")
+    dev = resolve_device(device)
+    encoder = build_encoder_from_checkpoint(state).to(dev)
+    norm = state["normalization"]
+    return encoder_attention_maps(encoder, images, norm["mean"], norm["std"], dev, batch_size)
+
+
+@torch.no_grad()
+def encoder_attention_maps(encoder: VisionTransformer, images: torch.Tensor, mean: list[float], std: list[float],
+                           device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """:func:`attention_maps` of a built ViT ``encoder`` (on ``device``), the images normalised
+    with ``mean`` and ``std`` (3 values each)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    dev = resolve_device(device)
-    encoder = build_encoder_from_checkpoint(state).to(dev).eval()
-    norm = state["normalization"]
-    mean = torch.tensor(norm["mean"], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=dev).view(1, 3, 1, 1)
+    encoder.eval()
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(dev).float().div_(255)
-        out.append(encoder.last_attention((x - mean) / std).float().cpu())
+        x = images[start:start + batch_size].to(device).float().div_(255)
+        out.append(encoder.last_attention((x - mean_t) / std_t).float().cpu())
     if not out:
         h, w = (side // encoder.patch_size for side in images.shape[-2:])
         return torch.empty(0, encoder.num_heads, h, w)
@@ -63,20 +71,31 @@ class AttentionParams:
         check_bounds(self)
 
 
-def attention_extra(state: Mapping[str, Any], test, classes: list, p: AttentionParams,
-                    device: str | torch.device = "auto") -> dict[str, Any]:
-    """The ``attention`` protocol's result: ``num_images`` test images (a seeded, class-balanced
-    subset of ``test``, an ImageSplit) as PNG data URLs, each with its per-head maps
-    (heads x H/p x W/p, rounded to 4 decimals), and their labels."""
-    from cssl_core.data import class_balanced_indices
+@register_protocol
+class AttentionProtocol(Protocol):
+    name = "attention"
+    summary = "a ViT's last-block [CLS] attention maps per head on a few test images (DINO), no accuracy"
+    params_cls = AttentionParams
+    needs = "checkpoint"
+    backbone = "vit"
+    accuracy = False
+    extra = {"images": "the chosen test images as PNG data URLs",
+             "maps": "per image, per head, the [CLS] token's attention to each patch (H/p x W/p, 4 decimals)",
+             "heads": "attention heads per image", "patch": "the patch side p in pixels",
+             "classes": "the class names the labels index", "labels": "each image's label"}
 
-    chosen = class_balanced_indices(test.labels, min(p.num_images, len(test.labels)), p.seed)
-    images = test.images[chosen]
-    maps = attention_maps(state, images, device=str(device))
-    return {"images": [png_data_url(image) for image in images],
-            "maps": [[[[round(v, 4) for v in row] for row in head] for head in image] for image in maps.tolist()],
-            "heads": maps.shape[1], "patch": images.shape[-1] // maps.shape[-1],
-            "classes": list(classes), "labels": test.labels[chosen].tolist()}
+    def run_checkpoint(self, checkpoint: CheckpointInput, data, params: AttentionParams) -> ProtocolOutput:
+        test = data.test
+        chosen = class_balanced_indices(test.labels, min(params.num_images, len(test.labels)), params.seed)
+        images = test.images[chosen]
+        maps = encoder_attention_maps(checkpoint.encoder(), images, checkpoint.mean, checkpoint.std,
+                                      checkpoint.device)
+        labels = test.labels[chosen].tolist()
+        extra = {"images": [png_data_url(image) for image in images],
+                 "maps": [[[[round(v, 4) for v in row] for row in head] for head in image] for image in maps.tolist()],
+                 "heads": maps.shape[1], "patch": images.shape[-1] // maps.shape[-1],
+                 "classes": list(data.classes), "labels": labels}
+        return ProtocolOutput(top1=None, top5=None, num_train=0, num_test=len(labels), extra=extra)
 
 
 def png_data_url(image: torch.Tensor) -> str:

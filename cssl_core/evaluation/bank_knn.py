@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cssl_core.evaluation import EvalResult, _topk_accuracy, protocol_params
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_scores
+from cssl_core.evaluation.protocol import protocol_params
+from cssl_core.evaluation.result import EvalResult, topk_accuracy
 
 
 def evaluate_memory_bank(bank: torch.Tensor, bank_labels: torch.Tensor, embed: nn.Module, data, *,
@@ -28,6 +29,6 @@ def evaluate_memory_bank(bank: torch.Tensor, bank_labels: torch.Tensor, embed: n
     train_labels = bank_labels.cpu()[labelled.cpu()]
     test_features = extract_features(embed, data.test.images, mean, std, device)
     scores = knn_scores(train_features, train_labels, test_features, len(data.classes), p.k, p.temperature)
-    top1, top5 = _topk_accuracy(scores, data.test.labels)
+    top1, top5 = topk_accuracy(scores, data.test.labels)
     return EvalResult(protocol="knn", top1=top1, top5=top5, parameters={**dataclasses.asdict(p), "features": "memory_bank"},
                       dataset=data.name, num_train=len(train_labels), num_test=len(data.test.labels))

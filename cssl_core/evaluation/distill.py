@@ -22,8 +22,11 @@ from cssl_core.evaluation.finetune import (
     FinetuneParams,
     classifier_for,
     finetune,
+    predict,
     train_classifier,
 )
+from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
 
 STUDENT_INITS = ("pretrained", "random")
 
@@ -68,3 +71,29 @@ def distill(teacher_encoder: nn.Module, student_encoder: nn.Module, data, params
     extra = {"num_labelled": teacher_extra["num_labelled"], "teacher_steps": teacher_extra["steps"],
              "steps": steps, "num_unlabelled": len(images)}
     return student, teacher, extra
+
+
+@register_protocol
+class DistillProtocol(Protocol):
+    name = "distill"
+    summary = ("a teacher fine-tuned on a fraction of the labels, distilled into a student on every training "
+               "image (SimCLR v2); the student's accuracy")
+    params_cls = DistillParams
+    needs = "checkpoint"
+    trains_encoder = True
+    extra = {"num_labelled": "labelled training images the teacher was fine-tuned on",
+             "teacher_steps": "the teacher's optimiser steps", "steps": "the student's optimiser steps",
+             "num_unlabelled": "training images the student learnt from, labels unused",
+             "teacher_top1": "the teacher's top-1 accuracy in percent on the test split"}
+
+    def run_checkpoint(self, checkpoint: CheckpointInput, data, params: DistillParams) -> ProtocolOutput:
+        mean, std, device = checkpoint.mean, checkpoint.std, checkpoint.device
+        teacher_encoder = checkpoint.encoder(for_finetune=True)
+        random_student = checkpoint.random_init or params.student_init == "random"
+        student_encoder = checkpoint.encoder(random_init=random_student, for_finetune=True)
+        student, teacher, extra = distill(teacher_encoder, student_encoder, data, params, mean, std, device)
+        labels = data.test.labels
+        extra["teacher_top1"], _ = topk_accuracy(predict(teacher, data.test.images, mean, std, device), labels)
+        top1, top5 = topk_accuracy(predict(student, data.test.images, mean, std, device), labels)
+        return ProtocolOutput(top1=top1, top5=top5, num_train=extra["num_labelled"], num_test=len(labels),
+                              extra=extra)

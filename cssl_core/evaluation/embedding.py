@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cssl_core.config import check_bounds, option
+from cssl_core.data import class_balanced_indices
 from cssl_core.errors import ConfigError
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.protocol import Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput
 
 REDUCTIONS = ("pca", "tsne", "umap")
 
@@ -35,10 +40,29 @@ class EmbeddingParams:
             raise ConfigError(f"method must be one of {', '.join(REDUCTIONS)}, got {self.method!r}")
 
 
+@register_protocol
+class EmbeddingProtocol(Protocol):
+    name = "embedding"
+    summary = "a picture of the feature space: the test split's frozen features in two dimensions, no accuracy"
+    params_cls = EmbeddingParams
+    accuracy = False
+    extra = {"reduction": "how the features went to 2-D: pca, tsne or umap",
+             "points": "[x, y, label] rows, one per embedded test image, coordinates rounded to 4 decimals",
+             "classes": "the class names the labels index"}
+
+    def run_features(self, backbone: nn.Module, data, params: EmbeddingParams, mean: list[float], std: list[float],
+                     device: torch.device) -> ProtocolOutput:
+        chosen = embedding_subset(data.test.labels, params)
+        features = extract_features(backbone, data.test.images[chosen], mean, std, device)
+        xy = reduce_to_2d(features, params)
+        labels = data.test.labels[chosen].tolist()
+        points = [[round(x, 4), round(y, 4), label] for (x, y), label in zip(xy.tolist(), labels, strict=True)]
+        return ProtocolOutput(top1=None, top5=None, num_train=0, num_test=len(points),
+                              extra={"reduction": params.method, "points": points, "classes": list(data.classes)})
+
+
 def embedding_subset(labels: torch.Tensor, params: EmbeddingParams) -> torch.Tensor:
     """Indices into the test split: all of it, or ``max_points`` of it with the classes balanced."""
-    from cssl_core.data import class_balanced_indices
-
     if len(labels) <= params.max_points:
         return torch.arange(len(labels))
     return class_balanced_indices(labels, params.max_points, params.seed)

@@ -21,6 +21,8 @@ from cssl_core.augment.presets import SMALL_IMAGE_MAX_SIZE
 from cssl_core.config import check_bounds, option
 from cssl_core.device import autocast_for
 from cssl_core.errors import TrainingError
+from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
 
 
 # Small labelled sets give few steps per epoch: train for at least this many steps.
@@ -162,6 +164,24 @@ def finetune(encoder: nn.Module, data, params: FinetuneParams, mean: list[float]
                              batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
                              time_budget=params.time_budget, seed=params.seed, labels=train.labels[idx])
     return model, {"num_labelled": len(idx), "steps": steps}
+
+
+@register_protocol
+class FinetuneProtocol(Protocol):
+    name = "finetune"
+    summary = "the whole encoder fine-tuned with a linear classifier on a fraction of the labels (SimCLR v2)"
+    params_cls = FinetuneParams
+    needs = "checkpoint"
+    trains_encoder = True
+    extra = {"num_labelled": "labelled training images fine-tuned on", "steps": "optimiser steps taken"}
+
+    def run_checkpoint(self, checkpoint: CheckpointInput, data, params: FinetuneParams) -> ProtocolOutput:
+        # With random_init: the same architecture trained from scratch, the supervised baseline.
+        mean, std, device = checkpoint.mean, checkpoint.std, checkpoint.device
+        model, extra = finetune(checkpoint.encoder(for_finetune=True), data, params, mean, std, device)
+        top1, top5 = topk_accuracy(predict(model, data.test.images, mean, std, device), data.test.labels)
+        return ProtocolOutput(top1=top1, top5=top5, num_train=extra["num_labelled"], num_test=len(data.test.labels),
+                              extra=extra)
 
 
 @torch.no_grad()

@@ -2,8 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from cssl_core.config import check_bounds, option
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.protocol import Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
+
+
+@dataclass
+class KnnParams:
+    k: int = option(200, "neighbours that vote", ge=1)
+    temperature: float = option(0.1, "a neighbour's vote is exp(similarity / temperature)", gt=0)
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@register_protocol
+class KnnProtocol(Protocol):
+    name = "knn"
+    summary = "weighted k-nearest-neighbour classification of the test split on the frozen training features"
+    params_cls = KnnParams
+
+    def run_features(self, backbone: nn.Module, data, params: KnnParams, mean: list[float], std: list[float],
+                     device: torch.device) -> ProtocolOutput:
+        train, test = data.train, data.test
+        labelled = train.labels >= 0
+        train_features = extract_features(backbone, train.images[labelled], mean, std, device)
+        test_features = extract_features(backbone, test.images, mean, std, device)
+        scores = knn_scores(train_features, train.labels[labelled], test_features, len(data.classes), params.k,
+                            params.temperature)
+        top1, top5 = topk_accuracy(scores, test.labels)
+        return ProtocolOutput(top1=top1, top5=top5, num_train=int(labelled.sum()), num_test=len(test.labels))
 
 
 @torch.no_grad()

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cssl_core.config import check_bounds, option
+from cssl_core.evaluation.features import extract_features
+from cssl_core.evaluation.finetune import labelled_fraction
+from cssl_core.evaluation.protocol import Protocol, register_protocol
+from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
 
 
 @dataclass
@@ -23,6 +28,25 @@ class LinearProbeParams:
 
     def validate(self) -> None:
         check_bounds(self)
+
+
+@register_protocol
+class LinearProtocol(Protocol):
+    name = "linear"
+    summary = "a linear classifier trained on the frozen features of a fraction of the labelled training split"
+    params_cls = LinearProbeParams
+
+    def run_features(self, backbone: nn.Module, data, params: LinearProbeParams, mean: list[float],
+                     std: list[float], device: torch.device) -> ProtocolOutput:
+        train, test = data.train, data.test
+        # The probe may see a fraction of the labels, the same images fine-tuning on that fraction sees.
+        labelled = labelled_fraction(train.labels, params.label_fraction, params.seed)
+        train_labels = train.labels[labelled]
+        train_features = extract_features(backbone, train.images[labelled], mean, std, device)
+        test_features = extract_features(backbone, test.images, mean, std, device)
+        layer, f_mean, f_std = train_linear_probe(train_features, train_labels, len(data.classes), params)
+        top1, top5 = topk_accuracy(linear_probe_logits(layer, f_mean, f_std, test_features), test.labels)
+        return ProtocolOutput(top1=top1, top5=top5, num_train=len(train_labels), num_test=len(test.labels))
 
 
 def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,

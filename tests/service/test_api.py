@@ -260,6 +260,47 @@ def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parame
     assert protocols["attention"]["parameters_schema"]["properties"]["num_images"]["maximum"] == 32
 
 
+PROTOCOL_KEYS = {"name", "summary", "needs", "trains_encoder", "backbone", "accuracy", "extra", "parameters",
+                 "parameters_schema"}
+
+
+def test_protocols_state_what_each_needs_and_returns(client, alice):
+    """The facts the dashboard lays out a protocol's result by, in the agreed shape."""
+    protocols = {p["name"]: p for p in client.get("/v1/protocols", headers=alice).json()}
+    assert set(protocols) == {"knn", "linear", "finetune", "distill", "embedding", "attention"}
+    assert all(set(p) == PROTOCOL_KEYS for p in protocols.values())
+    facts = {name: (p["needs"], p["trains_encoder"], p["backbone"], p["accuracy"]) for name, p in protocols.items()}
+    assert facts == {"knn": ("features", False, "any", True), "linear": ("features", False, "any", True),
+                     "finetune": ("checkpoint", True, "any", True), "distill": ("checkpoint", True, "any", True),
+                     "embedding": ("features", False, "any", False), "attention": ("checkpoint", False, "vit", False)}
+    assert set(protocols["embedding"]["extra"]) == {"reduction", "points", "classes", "random_init"}
+    assert set(protocols["attention"]["extra"]) == {"images", "maps", "heads", "patch", "classes", "labels",
+                                                    "random_init"}
+    assert set(protocols["knn"]["extra"]) == {"random_init"}
+    assert "teacher_top1" in protocols["distill"]["extra"]
+    texts = [text for p in protocols.values() for text in [p["summary"], *p["extra"].values()]]
+    assert all(isinstance(text, str) and text for text in texts)
+
+
+def test_a_protocol_registered_anywhere_is_listed_with_its_facts(client, alice, monkeypatch):
+    from cssl_core.evaluation import protocol as registry
+    from test_protocols import define_centroid_protocol
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    define_centroid_protocol()
+    protocols = {p["name"]: p for p in client.get("/v1/protocols", headers=alice).json()}
+    centroid = protocols["centroid"]
+    assert set(centroid) == PROTOCOL_KEYS
+    assert centroid["summary"].startswith("nearest class centroid")
+    assert (centroid["needs"], centroid["trains_encoder"], centroid["backbone"], centroid["accuracy"]) == (
+        "features", False, "any", True)
+    assert set(centroid["extra"]) == {"centroid_norm", "random_init"}
+    assert centroid["parameters"] == {"metric": "cosine", "shrink": 0.0}
+    assert centroid["parameters_schema"]["properties"]["shrink"]["maximum"] == 1
+    monkeypatch.undo()
+    assert "centroid" not in {p["name"] for p in client.get("/v1/protocols", headers=alice).json()}
+
+
 def test_openapi_is_versioned_and_has_examples(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
