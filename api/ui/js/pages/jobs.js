@@ -1,8 +1,9 @@
 // /ui/: your jobs, filtered by status and method, paged, updated live; select runs to compare,
 // cancel a queued or running one.
 
-import { api, settle, watchJob } from "../api.js";
+import { api, settle } from "../api.js";
 import { STATUSES, clear, every, h } from "../dom.js";
+import { jobFollower } from "../components/jobFollower.js";
 import { JOB_COLUMNS, jobRow } from "../components/jobRow.js";
 import { loadError } from "../components/loadError.js";
 import { navigate } from "../router.js";
@@ -19,7 +20,7 @@ export async function render(main, { query, signal }) {
   document.title = "Jobs · cssl";
   const filters = { status: query.get("status") || "", method: query.get("method") || "", offset: Math.max(0, Number(query.get("offset")) || 0) };
   const rows = new Map(); // job id -> {tr, job, cells}
-  const followed = new Map(); // job id -> AbortController
+  const follow = jobFollower({ max: MAX_FOLLOWED, signal, onEvent });
 
   const statusSelect = h("select", { id: "filter-status", name: "status" },
     h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s)));
@@ -127,27 +128,6 @@ export async function render(main, { query, signal }) {
     pageNote.textContent = list.items.length ? `Jobs ${filters.offset + 1}–${filters.offset + list.items.length}` : "";
     updated.textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}`;
     follow(list.items.filter((job) => job.status === "running").map((job) => job.id));
-  }
-
-  function follow(running) {
-    const wanted = new Set(running.slice(0, MAX_FOLLOWED));
-    for (const [id, controller] of followed) {
-      if (!wanted.has(id)) {
-        controller.abort();
-        followed.delete(id);
-      }
-    }
-    for (const id of wanted) {
-      if (followed.has(id)) continue;
-      const controller = new AbortController();
-      signal.addEventListener("abort", () => controller.abort(), { once: true });
-      followed.set(id, controller);
-      watchJob(id, {
-        signal: controller.signal,
-        onEvent: (event) => onEvent(id, event),
-        onEnd: () => followed.delete(id),
-      });
-    }
   }
 
   function onEvent(id, { event, data }) {
