@@ -160,6 +160,11 @@ class JobPublic(BaseModel):
     method: str
     dataset: DatasetPublic
     config: dict[str, Any] = Field(description="The full resolved config, enough to reproduce the run")
+    evaluation_parameters: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The config's keys that are evaluation protocols' parameters, by protocol "
+        "({\"knn\": {\"k\": 20}}); every other config key is the run's",
+    )
     evaluate: list[Protocol]
     priority: int
     checkpoint: int | None = Field(None, description="Eval jobs: the checkpoint evaluated")
@@ -274,6 +279,11 @@ class DatasetInfo(BaseModel):
     description: str
     needs_path: bool
     image_size: int | None = None
+    recipe: Literal["small_images", "paper"] | None = Field(
+        None,
+        description="The recipe a job's recipe=auto resolves to on these images: small_images (a method's "
+        "small_image_recipe) at 64 px or less, paper above; null where the image size is unknown",
+    )
 
 
 class UploadPublic(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cssl_core.evaluation import protocol_names
 from store.data_roots import upload_id
 from store.models import Checkpoint, Dataset, Evaluation, Job, utcnow
 
@@ -27,6 +28,7 @@ def job_public(job: Job) -> JobPublic:
         method=job.method,
         dataset=DatasetPublic(name=job.dataset, path=job.dataset_path, upload=upload_id(job.dataset_path)),
         config=job.config,
+        evaluation_parameters={k: v for k, v in job.config.items() if k in protocol_names() and isinstance(v, dict)},
         evaluate=job.evaluate,
         priority=job.priority,
         checkpoint=job.source_checkpoint_id,

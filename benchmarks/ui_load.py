@@ -35,6 +35,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CSSL_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 TICKS = os.sysconf("SC_CLK_TCK")
+# Run in each tab before the page's own scripts: notes when the run page's charts section stops
+# being aria-busy, which is when a user sees the charts drawn.
+CHARTS_DRAWN_WATCH = """
+addEventListener("DOMContentLoaded", () => {
+  new MutationObserver(() => {
+    const charts = document.getElementById("charts");
+    if (window.benchmarkChartsDrawn === undefined && charts?.getAttribute("aria-busy") === "false")
+      window.benchmarkChartsDrawn = performance.now();
+  }).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ["aria-busy"] });
+});
+"""
 
 
 def main() -> int:
@@ -60,7 +71,7 @@ def main() -> int:
 
 
 def measure_first_paint(browser, service, job_id: str, loads: int) -> dict:
-    """Navigation start to the charts drawn (the page sets window.csslChartsReady), each load in a
+    """Navigation start to the charts drawn (the charts section no longer aria-busy), each load in a
     new context, so with nothing cached."""
     timings = []
     for _ in range(loads):
@@ -119,7 +130,7 @@ def charts_ready(page, timeout: float = 60) -> float:
     evaluate a string, which the dashboard's Content-Security-Policy forbids)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready = page.evaluate("window.csslChartsReady ?? null")
+        ready = page.evaluate("window.benchmarkChartsDrawn ?? null")
         if ready is not None:
             return ready
         time.sleep(0.02)
@@ -129,6 +140,7 @@ def charts_ready(page, timeout: float = 60) -> float:
 def signed_in(browser, service):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_init_script(f"sessionStorage.setItem('cssl.token', {service.token!r})")
+    context.add_init_script(CHARTS_DRAWN_WATCH)
     return context
 
 

@@ -88,3 +88,46 @@ def test_vendored_files_are_the_pinned_versions_with_their_licences():
         assert (folder / "VERSION").read_text().strip() == version, package
         assert (folder / "LICENSE").stat().st_size > 500, package
     assert (UI / "vendor" / "uplot" / "uPlot.esm.js").is_file() and (UI / "vendor" / "axe-core" / "axe.min.js").is_file()
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each dashboard module (relative to api/ui/js) with the modules it imports."""
+    js = UI / "js"
+    graph = {}
+    for module in js.glob("**/*.js"):
+        targets = {static or dynamic for static, dynamic in IMPORT.findall(module.read_text())}
+        graph[module.relative_to(js).as_posix()] = {
+            (module.parent / t).resolve().relative_to(js.resolve()).as_posix() for t in targets if "vendor" not in t
+        }
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    graph = _imports()
+    assert "router.js" in graph and "pages/run.js" in graph
+
+    def circle_from(start: str) -> list[str] | None:
+        path, seen = [start], set()
+
+        def walk(module: str) -> list[str] | None:
+            for target in sorted(graph.get(module, ())):
+                if target == start:
+                    return [*path, start]
+                if target not in seen:
+                    seen.add(target)
+                    path.append(target)
+                    if found := walk(target):
+                        return found
+                    path.pop()
+            return None
+
+        return walk(start)
+
+    circles = [" -> ".join(c) for m in sorted(graph) if (c := circle_from(m))]
+    assert not circles, circles
+
+
+def test_the_shipped_modules_carry_no_test_hooks():
+    # Tests and benchmarks wait on what a user sees (aria-busy, the drawn points), not on globals set for them.
+    for module in (UI / "js").glob("**/*.js"):
+        assert not re.search(r"\bwindow\.\w+\s*=", module.read_text()), module.name

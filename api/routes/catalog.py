@@ -91,7 +91,17 @@ def list_methods(_: CurrentOwner) -> list[MethodPublic]:
 
 @router.get("/datasets", response_model=list[DatasetInfo], summary="Data sets a job can name")
 def list_datasets(_: CurrentOwner) -> list[DatasetInfo]:
-    return [DatasetInfo(**{k: d.get(k) for k in DatasetInfo.model_fields}) for d in describe_datasets()]
+    return [
+        DatasetInfo(**{k: d.get(k) for k in DatasetInfo.model_fields if k != "recipe"},
+                    recipe=_auto_recipe(d["name"]) if d.get("image_size") else None)
+        for d in describe_datasets()
+    ]
+
+
+@functools.cache
+def _auto_recipe(dataset: str) -> str:
+    # The config resolves recipe=auto by the data set's image size alone, the same for every method.
+    return build_config(method_names()[0], {"dataset": dataset}).recipe
 
 
 @router.get("/protocols", response_model=list[ProtocolPublic],

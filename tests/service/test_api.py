@@ -65,6 +65,12 @@ def test_a_pretrain_job_takes_parameters_for_its_final_evaluations(client, alice
     job = submit(client, alice, body).json()
     # Typed, kept as given; the protocols' other parameters keep their defaults.
     assert job["config"]["knn"] == {"k": 20} and job["config"]["linear"] == {"epochs": 5}
+    # Told apart from the run's keys (temperature is SimCLR's and a knn parameter's name too).
+    assert job["evaluation_parameters"] == {"knn": {"k": 20}, "linear": {"epochs": 5}}
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["evaluation_parameters"] == {
+        "knn": {"k": 20}, "linear": {"epochs": 5}}
+    plain = submit(client, alice).json()
+    assert plain["evaluation_parameters"] == {} and "temperature" in plain["config"]
 
 
 def test_semi_supervised_protocols_are_evaluations_too(client, alice):
@@ -232,6 +238,10 @@ def test_methods_and_datasets(client, alice):
     assert all(p.get("description") for p in properties.values()), properties
     datasets = {d["name"]: d for d in client.get("/v1/datasets", headers=alice).json()}
     assert datasets["synthetic"]["needs_path"] is False and datasets["cifar10"]["needs_path"] is True
+    # What recipe=auto picks on each data set, as a job on it resolves it.
+    assert {name: d["recipe"] for name, d in datasets.items() if name in ("cifar10", "stl10")} == {
+        "cifar10": "small_images", "stl10": "paper"}
+    assert submit(client, alice).json()["config"]["recipe"] == datasets["synthetic"]["recipe"] == "small_images"
 
 
 def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parameters(client, alice):

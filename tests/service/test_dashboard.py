@@ -1,8 +1,9 @@
 """The dashboard (/ui) end to end in a real headless browser (Debian's chromium, driven by
 Playwright) against a real API server and Celery worker: sign in with a token; submit a job
 from the form and watch its loss chart gain points; an API validation error beside its field;
-cancel a second job from its row; download a checkpoint; an embedding plot; a ViT's attention maps; compare; the leaderboard; run again
-with changes; the banner of a service without authentication; and axe-core (vendored) finds no
+cancel a second job from its row; download a checkpoint; an embedding plot; a ViT's attention maps;
+compare; the leaderboard and the protocols it offers; an API error shown where its answer would go;
+the submit form's recipe hint; run again with changes; the banner of a service without authentication; and axe-core (vendored) finds no
 serious or critical accessibility violation on the main pages. Screenshots go to each test's
 tmp_path.
 """
@@ -169,6 +170,9 @@ def trained(server, worker, owner_token, shared) -> str:
 
 def test_download_a_checkpoint(server, page, trained, tmp_path):
     page.goto(f"{server}/ui/jobs/{trained}")
+    # The charts section stops being busy once its charts are drawn, with every point of the run.
+    page.locator('#charts[aria-busy="false"]').wait_for()
+    assert int(page.locator("#chart-loss").get_attribute("data-points")) == STEPS
     page.locator("#checkpoints tbody tr").first.wait_for()
     [checkpoint_id] = page.locator("#checkpoints tbody tr td:first-child").all_inner_texts()
     for name, check in [(f"Full checkpoint {checkpoint_id}", lambda state: state["config"]["method"] == "simclr"),
@@ -186,6 +190,8 @@ def test_an_embedding_of_a_checkpoint_is_computed_and_plotted(server, page, trai
     page.goto(f"{server}/ui/jobs/{trained}")
     embedding = page.locator("#embedding")
     embedding.get_by_text("No embedding of this checkpoint yet").wait_for()
+    # The attention protocol takes ViTs only (its facts' backbone), so this run offers no attention view.
+    assert page.locator("#attention").count() == 0
     embedding.get_by_role("button", name="Compute embedding").click()
     embedding.get_by_text("queued").wait_for()
     # The eval job runs on the worker; the plot replaces the button once it has succeeded.
@@ -259,6 +265,50 @@ def test_compare_runs_and_the_leaderboard(server, page, trained, owner_token, sh
     best.get_by_role("link", name=trained[:8]).wait_for()
     assert best.count() == 1 and best.get_by_role("cell", name="simclr").count() == 1
     page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+
+
+def test_the_leaderboard_offers_the_protocols_with_an_accuracy(server, page, owner_token):
+    protocols = httpx.get(f"{server}/v1/protocols", headers=auth(owner_token)).json()
+    page.goto(f"{server}/ui/leaderboard")
+    page.locator("#leaderboard > *").first.wait_for()
+    offered = [o for o in page.locator("#lb-protocol option").evaluate_all("os => os.map(o => o.value)") if o]
+    assert sorted(offered) == sorted(p["name"] for p in protocols if p["accuracy"])
+    assert "knn" in offered and "embedding" not in offered and "attention" not in offered
+
+
+def test_an_api_error_shows_in_its_part_of_the_page_which_stays_usable(server, page, trained, tmp_path):
+    # The API refuses an unknown protocol (422): the leaderboard says so where its tables go.
+    page.goto(f"{server}/ui/leaderboard?protocol=nosuch")
+    alert = page.locator("#leaderboard").get_by_role("alert")
+    alert.get_by_text("Could not load the leaderboard: query.protocol").wait_for()
+    page.screenshot(path=str(tmp_path / "leaderboard-error.png"), full_page=True)
+    page.select_option("#lb-protocol", "knn")
+    page.locator("#leaderboard tbody tr").first.wait_for()
+    assert alert.count() == 0
+
+    # And an unknown status: the jobs table says why it is empty instead of showing no jobs.
+    page.goto(f"{server}/ui/?status=bogus")
+    page.get_by_role("alert").get_by_text("Could not load the jobs: query.status").wait_for()
+    assert page.locator("#jobs-table tbody tr").count() == 0
+    page.select_option("#filter-status", "succeeded")
+    page.locator(f'#jobs-table tr[data-job="{trained}"]').wait_for()
+    assert page.get_by_role("alert").count() == 0
+
+
+def test_the_submit_forms_recipe_hint_comes_from_the_api(server, page, owner_token):
+    datasets = {d["name"]: d for d in httpx.get(f"{server}/v1/datasets", headers=auth(owner_token)).json()}
+    simclr = {m["name"]: m for m in httpx.get(f"{server}/v1/methods", headers=auth(owner_token)).json()}["simclr"]
+    page.goto(f"{server}/ui/submit")
+    page.locator("#c-temperature").wait_for()
+    page.select_option("#f-method", "simclr")
+    # A data set of small images (32 px) and one of larger ones (96 px): each gets the recipe the API names.
+    for name in ("synthetic", "stl10"):
+        page.select_option("#f-dataset", f"builtin:{name}")
+        recipe = datasets[name]["recipe"]
+        page.locator("#f-recipe-hint").get_by_text(recipe).wait_for()
+        values = simclr["small_image_recipe"] if recipe == "small_images" else simclr["defaults"]
+        assert page.locator("#c-temperature").get_attribute("placeholder") == str(values["temperature"]), name
+    assert {datasets["synthetic"]["recipe"], datasets["stl10"]["recipe"]} == {"small_images", "paper"}
 
 
 def test_run_again_with_changes_prefills_the_form(server, page, trained):

@@ -63,17 +63,9 @@ export async function api(path, { method = "GET", body, signal, headers: extra, 
   return type.includes("json") ? response.json() : response.text();
 }
 
-/** The same, or `fallback` when this server has no such route (an older API). */
-export async function apiOr(fallback, path, options) {
-  try {
-    return await api(path, options);
-  } catch (error) {
-    const noRoute = error instanceof ApiError && (error.status === 405 || (error.status === 404 && /^no route /.test(error.problem?.detail || "")));
-    if (noRoute) {
-      return fallback;
-    }
-    throw error;
-  }
+/** {value} once `request` resolves, or {error} when it fails: for a part of a page that shows its own error. */
+export function settle(request) {
+  return request.then((value) => ({ value }), (error) => ({ error }));
 }
 
 /** Fetch a file with the token and hand it to the browser as a download. */

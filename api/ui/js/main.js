@@ -3,14 +3,8 @@
 
 import { api, ApiError, forgetToken, getToken, service, setToken } from "./api.js";
 import { clear, h } from "./dom.js";
+import { navigate, onNavigate, route } from "./router.js";
 
-const ROUTES = [
-  [/^\/ui\/?$/, "jobs"],
-  [/^\/ui\/jobs\/([0-9a-fA-F]{32})\/?$/, "run"],
-  [/^\/ui\/compare\/?$/, "compare"],
-  [/^\/ui\/leaderboard\/?$/, "leaderboard"],
-  [/^\/ui\/submit\/?$/, "submit"],
-];
 const PAGES = {
   jobs: () => import("./pages/jobs.js"),
   run: () => import("./pages/run.js"),
@@ -23,14 +17,6 @@ const NAV = { run: "jobs" };
 const main = document.getElementById("main");
 let current = null;
 let loginMessage = "";
-
-function route(pathname) {
-  for (const [pattern, name] of ROUTES) {
-    const match = pathname.match(pattern);
-    if (match) return { name, params: match.slice(1) };
-  }
-  return { name: null, params: [] };
-}
 
 async function show({ focus = false } = {}) {
   current?.abort();
@@ -65,10 +51,7 @@ async function show({ focus = false } = {}) {
   if (focus) main.focus({ preventScroll: false });
 }
 
-export function navigate(url, { replace = false } = {}) {
-  history[replace ? "replaceState" : "pushState"]({}, "", url);
-  show({ focus: true });
-}
+onNavigate(show);
 
 function renderWho() {
   const who = document.getElementById("who");

@@ -1,15 +1,15 @@
 // /ui/compare?jobs=a,b,c: runs' loss and kNN curves overlaid by step, epoch or wall time, and
 // a table of where their configs differ and what they reached.
 
-import { ApiError, api, apiOr } from "../api.js";
+import { ApiError, api, settle } from "../api.js";
 import { PALETTE, alignSeries, lineChart } from "../charts.js";
-import { clear, duration, h, number, percent, shortId, statusBadge } from "../dom.js";
-import { navigate } from "../main.js";
+import { clear, h, shortId } from "../dom.js";
+import { configDifferences, runsTable } from "../components/compareTables.js";
+import { loadError } from "../components/loadError.js";
+import { navigate } from "../router.js";
 
 const POINTS = 2000;
 const AXES = { step: "step", epoch: "epoch", time: "wall time (s)" };
-// Not worth a row in the differences: the same for every run of a job, or said elsewhere.
-const IGNORED = new Set(["device", "data"]);
 
 export async function render(main, { query, signal }) {
   document.title = "Compare · cssl";
@@ -27,9 +27,9 @@ export async function render(main, { query, signal }) {
     try {
       const [job, metrics] = await Promise.all([
         api(`/v1/jobs/${id}`, { signal }),
-        apiOr({ series: {} }, `/v1/jobs/${id}/metrics?points=${POINTS}`, { signal }),
+        settle(api(`/v1/jobs/${id}/metrics?points=${POINTS}`, { signal })),
       ]);
-      return { job, series: metrics.series || {} };
+      return { job, series: metrics.value?.series || {}, error: metrics.error };
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) return { missing: id };
       throw error;
@@ -45,13 +45,16 @@ export async function render(main, { query, signal }) {
     h("input", { type: "radio", name: "x-axis", value, checked: value === axis, disabled: value === "time" && !hasTime }), ` ${label}`));
   const axisNote = h("p", { class: "muted" }, hasTime ? "" : "This server does not record wall time per point yet; compare by step or epoch.");
   const chartsBox = h("div", { class: "grid" });
+  const reload = () => navigate(location.pathname + location.search, { replace: true });
+  const remove = (job) => navigate(`/ui/compare?jobs=${ids.filter((id) => id !== job.id).join(",")}&x=${axis}`);
   main.append(
     h("fieldset", {}, h("legend", {}, "X axis"), h("div", { class: "actions" }, radios), axisNote),
+    runs.filter((r) => r.error).map((r) => loadError(`the curves of ${shortId(r.job.id)}`, r.error, reload)),
     chartsBox,
     h("h2", {}, "Runs"),
-    runsTable(runs),
+    runsTable(runs, { onRemove: remove }),
     h("h2", {}, "Where their configs differ"),
-    differences(runs));
+    configDifferences(runs));
 
   for (const radio of main.querySelectorAll('input[name="x-axis"]')) {
     radio.addEventListener("change", () => {
@@ -77,27 +80,6 @@ export async function render(main, { query, signal }) {
       .set(alignSeries(runs.map((r) => curve(r, "knn_top1", axis))));
   }
   draw();
-
-  function runsTable(list) {
-    return h("div", { class: "table-wrap" }, h("table", { id: "compare-runs" },
-      h("thead", {}, h("tr", {}, ["Run", "Status", "Method", "Dataset", "Backbone", "Epochs", "Training time", "Images/s", "Final loss", "kNN top-1", "Linear top-1"]
-        .map((t) => h("th", { scope: "col" }, t)), h("th", { scope: "col" }, h("span", { class: "sr" }, "Actions")))),
-      h("tbody", {}, list.map((r, i) => {
-        const j = r.job;
-        return h("tr", {},
-          h("td", {}, h("span", { class: "swatch", style: `background:${PALETTE[i % PALETTE.length]}` }), " ",
-            h("a", { href: `/ui/jobs/${j.id}`, class: "mono" }, shortId(j.id))),
-          h("td", {}, statusBadge(j)), h("td", {}, j.method), h("td", {}, j.dataset?.name || ""), h("td", {}, j.config?.backbone || ""),
-          h("td", { class: "num" }, number(j.result?.epochs_completed ?? j.progress?.epoch ?? null, 2)),
-          h("td", { class: "num" }, duration(j.result?.train_seconds ?? j.progress?.elapsed ?? null)),
-          h("td", { class: "num" }, number(j.result?.images_per_second ?? j.latest_metrics?.images_per_second ?? null, 1)),
-          h("td", { class: "num" }, number(j.latest_metrics?.loss ?? null)),
-          h("td", { class: "num" }, percent(j.latest_metrics?.knn_top1)),
-          h("td", { class: "num" }, percent(j.latest_metrics?.linear_top1)),
-          h("td", {}, h("button", { type: "button", class: "secondary small", "aria-label": `Remove ${shortId(j.id)} from the comparison`,
-            onclick: () => navigate(`/ui/compare?jobs=${ids.filter((id) => id !== j.id).join(",")}&x=${axis}`) }, "Remove")));
-      }))));
-  }
 }
 
 /** [xs, ys] of one series of a run against the chosen axis. */
@@ -128,21 +110,4 @@ function curve(run, name, axis) {
     ys.push(y);
   }
   return [xs, ys];
-}
-
-function differences(runs) {
-  const keys = new Set(["method", "dataset"]);
-  for (const r of runs) for (const k of Object.keys(r.job.config || {})) if (!IGNORED.has(k)) keys.add(k);
-  const value = (r, k) => {
-    if (k === "method") return r.job.method;
-    if (k === "dataset") return r.job.dataset?.name;
-    const v = r.job.config?.[k];
-    return v === undefined ? "(not set)" : v === null ? "none" : typeof v === "object" ? JSON.stringify(v) : String(v);
-  };
-  const differing = [...keys].filter((k) => new Set(runs.map((r) => value(r, k))).size > 1);
-  if (runs.length < 2) return h("p", { class: "muted" }, "Add another run to see where the configs differ.");
-  if (!differing.length) return h("p", { class: "muted" }, "Their configs are the same.");
-  return h("div", { class: "table-wrap" }, h("table", { id: "compare-config" },
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Key"), runs.map((r) => h("th", { scope: "col", class: "mono" }, shortId(r.job.id))))),
-    h("tbody", {}, differing.map((k) => h("tr", {}, h("th", { scope: "row", class: "mono" }, k), runs.map((r) => h("td", { class: "mono" }, value(r, k))))))));
 }

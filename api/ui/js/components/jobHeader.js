@@ -1,0 +1,77 @@
+// The top of a run's page: its method, data set and status, ids, actions (cancel, run again,
+// compare), progress with the latest metrics, and why it failed.
+
+import { api } from "../api.js";
+import { ACTIVE, clear, h, number, progressCell, statusBadge, toast, when } from "../dom.js";
+
+/** update(job) shows the job as it is now; onCancelled(job) gets the job a cancel answered. */
+export function jobHeader(job, { onCancelled }) {
+  const badge = h("span");
+  const actions = h("div", { class: "actions" });
+  const errorBox = h("p", { class: "error", role: "alert", hidden: true });
+  const progressBox = h("div", { class: "progress-box" });
+  const element = h(
+    "div",
+    { class: "job-header" },
+    h("h1", {}, `${job.method} on ${job.dataset?.name || "?"} `, badge),
+    h(
+      "div",
+      { class: "meta" },
+      h("span", {}, "Job ", h("b", { class: "mono" }, job.id)),
+      h("span", {}, "Kind ", h("b", {}, job.kind)),
+      h("span", {}, "Backbone ", h("b", {}, job.config?.backbone || "–")),
+      h("span", {}, "Submitted ", h("b", {}, when(job.timings.created_at))),
+    ),
+    actions,
+    errorBox,
+    progressBox,
+  );
+
+  function update(current) {
+    job = current;
+    clear(badge, statusBadge(job));
+    const latest = job.latest_metrics;
+    clear(
+      progressBox,
+      progressCell(job),
+      latest?.loss !== undefined
+        ? h(
+            "small",
+            { class: "muted" },
+            `loss ${number(latest.loss)} · lr ${number(latest.lr)} · ${number(latest.images_per_second, 1)} images/s`,
+          )
+        : null,
+    );
+    errorBox.hidden = !job.error;
+    errorBox.textContent = job.error ? `Failed: ${job.error}` : "";
+    clear(
+      actions,
+      ACTIVE.has(job.status) && !job.cancel_requested
+        ? h("button", { type: "button", class: "danger", onclick: cancel }, "Cancel job")
+        : null,
+      job.kind === "pretrain"
+        ? h("a", { class: "button", href: `/ui/submit?from=${job.id}` }, "Run again with changes")
+        : null,
+      h("a", { class: "button secondary", href: `/ui/compare?jobs=${job.id}` }, "Compare…"),
+    );
+  }
+
+  async function cancel(event) {
+    event.target.disabled = true;
+    try {
+      const answer = await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+      toast(
+        answer.status === "cancelled"
+          ? "Cancelled."
+          : "Cancel requested: the job stops at its next step and keeps a checkpoint.",
+      );
+      onCancelled(answer);
+    } catch (error) {
+      toast(`Could not cancel: ${error.message}`);
+      update(job);
+    }
+  }
+
+  update(job);
+  return { element, update };
+}
