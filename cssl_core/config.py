@@ -24,11 +24,11 @@ from cssl_core.backbones import NORMS, vit_names
 from cssl_core.data import dataset_image_size
 from cssl_core.errors import ConfigError, did_you_mean
 from cssl_core.registry import METHODS
+from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 PRECISIONS = ("bf16", "fp32")
 RECIPES = ("auto", "small_images", "paper")
-SMALL_IMAGE_MAX_SIZE = 64  # images of this side or less get a method's small-image recipe
 
 
 @dataclass(frozen=True)

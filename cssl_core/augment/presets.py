@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec
 from cssl_core.errors import ConfigError
+from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
 
-SMALL_IMAGE_MAX_SIZE = 64  # CIFAR-sized: no blur, and SimCLR's weaker CIFAR colour jitter
 
 Scale = tuple[float, float]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from cssl_core.config import SMALL_IMAGE_MAX_SIZE as CIFAR_STEM_MAX_SIZE  # the small-image recipe's sizes
+from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE as CIFAR_STEM_MAX_SIZE
 
 _RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet50": (Bottleneck, [3, 4, 6, 3])}
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cssl_core.augment import ViewGenerator, ViewSpec
-from cssl_core.augment.presets import SMALL_IMAGE_MAX_SIZE
+from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
 from cssl_core.config import check_bounds, option
 from cssl_core.device import autocast_for
 from cssl_core.errors import TrainingError
