@@ -9,6 +9,7 @@ an outage: the job stays on its attempt while its worker waits, or is given back
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from dataclasses import dataclass
@@ -226,3 +227,44 @@ def test_readiness_says_unreachable_without_the_drivers_words(settings):
     assert response.status_code == 503
     body = response.json()
     assert (body["status"], body["database"], body["broker"]) == ("unavailable", "unreachable", "unreachable"), body
+
+
+def test_an_unexpected_error_tells_the_user_what_to_do_and_keeps_the_traceback_from_the_job_log(
+    settings, tmp_path, monkeypatch
+):
+    from worker import runner
+
+    def broken(*_):
+        raise RuntimeError("password=hunter2 at db.internal:5432")
+
+    monkeypatch.setattr(runner, "_job_data", broken)
+    job = runner.ClaimedJob(
+        id="0" * 32,
+        kind="pretrain",
+        method="simclr",
+        dataset="synthetic",
+        dataset_path=None,
+        config={},
+        evaluate=[],
+        attempt=1,
+        source_checkpoint=None,
+        source_checkpoint_id=None,
+        resume_from=None,
+        resume_checkpoint_id=None,
+        resume_is_final=False,
+    )
+    heartbeat = runner.Heartbeat(settings, job.id, job.attempt)  # not started: nothing is written
+    worker_log = []
+    handler = logging.Handler()
+    handler.emit = worker_log.append
+    logging.getLogger().addHandler(handler)
+    try:
+        with runner._job_log(tmp_path / "job.log"):
+            outcome = runner._run(settings, job, [], tmp_path, runner.Recorder(settings, job, heartbeat), heartbeat)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert outcome.ending is runner.Ending.FAILED
+    assert "submit it again" in outcome.message and "hunter2" not in outcome.message
+    job_log = (tmp_path / "job.log").read_text()
+    assert "submit it again" in job_log and "Traceback" not in job_log and "hunter2" not in job_log
+    assert any("hunter2" in record.getMessage() for record in worker_log)  # the operator still sees it
