@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from .servers import PrivatePostgres, PrivateRedis, unavailable
-from .support import TINY, Process, auth, read_events, start_api, start_worker, wait_for
+from .support import TINY, Process, auth, needs_servers, read_events, start_api, start_worker, wait_for
 
 needs_private_servers = pytest.mark.skipif(
     unavailable() is not None, reason=f"private servers cannot be started: {unavailable()}"
@@ -268,3 +268,54 @@ def test_an_unexpected_error_tells_the_user_what_to_do_and_keeps_the_traceback_f
     job_log = (tmp_path / "job.log").read_text()
     assert "submit it again" in job_log and "Traceback" not in job_log and "hunter2" not in job_log
     assert any("hunter2" in record.getMessage() for record in worker_log)  # the operator still sees it
+
+
+@needs_servers("the sweeper's advisory lock is Postgres's")
+def test_the_sweeper_judges_no_worker_lost_until_a_heartbeat_timeout_after_it_reconnects(settings):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from dispatch.broker import delete_queue, make_celery
+    from dispatch.sweeper import Publisher, Sweeper
+    from store import jobs
+    from store.db import session_scope
+    from store.models import Job, utcnow
+
+    own = settings.with_(queue=settings.queue + "_reconnect")
+    away = own.with_(database_url="postgresql+psycopg://postgres@127.0.0.1:1/cssl")
+    publisher = Publisher(make_celery(own), away)
+    sweeper = Sweeper(publisher)
+    with session_scope(settings.database_url) as session:
+        job, _ = jobs.create_job(
+            session,
+            "alice",
+            jobs.NewJob(
+                kind="pretrain", method="simclr", dataset="synthetic", dataset_path=None, config={}, evaluate=[]
+            ),
+        )
+        jobs.claim_job(session, job.id, "w")
+        # Its worker last beat long ago, as every worker's last beat is when the database comes back.
+        session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    try:
+        with pytest.raises(DBAPIError):
+            sweeper.sweep_once()  # the database is away
+        publisher.settings = own  # and back
+        assert sweeper.sweep_once()["requeued"] == 0
+        assert service_job_status(settings, job.id) == "running"
+        time.sleep(settings.heartbeat_timeout + 0.5)
+        while sweeper.sweep_once() is None:  # another sweeper held the lock
+            time.sleep(0.1)
+        assert service_job_status(settings, job.id) == "queued"  # a worker silent this long is lost
+    finally:
+        with session_scope(settings.database_url) as session:
+            session.execute(update(Job).where(Job.id == job.id).values(status="cancelled"))
+        delete_queue(own.broker_url, own.queue)
+
+
+def service_job_status(settings, job_id: str) -> str:
+    from store import jobs
+    from store.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        return jobs.get_job(session, job_id).status
