@@ -302,8 +302,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
-    database: str
-    broker: str
+    database: Literal["ok", "unreachable"]
+    broker: Literal["ok", "unreachable"]
     mode: Literal["embedded", "production"]
     authentication: Literal["on", "off"]
     warnings: list[str] = Field(default_factory=list)

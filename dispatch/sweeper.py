@@ -15,10 +15,12 @@ import threading
 import time
 
 from celery import Celery
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from dispatch.broker import publish, queue_size
 from store import jobs
-from store.db import exclusive, session_scope
+from store.db import exclusive, is_transient, session_scope
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,14 +58,17 @@ class Publisher:
         return True
 
 
-def sweep(publisher: Publisher) -> dict[str, int] | None:
-    """One pass; None when another process's sweeper holds the lock."""
+def sweep(publisher: Publisher, *, judge_lost: bool = True) -> dict[str, int] | None:
+    """One pass; None when another process's sweeper holds the lock. ``judge_lost=False``: no
+    running job is judged lost in this pass (the caller has just reconnected)."""
     settings = publisher.settings
     with exclusive(settings.database_url) as ours:
         if not ours:
             return None
+        requeued = []
         with session_scope(settings.database_url) as session:
-            requeued = jobs.requeue_lost(session, settings.heartbeat_timeout, settings.max_attempts)
+            if judge_lost and not _server_just_started(session, settings.heartbeat_timeout):
+                requeued = jobs.requeue_lost(session, settings.heartbeat_timeout, settings.max_attempts)
         for job_id in requeued:
             log.warning("job %s lost its worker; re-queued", job_id)
         with session_scope(settings.database_url) as session:
@@ -72,6 +77,14 @@ def sweep(publisher: Publisher) -> dict[str, int] | None:
             pending = [(job_id, priority, sent) for job_id, priority, sent in pending if not sent]
         published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority, _ in pending)
     return {"requeued": len(requeued), "published": published}
+
+
+def _server_just_started(session: Session, within: float) -> bool:
+    """Postgres started less than ``within`` seconds ago (a restart, a fail-over). SQLite: never."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    up = session.scalar(text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())"))
+    return float(up) < within
 
 
 def _queue_busy(publisher: Publisher) -> bool:
@@ -84,12 +97,16 @@ def _queue_busy(publisher: Publisher) -> bool:
 
 
 class Sweeper:
-    """Runs :func:`sweep` every ``settings.sweep_interval`` seconds in a daemon thread."""
+    """Runs :func:`sweep` every ``settings.sweep_interval`` seconds in a daemon thread. After a
+    pass fails (the database is away), it judges no worker lost until ``heartbeat_timeout``
+    seconds after its next pass that reaches the database."""
 
     def __init__(self, publisher: Publisher):
         self.publisher, self.settings = publisher, publisher.settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cssl-sweeper", daemon=True)
+        self._failing = False
+        self._judge_from = 0.0  # time.monotonic() from which lost workers are judged again
 
     def start(self) -> None:
         self._thread.start()
@@ -98,11 +115,31 @@ class Sweeper:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def sweep_once(self) -> dict[str, int] | None:
+        """One pass of :func:`sweep`, which holds its judgement of lost workers after a reconnect."""
+        judge_lost = not self._failing and time.monotonic() >= self._judge_from
+        try:
+            counts = sweep(self.publisher, judge_lost=judge_lost)
+        except Exception:
+            self._failing = True
+            raise
+        if self._failing:
+            self._failing = False
+            self._judge_from = time.monotonic() + self.settings.heartbeat_timeout
+            log.info("the database is back; no worker is judged lost for %g s", self.settings.heartbeat_timeout)
+        return counts
+
     def _loop(self) -> None:
         while True:
+            failing = self._failing
             try:
-                sweep(self.publisher)
-            except Exception:
-                log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval)
+                self.sweep_once()
+            except Exception as exc:
+                if is_transient(exc):  # the database is away: said once, not at every pass
+                    if not failing:
+                        log.warning("sweep failed, the database is unreachable; trying again every %ss",
+                                    self.settings.sweep_interval)
+                else:
+                    log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval)
             if self._stop.wait(self.settings.sweep_interval):
                 return

@@ -18,6 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# Seconds a new Postgres connection may take before it fails: a server that is gone without
+# closing its sockets (a fail-over, a dropped network) costs this, not the TCP timeout. The
+# URL's own ``?connect_timeout=N`` wins.
+CONNECT_TIMEOUT = 5
+
 
 def make_engine(database_url: str) -> Engine:
     if database_url.startswith("sqlite"):
@@ -43,7 +48,9 @@ def make_engine(database_url: str) -> Engine:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {} if "connect_timeout" in make_url(database_url).query else {"connect_timeout": CONNECT_TIMEOUT}
+    # pre-ping: a pooled connection that died with a restarted server is replaced, not used.
+    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
 @functools.cache
@@ -78,23 +85,42 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-def retry_transient(write: Callable[[], T], *, what: str, within: float = 300.0, first_wait: float = 0.5,
+class DatabaseUnavailable(Exception):
+    """The database stayed unreachable for the whole retry window; the message says what waited."""
+
+
+def retry_transient(write: Callable[[], T], *, what: str, within: float | None = 300.0, first_wait: float = 0.5,
                     max_wait: float = 10.0) -> T:
     """Runs ``write`` (one whole transaction) until it succeeds, waiting with exponential
-    backoff while the database is unreachable, for up to ``within`` seconds; other errors, and
-    the last transient one, are raised."""
-    deadline = time.monotonic() + within
+    backoff while the database is unreachable, for up to ``within`` seconds (None: until it
+    comes back; 0: one try). Then :class:`DatabaseUnavailable` is raised; other errors at once."""
+    deadline = None if within is None else time.monotonic() + within
     wait = first_wait
     while True:
         try:
             return write()
         except DBAPIError as exc:
-            if not is_transient(exc) or time.monotonic() + wait > deadline:
+            if not is_transient(exc):
                 raise
-            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("%s failed (%s); trying again in %.1f s", what, reason, wait)
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise DatabaseUnavailable(f"{what}: the database was unreachable for {within:g} s") from exc
+            log.warning("%s failed (%s); trying again in %.1f s", what, _first_line(exc), wait)
             time.sleep(wait)
             wait = min(wait * 2, max_wait)
+
+
+def transaction(database_url: str, work: Callable[[Session], T], *, what: str, within: float | None = 300.0) -> T:
+    """``work(session)`` in one transaction, the whole of it retried as :func:`retry_transient` says."""
+
+    def attempt() -> T:
+        with session_scope(database_url) as session:
+            return work(session)
+
+    return retry_transient(attempt, what=what, within=within)
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # One sweeper at a time across every API process sharing the database.

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
     max_attempts: int = Field(3, ge=1, description="a job fails after that many lost attempts in a row without a new checkpoint")
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
+    database_retry_window: float = Field(300.0, gt=0, description="seconds a worker waits for an unreachable database "
+                                         "before it gives its running job back to the queue")
+    progress_buffer: int = Field(10_000, ge=1, description="progress points a worker keeps in memory while the "
+                                 "database is unreachable; when full, training waits for the database")
     submit_rate: float = Field(60.0, ge=0, description="job submissions per minute per owner, in each API process; 0: no limit")
     submit_burst: int = Field(20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies")
     data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(

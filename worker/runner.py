@@ -1,35 +1,85 @@
 """Run one job: claim it, call cssl_core, record what it reports.
 
-Everything the core reports arrives through its callbacks and is written at once, in short
-transactions, so the API can show progress, metrics and checkpoints while the job runs. A
-heartbeat thread keeps the claim alive and brings back the cancel flag, so the training
-loop's ``should_stop`` costs nothing on the hot path. Every write is retried while the
-database is unreachable (a Postgres restart holds the job for its duration and costs nothing).
+Everything the core reports arrives through its callbacks and is written in short transactions,
+so the API can show progress, metrics and checkpoints while the job runs. A heartbeat thread
+keeps the claim alive and brings back the cancel flag, so the training loop's ``should_stop``
+costs nothing on the hot path.
+
+While the database is unreachable, progress points wait in memory (``CSSL_PROGRESS_BUFFER`` of
+them; then training waits) and are written in order once it is back; a checkpoint or an
+evaluation waits for it, for up to ``CSSL_DATABASE_RETRY_WINDOW`` seconds. Past that the
+attempt stops and, once the database answers again, writes what it kept and gives the job back
+to the queue: the next attempt resumes from the newest checkpoint, and an outage never fails a
+job nor counts against ``CSSL_MAX_ATTEMPTS``.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
+import time
 import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from store import data_roots, jobs, records
-from store.db import retry_transient, session_scope
+from store.db import DatabaseUnavailable, is_transient, transaction
 from store.models import Job
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
+# Tracebacks: the worker's own log only, never the job's log that its owner reads.
+internal_log = logging.getLogger(__name__ + ".internal")
+T = TypeVar("T")
 
 
 # Set when the worker process is asked to stop (warm shutdown): the running job checkpoints
 # at its next step and goes back to the queue instead of holding the worker until it ends.
 SHUTTING_DOWN = threading.Event()
-RELEASED = "released"
+
+
+class Ending(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RELEASED = "released"  # back to the queue; the next attempt resumes from the last checkpoint
+    LOST = "lost"  # the sweeper gave the job to another attempt: nothing more is written
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended. ``message``: for a failure, what failed and what to do (the job's
+    ``error``); for a release, why (the state event's message). ``result`` None keeps what the
+    training recorded."""
+
+    ending: Ending
+    message: str | None = None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def succeeded(cls, result: dict[str, Any] | None) -> Outcome:
+        return cls(Ending.SUCCEEDED, result=result)
+
+    @classmethod
+    def failed(cls, message: str) -> Outcome:
+        return cls(Ending.FAILED, message)
+
+    @classmethod
+    def released(cls, why: str, result: dict[str, Any] | None = None) -> Outcome:
+        return cls(Ending.RELEASED, why, result)
+
+    @classmethod
+    def lost(cls) -> Outcome:
+        return cls(Ending.LOST)
 
 
 class LeaseLost(Exception):
@@ -65,7 +115,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -74,41 +124,52 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
     def beat(self) -> None:
-        with session_scope(self.settings.database_url) as session:
-            ours, cancel = jobs.heartbeat(session, self.job_id, self.attempt)
+        ours, cancel = transaction(self.settings.database_url, lambda s: jobs.heartbeat(s, self.job_id, self.attempt),
+                                   what=f"the heartbeat of job {self.job_id}", within=0)
         if not ours:
             self.lost.set()
         if cancel:
             self.cancel_requested.set()
 
     def _loop(self) -> None:
+        failing_since = None
         while not self._stop.wait(self.settings.heartbeat_interval):
             try:
                 self.beat()
             except Exception as exc:  # the database may be back at the next beat
-                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("heartbeat for job %s failed (%s); beating on", self.job_id, _reason(exc))
+                continue
+            if failing_since is not None:
+                log.info("heartbeat for job %s is back after %.0f s", self.job_id, time.monotonic() - failing_since)
+                failing_since = None
 
     def should_stop(self) -> bool:
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
         return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set()
 
-    def stopped_status(self) -> str:
+    def stopped(self, result: dict[str, Any] | None) -> Outcome:
         """Why ``should_stop`` said so: the user cancelled, or the worker is going away."""
-        return "cancelled" if self.cancel_requested.is_set() else RELEASED
+        if self.cancel_requested.is_set():
+            return Outcome(Ending.CANCELLED, result=result)
+        return Outcome.released("shut down; the job resumes from its last checkpoint", result)
 
 
 class Recorder:
-    """The core's callbacks, each written in its own short transaction."""
+    """The core's callbacks. Their writes go through one ordered queue of pending writes, so a
+    progress point never overtakes the checkpoint before it, and nothing is reordered when the
+    database comes back."""
+
+    BATCH = 200  # pending writes per transaction while catching up
 
     def __init__(self, settings: Settings, job: ClaimedJob, heartbeat: Heartbeat):
         self.settings, self.job, self.heartbeat = settings, job, heartbeat
-
-    def _session(self):
-        return session_scope(self.settings.database_url)
-
-    def _write(self, what: str, write):
-        return retry_transient(write, what=f"recording the {what} of job {self.job.id}")
+        # Each pending write returns False when the job is no longer this attempt's.
+        self._pending: deque[Callable[[Session], bool]] = deque()
+        self._next_try = 0.0
+        self._backoff = 0.5
 
     def on_progress(self, progress) -> None:
         point = {
@@ -124,68 +185,142 @@ class Recorder:
         values = {"loss": progress.loss, "lr": progress.lr, "images_per_second": progress.images_per_second}
         values.update({name: float(value) for name, value in (progress.stats or {}).items()})
 
-        def write() -> None:
-            with self._session() as session:
-                if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
-                    self.heartbeat.lost.set()
-                    return
-                records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+        def write(session: Session) -> bool:
+            if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
+                return False
+            records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+            return True
 
-        self._write("progress", write)
+        self._pending.append(write)
+        if len(self._pending) >= self.settings.progress_buffer:
+            log.warning("%d progress points wait for the database; training waits with them", len(self._pending))
+            self.flush(within=self.settings.database_retry_window)
+        elif time.monotonic() >= self._next_try:
+            self._try_flush()
 
     def on_checkpoint(self, info) -> int:
         path = Path(info.path)
-        checkpoint_id = self._write("checkpoint", lambda: self._record_checkpoint(info, path))
+        checkpoint_id = self._write_now("checkpoint", lambda session: self._record_checkpoint(session, info, path))
         log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
         return checkpoint_id
 
-    def _record_checkpoint(self, info, path: Path) -> int:
-        with self._session() as session:
-            checkpoint = records.record_checkpoint(
-                session,
-                self.job.id,
-                self.relative(path),
-                epoch=info.epoch,
-                step=info.step,
-                final=info.final,
-                size_bytes=path.stat().st_size,
-            )
-            records.add_event(
-                session,
-                self.job.id,
-                "checkpoint",
-                {"id": checkpoint.id, "epoch": info.epoch, "step": info.step, "final": info.final},
-            )
-            return checkpoint.id
+    def _record_checkpoint(self, session: Session, info, path: Path) -> int:
+        checkpoint = records.record_checkpoint(
+            session,
+            self.job.id,
+            self.relative(path),
+            epoch=info.epoch,
+            step=info.step,
+            final=info.final,
+            size_bytes=path.stat().st_size,
+        )
+        records.add_event(
+            session,
+            self.job.id,
+            "checkpoint",
+            {"id": checkpoint.id, "epoch": info.epoch, "step": info.step, "final": info.final},
+        )
+        return checkpoint.id
 
     def on_evaluation(self, result, checkpoint_id: int | None = None) -> None:
-        evaluation = self._write("evaluation", lambda: self._record_evaluation(result, checkpoint_id))
+        evaluation = self._write_now("evaluation", lambda s: self._record_evaluation(s, result, checkpoint_id))
         at = "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}"
         if evaluation.top1 is None:  # no accuracy: an embedding
             log.info("%s: %d test images%s", evaluation.protocol, evaluation.num_test, at)
         else:
             log.info("%s top-1 %.2f%%%s", evaluation.protocol, evaluation.top1, at)
 
-    def _record_evaluation(self, result, checkpoint_id: int | None):
+    def _record_evaluation(self, session: Session, result, checkpoint_id: int | None):
         data = result.to_dict()
-        with self._session() as session:
-            evaluation = records.record_evaluation(session, self.job.id, checkpoint_id, data)
-            event = {"id": evaluation.id, "protocol": evaluation.protocol, "top1": evaluation.top1,
-                     "top5": evaluation.top5, "epoch": evaluation.epoch, "checkpoint_id": checkpoint_id}
-            records.add_event(session, self.job.id, "evaluation", event)
-            if evaluation.top1 is not None:
-                jobs.update_latest_metrics(
-                    session, self.job.id, {f"{evaluation.protocol}_top1": evaluation.top1, f"{evaluation.protocol}_top5": evaluation.top5}
-                )
-            return evaluation
+        evaluation = records.record_evaluation(session, self.job.id, checkpoint_id, data)
+        event = {"id": evaluation.id, "protocol": evaluation.protocol, "top1": evaluation.top1,
+                 "top5": evaluation.top5, "epoch": evaluation.epoch, "checkpoint_id": checkpoint_id}
+        records.add_event(session, self.job.id, "evaluation", event)
+        if evaluation.top1 is not None:
+            name = evaluation.protocol
+            jobs.update_latest_metrics(session, self.job.id,
+                                       {f"{name}_top1": evaluation.top1, f"{name}_top5": evaluation.top5})
+        return evaluation
+
+    def _write_now(self, what: str, work: Callable[[Session], T]) -> T:
+        """A write the training waits for (it needs what the write returns): queued behind the
+        pending ones and flushed with them, for up to the retry window. When that passes it stays
+        queued, and is written before the job goes back to the queue."""
+        box: list[T] = []
+
+        def write(session: Session) -> bool:
+            box[:] = [work(session)]
+            return True
+
+        self._pending.append(write)
+        self.flush(within=self.settings.database_retry_window, what=what)
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(self.job.id)
+        return box[0]
+
+    def _try_flush(self) -> None:
+        """One try, without waiting: while the database is away, the next try waits for a
+        backoff (up to 10 s), so training pays for a failed connection at most that often."""
+        try:
+            self.flush(within=0)
+        except DatabaseUnavailable:
+            log.warning("the database is unreachable; %d progress points wait in memory (at most %d), trying "
+                        "again in %.1f s", len(self._pending), self.settings.progress_buffer, self._backoff)
+            self._next_try = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 10.0)
+            return
+        self._backoff = 0.5
+
+    def flush(self, *, within: float | None, what: str = "progress") -> None:
+        """Writes the pending writes in order, ``BATCH`` per transaction, each batch retried for
+        up to ``within`` seconds (None: until the database is back); raises
+        :class:`DatabaseUnavailable` with the rest still pending."""
+        while self._pending:
+            batch = list(self._pending)[: self.BATCH]
+            written = transaction(self.settings.database_url, lambda session, batch=batch: _write_all(session, batch),
+                                  what=f"recording the {what} of job {self.job.id}", within=within)
+            if written < len(batch):  # the job went to another attempt: this one writes nothing more
+                self._pending.clear()
+                self.heartbeat.lost.set()
+                return
+            for _ in batch:
+                self._pending.popleft()
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.settings.artifact_root))
 
 
+def _write_all(session: Session, writes: list[Callable[[Session], bool]]) -> int:
+    """How many of ``writes`` went in before one found the job no longer ours (all of them: none did)."""
+    for done, write in enumerate(writes):
+        if not write(session):
+            return done
+    return len(writes)
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The protocols to run on one checkpoint, and what they read."""
+
+    checkpoint: Path
+    checkpoint_id: int | None
+    protocols: list[str]
+    dataset: str
+    data: Path | None  # the dataset's files, checked at claim time; None: a built-in dataset
+    device: str
+    params: dict[str, dict[str, Any]]  # protocol -> its parameters ({"knn": {"k": 20}})
+
+    @classmethod
+    def for_job(cls, job: ClaimedJob, checkpoint: Path, checkpoint_id: int | None, dataset: str, data: Path | None,
+                device: str) -> EvaluationPlan:
+        # Protocol parameters are stored beside the run's keys in the job's config.
+        params = {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
+        return cls(Path(checkpoint), checkpoint_id, list(job.evaluate), dataset, data, device, params)
+
+
 def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
-    """Claim and run ``job_id``; returns its final status, or None if it was not ours to run."""
-    claimed = retry_transient(lambda: _claim(settings, job_id, worker_name), what=f"claiming job {job_id}")
+    """Claim and run ``job_id``; returns how it ended, or None if it was not ours to run."""
+    claimed = _claim(settings, job_id, worker_name)
     if claimed is None:
         log.info("job %s is not queued (a duplicate message, or cancelled); nothing to do", job_id)
         return None
@@ -196,44 +331,79 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
     os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
     # The heartbeat starts before anything slow (reading checkpoints, the first import of torch).
     with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
-        log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset)
-        if job.kind == "pretrain" and job.attempt > 1:
-            job = retry_transient(lambda: _resume_point(settings, job, candidates), what=f"choosing where job {job.id} resumes")
+        log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method,
+                 job.dataset)
         recorder = Recorder(settings, job, heartbeat)
-        status, error, result = _run(settings, job, job_dir, recorder, heartbeat)
-        if status is None:
+        outcome = _run(settings, job, candidates, job_dir, recorder, heartbeat)
+        if outcome.ending is Ending.LOST:
             log.warning("job %s was given to another attempt; stopping without recording", job.id)
             return None
-
-        def write() -> None:
-            with session_scope(settings.database_url) as session:
-                if status == RELEASED:
-                    jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} shut down; resumes from its last checkpoint")
-                else:
-                    jobs.finish_job(session, job.id, job.attempt, status, error=error, result=result)
-
-        retry_transient(write, what=f"recording the end of job {job.id}")
-        log.info("job %s %s%s", job.id, status, f": {error}" if error else "")
-        return status
+        _finish(settings, job, recorder, outcome, worker_name)
+        log.info("job %s %s%s", job.id, outcome.ending.value, f": {outcome.message}" if outcome.message else "")
+        return outcome.ending.value
 
 
-def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
+def _finish(settings: Settings, job: ClaimedJob, recorder: Recorder, outcome: Outcome, worker_name: str) -> None:
+    """What the attempt kept is written first, then its end; both wait for the database as long
+    as it takes (nothing else can happen to the job meanwhile: its heartbeat waits too)."""
+    recorder.flush(within=None)
+
+    def write(session: Session) -> None:
+        if outcome.ending is Ending.RELEASED:
+            jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} {outcome.message}")
+        else:
+            jobs.finish_job(session, job.id, job.attempt, outcome.ending.value, error=outcome.message,
+                            result=outcome.result)
+
+    transaction(settings.database_url, write, what=f"recording the end of job {job.id}", within=None)
+
+
+def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint], job_dir: Path,
+         recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
     from cssl_core.errors import CsslError
 
+    window = settings.database_retry_window
     try:
+        if job.kind == "pretrain" and job.attempt > 1:
+            job = _resume_point(settings, job, candidates)
+            recorder.job = job
         data = _job_data(settings, job)
         if job.kind == "pretrain":
             return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
         return _evaluate_only(job, data, recorder, heartbeat)
     except LeaseLost:
-        return None, None, None
+        return Outcome.lost()
+    except DatabaseUnavailable as exc:
+        log.warning("%s; the job goes back to the queue once the database answers", exc)
+        return Outcome.released(f"could not reach the database for {window:g} s; the job resumes from its last "
+                                "checkpoint")
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            return _internal_error(job, exc)
+        log.warning("the database went away (%s); the job goes back to the queue once it answers", _reason(exc))
+        return Outcome.released("lost the database; the job resumes from its last checkpoint")
     except CsslError as exc:
         log.error("%s", exc)
-        return "failed", str(exc), None
+        return Outcome.failed(str(exc))
     except Exception as exc:
-        log.error("%s", traceback.format_exc())
-        message = f"internal error ({type(exc).__name__}: {exc}); the traceback is in GET /v1/jobs/{job.id}/logs"
-        return "failed", message, None
+        return _internal_error(job, exc)
+
+
+def _internal_error(job: ClaimedJob, exc: Exception) -> Outcome:
+    internal_log.error("job %s attempt %d failed:\n%s", job.id, job.attempt, traceback.format_exc())
+    message = (f"the worker stopped on an unexpected error ({type(exc).__name__}), not on anything in the job's "
+               "settings or data; submit it again, and if it fails the same way, report the job's id to the "
+               "service's operators (the worker's log holds the details)")
+    log.error("%s", message)
+    return Outcome.failed(message)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said, under our own wrapping."""
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
@@ -250,7 +420,7 @@ def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
 
 
 def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder,
-              heartbeat: Heartbeat):
+              heartbeat: Heartbeat) -> Outcome:
     from cssl_core.config import build_config
     from cssl_core.data import load_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
@@ -292,58 +462,60 @@ def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: P
             "final_loss": outcome.final_loss,
         }
         if outcome.stopped == "cancelled":
-            return heartbeat.stopped_status(), None, result
+            return heartbeat.stopped(result)
+        recorder.flush(within=settings.database_retry_window)
         # Kept now, so that an attempt that only has the evaluations left still has it.
-        def write() -> None:
-            with session_scope(settings.database_url) as session:
-                jobs.record_result(session, job.id, job.attempt, result)
-
-        retry_transient(write, what=f"recording the result of job {job.id}")
+        transaction(settings.database_url, lambda s: jobs.record_result(s, job.id, job.attempt, result),
+                    what=f"recording the result of job {job.id}", within=settings.database_retry_window)
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
-    _run_evaluations(job, checkpoint, checkpoint_id, config.dataset, data, config.device, recorder, heartbeat,
-                     _protocol_overrides(job))
+    plan = EvaluationPlan.for_job(job, checkpoint, checkpoint_id, config.dataset, data, config.device)
+    _run_evaluations(plan, recorder)
     if heartbeat.should_stop():
-        return heartbeat.stopped_status(), None, result
-    return "succeeded", None, result
+        return heartbeat.stopped(result)
+    return Outcome.succeeded(result)
 
 
-def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat):
-    device = job.config.get("device", "auto")
-    _run_evaluations(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data, device,
-                     recorder, heartbeat, _protocol_overrides(job))
+def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
+    plan = EvaluationPlan.for_job(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data,
+                                  job.config.get("device", "auto"))
+    _run_evaluations(plan, recorder)
     if heartbeat.should_stop():
-        return heartbeat.stopped_status(), None, None
-    return "succeeded", None, None
+        return heartbeat.stopped(None)
+    return Outcome.succeeded(None)
 
 
-def _protocol_overrides(job: ClaimedJob) -> dict[str, dict[str, Any]]:
-    """Protocol parameters stored beside the run's keys in the job's config ({"knn": {"k": 20}})."""
-    return {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
-
-
-def _run_evaluations(job, checkpoint, checkpoint_id, dataset, data, device, recorder, heartbeat, params) -> None:
+def _run_evaluations(plan: EvaluationPlan, recorder: Recorder) -> None:
     from cssl_core.evaluation import evaluate_checkpoint
 
-    with session_scope(recorder.settings.database_url) as session:
-        done = {e.protocol for e in records.final_evaluations(session, job.id) if e.checkpoint_id == checkpoint_id}
-    for protocol in job.evaluate:
+    job = recorder.job
+
+    def recorded(session: Session) -> set[str]:
+        return {e.protocol for e in records.final_evaluations(session, job.id) if e.checkpoint_id == plan.checkpoint_id}
+
+    done = transaction(recorder.settings.database_url, recorded, what=f"reading the evaluations of job {job.id}",
+                       within=recorder.settings.database_retry_window)
+    for protocol in plan.protocols:
         if protocol in done:
             continue  # recorded by an earlier attempt
-        if heartbeat.should_stop():
+        if recorder.heartbeat.should_stop():
             return
-        log.info("evaluating %s (%s)", protocol, recorder.relative(checkpoint))
-        result = evaluate_checkpoint(Path(checkpoint), protocol, dataset=dataset, data=data, device=device, **params.get(protocol, {}))
-        recorder.on_evaluation(result, checkpoint_id)
+        log.info("evaluating %s (%s)", protocol, recorder.relative(plan.checkpoint))
+        result = evaluate_checkpoint(plan.checkpoint, protocol, dataset=plan.dataset, data=plan.data,
+                                     device=plan.device, **plan.params.get(protocol, {}))
+        recorder.on_evaluation(result, plan.checkpoint_id)
 
 
-def _claim(settings: Settings, job_id: str, worker_name: str) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
+def _claim(settings: Settings, job_id: str, worker_name: str,
+           within: float | None = None) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
     """The claimed job, and its checkpoints newest first (where a later attempt may resume)."""
-    with session_scope(settings.database_url) as session:
+
+    def claim(session: Session) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
         job: Job | None = jobs.claim_job(session, job_id, worker_name)
         if job is None:
             return None
         source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None
-        candidates = records.checkpoints_newest_first(session, job.id) if job.kind == "pretrain" and job.attempt > 1 else []
+        resumable = job.kind == "pretrain" and job.attempt > 1
+        candidates = records.checkpoints_newest_first(session, job.id) if resumable else []
         claimed = ClaimedJob(
             id=job.id,
             kind=job.kind,
@@ -361,14 +533,21 @@ def _claim(settings: Settings, job_id: str, worker_name: str) -> tuple[ClaimedJo
         )
         return claimed, candidates
 
+    return transaction(settings.database_url, claim, what=f"claiming job {job_id}",
+                       within=settings.database_retry_window if within is None else within)
+
 
 def _resume_point(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint]) -> ClaimedJob:
     """Resume from the newest checkpoint that loads; what the lost attempts recorded past it goes."""
     resume = _newest_loadable(settings, candidates)
     step, epoch = (resume.step, resume.epoch) if resume else (0, 0)
-    with session_scope(settings.database_url) as session:
+
+    def write(session: Session) -> None:
         jobs.set_resume_point(session, job.id, job.attempt, step)
         records.drop_metrics_after(session, job.id, step, epoch)
+
+    transaction(settings.database_url, write, what=f"choosing where job {job.id} resumes",
+                within=settings.database_retry_window)
     if resume is None:
         return job
     return replace(job, resume_from=settings.artifact_root / resume.path, resume_checkpoint_id=resume.id,
@@ -394,10 +573,12 @@ def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -
 
 @contextmanager
 def _job_log(path: Path) -> Iterator[None]:
-    """Everything logged while the job runs (ours and cssl_core's) also goes to its log file."""
+    """Everything logged while the job runs (ours and cssl_core's) also goes to its log file,
+    which the job's owner reads; tracebacks (``internal_log``) stay in the worker's own log."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    handler.addFilter(lambda record: not record.name.startswith(internal_log.name))
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)

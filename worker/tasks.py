@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 
 from billiard.process import active_children
+from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from dispatch.broker import RUN_JOB
 from dispatch.sweeper import Publisher, sweep
+from store.db import DatabaseUnavailable
 from store.settings import get_settings
 from worker import runner
 from worker.app import app
@@ -23,7 +26,11 @@ log = logging.getLogger(__name__)
 def run_job(job_id: str) -> str | None:
     """The message carries only the job id; the job row holds everything else."""
     worker_name = run_job.request.hostname or socket.gethostname()
-    return runner.run_job(get_settings(), job_id, worker_name)
+    try:
+        return runner.run_job(get_settings(), job_id, worker_name)
+    except DatabaseUnavailable as exc:  # the claim could not be written: the job is still queued
+        log.warning("%s; the message goes back to the queue", exc)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 @worker_ready.connect
@@ -46,10 +53,8 @@ def _release_running_job(**_) -> None:
     # The running job (if any) checkpoints at its next step and returns to the queue.
     runner.SHUTTING_DOWN.set()
     for child in active_children():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, RELEASE_SIGNAL)
-        except ProcessLookupError:
-            pass
 
 
 @worker_process_init.connect
