@@ -218,13 +218,15 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
 
 
 def _run(settings, job: ClaimedJob, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat):
+    from cssl_core.data import decoded_bytes_limit
     from cssl_core.errors import CsslError
 
     try:
         data = _job_data(settings, job)
-        if job.kind == "pretrain":
-            return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
-        return _evaluate_only(job, data, recorder, heartbeat)
+        with decoded_bytes_limit(settings.max_decoded_bytes, "CSSL_MAX_DECODED_BYTES"):
+            if job.kind == "pretrain":
+                return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
+            return _evaluate_only(job, data, recorder, heartbeat)
     except LeaseLost:
         return None, None, None
     except CsslError as exc:
@@ -242,7 +244,7 @@ def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
 
     if job.dataset_path is None:
         return None
-    path = data_roots.resolve_data_path(settings, job.dataset_path, uploads=True)
+    path = data_roots.resolve_job_data(settings, job.dataset_path)
     if path is None:
         raise DataError("the job's data is no longer readable by the service (moved, deleted, or now outside its data "
                         "folders); submit the job again with a path under them, or an upload")
