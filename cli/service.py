@@ -30,6 +30,8 @@ def add_service_commands(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (each in its own process when > 1)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
+    p.add_argument("--check", action="store_true",
+                   help="only check that the database and the broker answer (a container's healthcheck); exit 1 if not")
     p.set_defaults(func=cmd_worker)
 
     db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
@@ -157,11 +159,42 @@ def _worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.check:
+        return _check_worker(settings)
     _ready_schema(settings)
     from worker.app import app
 
     app.worker_main(_worker_argv(args.concurrency, args.loglevel))
     return 0
+
+
+def _check_worker(settings) -> int:
+    """What a worker needs to take jobs: its database and its broker, each within a few seconds."""
+    from sqlalchemy import text
+
+    from dispatch.broker import make_celery
+    from store.db import make_engine
+    from store.settings import mask_password
+
+    failed = []
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        failed.append(f"database {mask_password(settings.database_url)}: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    try:
+        with make_celery(settings).connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        failed.append(f"broker {mask_password(settings.broker_url)}: {type(exc).__name__}: {exc}")
+    for line in failed:
+        print(f"cssl: unreachable: {line}", file=sys.stderr)
+    if not failed:
+        print("worker ready: database and broker answer")
+    return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -201,3 +201,17 @@ def test_db_downgrade_says_what_it_deletes_and_asks_first(embedded_env, monkeypa
 
     assert cssl(["db", "downgrade", "--revision", "9999", "--yes"]) == 2
     assert migrate.current_revision(url) == "0002" and "9999" in capfd.readouterr().err
+
+
+def test_worker_check_says_whether_the_database_and_broker_answer(embedded_env, monkeypatch, capfd):
+    assert cssl(["db", "upgrade"]) == 0
+    capfd.readouterr()
+    assert cssl(["worker", "--check"]) == 0
+    assert capfd.readouterr().out == "worker ready: database and broker answer\n"
+    # Nothing listens on port 1: both are named, passwords masked.
+    monkeypatch.setenv("CSSL_DATABASE_URL", "postgresql://cssl:secret@127.0.0.1:1/cssl")
+    monkeypatch.setenv("CSSL_BROKER_URL", "redis://:secret@127.0.0.1:1/0")
+    assert cssl(["worker", "--check"]) == 1
+    err = capfd.readouterr().err
+    assert "cssl: unreachable: database postgresql+psycopg://cssl:***@127.0.0.1:1/cssl: " in err
+    assert "cssl: unreachable: broker redis://:***@127.0.0.1:1/0: " in err and "secret" not in err

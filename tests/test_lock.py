@@ -28,9 +28,9 @@ def test_every_locked_line_is_an_exact_pin_with_its_sha256():
 
 
 def test_every_install_of_the_lock_checks_the_hashes():
-    installs = [(name, line) for name in ("Makefile",)
+    installs = [(name, line) for name in ("Makefile", "Dockerfile.api", "Dockerfile.worker")
                 for line in (ROOT / name).read_text().replace("\\\n", " ").splitlines()
                 if "pip install" in line and "-r requirements" in line]
-    assert {name for name, _ in installs} == {"Makefile"}
+    assert {name for name, _ in installs} == {"Makefile", "Dockerfile.api", "Dockerfile.worker"}
     for name, line in installs:
         assert "--require-hashes" in line, f"{name}: {line}"
