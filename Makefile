@@ -7,11 +7,12 @@ DATA ?= ../shared/data
 
 venv: $(VENV)/.installed
 
-# Exactly the versions in the lock files (what was tested), then the project itself.
+# Exactly the files in the lock files (what was tested, each checked against its sha256), then the
+# project itself, built with the locked setuptools.
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.lock
-	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	$(BIN)/pip install --disable-pip-version-check -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # After changing dependencies in pyproject.toml: resolve them afresh and write the lock files.

@@ -11,7 +11,7 @@ from api import problems
 from api.bodylimit import BodyLimit
 from api.deps import TokenCache
 from api.ratelimit import TokenBucket
-from api.routes import artifacts, catalog, datasets, health, jobs, ui
+from api.routes import artifacts, catalog, datasets, docs, health, jobs, ui
 from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         if sweeper:
             sweeper.stop()
 
-    app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # /docs comes from api.routes.docs: Swagger UI's files served by the API itself.
+    app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None)
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.read_sessions = read_session_factory(settings.database_url)
@@ -54,5 +55,6 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.add_middleware(BodyLimit)
     for module in (jobs, artifacts, catalog, datasets, health):
         app.include_router(module.router)
+    docs.install(app)
     ui.install(app)
     return app

@@ -139,7 +139,10 @@ def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCr
     if not info["needs_path"]:
         errors.append(field_error(loc, f"the data set {spec.name!r} takes no files; leave out path and upload"))
         return spec.name, None
-    resolved = data_roots.resolve_data_path(settings, path, uploads=spec.upload is not None)
+    if spec.upload is not None:
+        resolved = data_roots.resolve_upload(settings, spec.upload)
+    else:
+        resolved = data_roots.resolve_data_path(settings, path)
     if resolved is None:
         gone = f"upload {spec.upload}'s files are gone; upload it again"
         errors.append(field_error(loc, UNREADABLE_PATH if spec.upload is None else gone))

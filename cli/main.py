@@ -111,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("convert-checkpoint",
+                       help="rewrite a trusted checkpoint from an older cssl with tensors and plain values only",
+                       description="Rewrite a checkpoint whose pickle holds other Python objects (numpy arrays, "
+                                   "dataclasses) so that cssl loads it. Reading it runs any code the file carries: "
+                                   "only for files you wrote or trust, which --trust confirms.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--trust", action="store_true", help="confirm that the file comes from a trusted source")
+    p.set_defaults(func=cmd_convert_checkpoint)
+
     p = sub.add_parser("methods", help="list methods, their papers and defaults")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
@@ -281,6 +291,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cssl_core.train import export_backbone
 
     print(export_backbone(args.checkpoint, args.out))
+    return 0
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from cssl_core.train.checkpoint import convert_checkpoint
+
+    if not args.trust:
+        print(f"cssl: error: reading {args.checkpoint} runs any code it carries; add --trust if you wrote it or "
+              "got it from someone you trust", file=sys.stderr)
+        return 2
+    print(convert_checkpoint(args.checkpoint, args.out))
     return 0
 
 

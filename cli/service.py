@@ -9,6 +9,7 @@ service is embedded under ``CSSL_STATE_DIR``. Imports stay inside the commands s
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import subprocess
@@ -29,6 +30,8 @@ def add_service_commands(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (each in its own process when > 1)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
+    p.add_argument("--check", action="store_true",
+                   help="only check that the database and the broker answer (a container's healthcheck); exit 1 if not")
     p.set_defaults(func=cmd_worker)
 
     db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
@@ -36,8 +39,10 @@ def add_service_commands(subparsers) -> None:
     p = db_sub.add_parser("upgrade", help="migrate to the newest schema (or --revision)")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_db_upgrade)
-    p = db_sub.add_parser("downgrade", help="migrate back to --revision (an id, -1, or base)")
+    p = db_sub.add_parser("downgrade", help="migrate back to --revision (an id, -1, or base); says what it deletes "
+                                            "and asks first")
     p.add_argument("--revision", required=True)
+    p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.set_defaults(func=cmd_db_downgrade)
     p = db_sub.add_parser("current", help="print the database's revision and the code's")
     p.set_defaults(func=cmd_db_current)
@@ -78,10 +83,27 @@ def _settings(args: argparse.Namespace):
     if getattr(args, "no_auth", False):
         os.environ["CSSL_AUTH_DISABLED"] = "1"
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"cssl: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    host = getattr(args, "host", None)
+    if settings.auth_disabled and host is not None and not _loopback(host):
+        print(f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who reaches --host "
+              f"{host} would act as {settings.local_owner!r}; serve on 127.0.0.1 (the default) or ::1, or keep "
+              "authentication on and create tokens with `cssl token create`", file=sys.stderr)
+        raise SystemExit(2)
+    return settings
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` binds only this machine's loopback interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another name: it may resolve to anything
+        return False
 
 
 def _ready_schema(settings) -> None:
@@ -137,11 +159,42 @@ def _worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if args.check:
+        return _check_worker(settings)
     _ready_schema(settings)
     from worker.app import app
 
     app.worker_main(_worker_argv(args.concurrency, args.loglevel))
     return 0
+
+
+def _check_worker(settings) -> int:
+    """What a worker needs to take jobs: its database and its broker, each within a few seconds."""
+    from sqlalchemy import text
+
+    from dispatch.broker import make_celery
+    from store.db import make_engine
+    from store.settings import mask_password
+
+    failed = []
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        failed.append(f"database {mask_password(settings.database_url)}: {type(exc).__name__}: {exc}")
+    finally:
+        engine.dispose()
+    try:
+        with make_celery(settings).connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        failed.append(f"broker {mask_password(settings.broker_url)}: {type(exc).__name__}: {exc}")
+    for line in failed:
+        print(f"cssl: unreachable: {line}", file=sys.stderr)
+    if not failed:
+        print("worker ready: database and broker answer")
+    return 1 if failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -192,12 +245,37 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+
     from store import migrate
+    from store.settings import mask_password
 
     settings = _settings(args)
+    try:
+        plan = migrate.downgrade_plan(settings.database_url, args.revision)
+    except CommandError as exc:
+        print(f"cssl: error: {exc}", file=sys.stderr)
+        return 2
+    if plan:
+        print(f"Downgrading {mask_password(settings.database_url)} undoes {len(plan)} migration(s); what they hold "
+              "is deleted for good:", file=sys.stderr)
+        for step in plan:
+            deletes = ", ".join(step.deletes) or "nothing"
+            print(f"  {step.revision} ({step.summary}): deletes {deletes}", file=sys.stderr)
+        if not args.yes and not _confirmed("Downgrade? [y/N] "):
+            print("cssl: nothing changed (answer y, or pass --yes)", file=sys.stderr)
+            return 1
     migrate.downgrade(settings.database_url, args.revision)
     print(f"database at revision {migrate.current_revision(settings.database_url) or 'base (empty)'}")
     return 0
+
+
+def _confirmed(question: str) -> bool:
+    print(question, end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:  # no one to ask
+        return False
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ A job names its data by a path. The API when the job is submitted, and the worke
 it runs (a link may have changed in between), resolve it with every symlink followed and
 accept it only inside a root; a relative path is relative to the first root. The uploads
 folder is reserved: a job reaches an upload only by its id, which the API checks belongs to
-the job's owner, and then stores the path ``uploads/<id>``.
+the job's owner, and then stores the path ``uploads/<id>``; both resolve that path by the id
+alone (:func:`resolve_job_data`), never by following the path into the uploads folder.
 
 An upload is streamed into ``uploads/.incoming/<id>.tar.gz`` (its size limited and its
 sha256 computed on the way), then unpacked member by member, each checked first: a regular
@@ -20,6 +21,7 @@ import errno
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import tarfile
 import zlib
@@ -28,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from store.settings import Settings
 
 UPLOADS = "uploads"
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 INCOMING = ".incoming"
 # Unpacked, an upload may take this many times CSSL_MAX_UPLOAD_BYTES: images barely compress,
 # while a small archive of zeros could otherwise fill the disk.
@@ -48,13 +51,13 @@ class BadArchive(Exception):
     """Not a readable .tar.gz, or a member that may not be unpacked; the message says which."""
 
 
-def resolve_data_path(settings: Settings, path: str, *, uploads: bool = False) -> Path | None:
-    """``path`` with every symlink resolved, if it exists inside a data root; else None.
+def resolve_data_path(settings: Settings, path: str) -> Path | None:
+    """``path`` with every symlink resolved, if it exists inside a data root and outside the
+    uploads folder; else None.
 
     A relative path is taken relative to the first root. The uploads folder, anything in it
-    and anything holding it are accepted only with ``uploads=True`` (the worker, running a job
-    whose upload the API checked). None says nothing about why, so that a refusal tells a user
-    nothing about the server's files.
+    and anything holding it are refused: uploads are reached by id (:func:`resolve_upload`).
+    None says nothing about why, so that a refusal tells a user nothing about the server's files.
     """
     try:
         resolved = (settings.data_roots[0] / path).resolve(strict=True)
@@ -63,9 +66,28 @@ def resolve_data_path(settings: Settings, path: str, *, uploads: bool = False) -
     if not any(resolved.is_relative_to(root.resolve()) for root in settings.data_roots):
         return None
     reserved = settings.uploads_folder.resolve()
-    if not uploads and (resolved.is_relative_to(reserved) or reserved.is_relative_to(resolved)):
+    if resolved.is_relative_to(reserved) or reserved.is_relative_to(resolved):
         return None
     return resolved
+
+
+def resolve_upload(settings: Settings, upload_id: str) -> Path | None:
+    """The folder of the upload ``upload_id``, found by the id alone: an id is 32 hex digits
+    (``uuid4().hex``), so it names no other path, and the folder must be a real one directly in
+    the uploads folder. None if there is none. Whose upload it is, the caller checks."""
+    if not UPLOAD_ID.fullmatch(upload_id):
+        return None
+    folder = settings.uploads_folder / upload_id
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    return folder.resolve()
+
+
+def resolve_job_data(settings: Settings, path: str) -> Path | None:
+    """A job's stored data path resolved: ``uploads/<id>`` by :func:`resolve_upload`, any
+    other path by :func:`resolve_data_path` (so never into the uploads folder)."""
+    upload = upload_id(path)
+    return resolve_upload(settings, upload) if upload is not None else resolve_data_path(settings, path)
 
 
 def upload_path(upload_id: str) -> str:
@@ -74,9 +96,11 @@ def upload_path(upload_id: str) -> str:
 
 
 def upload_id(path: str | None) -> str | None:
-    """The upload a job's data path names, or None for a path of the user's own."""
-    parts = PurePosixPath(path).parts if path else ()
-    return parts[1] if len(parts) == 2 and parts[0] == UPLOADS else None
+    """The upload a job's data path names (exactly ``uploads/<id>``), or None for a path of the user's own."""
+    if not path:
+        return None
+    head, _, rest = path.partition("/")
+    return rest if head == UPLOADS and rest and "/" not in rest else None
 
 
 class Receiver:

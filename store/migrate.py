@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -31,6 +34,54 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+@dataclass
+class Reverted:
+    """A migration a downgrade undoes, and what its ``downgrade()`` deletes."""
+
+    revision: str
+    summary: str  # its docstring's first paragraph, up to a colon
+    deletes: list[str]  # "table jobs", "column jobs.event_seq", "rows: DELETE FROM ..."
+
+
+def downgrade_plan(database_url: str, revision: str) -> list[Reverted]:
+    """The migrations ``downgrade(database_url, revision)`` would undo, newest first; ``revision``
+    as the command takes it: an id, ``-N`` or ``base``."""
+    scripts = ScriptDirectory.from_config(alembic_config(database_url))
+    current = current_revision(database_url)
+    chain = list(scripts.iterate_revisions(current, "base")) if current else []  # current first
+    if revision == "base":
+        undone = chain
+    elif revision.startswith("-") and revision[1:].isdigit():
+        undone = chain[: int(revision[1:])]
+    else:
+        target = scripts.get_revision(revision).revision  # raises on an unknown id, as the downgrade would
+        ids = [script.revision for script in chain]
+        undone = chain[: ids.index(target)] if target in ids else []
+    plan = []
+    for script in undone:
+        paragraph = " ".join((script.module.__doc__ or "").strip().split("\n\n")[0].split())
+        plan.append(Reverted(script.revision, paragraph.split(": ")[0], _deletes(script.module.downgrade)))
+    return plan
+
+
+def _deletes(downgrade_function) -> list[str]:
+    """What a migration's ``downgrade()`` deletes, read from its source: the tables and columns it
+    drops and the rows its DELETE statements remove."""
+    deletes, table = [], None
+    for line in inspect.getsource(downgrade_function).splitlines():
+        if found := re.search(r"batch_alter_table\(\s*[\"'](\w+)", line):
+            table = found.group(1)
+        elif found := re.search(r"op\.drop_table\(\s*[\"'](\w+)", line):
+            deletes.append(f"table {found.group(1)}")
+        elif found := re.search(r"op\.drop_column\(\s*[\"'](\w+)[\"'],\s*[\"'](\w+)", line):
+            deletes.append(f"column {found.group(1)}.{found.group(2)}")
+        elif found := re.search(r"batch\.drop_column\(\s*[\"'](\w+)", line):
+            deletes.append(f"column {table}.{found.group(1)}")
+        elif found := re.search(r"(DELETE FROM [^\"']+)", line, re.IGNORECASE):
+            deletes.append(f"rows: {found.group(1).strip()}")
+    return deletes
 
 
 def current_revision(database_url: str) -> str | None:

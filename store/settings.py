@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive POST /v1/datasets/uploads "
                                   "takes; unpacked, its files may take four times that")
     cache_dir: Path = Field(Path(), description="the workers' decoded-dataset cache (default: STATE_DIR/cache)")
+    max_decoded_bytes: int = Field(8 * 1024**3, ge=1, description="most memory a job's data set may take decoded "
+                                   "(images x side x side x 3 bytes), checked before a worker decodes it")
 
     @model_validator(mode="before")
     @classmethod

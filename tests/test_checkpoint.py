@@ -3,7 +3,9 @@ torch file) is refused with one message, ``not a cssl checkpoint: <path>: <reaso
 the core reads a checkpoint: resuming, evaluating, exporting."""
 
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +90,44 @@ def test_evaluate_export_and_the_cli_say_the_same(checkpoint, tmp_path, capfd):
         captured = capfd.readouterr()
         assert captured.err == f"cssl: error: not a cssl checkpoint: {half}: the file is truncated or corrupt " \
                                "(an interrupted write or copy?)\n", argv
+
+
+class RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: what a crafted checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path, capfd):
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"format": "cssl-checkpoint/1", "config": {"method": "simclr"}, "model": {}, "step": 1,
+                "steps_per_epoch": 1, "image_size": 32, "payload": RunsCode(marker)}, crafted)
+    reason = refusal(crafted)
+    assert reason.startswith("it holds Python objects other than tensors and plain values ("), reason
+    for argv in (["eval", str(crafted)], ["export", str(crafted), "--out", str(tmp_path / "b.pt")],
+                 ["pretrain", "--method", "simclr", "--resume", str(crafted)]):
+        assert cssl(argv) == 2
+        assert "not a cssl checkpoint" in capfd.readouterr().err
+    assert not marker.exists()
+
+
+def test_an_older_checkpoint_with_numpy_values_converts_when_trusted(tmp_path, capfd):
+    old = tmp_path / "old.pt"
+    weights = torch.randn(4, 4)
+    torch.save({"format": "cssl-checkpoint/1", "config": {"method": "simclr"}, "model": {"w": weights},
+                "step": 3, "steps_per_epoch": 1, "image_size": 32,
+                "normalization": {"mean": np.array([0.4, 0.5, 0.6]), "std": np.float32(0.25)}}, old)
+    assert f"cssl convert-checkpoint {old} --trust --out NEW.pt" in refusal(old)
+    new = tmp_path / "new.pt"
+    assert cssl(["convert-checkpoint", str(old), "--out", str(new)]) == 2  # not without --trust
+    assert "--trust" in capfd.readouterr().err and not new.exists()
+    assert cssl(["convert-checkpoint", str(old), "--out", str(new), "--trust"]) == 0
+    state = load_checkpoint(new)
+    assert torch.equal(state["model"]["w"], weights) and state["step"] == 3
+    assert torch.allclose(state["normalization"]["mean"], torch.tensor([0.4, 0.5, 0.6], dtype=torch.float64))
+    assert state["normalization"]["std"] == 0.25 and type(state["normalization"]["std"]) is float

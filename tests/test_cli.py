@@ -125,3 +125,93 @@ def test_eval_prints_an_aligned_table(run, capsys):
     assert cssl(["eval", last, "--protocol", "knn", "--set", "k=20", "--baseline", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["parameters"] == {"k": 20, "temperature": 0.1} and 0 <= result["baseline"]["top1"] <= 100
+
+
+@pytest.fixture
+def embedded_env(tmp_path, monkeypatch):
+    """An embedded service's state in tmp; whatever the commands set in os.environ is undone after."""
+    for name in ("CSSL_DATABASE_URL", "CSSL_BROKER_URL", "CSSL_AUTH_DISABLED"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("CSSL_STATE_DIR", str(tmp_path / "state"))
+    return tmp_path / "state"
+
+
+@pytest.mark.parametrize("command", ["serve", "api"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "[::]", "cssl.example.org"])
+def test_no_auth_refuses_a_bind_beyond_this_machine(embedded_env, capfd, monkeypatch, command, host):
+    import cli.service
+
+    monkeypatch.setattr(cli.service, "_run_api", lambda *args: pytest.fail("the server started"))
+    with pytest.raises(SystemExit) as exit_:
+        cssl([command, "--no-auth", "--host", host])
+    assert exit_.value.code == 2
+    err = capfd.readouterr().err
+    assert err.startswith(f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who "
+                          f"reaches --host {host} would act as 'local'; serve on 127.0.0.1"), err
+    assert not (embedded_env / "cssl.db").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_no_auth_serves_on_loopback(embedded_env, monkeypatch, host):
+    import cli.service
+
+    served = []
+    monkeypatch.setattr(cli.service, "_run_api", lambda args, settings: served.append((args.host, settings)) or 0)
+    assert cssl(["api", "--no-auth", "--host", host]) == 0
+    [(bound, settings)] = served
+    assert bound == host and settings.auth_disabled
+
+
+def test_the_auth_disabled_variable_is_held_to_loopback_too(embedded_env, monkeypatch, capfd):
+    monkeypatch.setenv("CSSL_AUTH_DISABLED", "1")
+    with pytest.raises(SystemExit):
+        cssl(["api", "--host", "0.0.0.0"])
+    assert "authentication is off" in capfd.readouterr().err
+
+
+def test_db_downgrade_says_what_it_deletes_and_asks_first(embedded_env, monkeypatch, capfd):
+    from store import migrate
+    from store.settings import Settings
+
+    url = Settings.from_env().database_url
+    assert cssl(["db", "upgrade"]) == 0
+    head = migrate.current_revision(url)
+    assert head == "0005"
+    capfd.readouterr()
+
+    for answer in ("n\n", "", "whatever\n"):  # no, no one to ask, anything but yes
+        monkeypatch.setattr("sys.stdin", io.StringIO(answer))
+        assert cssl(["db", "downgrade", "--revision", "0003"]) == 1
+        err = capfd.readouterr().err
+        assert migrate.current_revision(url) == head
+        assert "undoes 2 migration(s); what they hold is deleted for good:\n" in err
+        assert ("  0005 (An evaluation may have no accuracy): deletes rows: DELETE FROM evaluations WHERE top1 IS NULL"
+                "\n  0004 (Uploaded datasets): deletes table datasets\n") in err
+        assert err.endswith("Downgrade? [y/N] cssl: nothing changed (answer y, or pass --yes)\n")
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert cssl(["db", "downgrade", "--revision", "-1"]) == 0
+    assert migrate.current_revision(url) == "0004"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cssl(["db", "downgrade", "--revision", "0002", "--yes"]) == 0
+    assert migrate.current_revision(url) == "0002"
+    err = capfd.readouterr().err
+    assert "  0003 (Fault tolerance): deletes column job_events.seq, column jobs.stalled_attempts" in err
+    assert "Downgrade?" not in err.split("0003 (Fault")[1]
+
+    assert cssl(["db", "downgrade", "--revision", "9999", "--yes"]) == 2
+    assert migrate.current_revision(url) == "0002" and "9999" in capfd.readouterr().err
+
+
+def test_worker_check_says_whether_the_database_and_broker_answer(embedded_env, monkeypatch, capfd):
+    assert cssl(["db", "upgrade"]) == 0
+    capfd.readouterr()
+    assert cssl(["worker", "--check"]) == 0
+    assert capfd.readouterr().out == "worker ready: database and broker answer\n"
+    # Nothing listens on port 1: both are named, passwords masked.
+    monkeypatch.setenv("CSSL_DATABASE_URL", "postgresql://cssl:secret@127.0.0.1:1/cssl")
+    monkeypatch.setenv("CSSL_BROKER_URL", "redis://:secret@127.0.0.1:1/0")
+    assert cssl(["worker", "--check"]) == 1
+    err = capfd.readouterr().err
+    assert "cssl: unreachable: database postgresql+psycopg://cssl:***@127.0.0.1:1/cssl: " in err
+    assert "cssl: unreachable: broker redis://:***@127.0.0.1:1/0: " in err and "secret" not in err

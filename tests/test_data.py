@@ -15,6 +15,7 @@ from cssl_core.data import (
     ImageSplit,
     class_balanced_subset,
     dataset_names,
+    decoded_bytes_limit,
     describe_datasets,
     imagefolder,
     load_dataset,
@@ -257,6 +258,60 @@ def test_missing_test_folder_explains_layout(image_tree):
         load_dataset("imagefolder", image_tree)
 
 
+@pytest.mark.parametrize("link", ["file", "class folder", "split folder"])
+def test_links_inside_an_image_folder_are_refused_not_followed(image_tree, tmp_path, link):
+    outside = tmp_path / "outside"
+    save_image(outside / "secret.png", (1, 2, 3))
+    if link == "file":
+        (image_tree / "test" / "cat" / "1.png").symlink_to(outside / "secret.png")
+        name = "test/cat/1.png"
+    elif link == "class folder":
+        (image_tree / "test" / "dog" / "more").symlink_to(outside, target_is_directory=True)
+        name = "test/dog/more"
+    else:
+        os.rename(image_tree / "test", outside / "test")
+        (image_tree / "test").symlink_to(outside / "test", target_is_directory=True)
+        name = "test"
+    with pytest.raises(DataError, match=rf"{image_tree}/{name} is a link; links inside an image folder are not "):
+        load_dataset("imagefolder", image_tree, image_size=8)
+
+
+def test_a_file_swapped_for_a_link_after_the_walk_is_not_read(image_tree, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(png_bytes())
+    victim = image_tree / "train" / "dog" / "0.png"
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(DataError, match="is a link"):
+        imagefolder._read_no_links(victim)
+
+
+def test_a_data_set_over_the_decoded_bytes_limit_is_refused_before_decoding(image_tree, monkeypatch):
+    # 10 images of 16 x 16 x 3 = 7,680 bytes decoded: under a limit of that, over one byte less.
+    with decoded_bytes_limit(10 * 16 * 16 * 3, "CSSL_MAX_DECODED_BYTES"):
+        assert len(load_dataset("imagefolder", image_tree, image_size=16).train) == 7
+    decoded = []
+    monkeypatch.setattr(imagefolder, "_decode_image", lambda *args: decoded.append(args))
+    with decoded_bytes_limit(10 * 16 * 16 * 3 - 1, "CSSL_MAX_DECODED_BYTES"), pytest.raises(DataError) as error:
+        load_dataset("imagefolder", image_tree, image_size=17)
+    assert str(error.value) == (
+        f"{image_tree}/: 10 images of 17x17 take 8,670 bytes decoded in memory, more than the 7,679 bytes allowed "
+        "(CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, or raise CSSL_MAX_DECODED_BYTES")
+    assert decoded == []  # refused before the first image was read
+    # A cached copy is held in memory all the same.
+    with decoded_bytes_limit(1000, "CSSL_MAX_DECODED_BYTES"), pytest.raises(DataError, match="the decoded images take"):
+        load_dataset("imagefolder", image_tree, image_size=16)
+    with decoded_bytes_limit(None):
+        assert len(load_dataset("imagefolder", image_tree, image_size=16).test) == 3
+
+
+def test_cifar_counts_its_images_against_the_limit(cifar10_batches):
+    root, _ = cifar10_batches  # 26 images
+    limit = decoded_bytes_limit(26 * 64 * 64 * 3 - 1, "CSSL_MAX_DECODED_BYTES")
+    with limit, pytest.raises(DataError, match="26 images of 64x64"):
+        load_dataset("cifar10", root, image_size=64)
+
+
 def test_not_an_image_folder(tmp_path):
     (tmp_path / "stuff").mkdir()
     with pytest.raises(DataError, match="no image-folder tree"):
@@ -292,6 +347,10 @@ def test_stl10_binary(tmp_path):
 
     small = load_dataset("stl10", root, image_size=32)
     assert small.train.images.shape == (3, 3, 32, 32) and small.unlabeled.images.shape == (4, 3, 32, 32)
+    # All three splits count against a decoded-bytes limit: 9 images.
+    limit = decoded_bytes_limit(9 * 48 * 48 * 3 - 1, "CSSL_MAX_DECODED_BYTES")
+    with limit, pytest.raises(DataError, match="9 images of 48x48"):
+        load_dataset("stl10", root, image_size=48)
 
 
 def test_second_load_reuses_the_cache(image_tree, cache_dir, monkeypatch):

@@ -5,6 +5,8 @@ with its licence. The pages themselves are tested in a browser in tests/service/
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -83,7 +85,7 @@ def test_vendored_files_are_the_pinned_versions_with_their_licences():
     pins = json.loads((ROOT / "ui" / "package.json").read_text())["dependencies"]
     lock = json.loads((ROOT / "ui" / "package-lock.json").read_text())["packages"]
     for package, version in pins.items():
-        folder = UI / "vendor" / package
+        folder = UI / "vendor" / package.removesuffix("-dist")  # swagger-ui-dist's files are in vendor/swagger-ui
         assert lock[f"node_modules/{package}"]["version"] == version
         assert (folder / "VERSION").read_text().strip() == version, package
         assert (folder / "LICENSE").stat().st_size > 500, package
@@ -131,3 +133,26 @@ def test_the_shipped_modules_carry_no_test_hooks():
     # Tests and benchmarks wait on what a user sees (aria-busy, the drawn points), not on globals set for them.
     for module in (UI / "js").glob("**/*.js"):
         assert not re.search(r"\bwindow\.\w+\s*=", module.read_text()), module.name
+
+
+def test_docs_loads_only_same_origin_files_and_they_are_served(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    urls = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert sorted(urls) == ["/ui/vendor/swagger-ui/favicon-32x32.png", "/ui/vendor/swagger-ui/swagger-ui-bundle.js",
+                            "/ui/vendor/swagger-ui/swagger-ui.css"]
+    assert not re.search(r"(https?:)?//[a-z]", docs.text.replace("window.location.origin", ""))
+    types = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+    for url in urls:
+        served = client.get(url)
+        assert served.status_code == 200 and types[Path(url).suffix] in served.headers["content-type"], url
+        assert served.content == (UI / url.removeprefix("/ui/")).read_bytes()
+    assert "url: '/openapi.json'" in docs.text and client.get("/openapi.json").status_code == 200
+    # The one inline script runs by its hash; nothing else inline, nothing from elsewhere.
+    [inline] = re.findall(r"<script>(.*?)</script>", docs.text, re.DOTALL)
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    policy = dict(part.strip().split(" ", 1) for part in docs.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'self'" and policy["script-src"] == f"'self' 'sha256-{digest}'"
+    assert policy["connect-src"] == "'self'" and policy["img-src"] == "'self' data:"
+    redirect = client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200 and "script-src 'self' 'sha256-" in redirect.headers["content-security-policy"]

@@ -360,6 +360,7 @@ def _finish(settings: Settings, job: ClaimedJob, recorder: Recorder, outcome: Ou
 
 def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint], job_dir: Path,
          recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
+    from cssl_core.data import decoded_bytes_limit
     from cssl_core.errors import CsslError
 
     window = settings.database_retry_window
@@ -368,9 +369,10 @@ def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoin
             job = _resume_point(settings, job, candidates)
             recorder.job = job
         data = _job_data(settings, job)
-        if job.kind == "pretrain":
-            return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
-        return _evaluate_only(job, data, recorder, heartbeat)
+        with decoded_bytes_limit(settings.max_decoded_bytes, "CSSL_MAX_DECODED_BYTES"):
+            if job.kind == "pretrain":
+                return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
+            return _evaluate_only(job, data, recorder, heartbeat)
     except LeaseLost:
         return Outcome.lost()
     except DatabaseUnavailable as exc:
@@ -412,7 +414,7 @@ def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
 
     if job.dataset_path is None:
         return None
-    path = data_roots.resolve_data_path(settings, job.dataset_path, uploads=True)
+    path = data_roots.resolve_job_data(settings, job.dataset_path)
     if path is None:
         raise DataError("the job's data is no longer readable by the service (moved, deleted, or now outside its data "
                         "folders); submit the job again with a path under them, or an upload")

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from cssl_core.data import cache, cifar, digits, imagefolder, stl10, synthetic
+from cssl_core.data.budget import check_cached_bytes, decoded_bytes_limit
 from cssl_core.errors import ConfigError, DataError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "class_balanced_indices",
     "class_balanced_subset",
     "dataset_names",
+    "decoded_bytes_limit",
     "describe_datasets",
     "load_dataset",
     "locate_dataset",
@@ -203,6 +205,8 @@ def load_dataset(
     if not source.cached:
         return _to_dataset(name, source.decode(None, size))
     entry = cache.cache_file(cache_root, name, located, size)
+    if entry.is_file():
+        check_cached_bytes(entry.stat().st_size, located)
     decoded = cache.load(entry)
     if decoded is None:
         start = time.perf_counter()

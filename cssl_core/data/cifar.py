@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cssl_core.data import imagefolder
+from cssl_core.data.budget import check_decoded_bytes
 from cssl_core.data.cache import DecodedDataset, SplitArrays
 from cssl_core.errors import DataError
 
@@ -53,9 +54,9 @@ def decode_cifar10(source: Path, image_size: int) -> DecodedDataset:
         return imagefolder.decode(source, image_size)
     meta = _unpickle(source / "batches.meta")
     classes = [_text(name) for name in _field(meta, "label_names", source / "batches.meta")]
-    train = _batches(source, CIFAR10_TRAIN, "labels", image_size)
-    test = _batches(source, ["test_batch"], "labels", image_size)
-    return DecodedDataset(classes=classes, train=train, test=test)
+    train = _batches(source, CIFAR10_TRAIN, "labels")
+    test = _batches(source, ["test_batch"], "labels")
+    return _resized(classes, train, test, image_size, source)
 
 
 def download_cifar10(root: Path) -> None:
@@ -75,16 +76,25 @@ def locate_cifar100(path: Path) -> Path:
 def decode_cifar100(source: Path, image_size: int) -> DecodedDataset:
     meta = _unpickle(source / "meta")
     classes = [_text(name) for name in _field(meta, "fine_label_names", source / "meta")]
-    train = _batches(source, ["train"], "fine_labels", image_size)
-    test = _batches(source, ["test"], "fine_labels", image_size)
-    return DecodedDataset(classes=classes, train=train, test=test)
+    train = _batches(source, ["train"], "fine_labels")
+    test = _batches(source, ["test"], "fine_labels")
+    return _resized(classes, train, test, image_size, source)
 
 
 def download_cifar100(root: Path) -> None:
     _download("CIFAR100", root)
 
 
-def _batches(folder: Path, names: list[str], label_key: str, image_size: int) -> SplitArrays:
+def _resized(classes: list[str], train: SplitArrays, test: SplitArrays, size: int, source: Path) -> DecodedDataset:
+    """Both splits at ``size``, once their decoded size is checked against the limit in effect."""
+    check_decoded_bytes(len(train.images) + len(test.images), size, source)
+    return DecodedDataset(classes=classes,
+                          train=SplitArrays(imagefolder.resize_arrays(train.images, size), train.labels),
+                          test=SplitArrays(imagefolder.resize_arrays(test.images, size), test.labels))
+
+
+def _batches(folder: Path, names: list[str], label_key: str) -> SplitArrays:
+    """The images at their native 32 x 32, and their labels."""
     images, labels = [], []
     for name in names:
         batch = _unpickle(folder / name)
@@ -98,7 +108,7 @@ def _batches(folder: Path, names: list[str], label_key: str, image_size: int) ->
         images.append(data.reshape(-1, 3, NATIVE_SIZE, NATIVE_SIZE))
         labels.append(batch_labels)
     stacked = np.ascontiguousarray(np.concatenate(images))
-    return SplitArrays(imagefolder.resize_arrays(stacked, image_size), np.concatenate(labels))
+    return SplitArrays(stacked, np.concatenate(labels))
 
 
 class _ArrayUnpickler(pickle.Unpickler):

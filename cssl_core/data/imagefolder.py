@@ -6,7 +6,9 @@ Layout (torchvision's ``ImageFolder``, one tree per split)::
     test/<class>/<image>
 
 Class names are the ``train/`` folder names in sorted order. Any format Pillow reads
-is accepted; files whose names start with ``.`` and non-image files are skipped. Every
+is accepted; files whose names start with ``.`` and non-image files are skipped. Links
+inside the tree (to files or folders) are refused rather than followed, so that a tree
+reads only its own files. Every
 image is converted to RGB, its short side resized to ``image_size`` and centre-cropped
 to a square. Archives (``.tar``, ``.tar.gz``, ``.tgz``, ...) are read in memory with
 ``tarfile``; nothing is extracted to disk.
@@ -14,6 +16,7 @@ to a square. Archives (``.tar``, ``.tar.gz``, ``.tgz``, ...) are read in memory 
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tarfile
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cssl_core.data.budget import check_decoded_bytes
 from cssl_core.data.cache import DecodedDataset, SplitArrays
 from cssl_core.errors import DataError
 
@@ -76,7 +80,7 @@ def decode(source: Path, image_size: int) -> DecodedDataset:
         files, dirs, root = _read_archive(source)
         return _decode_tree(list(files), dirs, files.pop, image_size, where=f"{source}:{root}")
     files, dirs = _walk(source)
-    return _decode_tree(files, dirs, lambda rel: (source / rel).read_bytes(), image_size, where=f"{source}/")
+    return _decode_tree(files, dirs, lambda rel: _read_no_links(source / rel), image_size, where=f"{source}/")
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:
@@ -106,11 +110,33 @@ def resize_arrays(images: np.ndarray, size: int, chunk: int = 2048) -> np.ndarra
 def _walk(root: Path) -> tuple[list[str], set[str]]:
     files, dirs = [], set()
     for split in SPLITS:
-        for parent, subdirs, names in os.walk(root / split, followlinks=True):
+        if (root / split).is_symlink():
+            raise _link_error(root / split)
+        for parent, subdirs, names in os.walk(root / split):
             rel_parent = Path(parent).relative_to(root).as_posix()
+            for name in subdirs + names:
+                if not name.startswith(".") and os.path.islink(os.path.join(parent, name)):
+                    raise _link_error(Path(parent, name))
             dirs.update(f"{rel_parent}/{d}" for d in subdirs)
             files.extend(f"{rel_parent}/{n}" for n in names)
     return files, dirs
+
+
+def _link_error(path: Path) -> DataError:
+    return DataError(f"{path} is a link; links inside an image folder are not followed: "
+                     "put the files themselves in the folder")
+
+
+def _read_no_links(path: Path) -> bytes:
+    """The file's bytes; a link put in its place after the walk is refused, not followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link_error(path) from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def _read_archive(archive: Path) -> tuple[dict[str, bytes], set[str], str]:
@@ -181,10 +207,10 @@ def _decode_tree(
     if unknown:
         raise DataError(f"{where}test/ has classes missing from train/: {', '.join(unknown)}")
 
-    splits = {}
-    for split in SPLITS:
-        items = [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
-        splits[split] = _decode_items(items, read, image_size, where)
+    items = {split: [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
+             for split in SPLITS}
+    check_decoded_bytes(sum(map(len, items.values())), image_size, where)
+    splits = {split: _decode_items(items[split], read, image_size, where) for split in SPLITS}
     return DecodedDataset(classes=classes, train=splits["train"], test=splits["test"])
 
 

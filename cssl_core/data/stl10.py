@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cssl_core.data.budget import check_decoded_bytes
 from cssl_core.data.cache import DecodedDataset, SplitArrays
 from cssl_core.data.imagefolder import resize_arrays
 from cssl_core.errors import DataError
@@ -43,6 +44,8 @@ def decode(source: Path, image_size: int) -> DecodedDataset:
         if not (source / name).is_file():
             raise DataError(f"missing {source / name}: an STL-10 binary folder holds {', '.join(FILES)}")
     classes = [line.strip() for line in (source / "class_names.txt").read_text().splitlines() if line.strip()]
+    binaries = [source / f"{split}_X.bin" for split in ("train", "test", "unlabeled")]
+    check_decoded_bytes(sum(p.stat().st_size // IMAGE_BYTES for p in binaries if p.is_file()), image_size, source)
     train = _split(source, "train", len(classes), image_size)
     test = _split(source, "test", len(classes), image_size)
     unlabeled = None

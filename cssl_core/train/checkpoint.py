@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ FORMAT = "cssl-checkpoint/1"
 REQUIRED_KEYS = ("config", "model", "step", "steps_per_epoch", "image_size")
 ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # without pickle's STOP
+# torch's restricted unpickler (weights_only=True) names the global it refused after this word.
+REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 @dataclass
@@ -55,9 +59,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain values (dict, list, tuple, str, numbers) only, so that a
+        # crafted file cannot run code; the loop writes nothing else.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise CheckpointError(f"could not read checkpoint {path}: {exc.strerror or exc}") from None
+    except pickle.UnpicklingError as exc:
+        found = REFUSED_GLOBAL.search(str(exc))
+        if not found:  # random bytes fail in the same unpickler
+            raise CheckpointError(f"not a cssl checkpoint: {path}: {_unreadable_reason(path)}") from None
+        raise CheckpointError(
+            f"not a cssl checkpoint: {path}: it holds Python objects other than tensors and plain values "
+            f"({found.group(1)}), which loading could run as code; if you trust the file "
+            f"(e.g. a checkpoint from an older cssl), `cssl convert-checkpoint {path} --trust --out NEW.pt` "
+            "rewrites it with plain values only") from None
     except Exception:  # the pickle and zip readers raise many kinds; the reason comes from the bytes
         raise CheckpointError(f"not a cssl checkpoint: {path}: {_unreadable_reason(path)}") from None
     if not isinstance(state, dict):
@@ -117,3 +132,47 @@ def export_backbone(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(build_encoder_from_checkpoint(state).state_dict(), out)
     return out
+
+
+def convert_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Rewrite a trusted checkpoint whose pickle holds other objects (numpy arrays and scalars,
+    dataclasses) with tensors and plain values only, so that :func:`load_checkpoint` reads it.
+
+    This unpickles ``path`` without restriction, which runs any code the file carries: only for
+    files you wrote yourself or got from someone you trust.
+    """
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        raise CheckpointError(f"not a cssl checkpoint: {path}: {_unreadable_reason(path)}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"not a cssl checkpoint: {path}: it is not a dict with format {FORMAT!r}")
+    state.pop("format")
+    save_checkpoint(_plain(state, "state"), out)
+    load_checkpoint(out)  # the result reads under the same rules as every other checkpoint
+    return out
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` with numpy arrays as tensors, numpy scalars as Python numbers and dataclasses as
+    dicts, recursively; anything else that is not a tensor or a plain value is an error."""
+    import numpy as np
+
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype,
+                                           torch.device, torch.Size)):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
+    raise CheckpointError(f"cannot convert {where}: a {type(value).__module__}.{type(value).__qualname__} "
+                          "has no plain equivalent")

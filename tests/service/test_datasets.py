@@ -312,6 +312,57 @@ def test_the_worker_checks_the_path_again_when_the_job_runs(client, alice, setti
         assert str(outside) not in text and str(tmp_path) not in text and str(DATA_ROOT) not in text
 
 
+@pytest.mark.parametrize("stored", ["uploads/{id}/.", "uploads/{id}/train/..", "./uploads/{id}",
+                                    "uploads/../uploads/{id}", "uploads/.incoming"])
+def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, stored):
+    """A job's stored data path is ``uploads/<id>`` exactly, or it reaches no upload: the worker
+    does not follow any other path into the uploads folder (a row written by something else)."""
+    from sqlalchemy import update
+
+    from store.db import session_scope
+    from store.models import Job
+    from worker import runner
+
+    dataset = upload(client, alice, image_archive()).json()
+    queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
+    assert queued["dataset"]["path"] == f"uploads/{dataset['id']}"
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == queued["id"])
+                        .values(dataset_path=stored.format(id=dataset["id"])))
+    assert runner.run_job(settings, queued["id"], "w-check") == "failed"
+    failed = client.get(f"/v1/jobs/{queued['id']}", headers=alice).json()
+    assert "no longer readable" in failed["error"] and failed["result"] is None
+
+
+def test_a_data_set_over_the_decoded_bytes_limit_fails_the_job_before_decoding(client, alice, settings):
+    from worker import runner
+
+    dataset = upload(client, alice, image_archive()).json()
+    queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
+    # 16 images at imagefolder's 64 px take 196,608 bytes decoded.
+    assert runner.run_job(settings.with_(max_decoded_bytes=196_607), queued["id"], "w-check") == "failed"
+    failed = client.get(f"/v1/jobs/{queued['id']}", headers=alice).json()
+    assert failed["result"] is None and failed["progress"] is None
+    assert failed["error"].endswith(": 16 images of 64x64 take 196,608 bytes decoded in memory, more than the 196,607 "
+                                    "bytes allowed (CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, "
+                                    "or raise CSSL_MAX_DECODED_BYTES"), failed["error"]
+
+
+def test_a_link_inside_a_data_set_to_a_file_outside_the_roots_is_not_read(server, worker, alice, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(png(999))
+    tree = write_tree(DATA_ROOT / f"linked-{uuid.uuid4().hex[:6]}", image_files())
+    (tree / "test" / "cat" / "9.png").symlink_to(secret)  # the test split: what attention maps show back
+    submitted = httpx.post(f"{server}/v1/jobs", json=job({"name": "imagefolder", "path": tree.name}), headers=alice)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    read_events(server, f"/v1/jobs/{job_id}/events", alice, timeout=240)
+    done = httpx.get(f"{server}/v1/jobs/{job_id}", headers=alice).json()
+    assert done["status"] == "failed" and done["result"] is None
+    assert done["error"] == (f"{tree}/test/cat/9.png is a link; links inside an image folder are not followed: "
+                             "put the files themselves in the folder")
+
+
 def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
     body = image_archive()
     response = httpx.post(f"{server}/v1/datasets/uploads", params={"name": "pets"}, content=body, headers=alice, timeout=60)
