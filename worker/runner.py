@@ -22,6 +22,7 @@ from store import data_roots, jobs, records
 from store.db import retry_transient, session_scope
 from store.models import Job
 from store.settings import Settings
+from worker.run_time import RunTimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Heartbeat:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+        self.run_time = RunTimeLimit(settings.max_run_seconds)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -91,11 +93,13 @@ class Heartbeat:
     def should_stop(self) -> bool:
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
-        return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set()
+        return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set() or self.run_time.passed()
 
     def stopped_status(self) -> str:
-        """Why ``should_stop`` said so: the user cancelled, or the worker is going away."""
-        return "cancelled" if self.cancel_requested.is_set() else RELEASED
+        """Why ``should_stop`` said so: the user cancelled, the job ran out of time, or the worker is going away."""
+        if self.cancel_requested.is_set():
+            return "cancelled"
+        return "failed" if self.run_time.passed() else RELEASED
 
 
 class Recorder:
@@ -201,6 +205,8 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
             job = retry_transient(lambda: _resume_point(settings, job, candidates), what=f"choosing where job {job.id} resumes")
         recorder = Recorder(settings, job, heartbeat)
         status, error, result = _run(settings, job, job_dir, recorder, heartbeat)
+        if status == "failed" and error is None:
+            error = heartbeat.run_time.message()
         if status is None:
             log.warning("job %s was given to another attempt; stopping without recording", job.id)
             return None
@@ -339,7 +345,7 @@ def _run_evaluations(job, checkpoint, checkpoint_id, dataset, data, device, reco
 def _claim(settings: Settings, job_id: str, worker_name: str) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
     """The claimed job, and its checkpoints newest first (where a later attempt may resume)."""
     with session_scope(settings.database_url) as session:
-        job: Job | None = jobs.claim_job(session, job_id, worker_name)
+        job: Job | None = jobs.claim_job(session, job_id, worker_name, settings.max_running_jobs)
         if job is None:
             return None
         source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None
