@@ -170,7 +170,8 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: 
                 return process, base
         except httpx.TransportError:
             time.sleep(0.2)
-    raise AssertionError(f"API did not start:\n{process.output()}")
+    process.stop()  # else it starts later and its sweeper publishes other tests' jobs
+    raise AssertionError(f"API did not start in {timeout:g} s:\n{process.output()}")
 
 
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
