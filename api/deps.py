@@ -63,55 +63,84 @@ ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 class TokenCache:
-    """Owners of recently seen tokens, so that most requests skip the token query. A revoked
-    token keeps working for at most ``ttl`` seconds."""
+    """Callers of recently seen tokens, so that most requests skip the token query, and tokens
+    recently found unknown, so that a stream of bad tokens does not query the database each
+    time. A revoked token keeps working for at most ``ttl`` seconds; an unknown token is not
+    looked up again for ``miss_ttl`` seconds (a new token is random, so it was never one)."""
 
-    def __init__(self, ttl: float = 30.0, size: int = 10_000):
-        self.ttl, self.size = ttl, size
-        self._owners: dict[str, tuple[str, float]] = {}
+    def __init__(self, ttl: float = 30.0, size: int = 10_000, miss_ttl: float = 10.0):
+        self.ttl, self.size, self.miss_ttl = ttl, size, miss_ttl
+        self._callers: dict[str, tuple[tokens.Caller, float]] = {}
+        self._misses: dict[str, float] = {}
 
-    def get(self, token_hash: str) -> str | None:
-        hit = self._owners.get(token_hash)
+    def get(self, token_hash: str) -> tokens.Caller | None:
+        hit = self._callers.get(token_hash)
         if hit is None or hit[1] < time.monotonic():
             return None
         return hit[0]
 
-    def put(self, token_hash: str, owner: str) -> None:
-        if len(self._owners) >= self.size:
-            self._owners.clear()
-        self._owners[token_hash] = (owner, time.monotonic() + self.ttl)
+    def put(self, token_hash: str, caller: tokens.Caller) -> None:
+        if len(self._callers) >= self.size:
+            self._callers.clear()
+        self._callers[token_hash] = (caller, time.monotonic() + self.ttl)
+
+    def known_unknown(self, token_hash: str) -> bool:
+        expires = self._misses.get(token_hash)
+        return expires is not None and expires >= time.monotonic()
+
+    def put_unknown(self, token_hash: str) -> None:
+        if len(self._misses) >= self.size:
+            self._misses.clear()
+        self._misses[token_hash] = time.monotonic() + self.miss_ttl
 
 
-def _lookup_owner(request: Request, token: str) -> str | None:
-    with request.app.state.read_sessions() as session:
-        return tokens.owner_for_token(session, token)
+def _authenticate(request: Request, token: str, token_hash: str) -> tokens.Caller:
+    """The token's caller, from the database unless it was found unknown a moment ago; counts
+    each unknown token against the client's address and refuses an address over its limit."""
+    cache: TokenCache = request.app.state.token_cache
+    limits = request.app.state.limits
+    address = request.client.host if request.client else "unknown"
+    limits.check_auth_failures(address)
+    caller = None
+    if not cache.known_unknown(token_hash):
+        with request.app.state.read_sessions() as session:
+            caller = tokens.caller_for_token(session, token)
+    if caller is None:
+        cache.put_unknown(token_hash)
+        limits.count_auth_failure(address)
+        raise ProblemError(
+            401,
+            "the bearer token is unknown or revoked; create one with `cssl token create --owner NAME`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    cache.put(token_hash, caller)
+    return caller
 
 
-async def current_owner(
+async def current_caller(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
+) -> tokens.Caller:
     if settings.auth_disabled:
-        return settings.local_owner
-    unauthorized = {"WWW-Authenticate": "Bearer"}
+        # The one user of a local embedded service is its operator.
+        return tokens.Caller(settings.local_owner, admin=True)
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise ProblemError(
             401,
             "send `Authorization: Bearer <token>`; create a token with `cssl token create --owner NAME`",
-            headers=unauthorized,
+            headers={"WWW-Authenticate": "Bearer"},
         )
-    cache: TokenCache = request.app.state.token_cache
     token_hash = tokens.hash_token(credentials.credentials)
-    owner = cache.get(token_hash)
-    if owner is None:
-        owner = await run_in_threadpool(_lookup_owner, request, credentials.credentials)
-        if owner is None:
-            raise ProblemError(
-                401, "the bearer token is unknown or revoked; create one with `cssl token create --owner NAME`", headers=unauthorized
-            )
-        cache.put(token_hash, owner)
-    return owner
+    caller = request.app.state.token_cache.get(token_hash)
+    if caller is None:
+        caller = await run_in_threadpool(_authenticate, request, credentials.credentials, token_hash)
+    return caller
 
 
+async def current_owner(caller: Annotated[tokens.Caller, Depends(current_caller)]) -> str:
+    return caller.owner
+
+
+CurrentCaller = Annotated[tokens.Caller, Depends(current_caller)]
 CurrentOwner = Annotated[str, Depends(current_owner)]

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from api import problems
 from api.bodylimit import BodyLimit
 from api.deps import TokenCache
-from api.ratelimit import TokenBucket
+from api.ratelimit import Limits
 from api.routes import artifacts, catalog, datasets, docs, health, jobs, ui
 from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.celery = make_celery(settings)
     app.state.publisher = Publisher(app.state.celery, settings)
     app.state.token_cache = TokenCache()
-    app.state.submit_bucket = TokenBucket.from_settings(settings)
+    app.state.limits = Limits(settings)
     problems.install(app)
     app.add_middleware(BodyLimit)
     for module in (jobs, artifacts, catalog, datasets, health):

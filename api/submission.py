@@ -71,6 +71,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
             errors.append(field_error(["body", "dataset", "options", key], f"conflicts with config.{key}"))
         else:
             overrides[key] = value
+    _fit_run_time(overrides, settings, errors)
     if errors:
         raise invalid(errors)
 
@@ -91,6 +92,20 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         evaluate=protocols,
         priority=body.priority,
     )
+
+
+def _fit_run_time(overrides: dict, settings: Settings, errors: list) -> None:
+    """A job runs for at most CSSL_MAX_RUN_SECONDS: one that asks for a longer time_budget is
+    refused, one that asks for none gets that one (its schedules are fitted to it)."""
+    most = settings.max_run_seconds
+    if not most:
+        return
+    budget = overrides.get("time_budget")
+    if budget is None:
+        overrides["time_budget"] = most
+    elif isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > most:
+        errors.append(field_error(["body", "config", "time_budget"], f"at most {most:g} seconds, the service's maximum "
+                                  "run time (CSSL_MAX_RUN_SECONDS); ask for less, or leave it out to get the maximum"))
 
 
 def _protocol_params(config: dict, errors: list) -> dict[str, dict]:

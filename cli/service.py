@@ -51,6 +51,7 @@ def add_service_commands(subparsers) -> None:
     token_sub = token.add_subparsers(dest="token_command", required=True)
     p = token_sub.add_parser("create", help="create a token; it is printed once, on the last line")
     p.add_argument("--owner", required=True, help="who the token's jobs belong to")
+    p.add_argument("--admin", action="store_true", help="the token may submit jobs above the default priority (5)")
     p.set_defaults(func=cmd_token_create)
     p = token_sub.add_parser("list", help="list tokens by prefix, owner and state (the tokens themselves are not stored)")
     p.add_argument("--owner", help="only this owner's tokens")
@@ -293,8 +294,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _ready_schema(settings)
     with session_scope(settings.database_url) as session:
-        token = tokens.create_token(session, args.owner)
-    print(f"token for {args.owner.strip()} (shown once; only its hash is stored):", file=sys.stderr)
+        token = tokens.create_token(session, args.owner, admin=args.admin)
+    scope = "admin token" if args.admin else "token"
+    print(f"{scope} for {args.owner.strip()} (shown once; only its hash is stored):", file=sys.stderr)
     print(token)
     return 0
 
@@ -307,11 +309,11 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     _ready_schema(settings)
     with session_scope(settings.database_url) as session:
         rows = [
-            (t.prefix, t.owner, t.created_at.isoformat(timespec="seconds"),
+            (t.prefix, t.owner, "admin" if t.admin else "user", t.created_at.isoformat(timespec="seconds"),
              f"revoked {t.revoked_at.isoformat(timespec='seconds')}" if t.revoked_at else "active")
             for t in tokens.list_tokens(session, args.owner)
         ]
-    print("prefix\towner\tcreated\tstate")
+    print("prefix\towner\tscope\tcreated\tstate")
     for row in rows:
         print("\t".join(row))
     return 0

@@ -8,6 +8,7 @@ the API and the sweeper may race without harm. Each change also appends a job ev
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from store.models import TERMINAL_STATUSES, Checkpoint, Job, utcnow
 from store.records import add_event
+
+log = logging.getLogger(__name__)
 
 
 class IdempotencyConflict(Exception):
@@ -84,6 +87,15 @@ def create_job(
         return _same_request(existing, request_hash), False
     add_event(session, job.id, "state", {"status": "queued", "attempt": 0})
     return job, True
+
+
+def idempotent_job(session: Session, owner: str, key: str) -> Job | None:
+    """The job an earlier submission with this idempotency key created, if any."""
+    return _by_idempotency_key(session, owner, key)
+
+
+def count_jobs(session: Session, owner: str, status: str) -> int:
+    return session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status == status))
 
 
 def _by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
@@ -157,9 +169,13 @@ def request_cancel(session: Session, job: Job) -> Job:
 # The worker's side. Each write names the attempt it belongs to.
 
 
-def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
-    """Take a queued job; None when it is not queued (a duplicate message, or cancelled)."""
+def claim_job(session: Session, job_id: str, worker: str, max_running: int = 0) -> Job | None:
+    """Take a queued job; None when it is not queued (a duplicate message, or cancelled), or
+    when its owner already has ``max_running`` jobs running (0: no limit): then it stays queued
+    with no message out, so the sweeper publishes it again."""
     now = utcnow()
+    if max_running and not _owner_may_run(session, job_id, max_running):
+        return None
     job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
@@ -181,6 +197,20 @@ def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
         return None
     add_event(session, job.id, "state", {"status": "running", "attempt": job.attempt, "worker": worker})
     return job
+
+
+def _owner_may_run(session: Session, job_id: str, max_running: int) -> bool:
+    owner = session.scalar(select(Job.owner).where(Job.id == job_id, Job.status == "queued"))
+    if owner is None:
+        return True  # the claim finds nothing to take
+    if session.get_bind().dialect.name == "postgresql":
+        # One claim per owner at a time, until commit, so that two workers cannot both take the last place.
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext("cssl.claim." + owner))))
+    if count_jobs(session, owner, "running") < max_running:
+        return True
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=None))
+    log.info("job %s waits: %s has %d jobs running (CSSL_MAX_RUNNING_JOBS)", job_id, owner, max_running)
+    return False
 
 
 def _newest_checkpoint_step():

@@ -71,6 +71,8 @@ class ApiToken(Base):
     # sha256 of the token: tokens are 256-bit random, so a fast hash is enough.
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
+    # May submit above the default priority.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
 

@@ -46,8 +46,21 @@ class Settings(BaseSettings):
                                          "before it gives its running job back to the queue")
     progress_buffer: int = Field(10_000, ge=1, description="progress points a worker keeps in memory while the "
                                  "database is unreachable; when full, training waits for the database")
-    submit_rate: float = Field(60.0, ge=0, description="job submissions per minute per owner, in each API process; 0: no limit")
+    submit_rate: float = Field(60.0, ge=0, description="job submissions and uploads per minute per owner, shared by "
+                               "every API process on one CSSL_LIMITS_URL; 0: no limit")
     submit_burst: int = Field(20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies")
+    limits_url: str = Field("", description="Redis holding the rate limits' counters (default: CSSL_BROKER_URL when "
+                            "it is Redis, else in the API process's memory)")
+    auth_failures_per_minute: int = Field(30, ge=0, description="unknown or revoked tokens a client address may send "
+                                          "in a minute before it gets 429; 0: no limit")
+    max_event_streams: int = Field(10, ge=0, description="event streams (GET /v1/jobs/{id}/events) an owner may hold "
+                                   "open at once; 0: no limit")
+    max_queued_jobs: int = Field(100, ge=0, description="queued jobs an owner may have; a submission past it is a "
+                                 "429; 0: no limit")
+    max_running_jobs: int = Field(4, ge=0, description="jobs of one owner that run at once; the others wait in the "
+                                  "queue until one ends; 0: no limit")
+    max_run_seconds: float = Field(86400.0, ge=0, description="seconds one attempt of a job may run on a worker, its "
+                                   "evaluations included; a job with no time_budget gets this one; 0: no limit")
     data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         (), description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
         "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,20 +19,33 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, owner: str) -> str:
+class Caller(NamedTuple):
+    """Whom a token acts for: jobs belong to ``owner``; an ``admin`` may also raise priorities."""
+
+    owner: str
+    admin: bool = False
+
+
+def create_token(session: Session, owner: str, *, admin: bool = False) -> str:
     """A new token for ``owner``; returns the plain token, which is not stored."""
     if not owner or not owner.strip():
         raise ValueError("owner must be a non-empty name")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(owner=owner.strip(), token_hash=hash_token(token), prefix=token[:PREFIX_LENGTH]))
+    session.add(ApiToken(owner=owner.strip(), token_hash=hash_token(token), prefix=token[:PREFIX_LENGTH], admin=admin))
     session.flush()
     return token
 
 
+def caller_for_token(session: Session, token: str) -> Caller | None:
+    """The active token's owner and scope; None for an unknown or revoked token."""
+    active = (ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+    row = session.execute(select(ApiToken.owner, ApiToken.admin).where(*active)).first()
+    return Caller(row.owner, bool(row.admin)) if row else None
+
+
 def owner_for_token(session: Session, token: str) -> str | None:
-    return session.scalar(
-        select(ApiToken.owner).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-    )
+    caller = caller_for_token(session, token)
+    return caller.owner if caller else None
 
 
 def list_tokens(session: Session, owner: str | None = None) -> Sequence[ApiToken]:

@@ -35,6 +35,7 @@ from store import data_roots, jobs, records
 from store.db import DatabaseUnavailable, is_transient, transaction
 from store.models import Job
 from store.settings import Settings
+from worker.run_time import RunTimeLimit
 
 log = logging.getLogger(__name__)
 # Tracebacks: the worker's own log only, never the job's log that its owner reads.
@@ -114,6 +115,7 @@ class Heartbeat:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+        self.run_time = RunTimeLimit(settings.max_run_seconds)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -148,12 +150,14 @@ class Heartbeat:
     def should_stop(self) -> bool:
         if self.lost.is_set():
             raise LeaseLost(self.job_id)
-        return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set()
+        return self.cancel_requested.is_set() or SHUTTING_DOWN.is_set() or self.run_time.passed()
 
     def stopped(self, result: dict[str, Any] | None) -> Outcome:
-        """Why ``should_stop`` said so: the user cancelled, or the worker is going away."""
+        """Why ``should_stop`` said so: the user cancelled, the job ran out of time, or the worker is going away."""
         if self.cancel_requested.is_set():
             return Outcome(Ending.CANCELLED, result=result)
+        if self.run_time.passed():
+            return Outcome(Ending.FAILED, self.run_time.message(), result)
         return Outcome.released("shut down; the job resumes from its last checkpoint", result)
 
 
@@ -512,7 +516,7 @@ def _claim(settings: Settings, job_id: str, worker_name: str,
     """The claimed job, and its checkpoints newest first (where a later attempt may resume)."""
 
     def claim(session: Session) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
-        job: Job | None = jobs.claim_job(session, job_id, worker_name)
+        job: Job | None = jobs.claim_job(session, job_id, worker_name, settings.max_running_jobs)
         if job is None:
             return None
         source = session.get(records.Checkpoint, job.source_checkpoint_id) if job.source_checkpoint_id else None

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api import events, submission
-from api.deps import CurrentOwner, PublisherDep, ReadSessionDep, SessionDep, SettingsDep
-from api.problems import ProblemError, problem
-from api.ratelimit import TOO_MANY, limit_submissions
+from api.deps import CurrentCaller, CurrentOwner, PublisherDep, ReadSessionDep, SessionDep, SettingsDep
+from api.problems import ProblemError, field_error, problem
+from api.ratelimit import TOO_MANY, holding, limit_submissions, too_many
 from api.routes.artifacts import artifact_file
 from api.schemas import (EVAL_EXAMPLE, JOB_ID_PATTERN, MAX_ROW_ID, PRETRAIN_EXAMPLE, TRY_EXAMPLE, JobCreate, JobKind,
                          JobList, JobMetrics, JobPublic, JobStatus)
@@ -26,6 +26,8 @@ JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id: 32 he
 # SSE ids are non-negative integers; a Last-Event-ID that is not one is ignored, as the SSE
 # spec has clients ignore an id they cannot use.
 EVENT_ID = re.compile(r"[0-9]{1,10}")
+# Any owner may submit up to this priority; above it takes an admin token.
+DEFAULT_PRIORITY = 5
 
 
 def job_links(job_id: str) -> dict:
@@ -64,6 +66,7 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
             },
             "links": job_links("$response.body#/id"),
         },
+        403: problem("A priority above the default needs an admin token"),
         422: problem("A field is invalid, or names something that does not exist or is not yours; `errors` names each one"),
         429: TOO_MANY,
     },
@@ -72,7 +75,7 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
 )
 def submit_job(
     session: SessionDep,
-    owner: CurrentOwner,
+    caller: CurrentCaller,
     publisher: PublisherDep,
     settings: SettingsDep,
     response: Response,
@@ -86,7 +89,25 @@ def submit_job(
         Header(max_length=255, description="Retry safely: the same key and body returns the first job"),
     ] = None,
 ) -> JobPublic:
+    owner = caller.owner
+    if body.priority > DEFAULT_PRIORITY and not caller.admin:
+        raise ProblemError(
+            403,
+            f"priority {body.priority} needs an admin token (`cssl token create --owner NAME --admin`); "
+            f"submit at priority {DEFAULT_PRIORITY} or lower",
+            title="Priority needs an admin token",
+            errors=[field_error(["body", "priority"], f"at most {DEFAULT_PRIORITY} without an admin token")],
+        )
     new = submission.resolve(session, owner, body, settings)
+    if settings.max_queued_jobs and not (idempotency_key and jobs.idempotent_job(session, owner, idempotency_key)):
+        queued = jobs.count_jobs(session, owner, "queued")
+        if queued >= settings.max_queued_jobs:
+            raise too_many(
+                "CSSL_MAX_QUEUED_JOBS",
+                f"too many queued jobs: {owner} has {queued} and each owner may have {settings.max_queued_jobs} "
+                "(CSSL_MAX_QUEUED_JOBS); submit again once some have started, or cancel some",
+                title="Too many queued jobs",
+            )
     try:
         job, created = jobs.create_job(
             session, owner, new, idempotency_key=idempotency_key, request_hash=submission.request_hash(body)
@@ -173,6 +194,7 @@ def get_metrics(
             "description": "Events `state`, `progress`, `checkpoint`, `evaluation`, `cancel_requested`; "
             "the stream ends with `end` once the job has finished",
         },
+        429: TOO_MANY,
     },
     response_class=StreamingResponse,
     summary="Server-Sent Events: progress and state changes as they happen",
@@ -192,8 +214,9 @@ def get_events(
     job = _owned_job(session, job_id, owner)
     resume = EVENT_ID.fullmatch(last_event_id.strip()) if last_event_id else None
     start = int(resume.group()) if resume and int(resume.group()) <= MAX_ROW_ID else (after or 0)
+    slot = request.app.state.limits.open_stream(owner)
     return StreamingResponse(
-        events.stream(request, request.app.state.read_sessions, job.id, start),
+        holding(slot, events.stream(request, request.app.state.read_sessions, job.id, start)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -91,6 +91,8 @@ SERVICE_ENV = {
     "CSSL_PROGRESS_EVERY": "1",
     # Tests submit jobs faster than a user would; those about the limit set their own.
     "CSSL_SUBMIT_RATE": "0",
+    "CSSL_AUTH_FAILURES_PER_MINUTE": "0",
+    "CSSL_MAX_QUEUED_JOBS": "0",
     # Jobs read data from the state folder's data/ (uploads go there) and from the shared archives.
     "CSSL_DATA_ROOTS": os.pathsep.join([str(DATA_ROOT), str(SHARED_DATA)]),
     # The decoded-dataset cache of earlier runs, so that CIFAR-10 is decoded once, not every session.
@@ -152,7 +154,7 @@ def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
     return worker
 
 
-def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[Process, str]:
+def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: float = 60) -> tuple[Process, str]:
     """A real uvicorn process serving the API (its sweeper included); returns it and its base URL."""
     port = port or free_port()
     process = Process(
@@ -161,14 +163,15 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[
         log,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{base}/healthz").status_code == 200:
                 return process, base
         except httpx.TransportError:
             time.sleep(0.2)
-    raise AssertionError(f"API did not start:\n{process.output()}")
+    process.stop()  # else it starts later and its sweeper publishes other tests' jobs
+    raise AssertionError(f"API did not start in {timeout:g} s:\n{process.output()}")
 
 
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:

@@ -158,7 +158,7 @@ def test_idempotency_key(client, alice):
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
-    other_body = {**PRETRAIN, "priority": 7}
+    other_body = {**PRETRAIN, "priority": 3}
     problem = assert_problem(submit(client, alice, other_body, **{"Idempotency-Key": "k-123"}), 422)
     assert first.json()["id"] in problem["detail"]
     # Keys belong to an owner: bob's "k-123" is a new job.

@@ -79,13 +79,16 @@ def test_cli_db_and_token_commands(empty_database, monkeypatch, capsys):
     token = capsys.readouterr().out.strip().splitlines()[-1]
     with session_scope(empty_database) as session:
         assert tokens.owner_for_token(session, token) == "carol"
-    assert main(["token", "create", "--owner", "dave"]) == 0
-    capsys.readouterr()
+    assert main(["token", "create", "--owner", "dave", "--admin"]) == 0
+    admin_token = capsys.readouterr().out.strip().splitlines()[-1]
+    with session_scope(empty_database) as session:
+        assert tokens.caller_for_token(session, admin_token) == tokens.Caller("dave", admin=True)
+        assert tokens.caller_for_token(session, token) == tokens.Caller("carol", admin=False)
 
     assert main(["token", "list", "--owner", "carol"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[0].split("\t") == ["prefix", "owner", "created", "state"]
-    assert len(listed) == 2 and listed[1].startswith(token[:12] + "\tcarol\t") and listed[1].endswith("active")
+    assert listed[0].split("\t") == ["prefix", "owner", "scope", "created", "state"]
+    assert len(listed) == 2 and listed[1].startswith(token[:12] + "\tcarol\tuser\t") and listed[1].endswith("active")
     assert main(["token", "revoke", "cssl_nothing"]) == 2
     assert "no token matches" in capsys.readouterr().err
     assert main(["token", "revoke", token[:12]]) == 0
@@ -95,7 +98,8 @@ def test_cli_db_and_token_commands(empty_database, monkeypatch, capsys):
         assert [t.owner for t in tokens.list_tokens(session) if t.revoked_at is None] == ["dave"]
     capsys.readouterr()
     assert main(["token", "list"]) == 0
-    states = [line.split("\t")[3] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert states[0].startswith("revoked ") and states[1] == "active"
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [row[2] for row in rows] == ["user", "admin"]
+    assert rows[0][4].startswith("revoked ") and rows[1][4] == "active"
     assert main(["db", "downgrade", "--revision", "base"]) == 0
     assert tables(empty_database) == set()
