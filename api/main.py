@@ -13,6 +13,7 @@ from api.deps import TokenCache
 from api.ratelimit import Limits
 from api.routes import artifacts, catalog, datasets, docs, health, jobs, ui
 from api.routes.health import AUTH_OFF_WARNING
+from api.unpacking import Unpacker
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
 from dispatch.broker import make_celery
@@ -38,7 +39,9 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         sweeper = Sweeper(app.state.publisher) if sweep else None
         if sweeper:
             sweeper.start()
+        app.state.unpacker.start()
         yield
+        app.state.unpacker.stop()
         if sweeper:
             sweeper.stop()
 
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.publisher = Publisher(app.state.celery, settings)
     app.state.token_cache = TokenCache()
     app.state.limits = Limits(settings)
+    app.state.unpacker = Unpacker(settings)
     problems.install(app)
     app.add_middleware(BodyLimit)
     for module in (jobs, artifacts, catalog, datasets, health):

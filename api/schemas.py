@@ -289,11 +289,15 @@ class DatasetInfo(BaseModel):
 class UploadPublic(BaseModel):
     id: str = Field(description="What a job names: {\"dataset\": {\"name\": \"imagefolder\", \"upload\": id}}")
     name: str
-    status: Literal["ready", "deleting"]
+    status: Literal["unpacking", "ready", "failed", "deleting"] = Field(
+        description="unpacking after the archive arrived, then ready (jobs may name it) or failed (see error)")
     sha256: str = Field(description="Of the archive as received")
     size_bytes: int = Field(description="The archive's size")
-    num_files: int = Field(description="Files unpacked from it")
+    num_files: int = Field(description="Files unpacked from it (0 until ready)")
     created_at: datetime
+    error: str | None = Field(None, description="Why it failed, and what to do")
+    unpacked_bytes: int | None = Field(None, description="What its files take on disk once unpacked: this counts "
+                                       "against your quota (the archive's size, until then)")
 
 
 class Health(BaseModel):

@@ -9,7 +9,7 @@ import json
 
 from sqlalchemy.orm import Session
 
-from api.problems import field_error, invalid
+from api.problems import ProblemError, field_error, invalid
 from api.schemas import JobCreate
 from cssl_core.config import build_config, common_field_names, did_you_mean
 from cssl_core.data import describe_datasets, locate_dataset
@@ -18,6 +18,7 @@ from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
 from store import data_roots, datasets, jobs, records
 from store.jobs import NewJob
+from store.models import Dataset
 from store.settings import Settings
 
 DEFAULT_PROTOCOLS = ["knn", "linear"]
@@ -138,6 +139,8 @@ def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCr
     if spec.upload is not None:
         loc = ["body", "dataset", "upload"]
         upload = datasets.usable_dataset(session, spec.upload, owner)
+        if upload is None and (not_ready := datasets.get_dataset(session, spec.upload, owner)) is not None:
+            raise ProblemError(409, _not_ready(not_ready))
         if upload is None:
             errors.append(field_error(loc, f"no upload {spec.upload}; list yours with GET /v1/datasets/uploads"))
             return spec.name, None
@@ -167,6 +170,15 @@ def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCr
     except DataError:
         errors.append(field_error(loc, f"the files there are not laid out as {spec.name} needs: {info['description']}"))
     return spec.name, path
+
+
+def _not_ready(upload: Dataset) -> str:
+    url = f"GET /v1/datasets/uploads/{upload.id}"
+    if upload.status == "unpacking":
+        return f"upload {upload.id} is still unpacking; submit the job once {url} says ready"
+    if upload.status == "failed":
+        return f"upload {upload.id} failed to unpack ({upload.error}); fix the archive and upload it again"
+    return f"upload {upload.id} is being deleted; upload the data set again"
 
 
 def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, protocols: list[str]) -> NewJob:

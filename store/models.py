@@ -207,6 +207,13 @@ class Dataset(Base):
     num_files: Mapped[int]
     # Relative to the first data root (uploads/<id>): the data path of the jobs that name it.
     path: Mapped[str] = mapped_column(Text)
-    # ready, or deleting while its files are being removed.
+    # unpacking (in the background, after the archive arrived), then ready or failed; deleting
+    # while its files are being removed.
     status: Mapped[str] = mapped_column(String(16), default="ready")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Why it failed, said to the uploader.
+    error: Mapped[str | None] = mapped_column(Text)
+    # What its files take on disk once unpacked; counted against the owner's quota.
+    unpacked_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Written as unpacking goes on: an upload silent for CSSL_HEARTBEAT_TIMEOUT lost its API process.
+    heartbeat_at: Mapped[datetime | None]

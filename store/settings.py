@@ -66,6 +66,17 @@ class Settings(BaseSettings):
         "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)")
     max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive POST /v1/datasets/uploads "
                                   "takes; unpacked, its files may take four times that")
+    max_upload_members: int = Field(2_000_000, ge=1, description="files and folders an uploaded archive may hold "
+                                    "(ImageNet's train split: 1.28 M files)")
+    max_upload_folders: int = Field(100_000, ge=1, description="folders an uploaded archive may unpack into, those "
+                                    "its files' paths imply included")
+    max_upload_depth: int = Field(16, ge=1, description="folders deep an uploaded archive's paths may go")
+    upload_quota_bytes: int = Field(50 * 1024**3, ge=0, description="bytes one owner's uploads may take on disk, "
+                                    "unpacked; 0: no quota")
+    upload_min_free_bytes: int = Field(5 * 1024**3, ge=0, description="uploads are refused, and unpacking stops, "
+                                       "when the uploads folder's disk would have less than this free")
+    upload_stale_after: float = Field(3600.0, gt=0, description="seconds: partial uploads (uploads/.incoming) "
+                                      "untouched this long are removed")
     cache_dir: Path = Field(Path(), description="the workers' decoded-dataset cache (default: STATE_DIR/cache)")
     max_decoded_bytes: int = Field(8 * 1024**3, ge=1, description="most memory a job's data set may take decoded "
                                    "(images x side x side x 3 bytes), checked before a worker decodes it")

@@ -1,8 +1,10 @@
 """/v1/datasets/uploads: data sets users upload as a .tar.gz, for their jobs to name by id.
 
 The body is streamed to disk as it comes (no multipart), counted against
-``CSSL_MAX_UPLOAD_BYTES``, then unpacked member by member under the first data root
-(``store.data_roots``); the row is written once the files are in place (``store.datasets``).
+``CSSL_MAX_UPLOAD_BYTES`` and the owner's quota, with the disk's free-space floor watched; the
+row is written ``unpacking`` and the answer is 202. The files are unpacked in the background
+(``api.unpacking``) under the first data root (``store.data_roots``); the upload's row says
+when it is ``ready``, or why it ``failed`` (``store.datasets``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from api.deps import CurrentOwner, ReadSessionDep, SessionDep, SettingsDep
 from api.problems import ProblemError, field_error, invalid
 from api.ratelimit import TOO_MANY, limit_submissions
 from api.schemas import Problem, UploadPublic
+from api.unpacking import receive_limit
 from api.views import upload_public
 from store import data_roots, datasets
 from store.models import Dataset
@@ -42,17 +45,25 @@ def _owned(session, upload_id: str, owner: str) -> Dataset:
 
 @router.post(
     "",
-    status_code=201,
+    status_code=202,
     response_model=UploadPublic,
     responses={
-        413: {"model": Problem, "description": "The archive, or its files unpacked, is over the service's limit"},
-        422: {"model": Problem, "description": "Not a readable .tar.gz, or a member that may not be unpacked "
-              "(an absolute path, '..', a link, a device)"},
+        202: {
+            "description": "Received; unpacking. GET the Location until its status is ready (or failed, with error)",
+            "headers": {
+                "Location": {"description": "The upload's URL", "required": True, "schema": {"type": "string"}},
+            },
+        },
+        413: {"model": Problem, "description": "The archive is over the service's limit, or would take the owner's "
+              "uploads past their quota (CSSL_UPLOAD_QUOTA_BYTES)"},
+        422: {"model": Problem, "description": "Not a .tar.gz"},
         429: TOO_MANY,
+        507: {"model": Problem, "description": "The service's disk is nearly full (CSSL_UPLOAD_MIN_FREE_BYTES); "
+              "try again later"},
     },
     dependencies=[Depends(limit_submissions)],
     openapi_extra=ARCHIVE_BODY,
-    summary="Upload a data set as a .tar.gz; jobs name it by the id returned",
+    summary="Upload a data set as a .tar.gz; it unpacks in the background, and jobs name it by the id returned",
 )
 async def upload_dataset(
     request: Request,
@@ -64,34 +75,47 @@ async def upload_dataset(
     name: Annotated[str, Query(min_length=1, max_length=128, pattern=r"^[^\x00]+$", description="Your name for it")],
 ) -> UploadPublic:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise ProblemError(413, data_roots.too_large(settings.max_upload_bytes))
+    declared_bytes = int(declared) if declared.isdigit() else 0
+    used = await run_in_threadpool(datasets.disk_use, session, owner)
+    limit, refusal = receive_limit(settings, used)
     upload_id = datasets.new_dataset_id()
-    receiver = await run_in_threadpool(data_roots.Receiver, settings, upload_id)
     try:
-        async for chunk in request.stream():
-            await run_in_threadpool(receiver.write, chunk)
-        receiver.close()
-        dataset = await run_in_threadpool(_unpack_and_record, session, settings, owner, name, upload_id, receiver)
+        if limit == 0 or declared_bytes > limit:
+            raise data_roots.ArchiveTooLarge(refusal)  # before a byte is read
+        await run_in_threadpool(data_roots.check_free_space, settings, declared_bytes)
+        receiver = await run_in_threadpool(data_roots.Receiver, settings, upload_id, limit, refusal)
+        await _receive(request, receiver)
     except data_roots.ArchiveTooLarge as exc:
         raise ProblemError(413, str(exc)) from None
     except data_roots.BadArchive as exc:
         raise invalid([field_error(["body"], str(exc))]) from None
-    finally:
-        receiver.discard()  # the archive; its files are unpacked by now, or gone
+    except data_roots.DiskFull as exc:
+        raise ProblemError(507, str(exc), headers={"Retry-After": "600"}) from None
+    try:
+        dataset = await run_in_threadpool(_record, session, owner, name, upload_id, receiver)
+    except BaseException:
+        receiver.discard()
+        raise
+    request.app.state.unpacker.submit(dataset.id, owner)
     response.headers["Location"] = f"{router.prefix}/{dataset.id}"
     return upload_public(dataset)
 
 
-def _unpack_and_record(session, settings, owner: str, name: str, upload_id: str, receiver: data_roots.Receiver) -> Dataset:
-    num_files = data_roots.unpack_upload(settings, upload_id, receiver.path)
+async def _receive(request: Request, receiver: data_roots.Receiver) -> None:
+    """The body into the receiver's file; on any error (the client gone too) the file is removed."""
     try:
-        dataset = datasets.create_dataset(session, id=upload_id, owner=owner, name=name, sha256=receiver.sha256,
-                                          size_bytes=receiver.size_bytes, num_files=num_files)
-        session.commit()
+        async for chunk in request.stream():
+            await run_in_threadpool(receiver.write, chunk)
+        receiver.close()
     except BaseException:
-        data_roots.remove_upload(settings, upload_id)
+        receiver.discard()
         raise
+
+
+def _record(session, owner: str, name: str, upload_id: str, receiver: data_roots.Receiver) -> Dataset:
+    dataset = datasets.create_dataset(session, id=upload_id, owner=owner, name=name, sha256=receiver.sha256,
+                                      size_bytes=receiver.size_bytes)
+    session.commit()
     return dataset
 
 

@@ -67,6 +67,7 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
             "links": job_links("$response.body#/id"),
         },
         403: problem("A priority above the default needs an admin token"),
+        409: problem("The upload it names is not ready: still unpacking, failed, or being deleted"),
         422: problem("A field is invalid, or names something that does not exist or is not yours; `errors` names each one"),
         429: TOO_MANY,
     },

@@ -1,16 +1,23 @@
 """Data roots and uploads against the real Postgres and Redis: a job reads only inside
 CSSL_DATA_ROOTS and every refused path gets the same 422; the worker checks the path again;
-uploads are streamed with a size limit, unpacked member by member (no absolute paths, '..',
-links or devices), belong to their uploader, and cannot be deleted under a queued job."""
+uploads are streamed with a size limit, a per-owner quota and a free-space floor, unpacked in
+the background member by member (no absolute paths, '..', links or devices; every inflated byte
+counted; members, folders and depth capped), belong to their uploader, cannot be named by a job
+before they are ready, and cannot be deleted under a queued job; what a crash leaves is swept."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
+import os
 import random
+import shutil
 import tarfile
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -38,11 +45,16 @@ def client(settings):
 
 def new_owner(settings) -> dict[str, str]:
     """A token of an owner of this test's own, with nothing uploaded or submitted yet."""
+    return named_owner(settings)[1]
+
+
+def named_owner(settings) -> tuple[str, dict[str, str]]:
     from store import tokens
     from store.db import session_scope
 
+    owner = f"owner-{uuid.uuid4().hex[:8]}"
     with session_scope(settings.database_url) as session:
-        return auth(tokens.create_token(session, f"owner-{uuid.uuid4().hex[:8]}"))
+        return owner, auth(tokens.create_token(session, owner))
 
 
 @pytest.fixture()
@@ -100,6 +112,24 @@ def image_archive(files: dict[str, bytes] | None = None) -> bytes:
 def upload(client, headers, body, name: str = "pets"):
     return client.post("/v1/datasets/uploads", params={"name": name}, content=body,
                        headers={**headers, "Content-Type": "application/gzip"})
+
+
+def settled(client, headers, response, timeout: float = 60) -> dict:
+    """The upload a POST answered 202 for, once it is no longer unpacking."""
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "unpacking" and response.json()["num_files"] == 0
+    deadline = time.monotonic() + timeout
+    while (dataset := client.get(response.headers["location"], headers=headers).json())["status"] == "unpacking":
+        assert time.monotonic() < deadline, dataset
+        time.sleep(0.05)
+    return dataset
+
+
+def failed(client, headers, response) -> str:
+    """The error of an upload that was received but could not be unpacked."""
+    dataset = settled(client, headers, response)
+    assert dataset["status"] == "failed" and dataset["error"], dataset
+    return dataset["error"]
 
 
 def assert_problem(response, status: int) -> dict:
@@ -164,12 +194,13 @@ def test_upload_an_image_folder_and_name_it_in_a_job(client, alice, settings):
     files = image_files()
     body = image_archive(files)
     response = upload(client, alice, body, name="pets")
-    assert response.status_code == 201, response.text
-    dataset = response.json()
-    assert response.headers["location"] == f"/v1/datasets/uploads/{dataset['id']}"
-    assert dataset["name"] == "pets" and dataset["status"] == "ready"
+    assert response.headers["location"] == f"/v1/datasets/uploads/{response.json()['id']}"
+    dataset = settled(client, alice, response)
+    assert dataset["name"] == "pets" and dataset["status"] == "ready" and dataset["error"] is None
     assert dataset["sha256"] == hashlib.sha256(body).hexdigest() and dataset["size_bytes"] == len(body)
     assert dataset["num_files"] == len(files) == 16
+    # The tar as inflated: each file's bytes, and headers and padding around them.
+    assert sum(map(len, files.values())) < dataset["unpacked_bytes"] < 20 * 1024 + 2 * sum(map(len, files.values()))
     unpacked = settings.uploads_folder / dataset["id"]
     assert {str(p.relative_to(unpacked)) for p in unpacked.rglob("*") if p.is_file()} == set(files)
     assert (unpacked / "train/dog/3.png").read_bytes() == files["train/dog/3.png"]
@@ -198,29 +229,44 @@ def corrupt(archive: bytes) -> bytes:
 
 GOOD = [member(name, data) for name, data in image_files(per_class=3).items()]
 ABSOLUTE = f"/tmp/cssl-absolute-{uuid.uuid4().hex[:6]}.png"
+# Each with what its error says.
 BAD_ARCHIVES = {
-    "dot-dot": tar_gz([*GOOD, member("train/../../escaped.png", png(1))]),
-    "absolute": tar_gz([*GOOD, member(ABSOLUTE, png(1))]),
-    "symlink": tar_gz([*GOOD, member("train/cat/link.png", kind=tarfile.SYMTYPE, linkname="0.png")]),
-    "hard-link": tar_gz([*GOOD, member("train/cat/hard.png", kind=tarfile.LNKTYPE, linkname="train/cat/0.png")]),
-    "device": tar_gz([*GOOD, member("train/cat/null", kind=tarfile.CHRTYPE)]),
-    "corrupt-gzip": corrupt(tar_gz(GOOD)),
-    "cut-short": tar_gz(GOOD)[: len(tar_gz(GOOD)) * 2 // 3],
-    "not-gzip": b"train/cat/0.png\n" * 100,
-    "empty": tar_gz([member("train/", kind=tarfile.DIRTYPE)]),
+    "dot-dot": (tar_gz([*GOOD, member("train/../../escaped.png", png(1))]), "'..'"),
+    "absolute": (tar_gz([*GOOD, member(ABSOLUTE, png(1))]), "absolute path"),
+    "symlink": (tar_gz([*GOOD, member("train/cat/link.png", kind=tarfile.SYMTYPE, linkname="0.png")]), "is a link"),
+    "hard-link": (tar_gz([*GOOD, member("train/cat/hard.png", kind=tarfile.LNKTYPE, linkname="train/cat/0.png")]),
+                  "is a link"),
+    "device": (tar_gz([*GOOD, member("train/cat/null", kind=tarfile.CHRTYPE)]), "device"),
+    "corrupt-gzip": (corrupt(tar_gz(GOOD)), "not a readable .tar.gz"),
+    "cut-short": (tar_gz(GOOD)[: len(tar_gz(GOOD)) * 2 // 3], "not a readable .tar.gz"),
+    "empty": (tar_gz([member("train/", kind=tarfile.DIRTYPE)]), "holds no files"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_ARCHIVES)
-def test_a_bad_archive_is_refused_and_leaves_nothing(client, alice, settings, case):
+def test_a_bad_archive_fails_and_leaves_nothing_but_its_row(client, alice, settings, case):
+    body, says = BAD_ARCHIVES[case]
     before = everything_under(settings.uploads_folder)
     name = f"bad-{case}-{uuid.uuid4().hex[:6]}"
-    problem = assert_problem(upload(client, alice, BAD_ARCHIVES[case], name=name), 422)
-    assert problem["errors"][0]["loc"] == ["body"]
+    response = upload(client, alice, body, name=name)
+    assert says in failed(client, alice, response)
     assert everything_under(settings.uploads_folder) == before
-    assert rows(settings, name=name) == []
+    assert rows(settings, name=name, status="failed") == [response.json()["id"]]
     assert not Path(ABSOLUTE).exists() and not (settings.uploads_folder / "escaped.png").exists()
-    assert client.get("/v1/datasets/uploads", headers=alice).json() == []
+    [listed] = client.get("/v1/datasets/uploads", headers=alice).json()
+    assert listed["status"] == "failed" and says in listed["error"]
+    # Deleting it is allowed, and takes the row.
+    assert client.delete(response.headers["location"], headers=alice).status_code == 204
+    assert rows(settings, name=name) == []
+
+
+def test_a_body_that_is_not_gzip_is_refused_at_once(client, alice, settings):
+    before = everything_under(settings.uploads_folder)
+    for body in (b"train/cat/0.png\n" * 100, b"", b"\x1f"):
+        problem = assert_problem(upload(client, alice, body, name="not-gzip"), 422)
+        assert problem["errors"][0]["loc"] == ["body"] and "not a readable .tar.gz" in problem["detail"]
+    assert everything_under(settings.uploads_folder) == before
+    assert rows(settings, name="not-gzip") == []
 
 
 def test_archives_over_the_limits_get_413_and_leave_nothing(settings, alice):
@@ -238,25 +284,28 @@ def test_archives_over_the_limits_get_413_and_leave_nothing(settings, alice):
         # Small packed, large unpacked: 64 KiB of zeros is more than 4 x 4 KiB.
         zeros = tar_gz([member("train/a/zeros.bin", bytes(65536))])
         assert len(zeros) < 4096
-        assert "unpacked" in assert_problem(upload(client, alice, zeros, name="too-big-unpacked"), 413)["detail"]
+        assert "unpacked" in failed(client, alice, upload(client, alice, zeros, name="too-big-unpacked"))
 
     async def streamed() -> httpx.Response:
         # No Content-Length: the limit is counted as the chunks come, after some were written.
+        body = tar_gz([member("train/a/x.bin", noise)])
+
         async def chunks():
-            for _ in range(10):
-                yield noise[:1024]
+            for start in range(0, len(body), 1024):
+                yield body[start:start + 1024]
 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
             return await http.post("/v1/datasets/uploads", params={"name": "too-big-streamed"}, content=chunks(),
                                    headers=alice)
 
-    assert_problem(asyncio.run(streamed()), 413)
+    assert "4,096 bytes" in assert_problem(asyncio.run(streamed()), 413)["detail"]
     assert everything_under(settings.uploads_folder) == before
-    assert [rows(settings, name=n) for n in ("too-big-declared", "too-big-unpacked", "too-big-streamed")] == [[], [], []]
+    assert [rows(settings, name=n) for n in ("too-big-declared", "too-big-streamed")] == [[], []]
+    assert len(rows(settings, name="too-big-unpacked", status="failed")) == 1
 
 
 def test_another_owner_can_neither_see_delete_nor_use_an_upload(client, alice, bob, settings):
-    dataset = upload(client, alice, image_archive()).json()
+    dataset = settled(client, alice, upload(client, alice, image_archive()))
     path = f"/v1/datasets/uploads/{dataset['id']}"
     assert_problem(client.get(path, headers=bob), 404)
     assert_problem(client.delete(path, headers=bob), 404)
@@ -273,7 +322,7 @@ def test_another_owner_can_neither_see_delete_nor_use_an_upload(client, alice, b
 
 
 def test_an_upload_a_queued_job_uses_cannot_be_deleted(client, alice, settings):
-    dataset = upload(client, alice, image_archive()).json()
+    dataset = settled(client, alice, upload(client, alice, image_archive()))
     path, folder = f"/v1/datasets/uploads/{dataset['id']}", settings.uploads_folder / dataset["id"]
     queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
     assert queued["status"] == "queued"
@@ -365,9 +414,9 @@ def test_a_link_inside_a_data_set_to_a_file_outside_the_roots_is_not_read(server
 
 def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
     body = image_archive()
-    response = httpx.post(f"{server}/v1/datasets/uploads", params={"name": "pets"}, content=body, headers=alice, timeout=60)
-    assert response.status_code == 201, response.text
-    upload_id = response.json()["id"]
+    with httpx.Client(base_url=server, timeout=60) as http:
+        response = http.post("/v1/datasets/uploads", params={"name": "pets"}, content=body, headers=alice)
+        upload_id = settled(http, alice, response)["id"]
     submitted = httpx.post(
         f"{server}/v1/jobs",
         json={**job({"name": "imagefolder", "upload": upload_id}), "evaluate": ["knn"], "config": {**FEW_STEPS, "knn": {"k": 3}}},
@@ -383,3 +432,182 @@ def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
     assert knn["dataset"] == "imagefolder" and knn["num_train"] == 12 and knn["num_test"] == 4
     # The job is over: its upload can go.
     assert httpx.delete(f"{server}/v1/datasets/uploads/{upload_id}", headers=alice).status_code == 204
+
+
+@pytest.fixture()
+def app_with(settings):
+    """A client of an API of its own with some settings changed; its lifespan runs (the sweep)."""
+    from api.main import create_app
+
+    clients = []
+
+    def start(**changes) -> TestClient:
+        client = TestClient(create_app(settings.with_(queue=settings.queue + "_idle", **changes), sweep=False))
+        clients.append(client.__enter__())
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def plain_tar(members: list[tuple]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def test_what_follows_the_end_marker_counts_against_the_unpacked_limit(app_with, alice):
+    client = app_with(max_upload_bytes=4096)  # 16 KiB unpacked
+    tar = plain_tar([member("train/a/0.png", png(0))])
+    assert len(tar) <= 16384
+    assert settled(client, alice, upload(client, alice, gzip.compress(tar)))["status"] == "ready"
+    # The same tar, and a megabyte of zeros after its end marker in the same gzip stream: a few
+    # hundred bytes sent, inflated in full.
+    trailing = gzip.compress(tar + bytes(1 << 20))
+    assert len(trailing) < 4096
+    error = failed(client, alice, upload(client, alice, trailing, name="trailing"))
+    assert "unpacked" in error and "16,384" in error
+
+
+def test_members_folders_and_depth_are_capped(app_with, alice, settings):
+    client = app_with(max_upload_members=20, max_upload_folders=10, max_upload_depth=5)
+    before = everything_under(settings.uploads_folder)
+    # Within every cap: 10 files in 6 folders, 3 deep.
+    assert settled(client, alice, upload(client, alice, image_archive(image_files(per_class=3))))["status"] == "ready"
+    after_good = everything_under(settings.uploads_folder)
+    cases = {
+        "CSSL_MAX_UPLOAD_MEMBERS": [member(f"train/a/{i}.png", b"x") for i in range(21)],
+        # Empty folders, as members: what a small archive of a great many of them looks like.
+        "CSSL_MAX_UPLOAD_FOLDERS": [member(f"train/{i}/", kind=tarfile.DIRTYPE) for i in range(10)]
+        + [member("train/a/0.png", b"x")],
+        # Folders that only the files' paths imply count too.
+        "implied": [member(f"train/{i}/0.png", b"x") for i in range(10)],
+        "CSSL_MAX_UPLOAD_DEPTH": [member("train/a/0.png", b"x"), member("train/a/b/c/d/0.png", b"x")],
+    }
+    for setting, members in cases.items():
+        error = failed(client, alice, upload(client, alice, tar_gz(members), name=setting))
+        assert (setting if setting != "implied" else "CSSL_MAX_UPLOAD_FOLDERS") in error, error
+    assert len(after_good - before) > 0 and everything_under(settings.uploads_folder) == after_good
+
+
+def test_an_upload_is_refused_when_the_disk_is_nearly_full(app_with, alice, settings):
+    settings.uploads_folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(settings.uploads_folder).free
+    before = everything_under(settings.uploads_folder)
+    client = app_with(upload_min_free_bytes=free + 2**30)
+    problem = assert_problem(upload(client, alice, image_archive(), name="no-room"), 507)
+    assert "CSSL_UPLOAD_MIN_FREE_BYTES" in problem["detail"] and "try again later" in problem["detail"]
+    # Room for what is left free, not for this archive on top of it (margins wide enough for
+    # the other writers on this disk).
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w:gz", compresslevel=1) as tar:
+        info, data = member("train/a/x.bin", random.Random(1).randbytes(64 << 20))
+        tar.addfile(info, io.BytesIO(data))
+    big = big.getvalue()
+    client = app_with(upload_min_free_bytes=shutil.disk_usage(settings.uploads_folder).free - (32 << 20))
+    assert "this upload needs" in assert_problem(upload(client, alice, big, name="no-room"), 507)["detail"]
+    assert everything_under(settings.uploads_folder) == before and rows(settings, name="no-room") == []
+
+
+def test_an_owner_quota_counts_unpacked_uploads(app_with, settings):
+    owner, headers = named_owner(settings)
+    client = app_with()
+    first = settled(client, headers, upload(client, headers, image_archive()))
+    used = first["unpacked_bytes"]
+    # A failed upload takes nothing.
+    failed(client, headers, upload(client, headers, BAD_ARCHIVES["device"][0]))
+
+    client = app_with(upload_quota_bytes=used + 20_000)
+    noise = tar_gz([member("train/a/x.bin", random.Random(2).randbytes(30_000))])
+    for problem in (assert_problem(upload(client, headers, noise, name="over"), 413),
+                    assert_problem(streamed_upload(client.app, headers, noise, name="over"), 413)):
+        assert f"quota of {used + 20_000:,} bytes" in problem["detail"] and f"{used:,} are in use" in problem["detail"]
+    # Small as sent, over the quota once inflated: the unpacking stops there.
+    zeros = tar_gz([member("train/a/zeros.bin", bytes(65_536))])
+    assert f"quota of {used + 20_000:,} bytes" in failed(client, headers, upload(client, headers, zeros, name="over"))
+    assert [d["status"] for d in client.get("/v1/datasets/uploads", headers=headers).json()].count("ready") == 1
+    # Within it, once the first is deleted.
+    assert client.delete(f"/v1/datasets/uploads/{first['id']}", headers=headers).status_code == 204
+    assert settled(client, headers, upload(client, headers, noise, name="fits"))["status"] == "ready"
+
+
+def streamed_upload(app, headers, body: bytes, name: str) -> httpx.Response:
+    """An upload without Content-Length, in 1 KiB chunks."""
+
+    async def chunks():
+        for start in range(0, len(body), 1024):
+            yield body[start:start + 1024]
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
+            return await http.post("/v1/datasets/uploads", params={"name": name}, content=chunks(), headers=headers)
+
+    return asyncio.run(post())
+
+
+def insert_upload(settings, owner: str, status: str, heartbeat_age: float = 0.0, error: str | None = None) -> str:
+    from store import datasets
+    from store.db import session_scope
+    from store.models import utcnow
+
+    upload_id = datasets.new_dataset_id()
+    with session_scope(settings.database_url) as session:
+        dataset = datasets.create_dataset(session, id=upload_id, owner=owner, name=status, sha256="0" * 64,
+                                          size_bytes=100, status=status)
+        dataset.error = error
+        if status == "unpacking":
+            dataset.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_age)
+    return upload_id
+
+
+def test_a_job_naming_an_upload_that_is_not_ready_gets_409(client, settings):
+    owner, headers = named_owner(settings)
+    unpacking = insert_upload(settings, owner, "unpacking")
+    broken = insert_upload(settings, owner, "failed", error="member 'a' is a link")
+    for upload_id, says in ((unpacking, "still unpacking"), (broken, "failed to unpack (member 'a' is a link)")):
+        response = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": upload_id}), headers=headers)
+        assert says in assert_problem(response, 409)["detail"]
+    # Another owner's is still no upload at all.
+    bob = new_owner(settings)
+    response = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": unpacking}), headers=bob)
+    assert assert_problem(response, 422)["errors"][0]["loc"] == ["body", "dataset", "upload"]
+
+
+def test_a_start_fails_lost_unpackings_and_sweeps_what_crashes_left(app_with, settings):
+    owner, headers = named_owner(settings)
+    incoming = settings.uploads_folder / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    an_hour_ago = time.time() - 3600
+
+    def left(name: str, *, old: bool, folder: bool = False) -> Path:
+        path = incoming / name
+        if folder:
+            (path / "train/a").mkdir(parents=True)
+            (path / "train/a/0.png").write_bytes(b"x")
+        else:
+            path.write_bytes(b"\x1f\x8b")
+        if old:
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        return path
+
+    # Its API process died mid-unpacking: no heartbeat for longer than CSSL_HEARTBEAT_TIMEOUT.
+    lost = insert_upload(settings, owner, "unpacking", heartbeat_age=settings.heartbeat_timeout + 5)
+    lost_files = [left(f"{lost}.tar.gz", old=False), left(lost, old=True, folder=True)]
+    # Still unpacking elsewhere: its staging folder is old, its heartbeat fresh.
+    alive = insert_upload(settings, owner, "unpacking")
+    alive_staging = left(alive, old=True, folder=True)
+    stale = [left(f"{uuid.uuid4().hex}.tar.gz", old=True), left(uuid.uuid4().hex, old=True, folder=True),
+             left(f"{uuid.uuid4().hex}.deleting", old=True, folder=True)]
+    fresh = left(f"{uuid.uuid4().hex}.tar.gz", old=False)
+
+    client = app_with(upload_stale_after=600)
+    by_id = {d["id"]: d for d in client.get("/v1/datasets/uploads", headers=headers).json()}
+    assert by_id[lost]["status"] == "failed" and "upload it again" in by_id[lost]["error"]
+    assert by_id[alive]["status"] == "unpacking"
+    assert not any(p.exists() for p in lost_files + stale)
+    assert alive_staging.exists() and fresh.exists()
+    fresh.unlink()
+    shutil.rmtree(alive_staging)

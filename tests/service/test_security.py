@@ -92,7 +92,7 @@ def alices(server, worker, tokens, routes) -> dict[str, str | int]:
     if ("POST", "/v1/datasets/uploads") in routes:
         upload = httpx.post(f"{server}/v1/datasets/uploads", params={"name": "alices-data"}, content=archive(),
                             headers={**alice, "content-type": "application/gzip"})
-        assert upload.status_code == 201, upload.text
+        assert upload.status_code == 202, upload.text
         ids["upload_id"] = upload.json()["id"]
     return ids
 
