@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import httpx
+
+from cli.processes import free_port, stop_process, wait_until_ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr=open(os.path.join(state_dir, "service.log"), "ab"),
     )
     try:
-        _wait_ready(base, service, state_dir)
+        wait_ready(base, service, state_dir)
         body = {
             "kind": "pretrain",
             "method": args.method,
@@ -82,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_service(service: subprocess.Popen, timeout: float) -> None:
     """SIGTERM (the worker checkpoints and gives its job back), then SIGKILL after ``timeout``."""
-    if service.poll() is None:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout)
-        except subprocess.TimeoutExpired:
-            service.kill()
+    stop_process(service, timeout)
     print("service stopped", flush=True)
 
 
@@ -128,24 +123,10 @@ def _follow(base: str, job_id: str) -> None:
                     return
 
 
-def _wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.poll() is not None:
-            raise SystemExit(f"the service exited; see {state_dir}/service.log")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the service was not ready after {timeout:.0f} s; see {state_dir}/service.log")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:
+    if not wait_until_ready(f"{base}/readyz", service, timeout):
+        why = "exited" if service.poll() is not None else f"was not ready after {timeout:.0f} s"
+        raise SystemExit(f"the service {why}; see {state_dir}/service.log")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from cli.processes import free_port, stop_process, wait_until_ready
+from cli.service import worker_command
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 ADMIN_URL = os.environ.get("CSSL_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -103,12 +106,6 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Process:
     """A child process of the service, its output in a log file."""
 
@@ -131,23 +128,12 @@ class Process:
         raise AssertionError(f"{text!r} not seen in {self.log}:\n{self.output()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout, sig)
         self.handle.close()
 
 
 def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
-    worker = Process(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "-c", "1", "--loglevel=INFO",
-         f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env,
-        log,
-    )
+    worker = Process(worker_command(name), env, log)
     worker.wait_for(" ready.", timeout=90)
     return worker
 
@@ -161,14 +147,9 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[
         log,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"API did not start:\n{process.output()}")
+    if not wait_until_ready(f"{base}/healthz", process.popen, timeout=60):
+        raise AssertionError(f"API did not start:\n{process.output()}")
+    return process, base
 
 
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
