@@ -16,7 +16,8 @@ from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
 from dispatch.broker import make_celery
-from dispatch.sweeper import Publisher, Sweeper
+from dispatch.publisher import Publisher
+from dispatch.sweeper import Sweeper
 
 log = logging.getLogger("cssl.api")
 

@@ -11,7 +11,8 @@ from billiard.process import active_children
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from dispatch.broker import RUN_JOB
-from dispatch.sweeper import Publisher, sweep
+from dispatch.publisher import Publisher
+from dispatch.sweeper import sweep
 from store.settings import get_settings
 from worker import runner
 from worker.app import app
