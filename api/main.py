@@ -11,7 +11,7 @@ from api import problems
 from api.bodylimit import BodyLimit
 from api.deps import TokenCache
 from api.ratelimit import TokenBucket
-from api.routes import artifacts, catalog, datasets, health, jobs, ui
+from api.routes import artifacts, catalog, datasets, health, jobs, leaderboard, ui
 from api.routes.health import AUTH_OFF_WARNING
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.submit_bucket = TokenBucket.from_settings(settings)
     problems.install(app)
     app.add_middleware(BodyLimit)
-    for module in (jobs, artifacts, catalog, datasets, health):
+    for module in (jobs, artifacts, leaderboard, catalog, datasets, health):
         app.include_router(module.router)
     ui.install(app)
     return app
