@@ -9,7 +9,6 @@ which is kept when the benchmark fails.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ import httpx
 
 from cli.processes import free_port, stop_process, wait_until_ready
 from cli.service import worker_command
+from cli.sse import parse_events
 from dispatch.broker import delete_queue
 from store import migrate, tokens
 from store.db import create_database, drop_database, session_scope
@@ -152,16 +152,14 @@ class ServiceUnderTest:
         raise RuntimeError(f"job {job_id} not {status} after {timeout} s")
 
     def events_until(self, job_id: str, done) -> list[dict]:
-        """The job's events (``{"event", "data"}``) until ``done(event)`` is true or the stream ends."""
-        events, kind = [], None
+        """The job's events (``{"id", "event", "data"}``) until ``done(event)`` is true or the stream
+        ends."""
+        events = []
         with httpx.stream("GET", f"{self.base}/v1/jobs/{job_id}/events", headers=self.headers, timeout=60) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    events.append({"event": kind, "data": json.loads(line.split(":", 1)[1])})
-                    if done(events[-1]):
-                        return events
+            for event in parse_events(stream.iter_lines()):
+                events.append(event)
+                if done(event):
+                    return events
         return events
 
     def cancel_all(self) -> int:

@@ -18,6 +18,7 @@ import time
 import httpx
 
 from cli.processes import free_port, stop_process, wait_until_ready
+from cli.sse import parse_events
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,23 +105,21 @@ def _print_random_init_baseline(base: str, job_id: str, state_dir: str) -> None:
 
 def _follow(base: str, job_id: str) -> None:
     """Print the job's progress and state changes from its Server-Sent Events stream."""
-    event_type, last_print = None, 0.0
+    last_print = 0.0
     with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=None) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event_type = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line.split(":", 1)[1])
-                if event_type == "state":
-                    print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
-                elif event_type == "progress" and (time.monotonic() - last_print > 2 or data["step"] == data["total_steps"]):
-                    last_print = time.monotonic()
-                    print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
-                          f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
-                elif event_type == "evaluation":
-                    print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
-                elif event_type == "end":
-                    return
+        for event in parse_events(stream.iter_lines()):
+            event_type, data = event["event"], event["data"]
+            if event_type == "state":
+                print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
+            elif event_type == "progress" and (time.monotonic() - last_print > 2
+                                               or data["step"] == data["total_steps"]):
+                last_print = time.monotonic()
+                print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
+                      f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
+            elif event_type == "evaluation":
+                print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
+            elif event_type == "end":
+                return
 
 
 def wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:

@@ -12,7 +12,6 @@ servers are skipped with the reason. Under CI (``CI=true``) or with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -29,6 +28,7 @@ import pytest
 
 from cli.processes import free_port, stop_process, wait_until_ready
 from cli.service import worker_command
+from cli.sse import parse_events
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -155,24 +155,14 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None) -> tuple[
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
     """Read a Server-Sent Events stream into ``[{"id", "event", "data"}]`` until it ends, or
     until ``until(event)`` is true."""
-    events, current = [], {}
+    events = []
     with httpx.stream("GET", base + path, headers=headers, timeout=timeout) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line == "":
-                if "event" in current:
-                    event = {"id": int(current["id"]) if "id" in current else None, "event": current["event"],
-                             "data": json.loads(current.get("data", "{}"))}
-                    events.append(event)
-                    if event["event"] == "end" or (until and until(event)):
-                        return events
-                current = {}
-                continue
-            field, _, value = line.partition(":")
-            current[field] = value.removeprefix(" ")
+        for event in parse_events(response.iter_lines()):
+            events.append(event)
+            if event["event"] == "end" or (until and until(event)):
+                return events
     return events
 
 
