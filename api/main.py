@@ -11,13 +11,14 @@ from api import problems
 from api.bodylimit import BodyLimit
 from api.deps import TokenCache
 from api.ratelimit import Limits
-from api.routes import artifacts, catalog, datasets, docs, health, jobs, ui
+from api.routes import artifacts, catalog, datasets, docs, health, jobs, leaderboard, ui
 from api.routes.health import AUTH_OFF_WARNING
 from api.unpacking import Unpacker
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
 from dispatch.broker import make_celery
-from dispatch.sweeper import Publisher, Sweeper
+from dispatch.publisher import Publisher
+from dispatch.sweeper import Sweeper
 
 log = logging.getLogger("cssl.api")
 
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.unpacker = Unpacker(settings)
     problems.install(app)
     app.add_middleware(BodyLimit)
-    for module in (jobs, artifacts, catalog, datasets, health):
+    for module in (jobs, artifacts, leaderboard, catalog, datasets, health):
         app.include_router(module.router)
     docs.install(app)
     ui.install(app)

@@ -16,21 +16,15 @@ import argparse
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-SEED_JOB = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"},
-            "config": {"backbone": "small", "epochs": 1}, "evaluate": []}
+from benchmarks.service import REPO, ServiceUnderTest
+
 STATUS = re.compile(rb'" (\d{3})')
 ACCEPTED_JOB = re.compile(rb'"POST /v1/jobs HTTP/1.1" 202')
 
@@ -47,20 +41,27 @@ def main() -> int:
 
     started = time.monotonic()
     runs, reports = [], []
-    with Service(args.mode, args.submit_rate) as service:
-        while service.requests() < args.requests and time.monotonic() - started < args.max_minutes * 60:
+    env = {"CSSL_SUBMIT_RATE": args.submit_rate, "CSSL_SUBMIT_BURST": "100"}
+    with ServiceUnderTest(args.mode, name="fuzz", workers=0, access_log=True, env=env) as service:
+        # Jobs for the links to lead to: most of the fuzzer's own submissions are refused.
+        seeded = [service.submit({"backbone": "small", "epochs": 1}, evaluate=[]) for _ in range(3)]
+        httpx.post(f"{service.base}/v1/jobs/{seeded[0]}/cancel", headers=service.headers).raise_for_status()
+        setup_requests = len(requests_answered(service))
+        while (len(requests_answered(service)) - setup_requests < args.requests
+               and time.monotonic() - started < args.max_minutes * 60):
             # The first run has every phase; later ones draw new data with new seeds.
             phases = "examples,coverage,fuzzing,stateful" if not runs else "fuzzing,stateful"
             max_examples = args.max_examples if not runs else max(1, args.max_examples // 4)
-            report, code = service.schemathesis(args.seed + len(runs), max_examples, phases)
+            report, code = schemathesis(service, args.seed + len(runs), max_examples, phases)
             runs.append({"seed": args.seed + len(runs), "phases": phases, "exit_code": code,
-                         "test_cases": report.get("test_cases", {}).get("generated"), "requests": service.requests()})
+                         "test_cases": report.get("test_cases", {}).get("generated"),
+                         "requests": len(requests_answered(service)) - setup_requests})
             reports.append(report)
             print(json.dumps({"run": runs[-1]}), file=sys.stderr, flush=True)
         wall = time.monotonic() - started
-        statuses = service.statuses()
-        jobs_accepted = len(ACCEPTED_JOB.findall(service.log.read_bytes())) - len(service.seeded)
-        service.cancel_queued()
+        statuses = Counter(requests_answered(service)[setup_requests:])
+        jobs_accepted = len(ACCEPTED_JOB.findall(service.api_log.read_bytes())) - len(seeded)
+        service.cancel_all()
     print(json.dumps({
         "requests": sum(statuses.values()),
         "failures": sum(group["count"] for report in reports for group in report.get("failures", [])),
@@ -77,101 +78,22 @@ def main() -> int:
     return 0 if all(run["exit_code"] == 0 for run in runs) else 1
 
 
-class Service:
-    """A database, queue and API process of its own, removed on exit."""
+def requests_answered(service: ServiceUnderTest) -> list[str]:
+    """The status code of every request the API answered, from its access log."""
+    return [m.decode() for m in STATUS.findall(service.api_log.read_bytes())]
 
-    def __init__(self, mode: str, submit_rate: str):
-        from cli.service_demo import free_port
 
-        self.run_id = uuid.uuid4().hex[:8]
-        self.state = Path(tempfile.mkdtemp(prefix="cssl-fuzz-"))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CSSL_")}
-        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_QUEUE=f"fuzz_{self.run_id}", CSSL_SUBMIT_RATE=submit_rate,
-                        CSSL_SUBMIT_BURST="100")
-        self.admin_url = os.environ.get("CSSL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-        if mode == "postgres":
-            self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_fuzz_{self.run_id}"
-            self.env["CSSL_BROKER_URL"] = os.environ.get("CSSL_BENCH_REDIS", "redis://127.0.0.1:6379/12")
-        self.mode, self.port = mode, free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = self.state / "api.log"
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "Service":
-        from store import migrate, tokens
-        from store.db import create_database, session_scope
-        from store.settings import Settings
-
-        settings = Settings.from_env(self.env)
-        if self.mode == "postgres":
-            create_database(settings.database_url)
-        migrate.upgrade(settings.database_url)
-        with session_scope(settings.database_url) as session:
-            self.token = tokens.create_token(session, "fuzz")
-        self.headers = {"Authorization": f"Bearer {self.token}"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(self.port)],
-            cwd=REPO, env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError(f"the API did not start:\n{self.log.read_text()[-3000:]}")
-        # Jobs for the links to lead to: most of the fuzzer's own submissions are refused.
-        self.seeded = [httpx.post(f"{self.base}/v1/jobs", json=SEED_JOB, headers=self.headers).json()["id"] for _ in range(3)]
-        httpx.post(f"{self.base}/v1/jobs/{self.seeded[0]}/cancel", headers=self.headers).raise_for_status()
-        self.setup_requests = self._count()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        if self.mode == "postgres":
-            from dispatch.broker import delete_queue
-            from store.db import drop_database
-
-            drop_database(self.env["CSSL_DATABASE_URL"])
-            delete_queue(self.env["CSSL_BROKER_URL"], self.env["CSSL_QUEUE"])
-        shutil.rmtree(self.state, ignore_errors=True)
-
-    def _count(self) -> int:
-        return len(STATUS.findall(self.log.read_bytes()))
-
-    def requests(self) -> int:
-        """Requests answered since the setup, from the access log."""
-        return self._count() - self.setup_requests
-
-    def statuses(self) -> Counter:
-        return Counter(m.decode() for m in STATUS.findall(self.log.read_bytes())[self.setup_requests:])
-
-    def schemathesis(self, seed: int, max_examples: int, phases: str) -> tuple[dict, int]:
-        report = self.state / f"report-{seed}.json"
-        result = subprocess.run(
-            [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{self.base}/openapi.json", "--checks", "all",
-             "-H", f"Authorization: Bearer {self.token}", "--workers", "1", "--seed", str(seed),
-             "--max-examples", str(max_examples), "--phases", phases, "--report", "json",
-             "--report-json-path", str(report)],
-            cwd=REPO, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(result.stdout[-8000:], file=sys.stderr)
-        return (json.loads(report.read_text()) if report.exists() else {}), result.returncode
-
-    def cancel_queued(self) -> int:
-        cancelled = 0
-        while page := httpx.get(f"{self.base}/v1/jobs", params={"status": "queued", "limit": 200},
-                                headers=self.headers).json()["items"]:
-            for job in page:
-                httpx.post(f"{self.base}/v1/jobs/{job['id']}/cancel", headers=self.headers).raise_for_status()
-            cancelled += len(page)
-        return cancelled
+def schemathesis(service: ServiceUnderTest, seed: int, max_examples: int, phases: str) -> tuple[dict, int]:
+    report = service.state / f"report-{seed}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{service.base}/openapi.json",
+         "--checks", "all", "-H", f"Authorization: Bearer {service.token}", "--workers", "1", "--seed", str(seed),
+         "--max-examples", str(max_examples), "--phases", phases, "--report", "json",
+         "--report-json-path", str(report)],
+        cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout[-8000:], file=sys.stderr)
+    return (json.loads(report.read_text()) if report.exists() else {}), result.returncode
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ metric rows (five series each, as a run with two statistics reports), every requ
 through the whole API in-process; prints one JSON line (median and fastest in ms).
 
 Makes its own Postgres database (``--mode embedded``: a SQLite file in a temporary folder), and
-drops it at the end.
+drops it at the end; no API or worker process.
 
     .venv/bin/python -m benchmarks.metric_series --rows 100000 --points 2000
 """
@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from datetime import timedelta
 
 import numpy as np
 
-ADMIN_URL = os.environ.get("CSSL_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from benchmarks.service import ServiceUnderTest
 
 
 def main() -> int:
@@ -34,45 +30,22 @@ def main() -> int:
     parser.add_argument("--mode", choices=["postgres", "embedded"], default="postgres")
     args = parser.parse_args()
 
-    from store.db import create_database, drop_database
-
-    state = tempfile.mkdtemp(prefix="cssl_bench_series_")
-    name = f"cssl_bench_{uuid.uuid4().hex[:8]}"
-    if args.mode == "postgres":
-        url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-        create_database(url)
-    else:
-        url = f"sqlite:///{state}/cssl.db"
-    os.environ.update({"CSSL_DATABASE_URL": url, "CSSL_STATE_DIR": state, "CSSL_QUEUE": f"bench_{name}",
-                       "CSSL_BROKER_URL": "filesystem://" if args.mode == "embedded" else
-                       os.environ.get("CSSL_TEST_REDIS", "redis://127.0.0.1:6379/13")})
-    try:
-        print(json.dumps(run(url, args)))
-    finally:
-        from store.db import engine_for
-
-        engine_for(url).dispose()
-        if args.mode == "postgres":
-            drop_database(url)
-        shutil.rmtree(state, ignore_errors=True)
+    with ServiceUnderTest(args.mode, name="series", api=False, workers=0) as service:
+        print(json.dumps(run(service, args)))
     return 0
 
 
-def run(url: str, args) -> dict:
+def run(service: ServiceUnderTest, args) -> dict:
     from fastapi.testclient import TestClient
     from sqlalchemy import insert
 
     from api.main import create_app
-    from store import migrate, tokens
     from store.db import session_scope
     from store.models import Job, MetricPoint, utcnow
-    from store.settings import Settings
 
-    migrate.upgrade(url)
     rng = np.random.default_rng(0)
     started = utcnow()
-    with session_scope(url) as session:
-        token = tokens.create_token(session, "bench")
+    with session_scope(service.database_url) as session:
         job = Job(owner="bench", kind="pretrain", method="simclr", dataset="synthetic", config={}, evaluate=[],
                   status="succeeded", started_at=started)
         session.add(job)
@@ -84,13 +57,13 @@ def run(url: str, args) -> dict:
                         "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
             for i in range(args.rows)
         ])
-    app = create_app(Settings.from_env(os.environ), sweep=False)
+    app = create_app(service.settings, sweep=False)
     timings = []
     with TestClient(app) as client:
         for _ in range(args.requests):
             begin = time.perf_counter()
             response = client.get(f"/v1/jobs/{job.id}/metrics", params={"points": args.points},
-                                  headers={"Authorization": f"Bearer {token}"})
+                                  headers=service.headers)
             timings.append((time.perf_counter() - begin) * 1000)
             assert response.status_code == 200, response.text
     series = response.json()["series"]

@@ -18,21 +18,18 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.service import ServiceUnderTest
+
 CHROMIUM = os.environ.get("CSSL_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 TICKS = os.sysconf("SC_CLK_TCK")
 # Run in each tab before the page's own scripts: notes when the run page's charts section stops
@@ -59,9 +56,11 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    with Service(args.mode) as service, sync_playwright() as playwright:
+    # No worker reads the queue; the sweeper leaves the fake running jobs alone.
+    env = {"CSSL_SUBMIT_RATE": "0", "CSSL_HEARTBEAT_TIMEOUT": "86400"}
+    with ServiceUnderTest(args.mode, name="ui_load", workers=0, env=env) as service, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
-        long_run = service.long_run(args.steps)
+        long_run = make_long_run(service.database_url, args.steps)
         first_paint = measure_first_paint(browser, service, long_run, args.loads)
         live = measure_live_tabs(browser, service, args.tabs, args.seconds)
         browser.close()
@@ -90,12 +89,12 @@ def measure_first_paint(browser, service, job_id: str, loads: int) -> dict:
 
 
 def measure_live_tabs(browser, service, tabs: int, seconds: float) -> dict:
-    jobs = service.live_runs(tabs)
+    jobs = make_live_runs(service.database_url, tabs)
     feeder = Feeder(service.database_url, jobs)
     feeder.start()
     try:
         time.sleep(3)
-        idle = service.api_cpu(seconds)
+        idle = api_cpu(service, seconds)
         # A context per tab: like tabs of as many browsers, not sharing one profile's few
         # connections per server.
         contexts = [signed_in(browser, service) for _ in jobs]
@@ -110,7 +109,7 @@ def measure_live_tabs(browser, service, tabs: int, seconds: float) -> dict:
         time.sleep(5)  # the streams have caught up
         before = [int(page.locator("#chart-loss").get_attribute("data-points")) for page in pages]
         events_before = feeder.reports
-        busy = service.api_cpu(seconds)
+        busy = api_cpu(service, seconds)
         after = [int(page.locator("#chart-loss").get_attribute("data-points")) for page in pages]
         events = feeder.reports - events_before
         for context in contexts:
@@ -177,130 +176,76 @@ class Feeder(threading.Thread):
         self.join(10)
 
 
-class Service:
-    """A database, queue and API process of its own, removed on exit."""
+def _job(session, **fields):
+    from cssl_core.config import build_config
+    from store.models import Job, utcnow
 
-    def __init__(self, mode: str):
-        from cli.service_demo import free_port
+    config = build_config("simclr", {"dataset": "cifar10", "backbone": "resnet18", "epochs": 1000}).to_dict()
+    job = Job(owner="bench", kind="pretrain", method="simclr", dataset="cifar10", config=config, evaluate=["knn", "linear"],
+              **{"started_at": utcnow(), "attempt": 1, "worker": "bench@host", **fields})
+    session.add(job)
+    session.flush()
+    return job
 
-        self.mode, self.run_id = mode, uuid.uuid4().hex[:8]
-        self.state = Path(tempfile.mkdtemp(prefix="cssl-ui-load-"))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CSSL_")}
-        # No worker reads this queue; the sweeper leaves the fake running jobs alone.
-        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_QUEUE=f"ui_load_{self.run_id}", CSSL_SUBMIT_RATE="0",
-                        CSSL_HEARTBEAT_TIMEOUT="86400")
-        self.admin_url = os.environ.get("CSSL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-        if mode == "postgres":
-            self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_ui_load_{self.run_id}"
-            self.env["CSSL_BROKER_URL"] = os.environ.get("CSSL_BENCH_REDIS", "redis://127.0.0.1:6379/12")
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Service":
-        from store import migrate, tokens
-        from store.db import create_database, session_scope
-        from store.settings import Settings
+def make_long_run(database_url: str, steps: int) -> str:
+    """A finished job with a series of ``steps`` points (loss, lr, images/s and two statistics
+    each) over 100 epochs, and a periodic kNN result per epoch."""
+    from sqlalchemy import insert
 
-        self.database_url = Settings.from_env(self.env).database_url
-        if self.mode == "postgres":
-            create_database(self.database_url)
-        migrate.upgrade(self.database_url)
-        with session_scope(self.database_url) as session:
-            self.token = tokens.create_token(session, "bench")
-        self.headers = {"Authorization": f"Bearer {self.token}"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--port", str(self.port), "--no-access-log"],
-            cwd=REPO, env=self.env, stdout=open(self.state / "api.log", "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the API did not start:\n{(self.state / 'api.log').read_text()[-3000:]}")
+    from store import records
+    from store.db import session_scope
+    from store.models import MetricPoint
 
-    def __exit__(self, *exc) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        if self.mode == "postgres":
-            from store.db import drop_database
+    rng = np.random.default_rng(0)
+    loss = 6 * np.exp(-np.arange(steps) / (steps / 4)) + rng.random(steps) * 0.2
+    per_epoch = max(1, steps // 100)
+    with session_scope(database_url) as session:
+        job = _job(session, status="succeeded", progress={
+            "epoch": 99, "epochs": 100, "step": steps, "total_steps": steps, "loss": float(loss[-1]), "lr": 0.0,
+            "images_per_second": 2000.0, "elapsed": steps * 0.05})
+        started = job.started_at
+        job.finished_at = started + timedelta(seconds=steps * 0.05)
+        session.execute(insert(MetricPoint), [
+            {"job_id": job.id, "step": i + 1, "epoch": i // per_epoch, "created_at": started + timedelta(seconds=0.05 * (i + 1)),
+             "values": {"loss": float(loss[i]), "lr": 0.3 * (1 - i / steps), "images_per_second": float(2000 + rng.random() * 50),
+                        "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
+            for i in range(steps)])
+        for epoch in range(1, 101):
+            records.record_evaluation(session, job.id, None, {"protocol": "knn", "top1": 80 * (1 - np.exp(-epoch / 30)),
+                                                              "epoch": epoch, "dataset": "cifar10", "num_train": 50_000,
+                                                              "num_test": 10_000})
+        return job.id
 
-            drop_database(self.database_url)
-        shutil.rmtree(self.state, ignore_errors=True)
 
-    def _job(self, session, **fields):
-        from cssl_core.config import build_config
-        from store.models import Job, utcnow
+def make_live_runs(database_url: str, count: int) -> list[str]:
+    """Running jobs with 1,000 steps done, for the feeder to move along."""
+    from sqlalchemy import insert
 
-        config = build_config("simclr", {"dataset": "cifar10", "backbone": "resnet18", "epochs": 1000}).to_dict()
-        job = Job(owner="bench", kind="pretrain", method="simclr", dataset="cifar10", config=config, evaluate=["knn", "linear"],
-                  **{"started_at": utcnow(), "attempt": 1, "worker": "bench@host", **fields})
-        session.add(job)
-        session.flush()
-        return job
+    from store.db import session_scope
+    from store.models import MetricPoint
 
-    def long_run(self, steps: int) -> str:
-        """A finished job with a series of ``steps`` points (loss, lr, images/s and two statistics
-        each) over 100 epochs, and a periodic kNN result per epoch."""
-        from sqlalchemy import insert
-
-        from store import records
-        from store.db import session_scope
-        from store.models import MetricPoint
-
-        rng = np.random.default_rng(0)
-        loss = 6 * np.exp(-np.arange(steps) / (steps / 4)) + rng.random(steps) * 0.2
-        per_epoch = max(1, steps // 100)
-        with session_scope(self.database_url) as session:
-            job = self._job(session, status="succeeded", progress={
-                "epoch": 99, "epochs": 100, "step": steps, "total_steps": steps, "loss": float(loss[-1]), "lr": 0.0,
-                "images_per_second": 2000.0, "elapsed": steps * 0.05})
-            started = job.started_at
-            job.finished_at = started + timedelta(seconds=steps * 0.05)
+    ids = []
+    with session_scope(database_url) as session:
+        for _ in range(count):
+            job = _job(session, status="running")
             session.execute(insert(MetricPoint), [
-                {"job_id": job.id, "step": i + 1, "epoch": i // per_epoch, "created_at": started + timedelta(seconds=0.05 * (i + 1)),
-                 "values": {"loss": float(loss[i]), "lr": 0.3 * (1 - i / steps), "images_per_second": float(2000 + rng.random() * 50),
-                            "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
-                for i in range(steps)])
-            for epoch in range(1, 101):
-                records.record_evaluation(session, job.id, None, {"protocol": "knn", "top1": 80 * (1 - np.exp(-epoch / 30)),
-                                                                  "epoch": epoch, "dataset": "cifar10", "num_train": 50_000,
-                                                                  "num_test": 10_000})
-            return job.id
+                {"job_id": job.id, "step": s, "epoch": s // 100,
+                 "values": {"loss": 5.0 * np.exp(-s / 3000), "lr": 0.1, "images_per_second": 1000.0}}
+                for s in range(1, 1001)])
+            ids.append(job.id)
+    return ids
 
-    def live_runs(self, count: int) -> list[str]:
-        """Running jobs with 1,000 steps done, for the feeder to move along."""
-        from sqlalchemy import insert
 
-        from store.db import session_scope
-        from store.models import MetricPoint
+def api_cpu(service: ServiceUnderTest, seconds: float) -> float:
+    """The API process's CPU use over ``seconds``, in percent of one core (utime + stime)."""
+    def ticks() -> int:
+        fields = Path(f"/proc/{service.api_process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
 
-        ids = []
-        with session_scope(self.database_url) as session:
-            for _ in range(count):
-                job = self._job(session, status="running")
-                session.execute(insert(MetricPoint), [
-                    {"job_id": job.id, "step": s, "epoch": s // 100,
-                     "values": {"loss": 5.0 * np.exp(-s / 3000), "lr": 0.1, "images_per_second": 1000.0}}
-                    for s in range(1, 1001)])
-                ids.append(job.id)
-        return ids
-
-    def api_cpu(self, seconds: float) -> float:
-        """The API process's CPU use over ``seconds``, in percent of one core (utime + stime)."""
-        def ticks() -> int:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])
-
-        start, begin = ticks(), time.monotonic()
-        time.sleep(seconds)
-        return round(100 * (ticks() - start) / TICKS / (time.monotonic() - begin), 1)
+    start, begin = ticks(), time.monotonic()
+    time.sleep(seconds)
+    return round(100 * (ticks() - start) / TICKS / (time.monotonic() - begin), 1)
 
 
 if __name__ == "__main__":

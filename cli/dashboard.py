@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from cli.service_demo import _wait_ready, free_port, stop_service
+from cli.processes import free_port
+from cli.service_demo import stop_service, wait_ready
 
 # --example: a short run with periodic kNN, so that every chart of the run page moves.
 EXAMPLE_JOB = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "digits"},
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
     )
     try:
-        _wait_ready(base, service, str(state_dir))
+        wait_ready(base, service, str(state_dir))
         created = subprocess.run([sys.executable, "-m", "cli.main", "token", "create", "--owner", args.owner],
                                  env=env, capture_output=True, text=True, check=True)
         token = created.stdout.strip().splitlines()[-1]

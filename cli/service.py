@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 
+from cli.processes import stop_process
+
 
 def add_service_commands(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the API and one worker (embedded, or Postgres + Redis from the environment)")
@@ -143,19 +145,25 @@ def cmd_api(args: argparse.Namespace) -> int:
     return _run_api(args, settings)
 
 
-def _worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+def worker_argv(concurrency: int = 1, loglevel: str = "INFO", name: str = "cssl") -> list[str]:
+    """``celery worker``'s arguments; ``name`` makes the worker's name ``name@host``."""
     pool = "solo" if concurrency == 1 else "prefork"
     return [
         "worker",
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--loglevel={loglevel}",
-        "--hostname=cssl@%h",
+        f"--hostname={name}@%h",
         # The database is the record and the sweeper the recovery; Celery's cluster chatter is not needed.
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
     ]
+
+
+def worker_command(name: str = "cssl", concurrency: int = 1) -> list[str]:
+    """The command line of a worker process of this Python, as ``cssl serve`` starts one."""
+    return [sys.executable, "-m", "celery", "-A", "worker.app", *worker_argv(concurrency, name=name)]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -165,7 +173,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _ready_schema(settings)
     from worker.app import app
 
-    app.worker_main(_worker_argv(args.concurrency, args.loglevel))
+    app.worker_main(worker_argv(args.concurrency, args.loglevel))
     return 0
 
 
@@ -211,29 +219,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # Its own session: Ctrl-C reaches only this process, which then stops the worker with one
     # SIGTERM (a second signal would turn Celery's warm shutdown into a cold one).
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "worker.app", *_worker_argv()], env=os.environ.copy(), start_new_session=True
-    )
+    worker = subprocess.Popen(worker_command(), env=os.environ.copy(), start_new_session=True)
     # uvicorn re-raises the signal that stopped it; exit through `finally` so the worker stops too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         return _run_api(args, settings)
     finally:
-        _stop(worker)
-
-
-def _stop(process: subprocess.Popen, grace: float = 30.0) -> None:
-    """Warm shutdown: a running job checkpoints at its next step and goes back to the queue.
-    A worker still busy after ``grace`` seconds is killed; its job resumes from its last
-    checkpoint once the heartbeat times out."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        # Warm shutdown; a worker still busy after 30 s is killed, and its job resumes from its
+        # last checkpoint once the heartbeat times out.
+        stop_process(worker, timeout=30)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

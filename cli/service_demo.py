@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import httpx
+
+from cli.processes import free_port, stop_process, wait_until_ready
+from cli.sse import parse_events
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr=open(os.path.join(state_dir, "service.log"), "ab"),
     )
     try:
-        _wait_ready(base, service, state_dir)
+        wait_ready(base, service, state_dir)
         body = {
             "kind": "pretrain",
             "method": args.method,
@@ -82,12 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def stop_service(service: subprocess.Popen, timeout: float) -> None:
     """SIGTERM (the worker checkpoints and gives its job back), then SIGKILL after ``timeout``."""
-    if service.poll() is None:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(timeout)
-        except subprocess.TimeoutExpired:
-            service.kill()
+    stop_process(service, timeout)
     print("service stopped", flush=True)
 
 
@@ -109,43 +105,27 @@ def _print_random_init_baseline(base: str, job_id: str, state_dir: str) -> None:
 
 def _follow(base: str, job_id: str) -> None:
     """Print the job's progress and state changes from its Server-Sent Events stream."""
-    event_type, last_print = None, 0.0
+    last_print = 0.0
     with httpx.stream("GET", f"{base}/v1/jobs/{job_id}/events", timeout=None) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event_type = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line.split(":", 1)[1])
-                if event_type == "state":
-                    print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
-                elif event_type == "progress" and (time.monotonic() - last_print > 2 or data["step"] == data["total_steps"]):
-                    last_print = time.monotonic()
-                    print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
-                          f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
-                elif event_type == "evaluation":
-                    print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
-                elif event_type == "end":
-                    return
-
-
-def _wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.poll() is not None:
-            raise SystemExit(f"the service exited; see {state_dir}/service.log")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+        for event in parse_events(stream.iter_lines()):
+            event_type, data = event["event"], event["data"]
+            if event_type == "state":
+                print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
+            elif event_type == "progress" and (time.monotonic() - last_print > 2
+                                               or data["step"] == data["total_steps"]):
+                last_print = time.monotonic()
+                print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
+                      f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
+            elif event_type == "evaluation":
+                print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
+            elif event_type == "end":
                 return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the service was not ready after {timeout:.0f} s; see {state_dir}/service.log")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_ready(base: str, service: subprocess.Popen, state_dir: str, timeout: float = 120) -> None:
+    if not wait_until_ready(f"{base}/readyz", service, timeout):
+        why = "exited" if service.poll() is not None else f"was not ready after {timeout:.0f} s"
+        raise SystemExit(f"the service {why}; see {state_dir}/service.log")
 
 
 if __name__ == "__main__":

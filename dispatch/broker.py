@@ -1,5 +1,6 @@
-"""The Celery app's configuration and how a job is published. Importing this module loads
-no model code and no task, so the API can publish without importing the worker."""
+"""The Celery app's configuration, shared by the API and the worker, and what can be read or
+cleared of the queue. Importing this module loads no model code and no task, so the API can
+publish (``dispatch.publisher``) without importing the worker."""
 
 from __future__ import annotations
 
@@ -56,18 +57,6 @@ def _transport_options(settings: Settings) -> dict:
             "visibility_timeout": 24 * 3600,
         }
     return {}
-
-
-def publish(app: Celery, settings: Settings, job_id: str, priority: int) -> None:
-    """Send the job id to the queue; raises when the broker cannot be reached."""
-    app.send_task(
-        RUN_JOB,
-        args=[job_id],
-        queue=settings.queue,
-        priority=MAX_PRIORITY - priority,
-        retry=False,
-    )
-
 
 
 def queue_size(app: Celery, settings: Settings) -> int:

@@ -14,48 +14,15 @@ import logging
 import threading
 import time
 
-from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from dispatch.broker import publish, queue_size
+from dispatch.broker import queue_size
+from dispatch.publisher import Publisher
 from store import jobs
 from store.db import exclusive, is_transient, session_scope
-from store.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class Publisher:
-    """Sends job ids to the queue and notes it on the job.
-
-    When the broker is down, the Redis client spends seconds retrying each connection. After a
-    failure, requests therefore skip the broker for ``sweep_interval`` seconds: their jobs stay
-    queued and unpublished, and the sweeper (``force=True``) sends them once it is back.
-    """
-
-    def __init__(self, app: Celery, settings: Settings):
-        self.app, self.settings = app, settings
-        self._down_until = 0.0
-
-    def send(self, job_id: str, priority: int, *, force: bool = False) -> bool:
-        if not force and time.monotonic() < self._down_until:
-            return False
-        try:
-            publish(self.app, self.settings, job_id, priority)
-        except Exception as exc:  # any broker error
-            self._down_until = time.monotonic() + self.settings.sweep_interval
-            log.warning("could not publish job %s (%s); it stays queued and will be published again", job_id, exc)
-            return False
-        self._down_until = 0.0
-        return True
-
-    def send_and_record(self, job_id: str, priority: int, *, force: bool = False) -> bool:
-        if not self.send(job_id, priority, force=force):
-            return False
-        with session_scope(self.settings.database_url) as session:
-            jobs.mark_published(session, job_id)
-        return True
 
 
 def sweep(publisher: Publisher, *, judge_lost: bool = True) -> dict[str, int] | None:

@@ -30,21 +30,13 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
-import httpx
+from benchmarks.service import ServiceUnderTest
 
-from cli.service_demo import free_port
-from dispatch.broker import delete_queue
-from store.db import create_database, drop_database
-
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
 LONG = {"backbone": "small", "epochs": 1000, "batch_size": 32, "subset": 128, "precision": "fp32", "checkpoint_every": 0}
 
@@ -66,12 +58,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
-    with Service(args.mode, args.api_workers, args.heartbeat_timeout) as service:
+    # No submission limit: the POST load measures the API, not the limit.
+    env = {"CSSL_PROGRESS_EVERY": "1", "CSSL_SUBMIT_RATE": "0", "CSSL_HEARTBEAT_TIMEOUT": str(args.heartbeat_timeout)}
+    with ServiceUnderTest(args.mode, api_workers=args.api_workers, env=env) as service:
         results = {"mode": args.mode, "api_workers": args.api_workers, "cores": os.cpu_count()}
         results["first_step"] = first_step(service, args.first_step_runs)
         print(json.dumps({"first_step": results["first_step"]}, indent=1), flush=True)
         long_job = service.submit(LONG, evaluate=[])
         service.wait_for_status(long_job, "running")
+        while not service.get(long_job)["progress"]:  # its first step, which loads the data, is slow
+            time.sleep(0.5)
         # The training job's own pace, alone and under the load: both share the 2 cores.
         time.sleep(3)
         step_0 = service.get(long_job)["progress"]["step"]
@@ -96,14 +92,14 @@ def main() -> int:
     return 0
 
 
-def first_step(service: "Service", runs: int) -> dict:
+def first_step(service: ServiceUnderTest, runs: int) -> dict:
     claim, step = [], []
     service.wait_for_status(service.submit(TINY, evaluate=[]), "succeeded")  # warm the worker (imports, data)
     for _ in range(runs):
         job = service.submit(TINY, evaluate=[])
         service.wait_for_status(job, "succeeded")
         created = _time(service.get(job)["timings"]["created_at"])
-        events = service.events(job)
+        events = service.events_until(job, lambda event: False)  # all of them
         running = next(e for e in events if e["event"] == "state" and e["data"]["status"] == "running")
         progress = next(e for e in events if e["event"] == "progress")
         claim.append(_time(running["data"]["at"]) - created)
@@ -143,7 +139,7 @@ class RawConnection:
         self.writer.close()
 
 
-async def _load(service: "Service", clients: int, duration: float, max_requests: int, method: str, path: str,
+async def _load(service: ServiceUnderTest, clients: int, duration: float, max_requests: int, method: str, path: str,
                 body: bytes, expect: int) -> dict:
     latencies: list[float] = []
     errors = 0
@@ -166,20 +162,20 @@ async def _load(service: "Service", clients: int, duration: float, max_requests:
     return {"clients": clients, "seconds": round(elapsed, 1), "errors": errors, **_summary(latencies, elapsed)}
 
 
-async def get_load(service: "Service", job_id: str, clients: int, duration: float, max_requests: int) -> dict:
+async def get_load(service: ServiceUnderTest, job_id: str, clients: int, duration: float, max_requests: int) -> dict:
     return await _load(service, clients, duration, max_requests, "GET", f"/v1/jobs/{job_id}", b"", 200)
 
 
-async def post_load(service: "Service", clients: int, posts: int, duration: float) -> dict:
+async def post_load(service: ServiceUnderTest, clients: int, posts: int, duration: float) -> dict:
     body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": [], "priority": 0}
     return await _load(service, clients, duration, posts, "POST", "/v1/jobs", json.dumps(body).encode(), 202)
 
 
-def soak(service: "Service", clients: int, seconds: float) -> dict:
+def soak(service: ServiceUnderTest, clients: int, seconds: float) -> dict:
     job = service.submit(LONG, evaluate=[])
     service.wait_for_status(job, "running")
     paths = [f"/v1/jobs/{job}", "/v1/jobs?limit=20", f"/v1/jobs/{job}/metrics", "/v1/checkpoints"]
-    memory_start = service.memory()
+    memory_start = memory(service)
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
@@ -206,7 +202,7 @@ def soak(service: "Service", clients: int, seconds: float) -> dict:
         return time.monotonic() - start
 
     elapsed = asyncio.run(run())
-    memory_end = service.memory()
+    memory_end = memory(service)
     still = service.get(job)
     service.cancel_all()
     return {"seconds": round(elapsed, 1), "clients": clients, "errors": errors, **_summary(latencies, elapsed),
@@ -214,13 +210,12 @@ def soak(service: "Service", clients: int, seconds: float) -> dict:
             "job_steps": still["progress"]["step"]}
 
 
-def failover(service: "Service") -> dict:
-    spare = service.start_worker("spare")
-    time.sleep(15)  # the spare is up and idle
+def failover(service: ServiceUnderTest) -> dict:
+    spare = service.start_worker("spare")  # up and idle
     job = service.submit(LONG, evaluate=[])
     service.wait_for_status(job, "running")
     first = service.get(job)["worker"]
-    victim = service.processes[0] if first.startswith("cssl@") else spare
+    victim = service.workers[0] if first.startswith("cssl@") else spare
     victim.send_signal(signal.SIGKILL)
     killed = time.time()
     victim.wait()
@@ -238,7 +233,8 @@ def failover(service: "Service") -> dict:
     service.events_until(job, second_attempt_stepped)
     current = service.get(job)
     service.cancel_all()
-    return {"heartbeat_timeout_s": service.heartbeat_timeout, "first_worker": first, "second_worker": current["worker"],
+    return {"heartbeat_timeout_s": service.settings.heartbeat_timeout, "first_worker": first,
+            "second_worker": current["worker"],
             "death_to_claim_s": round(resumed["claim"] - killed, 2),
             "death_to_next_step_s": round(resumed["step"] - killed, 2)}
 
@@ -251,6 +247,12 @@ def _summary(latencies: list[float], elapsed: float) -> dict:
 
     return {"requests": len(ordered), "requests_per_second": round(len(ordered) / elapsed, 1),
             "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(1000 * ordered[-1], 1)}
+
+
+def memory(service: ServiceUnderTest) -> dict[str, float]:
+    """Resident memory (MiB) of the API and the first worker, each with its child processes."""
+    names = {"worker": service.workers[0].pid, "api": service.api_process.pid}
+    return {name: round(_rss_kib(pid) / 1024, 1) for name, pid in names.items()}
 
 
 def _rss_kib(pid: int) -> int:
@@ -268,126 +270,6 @@ def _rss_kib(pid: int) -> int:
 
 def _time(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-class Service:
-    """An API and a worker process with a fresh database and queue, removed afterwards."""
-
-    def __init__(self, mode: str, api_workers: int = 1, heartbeat_timeout: float = 60.0):
-        self.mode, self.api_workers, self.heartbeat_timeout = mode, api_workers, heartbeat_timeout
-        self.run_id = uuid.uuid4().hex[:8]
-        self.state = Path(tempfile.mkdtemp(prefix="cssl-bench-"))
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CSSL_")}
-        # No submission limit: the POST load measures the API, not the limit.
-        self.env.update(CSSL_STATE_DIR=str(self.state), CSSL_PROGRESS_EVERY="1", CSSL_QUEUE=f"bench_{self.run_id}",
-                        CSSL_SUBMIT_RATE="0", CSSL_HEARTBEAT_TIMEOUT=str(heartbeat_timeout))
-        self.admin_url = os.environ.get("CSSL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-        if mode == "postgres":
-            self.env["CSSL_DATABASE_URL"] = self.admin_url.rsplit("/", 1)[0] + f"/cssl_bench_{self.run_id}"
-            self.env["CSSL_BROKER_URL"] = os.environ.get("CSSL_BENCH_REDIS", "redis://127.0.0.1:6379/12")
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.processes: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "Service":
-        if self.mode == "postgres":
-            create_database(self.env["CSSL_DATABASE_URL"])
-        self._cli("db", "upgrade")
-        token = self._cli("token", "create", "--owner", "bench").strip().splitlines()[-1]
-        self.headers = {"Authorization": f"Bearer {token}"}
-        log = open(self.state / "service.log", "ab")
-        self.log = log
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=self.env,
-                                               stdout=log, stderr=log))
-        self.processes.append(subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "api", "--port", str(self.port), "--no-access-log",
-             "--workers", str(self.api_workers)],
-            cwd=REPO, env=self.env, stdout=log, stderr=log))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"service did not start; see {self.state}/service.log")
-
-    def __exit__(self, *exc) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGQUIT if process is self.processes[0] else signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if self.mode == "postgres":
-            drop_database(self.env["CSSL_DATABASE_URL"])
-            delete_queue(self.env["CSSL_BROKER_URL"], self.env["CSSL_QUEUE"])  # the cancelled jobs' messages
-
-    def start_worker(self, name: str) -> subprocess.Popen:
-        """Another worker process (a Celery worker of its own name, like a second machine's)."""
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--loglevel=INFO",
-             f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=REPO, env=self.env, stdout=self.log, stderr=self.log)
-        self.processes.append(process)
-        return process
-
-    def memory(self) -> dict[str, float]:
-        """Resident memory (MiB) of the API and the first worker, each with its child processes."""
-        names = {"worker": self.processes[0].pid, "api": self.processes[1].pid}
-        return {name: round(_rss_kib(pid) / 1024, 1) for name, pid in names.items()}
-
-    def events_until(self, job_id: str, done) -> list[dict]:
-        events, kind = [], None
-        with httpx.stream("GET", f"{self.base}/v1/jobs/{job_id}/events", headers=self.headers, timeout=60) as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    events.append({"event": kind, "data": json.loads(line.split(":", 1)[1])})
-                    if done(events[-1]):
-                        return events
-        return events
-
-    def _cli(self, *argv: str) -> str:
-        return subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=REPO, env=self.env, check=True,
-                              capture_output=True, text=True).stdout
-
-    def submit(self, config: dict, **body) -> str:
-        response = httpx.post(f"{self.base}/v1/jobs", headers=self.headers, json={
-            "kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": config, **body})
-        response.raise_for_status()
-        return response.json()["id"]
-
-    def get(self, job_id: str) -> dict:
-        return httpx.get(f"{self.base}/v1/jobs/{job_id}", headers=self.headers).json()
-
-    def events(self, job_id: str) -> list[dict]:
-        """Every event of a job, until its stream ends."""
-        return self.events_until(job_id, lambda event: False)
-
-    def wait_for_status(self, job_id: str, status: str, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.get(job_id)
-            if job["status"] == status:
-                return
-            if job["status"] in ("failed", "cancelled"):
-                raise SystemExit(f"job {job_id} {job['status']}: {job['error']}")
-            time.sleep(0.1)
-        raise SystemExit(f"job {job_id} not {status} after {timeout} s")
-
-    def cancel_all(self) -> None:
-        for status in ("queued", "running"):
-            while True:
-                page = httpx.get(f"{self.base}/v1/jobs", headers=self.headers, params={"status": status, "limit": 200}).json()
-                todo = [j["id"] for j in page["items"] if not j["cancel_requested"]]
-                for job_id in todo:
-                    httpx.post(f"{self.base}/v1/jobs/{job_id}/cancel", headers=self.headers)
-                if not todo or status == "running":
-                    break
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from dispatch.broker import RUN_JOB
-from dispatch.sweeper import Publisher, sweep
+from dispatch.publisher import Publisher
+from dispatch.sweeper import sweep
 from store.db import DatabaseUnavailable
 from store.settings import get_settings
 from worker import runner

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import CurrentOwner, ReadSessionDep, SettingsDep
 from api.problems import ProblemError, problem
-from api.schemas import JOB_ID_PATTERN, MAX_ROW_ID, CheckpointPublic, EvaluationPublic, LeaderboardRow, Protocol
+from api.schemas import JOB_ID_PATTERN, MAX_ROW_ID, CheckpointPublic, EvaluationPublic, Protocol
 from api.views import checkpoint_public, evaluation_public
 from store import records
 
@@ -123,19 +123,3 @@ def get_evaluation(
     if evaluation is None:
         raise ProblemError(404, f"no evaluation {evaluation_id}; list yours with GET /v1/evaluations")
     return evaluation_public(evaluation)
-
-
-NAME = r"^[A-Za-z0-9_.-]{1,64}$"
-
-
-@router.get("/leaderboard", response_model=list[LeaderboardRow],
-            summary="Each method's best final result per data set and protocol, with its pretraining cost")
-def leaderboard(
-    session: ReadSessionDep,
-    owner: CurrentOwner,
-    dataset: Annotated[str | None, Query(pattern=NAME, description="Only results on this data set")] = None,
-    protocol: Annotated[Protocol | None, Query(description="Only this protocol's results")] = None,
-    backbone: Annotated[str | None, Query(pattern=NAME, description="Only pretraining with this backbone")] = None,
-) -> list[LeaderboardRow]:
-    rows = records.leaderboard(session, owner, dataset=dataset, protocol=protocol, backbone=backbone)
-    return [LeaderboardRow.model_validate(row._asdict()) for row in rows]

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import redis
 
+from cli.processes import free_port, stop_process
 from store.db import create_database
-
-from .support import free_port
 
 
 def _postgres_bin() -> Path | None:
@@ -105,6 +104,5 @@ class PrivateRedis:
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
+        if self.process is not None:
+            stop_process(self.process, timeout=20)

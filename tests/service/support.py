@@ -12,7 +12,6 @@ servers are skipped with the reason. Under CI (``CI=true``) or with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -26,6 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from cli.processes import free_port, stop_process, wait_until_ready
+from cli.service import worker_command
+from cli.sse import parse_events
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -105,12 +108,6 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Process:
     """A child process of the service, its output in a log file."""
 
@@ -133,23 +130,12 @@ class Process:
         raise AssertionError(f"{text!r} not seen in {self.log}:\n{self.output()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout, sig)
         self.handle.close()
 
 
 def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
-    worker = Process(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "-c", "1", "--loglevel=INFO",
-         f"--hostname={name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env,
-        log,
-    )
+    worker = Process(worker_command(name), env, log)
     worker.wait_for(" ready.", timeout=90)
     return worker
 
@@ -163,38 +149,23 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: 
         log,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            time.sleep(0.2)
-    process.stop()  # else it starts later and its sweeper publishes other tests' jobs
-    raise AssertionError(f"API did not start in {timeout:g} s:\n{process.output()}")
+    if not wait_until_ready(f"{base}/healthz", process.popen, timeout=timeout):
+        process.stop()  # else it starts later and its sweeper publishes other tests' jobs
+        raise AssertionError(f"API did not start in {timeout:g} s:\n{process.output()}")
+    return process, base
 
 
 def read_events(base: str, path: str, headers: dict[str, str], *, until=None, timeout: float = 120) -> list[dict]:
     """Read a Server-Sent Events stream into ``[{"id", "event", "data"}]`` until it ends, or
     until ``until(event)`` is true."""
-    events, current = [], {}
+    events = []
     with httpx.stream("GET", base + path, headers=headers, timeout=timeout) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line == "":
-                if "event" in current:
-                    event = {"id": int(current["id"]) if "id" in current else None, "event": current["event"],
-                             "data": json.loads(current.get("data", "{}"))}
-                    events.append(event)
-                    if event["event"] == "end" or (until and until(event)):
-                        return events
-                current = {}
-                continue
-            field, _, value = line.partition(":")
-            current[field] = value.removeprefix(" ")
+        for event in parse_events(response.iter_lines()):
+            events.append(event)
+            if event["event"] == "end" or (until and until(event)):
+                return events
     return events
 
 

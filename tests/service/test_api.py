@@ -319,7 +319,8 @@ def test_unknown_route_is_a_problem(client):
 def test_a_job_submitted_while_the_broker_is_down_is_published_later(settings, tokens):
     from api.main import create_app
     from dispatch.broker import make_celery
-    from dispatch.sweeper import Publisher, sweep
+    from dispatch.publisher import Publisher
+    from dispatch.sweeper import sweep
     from store import jobs
     from store.db import session_scope
 

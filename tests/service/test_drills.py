@@ -128,7 +128,8 @@ def test_ten_kills_in_a_row_lose_nothing(server, service_env, settings, tmp_path
 
 @needs_servers("duplicate delivery needs the Redis queue")
 def test_a_message_delivered_twice_runs_once(server, service_env, settings, tmp_path, alice):
-    from dispatch.broker import make_celery, publish
+    from dispatch.broker import make_celery
+    from dispatch.publisher import publish
 
     job = submit(server, alice, method="simclr", config=TINY, evaluate=[])
     app = make_celery(settings)

@@ -180,7 +180,8 @@ def test_progress_resets_the_count_of_stalled_attempts(settings):
 @needs_servers("the advisory lock is Postgres's")
 def test_one_sweeper_at_a_time(settings):
     from dispatch.broker import make_celery
-    from dispatch.sweeper import Publisher, sweep
+    from dispatch.publisher import Publisher
+    from dispatch.sweeper import sweep
 
     publisher = Publisher(make_celery(settings), settings)
     with exclusive(settings.database_url) as held:
@@ -196,7 +197,8 @@ def test_a_waiting_message_is_not_published_again(settings):
     import redis
 
     from dispatch.broker import make_celery, queue_size
-    from dispatch.sweeper import Publisher, sweep
+    from dispatch.publisher import Publisher
+    from dispatch.sweeper import sweep
 
     own = settings.with_(queue=settings.queue + "_pileup")
     app = make_celery(own)
