@@ -48,13 +48,25 @@ class BodyLimit:
         await self.app(scope, counted_receive, tracked_send)
 
     async def _refuse(self, scope, send) -> None:
-        body = json.dumps({
-            "type": "about:blank", "title": "Content Too Large", "status": 413,
-            "detail": f"request bodies are limited to {self.max_bytes} bytes; a job's config is a few kilobytes "
-                      "(data sets go to POST /v1/datasets/uploads)",
-            "instance": scope["path"],
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "type": "about:blank",
+                "title": "Content Too Large",
+                "status": 413,
+                "detail": f"request bodies are limited to {self.max_bytes} bytes; a job's config is a few kilobytes "
+                "(data sets go to POST /v1/datasets/uploads)",
+                "instance": scope["path"],
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.problems import ProblemError
+from dispatch.sweeper import Publisher
 from store import tokens
 from store.settings import Settings
-from dispatch.sweeper import Publisher
 
 bearer = HTTPBearer(auto_error=False, description="A token from `cssl token create --owner NAME`")
 

@@ -33,8 +33,10 @@ def _poll(sessions: sessionmaker[Session], job_id: str, after: int) -> tuple[lis
         # Status first: an event written after this read is picked up by the next poll.
         job = jobs.get_job(session, job_id)
         finished = job is None or job.status in TERMINAL_STATUSES
-        events = [(e.seq, e.type, {**e.data, "job_id": job_id, "at": e.created_at.isoformat()})
-                  for e in records.events_after(session, job_id, after)]
+        events = [
+            (e.seq, e.type, {**e.data, "job_id": job_id, "at": e.created_at.isoformat()})
+            for e in records.events_after(session, job_id, after)
+        ]
     return events, finished
 
 

@@ -14,11 +14,11 @@ from api.ratelimit import Limits
 from api.routes import artifacts, catalog, datasets, docs, health, jobs, leaderboard, ui
 from api.routes.health import AUTH_OFF_WARNING
 from api.unpacking import Unpacker
-from store.db import read_session_factory, session_factory
-from store.settings import Settings, get_settings
 from dispatch.broker import make_celery
 from dispatch.publisher import Publisher
 from dispatch.sweeper import Sweeper
+from store.db import read_session_factory, session_factory
+from store.settings import Settings, get_settings
 
 log = logging.getLogger("cssl.api")
 

@@ -88,7 +88,10 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
             for status, response in responses.items():
                 # A route may declare {"model": Problem}, which FastAPI documents as application/json.
                 content = response.get("content", {})
-                if status[0] in "45" and content.get("application/json", {}).get("schema", {}).get("$ref") == PROBLEM_REF:
+                if (
+                    status[0] in "45"
+                    and content.get("application/json", {}).get("schema", {}).get("$ref") == PROBLEM_REF
+                ):
                     content[PROBLEM_JSON] = content.pop("application/json")
             if "422" in responses:
                 description = responses["422"].get("description")
@@ -97,8 +100,13 @@ def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
             if operation.get("security"):
                 responses.setdefault("401", UNAUTHORIZED)
             if "requestBody" in operation:  # api.bodylimit refuses bodies past its ceiling
-                responses.setdefault("413", {"description": "The request body is larger than the API accepts",
-                                             "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}})
+                responses.setdefault(
+                    "413",
+                    {
+                        "description": "The request body is larger than the API accepts",
+                        "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}},
+                    },
+                )
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     return openapi
@@ -135,9 +143,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [
-            field_error(list(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"]) for e in exc.errors()
-        ]
+        errors = [field_error(list(e["loc"]), e["msg"].removeprefix("Value error, "), e["type"]) for e in exc.errors()]
         return problem_response(request, invalid(errors))
 
     @app.exception_handler(StarletteHTTPException)

@@ -32,7 +32,9 @@ def _no_nul(value: Any) -> Any:
     # Postgres stores no NUL in text or JSON, and a free-form config value would take it there.
     if isinstance(value, str) and "\x00" in value:
         raise ValueError("text may not contain NUL (\\u0000)")
-    for item in [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else ():
+    for item in (
+        [*value.keys(), *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else ()
+    ):
         _no_nul(item)
     return value
 
@@ -48,32 +50,46 @@ PRETRAIN_EXAMPLE = {
     "priority": 5,
 }
 # Runs anywhere: generated images, no files needed.
-TRY_EXAMPLE = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"},
-               "config": {"backbone": "small", "epochs": 1}, "evaluate": ["knn"]}
-EVAL_EXAMPLE = {"kind": "eval", "job": "9f1c2e7a5b3d4e6f8a0b1c2d3e4f5a6b", "evaluate": ["linear"], "config": {"linear": {"epochs": 50}}}
+TRY_EXAMPLE = {
+    "kind": "pretrain",
+    "method": "simclr",
+    "dataset": {"name": "synthetic"},
+    "config": {"backbone": "small", "epochs": 1},
+    "evaluate": ["knn"],
+}
+EVAL_EXAMPLE = {
+    "kind": "eval",
+    "job": "9f1c2e7a5b3d4e6f8a0b1c2d3e4f5a6b",
+    "evaluate": ["linear"],
+    "config": {"linear": {"epochs": 50}},
+}
 
 
 class DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="A name from GET /v1/datasets", examples=["cifar10"],
-                      json_schema_extra={"enum": dataset_names()})
+    name: str = Field(
+        description="A name from GET /v1/datasets", examples=["cifar10"], json_schema_extra={"enum": dataset_names()}
+    )
     path: str | None = Field(
         None,
         description="For data sets that need files: a file or folder under the service's data roots; "
         "a relative path is relative to the first root",
         examples=["cifar10-jpeg.tar.gz"],
     )
-    upload: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="Instead of a path: the id of one of "
-                               "your uploads (POST /v1/datasets/uploads)")
+    upload: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="Instead of a path: the id of one of your uploads (POST /v1/datasets/uploads)",
+    )
     options: ConfigValues = Field(
         default_factory=dict,
-        description="Data options that are config keys, e.g. {\"subset\": 5000}",
+        description='Data options that are config keys, e.g. {"subset": 5000}',
         examples=[{"subset": 5000}],
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DatasetSpec":
+    def _one_source(self) -> DatasetSpec:
         if self.path is not None and self.upload is not None:
             raise ValueError("a data set comes from a path or from an upload, not both")
         return self
@@ -85,19 +101,21 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PRETRAIN_EXAMPLE, EVAL_EXAMPLE]})
 
     kind: JobKind = "pretrain"
-    method: str | None = Field(None, description="Pretrain: a name from GET /v1/methods",
-                               json_schema_extra={"enum": [*method_names(), None]})
+    method: str | None = Field(
+        None, description="Pretrain: a name from GET /v1/methods", json_schema_extra={"enum": [*method_names(), None]}
+    )
     dataset: DatasetSpec | None = Field(None, description="Pretrain: required. Eval: defaults to the pretraining data")
     config: ConfigValues = Field(
         default_factory=dict,
         description="Pretrain: overrides of the method's config, with the CLI's option names (see "
         "GET /v1/methods), and parameters of the final evaluations. Eval: `device` and per-protocol "
-        "parameters. Protocol parameters are objects, e.g. {\"knn\": {\"k\": 200}, \"linear\": {\"epochs\": 50}, "
-        "\"finetune\": {\"label_fraction\": 0.01}}",
+        'parameters. Protocol parameters are objects, e.g. {"knn": {"k": 200}, "linear": {"epochs": 50}, '
+        '"finetune": {"label_fraction": 0.01}}',
     )
     evaluate: Annotated[list[Protocol], AfterValidator(_each_once)] | None = Field(
-        None, max_length=len(protocol_names()),
-        description="Protocols to run on the final checkpoint, each at most once; default knn and linear; [] for none"
+        None,
+        max_length=len(protocol_names()),
+        description="Protocols to run on the final checkpoint, each at most once; default knn and linear; [] for none",
     )
     checkpoint: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="Eval: the checkpoint to evaluate")
     job: str | None = Field(
@@ -106,7 +124,7 @@ class JobCreate(BaseModel):
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest)")
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "JobCreate":
+    def _kind_fields(self) -> JobCreate:
         if self.kind == "pretrain":
             missing = [name for name in ("method", "dataset") if getattr(self, name) is None]
             if missing:
@@ -163,7 +181,7 @@ class JobPublic(BaseModel):
     evaluation_parameters: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="The config's keys that are evaluation protocols' parameters, by protocol "
-        "({\"knn\": {\"k\": 20}}); every other config key is the run's",
+        '({"knn": {"k": 20}}); every other config key is the run\'s',
     )
     evaluate: list[Protocol]
     priority: int
@@ -222,9 +240,12 @@ class EvaluationPublic(BaseModel):
     parameters: dict[str, Any]
     num_train: int = Field(description="labelled training images the protocol used")
     num_test: int
-    extra: dict[str, Any] = Field(default_factory=dict, description="what the protocol reports besides accuracy, "
-                                  "e.g. distill's teacher_top1, finetune's num_labelled and steps, or embedding's "
-                                  "reduction, points ([x, y, label] rows) and classes (the names labels index)")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the protocol reports besides accuracy, "
+        "e.g. distill's teacher_top1, finetune's num_labelled and steps, or embedding's "
+        "reduction, points ([x, y, label] rows) and classes (the names labels index)",
+    )
     created_at: datetime
 
 
@@ -256,8 +277,10 @@ class MethodPublic(BaseModel):
         description="Values used instead of the paper's on images of 64 px or less (recipe=auto), measured here",
     )
     vit_defaults: dict[str, Any] = Field(default_factory=dict, description="Values used when the backbone is a ViT")
-    config_schema: dict[str, Any] = Field(description="JSON schema of every key a job's config takes for this method "
-                                          "(the run's common keys, then the method's own), with each key's valid range")
+    config_schema: dict[str, Any] = Field(
+        description="JSON schema of every key a job's config takes for this method "
+        "(the run's common keys, then the method's own), with each key's valid range"
+    )
 
 
 class ProtocolPublic(BaseModel):
@@ -287,17 +310,21 @@ class DatasetInfo(BaseModel):
 
 
 class UploadPublic(BaseModel):
-    id: str = Field(description="What a job names: {\"dataset\": {\"name\": \"imagefolder\", \"upload\": id}}")
+    id: str = Field(description='What a job names: {"dataset": {"name": "imagefolder", "upload": id}}')
     name: str
     status: Literal["unpacking", "ready", "failed", "deleting"] = Field(
-        description="unpacking after the archive arrived, then ready (jobs may name it) or failed (see error)")
+        description="unpacking after the archive arrived, then ready (jobs may name it) or failed (see error)"
+    )
     sha256: str = Field(description="Of the archive as received")
     size_bytes: int = Field(description="The archive's size")
     num_files: int = Field(description="Files unpacked from it (0 until ready)")
     created_at: datetime
     error: str | None = Field(None, description="Why it failed, and what to do")
-    unpacked_bytes: int | None = Field(None, description="What its files take on disk once unpacked: this counts "
-                                       "against your quota (the archive's size, until then)")
+    unpacked_bytes: int | None = Field(
+        None,
+        description="What its files take on disk once unpacked: this counts "
+        "against your quota (the archive's size, until then)",
+    )
 
 
 class Health(BaseModel):

@@ -60,14 +60,25 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
     overrides = {k: v for k, v in body.config.items() if k not in protocol_names()}
     for key in overrides:
         if key in DATASET_KEYS or key == "method":
-            errors.append(field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config"))
+            errors.append(
+                field_error(["body", "config", key], f"set {key!r} through the job's dataset/method fields, not config")
+            )
         elif key not in valid_keys:
             valid = sorted((valid_keys - set(DATASET_KEYS)) | set(protocol_names()))
-            errors.append(field_error(["body", "config", key], f"unknown option for {method.name}{did_you_mean(key, valid)}; "
-                                                               f"valid options: {', '.join(valid)}"))
+            errors.append(
+                field_error(
+                    ["body", "config", key],
+                    f"unknown option for {method.name}{did_you_mean(key, valid)}; valid options: {', '.join(valid)}",
+                )
+            )
     for key, value in body.dataset.options.items():
         if key not in valid_keys or key in DATASET_KEYS:
-            errors.append(field_error(["body", "dataset", "options", key], "unknown data option; data options are config keys such as subset"))
+            errors.append(
+                field_error(
+                    ["body", "dataset", "options", key],
+                    "unknown data option; data options are config keys such as subset",
+                )
+            )
         elif key in body.config and body.config[key] != value:
             errors.append(field_error(["body", "dataset", "options", key], f"conflicts with config.{key}"))
         else:
@@ -105,8 +116,13 @@ def _fit_run_time(overrides: dict, settings: Settings, errors: list) -> None:
     if budget is None:
         overrides["time_budget"] = most
     elif isinstance(budget, (int, float)) and not isinstance(budget, bool) and budget > most:
-        errors.append(field_error(["body", "config", "time_budget"], f"at most {most:g} seconds, the service's maximum "
-                                  "run time (CSSL_MAX_RUN_SECONDS); ask for less, or leave it out to get the maximum"))
+        errors.append(
+            field_error(
+                ["body", "config", "time_budget"],
+                f"at most {most:g} seconds, the service's maximum "
+                "run time (CSSL_MAX_RUN_SECONDS); ask for less, or leave it out to get the maximum",
+            )
+        )
 
 
 def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
@@ -117,7 +133,12 @@ def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
             continue
         value = config[protocol]
         if not isinstance(value, dict):
-            errors.append(field_error(["body", "config", protocol], f"{protocol} takes an object of protocol parameters, e.g. {{\"k\": 200}}"))
+            errors.append(
+                field_error(
+                    ["body", "config", protocol],
+                    f'{protocol} takes an object of protocol parameters, e.g. {{"k": 200}}',
+                )
+            )
             continue
         try:
             params = protocol_params(protocol, value)
@@ -128,14 +149,20 @@ def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
     return checked
 
 
-def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCreate, errors: list) -> tuple[str, str | None]:
+def _check_dataset(
+    session: Session, owner: str, settings: Settings, body: JobCreate, errors: list
+) -> tuple[str, str | None]:
     """The data set's name and its data path: the user's path, or ``uploads/<id>`` for an upload
     of theirs; either must resolve inside the data roots and hold the data set's files."""
     catalog = {d["name"]: d for d in describe_datasets()}
     spec = body.dataset
     info = catalog.get(spec.name)
     if info is None:
-        errors.append(field_error(["body", "dataset", "name"], f"unknown data set {spec.name!r}; known: {', '.join(sorted(catalog))}"))
+        errors.append(
+            field_error(
+                ["body", "dataset", "name"], f"unknown data set {spec.name!r}; known: {', '.join(sorted(catalog))}"
+            )
+        )
     if spec.upload is not None:
         loc = ["body", "dataset", "upload"]
         upload = datasets.usable_dataset(session, spec.upload, owner)
@@ -149,8 +176,13 @@ def _check_dataset(session: Session, owner: str, settings: Settings, body: JobCr
         loc, path = ["body", "dataset", "path"], spec.path
     else:
         if info is not None and info["needs_path"]:
-            errors.append(field_error(["body", "dataset", "path"], f"the data set {spec.name!r} needs a path in the service's "
-                                      "data folder (e.g. cifar10-jpeg.tar.gz) or an upload"))
+            errors.append(
+                field_error(
+                    ["body", "dataset", "path"],
+                    f"the data set {spec.name!r} needs a path in the service's "
+                    "data folder (e.g. cifar10-jpeg.tar.gz) or an upload",
+                )
+            )
         return spec.name, None
     if info is None:
         return spec.name, path
@@ -184,8 +216,9 @@ def _not_ready(upload: Dataset) -> str:
 def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, protocols: list[str]) -> NewJob:
     errors = []
     if not protocols:
-        errors.append(field_error(["body", "evaluate"],
-                                  "an eval job needs at least one protocol: " + ", ".join(protocol_names())))
+        errors.append(
+            field_error(["body", "evaluate"], "an eval job needs at least one protocol: " + ", ".join(protocol_names()))
+        )
     eval_keys = [*EVAL_CONFIG_KEYS, *protocol_names()]
     for key in body.config:
         if key not in eval_keys:
@@ -195,7 +228,11 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
     if body.checkpoint is not None:
         checkpoint = records.get_checkpoint(session, body.checkpoint, owner)
         if checkpoint is None:
-            errors.append(field_error(["body", "checkpoint"], f"no checkpoint {body.checkpoint}; list yours with GET /v1/checkpoints"))
+            errors.append(
+                field_error(
+                    ["body", "checkpoint"], f"no checkpoint {body.checkpoint}; list yours with GET /v1/checkpoints"
+                )
+            )
         source = jobs.get_job(session, checkpoint.job_id) if checkpoint else None
     else:
         source = jobs.get_job(session, body.job, owner)
@@ -203,7 +240,13 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         if source is None:
             errors.append(field_error(["body", "job"], f"no job {body.job}; list yours with GET /v1/jobs"))
         elif source.kind != "pretrain" or source.status != "succeeded":
-            errors.append(field_error(["body", "job"], f"job {source.id} is a {source.status} {source.kind} job; name a succeeded pretrain job, or a checkpoint"))
+            errors.append(
+                field_error(
+                    ["body", "job"],
+                    f"job {source.id} is a {source.status} {source.kind} job; "
+                    "name a succeeded pretrain job, or a checkpoint",
+                )
+            )
         else:
             checkpoint = records.latest_checkpoint(session, source.id)
             if checkpoint is None:
@@ -212,7 +255,9 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
     if body.dataset is not None:
         dataset_name, dataset_path = _check_dataset(session, owner, settings, body, errors)
     elif (upload := data_roots.upload_id(dataset_path)) and datasets.usable_dataset(session, upload, owner) is None:
-        errors.append(field_error(["body", "dataset"], f"the pretraining data, upload {upload}, was deleted; name a data set"))
+        errors.append(
+            field_error(["body", "dataset"], f"the pretraining data, upload {upload}, was deleted; name a data set")
+        )
     if errors:
         raise invalid(errors)
     return NewJob(

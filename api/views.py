@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from cssl_core.evaluation import protocol_names
-from store.data_roots import upload_id
-from store.models import Checkpoint, Dataset, Evaluation, Job, utcnow
-
 from api.schemas import (
     CheckpointPublic,
     DatasetPublic,
@@ -16,6 +12,9 @@ from api.schemas import (
     Timings,
     UploadPublic,
 )
+from cssl_core.evaluation import protocol_names
+from store.data_roots import upload_id
+from store.models import Checkpoint, Dataset, Evaluation, Job, utcnow
 
 
 def job_public(job: Job) -> JobPublic:

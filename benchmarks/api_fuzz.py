@@ -47,34 +47,47 @@ def main() -> int:
         seeded = [service.submit({"backbone": "small", "epochs": 1}, evaluate=[]) for _ in range(3)]
         httpx.post(f"{service.base}/v1/jobs/{seeded[0]}/cancel", headers=service.headers).raise_for_status()
         setup_requests = len(requests_answered(service))
-        while (len(requests_answered(service)) - setup_requests < args.requests
-               and time.monotonic() - started < args.max_minutes * 60):
+        while (
+            len(requests_answered(service)) - setup_requests < args.requests
+            and time.monotonic() - started < args.max_minutes * 60
+        ):
             # The first run has every phase; later ones draw new data with new seeds.
             phases = "examples,coverage,fuzzing,stateful" if not runs else "fuzzing,stateful"
             max_examples = args.max_examples if not runs else max(1, args.max_examples // 4)
             report, code = schemathesis(service, args.seed + len(runs), max_examples, phases)
-            runs.append({"seed": args.seed + len(runs), "phases": phases, "exit_code": code,
-                         "test_cases": report.get("test_cases", {}).get("generated"),
-                         "requests": len(requests_answered(service)) - setup_requests})
+            runs.append(
+                {
+                    "seed": args.seed + len(runs),
+                    "phases": phases,
+                    "exit_code": code,
+                    "test_cases": report.get("test_cases", {}).get("generated"),
+                    "requests": len(requests_answered(service)) - setup_requests,
+                }
+            )
             reports.append(report)
             print(json.dumps({"run": runs[-1]}), file=sys.stderr, flush=True)
         wall = time.monotonic() - started
         statuses = Counter(requests_answered(service)[setup_requests:])
         jobs_accepted = len(ACCEPTED_JOB.findall(service.api_log.read_bytes())) - len(seeded)
         service.cancel_all()
-    print(json.dumps({
-        "requests": sum(statuses.values()),
-        "failures": sum(group["count"] for report in reports for group in report.get("failures", [])),
-        "errors": sum(group["count"] for report in reports for group in report.get("errors", [])),
-        "failure_codes": sorted({group["code"] for report in reports for group in report.get("failures", [])}),
-        "wall_s": round(wall, 1),
-        "runs": len(runs),
-        "test_cases": sum(run["test_cases"] or 0 for run in runs),
-        "statuses": dict(sorted(statuses.items())),
-        "jobs_accepted": jobs_accepted,
-        "mode": args.mode,
-        "cores": os.cpu_count(),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "requests": sum(statuses.values()),
+                "failures": sum(group["count"] for report in reports for group in report.get("failures", [])),
+                "errors": sum(group["count"] for report in reports for group in report.get("errors", [])),
+                "failure_codes": sorted({group["code"] for report in reports for group in report.get("failures", [])}),
+                "wall_s": round(wall, 1),
+                "runs": len(runs),
+                "test_cases": sum(run["test_cases"] or 0 for run in runs),
+                "statuses": dict(sorted(statuses.items())),
+                "jobs_accepted": jobs_accepted,
+                "mode": args.mode,
+                "cores": os.cpu_count(),
+            }
+        ),
+        flush=True,
+    )
     return 0 if all(run["exit_code"] == 0 for run in runs) else 1
 
 
@@ -86,11 +99,34 @@ def requests_answered(service: ServiceUnderTest) -> list[str]:
 def schemathesis(service: ServiceUnderTest, seed: int, max_examples: int, phases: str) -> tuple[dict, int]:
     report = service.state / f"report-{seed}.json"
     result = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{service.base}/openapi.json",
-         "--checks", "all", "-H", f"Authorization: Bearer {service.token}", "--workers", "1", "--seed", str(seed),
-         "--max-examples", str(max_examples), "--phases", phases, "--report", "json",
-         "--report-json-path", str(report)],
-        cwd=REPO, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--no-color",
+            "run",
+            f"{service.base}/openapi.json",
+            "--checks",
+            "all",
+            "-H",
+            f"Authorization: Bearer {service.token}",
+            "--workers",
+            "1",
+            "--seed",
+            str(seed),
+            "--max-examples",
+            str(max_examples),
+            "--phases",
+            phases,
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         print(result.stdout[-8000:], file=sys.stderr)
     return (json.loads(report.read_text()) if report.exists() else {}), result.returncode

@@ -42,19 +42,38 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    config = build_config(args.method, {
-        "dataset": "cifar10", "data": args.data, "backbone": args.backbone, "subset": args.subset or None,
-        "epochs": 1000, "time_budget": args.time_budget, "checkpoint_every": 0, **overrides,
-    })
+    config = build_config(
+        args.method,
+        {
+            "dataset": "cifar10",
+            "data": args.data,
+            "backbone": args.backbone,
+            "subset": args.subset or None,
+            "epochs": 1000,
+            "time_budget": args.time_budget,
+            "checkpoint_every": 0,
+            **overrides,
+        },
+    )
     out = Path(args.out) / f"{args.method}-{args.backbone}-{int(time.time())}"
     result = pretrain(config, out)
     knn = evaluate_checkpoint(result.checkpoint, "knn")
     row = {
-        "method": args.method, "backbone": args.backbone, "subset": args.subset, "time_budget": args.time_budget,
-        "batch_size": config.batch_size, "recipe": config.recipe, "overrides": overrides, "steps": result.steps,
-        "epochs": round(result.epochs_completed, 2), "train_seconds": round(result.train_seconds, 1),
-        "images_per_second": round(result.images_per_second, 1), "final_loss": round(result.final_loss, 4),
-        "knn_top1": round(knn.top1, 2), "knn_top5": round(knn.top5, 2), "checkpoint": str(result.checkpoint),
+        "method": args.method,
+        "backbone": args.backbone,
+        "subset": args.subset,
+        "time_budget": args.time_budget,
+        "batch_size": config.batch_size,
+        "recipe": config.recipe,
+        "overrides": overrides,
+        "steps": result.steps,
+        "epochs": round(result.epochs_completed, 2),
+        "train_seconds": round(result.train_seconds, 1),
+        "images_per_second": round(result.images_per_second, 1),
+        "final_loss": round(result.final_loss, 4),
+        "knn_top1": round(knn.top1, 2),
+        "knn_top5": round(knn.top5, 2),
+        "checkpoint": str(result.checkpoint),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
     if args.random_init:

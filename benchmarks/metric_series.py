@@ -46,30 +46,56 @@ def run(service: ServiceUnderTest, args) -> dict:
     rng = np.random.default_rng(0)
     started = utcnow()
     with session_scope(service.database_url) as session:
-        job = Job(owner="bench", kind="pretrain", method="simclr", dataset="synthetic", config={}, evaluate=[],
-                  status="succeeded", started_at=started)
+        job = Job(
+            owner="bench",
+            kind="pretrain",
+            method="simclr",
+            dataset="synthetic",
+            config={},
+            evaluate=[],
+            status="succeeded",
+            started_at=started,
+        )
         session.add(job)
         session.flush()
         loss = 5 * np.exp(-np.arange(args.rows) / (args.rows / 3)) + rng.random(args.rows) * 0.1
-        session.execute(insert(MetricPoint), [
-            {"job_id": job.id, "step": i + 1, "epoch": i // 1000, "created_at": started + timedelta(seconds=0.05 * i),
-             "values": {"loss": float(loss[i]), "lr": 0.1, "images_per_second": float(1000 + rng.random()),
-                        "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
-            for i in range(args.rows)
-        ])
+        session.execute(
+            insert(MetricPoint),
+            [
+                {
+                    "job_id": job.id,
+                    "step": i + 1,
+                    "epoch": i // 1000,
+                    "created_at": started + timedelta(seconds=0.05 * i),
+                    "values": {
+                        "loss": float(loss[i]),
+                        "lr": 0.1,
+                        "images_per_second": float(1000 + rng.random()),
+                        "pos_similarity": float(rng.random()),
+                        "neg_similarity": float(rng.random()),
+                    },
+                }
+                for i in range(args.rows)
+            ],
+        )
     app = create_app(service.settings, sweep=False)
     timings = []
     with TestClient(app) as client:
         for _ in range(args.requests):
             begin = time.perf_counter()
-            response = client.get(f"/v1/jobs/{job.id}/metrics", params={"points": args.points},
-                                  headers=service.headers)
+            response = client.get(f"/v1/jobs/{job.id}/metrics", params={"points": args.points}, headers=service.headers)
             timings.append((time.perf_counter() - begin) * 1000)
             assert response.status_code == 200, response.text
     series = response.json()["series"]
-    return {"mode": args.mode, "rows": args.rows, "points": args.points, "requests": args.requests,
-            "median_ms": round(statistics.median(timings)), "fastest_ms": round(min(timings)),
-            "points_returned": {name: len(points) for name, points in series.items()}}
+    return {
+        "mode": args.mode,
+        "rows": args.rows,
+        "points": args.points,
+        "requests": args.requests,
+        "median_ms": round(statistics.median(timings)),
+        "fastest_ms": round(min(timings)),
+        "points_returned": {name: len(points) for name, points in series.items()},
+    }
 
 
 if __name__ == "__main__":

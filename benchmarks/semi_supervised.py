@@ -35,12 +35,21 @@ def main() -> None:
     def run(protocol: str, random_init: bool = False, **params) -> None:
         start = time.perf_counter()
         r = evaluate_checkpoint(args.checkpoint, protocol, random_init=random_init, **params)
-        print(json.dumps({
-            "protocol": protocol, "weights": "random init (supervised from scratch)" if random_init else "pretrained",
-            "params": params, "top1": round(r.top1, 2), "top5": None if r.top5 is None else round(r.top5, 2),
-            "extra": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.extra.items()},
-            "wall_seconds": round(time.perf_counter() - start, 1), "machine": machine,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "protocol": protocol,
+                    "weights": "random init (supervised from scratch)" if random_init else "pretrained",
+                    "params": params,
+                    "top1": round(r.top1, 2),
+                    "top5": None if r.top5 is None else round(r.top5, 2),
+                    "extra": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.extra.items()},
+                    "wall_seconds": round(time.perf_counter() - start, 1),
+                    "machine": machine,
+                }
+            ),
+            flush=True,
+        )
 
     for fraction in (float(f) for f in args.fractions.split(",")):
         run("linear", label_fraction=fraction)

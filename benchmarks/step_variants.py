@@ -20,8 +20,16 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.train.optim import build_optimizer
 
 
-def measure(method: str, backbone: str, batch_size: int, precision: str, channels_last: bool, compile_: bool,
-            steps: int, device: torch.device) -> dict:
+def measure(
+    method: str,
+    backbone: str,
+    batch_size: int,
+    precision: str,
+    channels_last: bool,
+    compile_: bool,
+    steps: int,
+    device: torch.device,
+) -> dict:
     torch.manual_seed(0)
     config = build_config(method, {"backbone": backbone, "batch_size": batch_size, "precision": precision})
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -30,8 +38,11 @@ def measure(method: str, backbone: str, batch_size: int, precision: str, channel
     forward = torch.compile(model) if compile_ else model
     sizes = [spec.size for spec in type(model).view_specs(config.method_config, 32)]
     views = [torch.randn(batch_size, 3, s, s, device=device).contiguous(memory_format=memory_format) for s in sizes]
-    schedules = {"lr": config.lr, "weight_decay": 0.0,
-                 **{k: float(v[0]) for k, v in model.schedules(steps, steps).items()}}
+    schedules = {
+        "lr": config.lr,
+        "weight_decay": 0.0,
+        **{k: float(v[0]) for k, v in model.schedules(steps, steps).items()},
+    }
     batch = Batch(views=views, indices=torch.arange(batch_size, device=device), step=0, epoch=0, schedules=schedules)
     seconds = []
     for _ in range(steps):
@@ -45,10 +56,18 @@ def measure(method: str, backbone: str, batch_size: int, precision: str, channel
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
-    median = statistics.median(seconds[steps // 3:])
-    return {"method": method, "backbone": backbone, "batch_size": batch_size, "precision": precision,
-            "channels_last": channels_last, "compile": compile_, "first_step_s": round(seconds[0], 2),
-            "median_step_s": round(median, 3), "images_per_second": round(batch_size / median, 1)}
+    median = statistics.median(seconds[steps // 3 :])
+    return {
+        "method": method,
+        "backbone": backbone,
+        "batch_size": batch_size,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compile_,
+        "first_step_s": round(seconds[0], 2),
+        "median_step_s": round(median, 3),
+        "images_per_second": round(batch_size / median, 1),
+    }
 
 
 def main() -> None:
@@ -65,7 +84,9 @@ def main() -> None:
     if args.compile:
         variants += [("bf16", True, True), ("fp32", True, True)]
     for precision, channels_last, compile_ in variants:
-        row = measure(args.method, args.backbone, args.batch_size, precision, channels_last, compile_, args.steps, device)
+        row = measure(
+            args.method, args.backbone, args.batch_size, precision, channels_last, compile_, args.steps, device
+        )
         print(json.dumps(row), flush=True)
 
 

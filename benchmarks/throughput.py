@@ -27,18 +27,33 @@ def measure(method: str, backbone: str, batch_size: int, warmup: int, steps: int
     # rows to fill, and epoch hooks (DeepCluster's k-means) run once per epoch of them.
     subset = min(4 * batch_size, 500)
     steps_per_epoch = subset // batch_size
-    config = build_config(method, {
-        "dataset": "synthetic", "subset": subset, "backbone": backbone, "batch_size": batch_size,
-        "epochs": -(-(warmup + steps) // steps_per_epoch), "checkpoint_every": 0, "precision": precision,
-        "recipe": recipe,
-    })
+    config = build_config(
+        method,
+        {
+            "dataset": "synthetic",
+            "subset": subset,
+            "backbone": backbone,
+            "batch_size": batch_size,
+            "epochs": -(-(warmup + steps) // steps_per_epoch),
+            "checkpoint_every": 0,
+            "precision": precision,
+            "recipe": recipe,
+        },
+    )
     with tempfile.TemporaryDirectory() as out:
         pretrain(config, out, on_progress=seen.append, progress_every=1)
     by_step = {p.step: p.elapsed for p in seen}
     seconds = by_step[warmup + steps] - by_step[warmup]
-    return {"method": method, "backbone": backbone, "batch_size": batch_size, "precision": precision, "recipe": recipe,
-            "images_per_second": round(steps * batch_size / seconds, 1),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads()}
+    return {
+        "method": method,
+        "backbone": backbone,
+        "batch_size": batch_size,
+        "precision": precision,
+        "recipe": recipe,
+        "images_per_second": round(steps * batch_size / seconds, 1),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -53,9 +68,12 @@ def main() -> None:
     args = parser.parse_args()
     for backbone in args.backbones:
         for method in args.methods:
-            print(json.dumps(measure(method, backbone, args.batch_size, args.warmup, args.steps, args.precision,
-                                     args.recipe)),
-                  flush=True)
+            print(
+                json.dumps(
+                    measure(method, backbone, args.batch_size, args.warmup, args.steps, args.precision, args.recipe)
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

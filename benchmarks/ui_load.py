@@ -64,8 +64,17 @@ def main() -> int:
         first_paint = measure_first_paint(browser, service, long_run, args.loads)
         live = measure_live_tabs(browser, service, args.tabs, args.seconds)
         browser.close()
-    print(json.dumps({"run_page": {"steps": args.steps, **first_paint}, "live_tabs": live, "mode": args.mode,
-                      "cores": os.cpu_count()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "run_page": {"steps": args.steps, **first_paint},
+                "live_tabs": live,
+                "mode": args.mode,
+                "cores": os.cpu_count(),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -81,11 +90,18 @@ def measure_first_paint(browser, service, job_id: str, loads: int) -> dict:
         points = int(page.locator("#chart-loss").get_attribute("data-points"))
         context.close()
     begin = time.perf_counter()
-    response = httpx.get(f"{service.base}/v1/jobs/{job_id}/metrics", params={"points": 2000}, headers=service.headers, timeout=60)
+    response = httpx.get(
+        f"{service.base}/v1/jobs/{job_id}/metrics", params={"points": 2000}, headers=service.headers, timeout=60
+    )
     metrics_ms = (time.perf_counter() - begin) * 1000
-    return {"charts_ready_ms": [round(t) for t in timings], "median_ms": round(statistics.median(timings)), "target_ms": 1000,
-            "loss_points_drawn": points, "metrics_response_kb": round(len(response.content) / 1024),
-            "metrics_response_ms": round(metrics_ms)}
+    return {
+        "charts_ready_ms": [round(t) for t in timings],
+        "median_ms": round(statistics.median(timings)),
+        "target_ms": 1000,
+        "loss_points_drawn": points,
+        "metrics_response_kb": round(len(response.content) / 1024),
+        "metrics_response_ms": round(metrics_ms),
+    }
 
 
 def measure_live_tabs(browser, service, tabs: int, seconds: float) -> dict:
@@ -117,11 +133,16 @@ def measure_live_tabs(browser, service, tabs: int, seconds: float) -> dict:
     finally:
         feeder.stop()
     gained = [b - a for a, b in zip(before, after)]
-    return {"tabs": len(jobs), "visible_tabs": visible, "seconds": seconds,
-            "progress_reports_per_second": round(events / seconds, 1),
-            "api_cpu_percent_no_tabs": idle, "api_cpu_percent_with_tabs": busy,
-            "api_cpu_percent_per_tab": round((busy - idle) / len(jobs), 2),
-            "points_gained_per_tab": {"min": min(gained), "median": statistics.median(gained), "max": max(gained)}}
+    return {
+        "tabs": len(jobs),
+        "visible_tabs": visible,
+        "seconds": seconds,
+        "progress_reports_per_second": round(events / seconds, 1),
+        "api_cpu_percent_no_tabs": idle,
+        "api_cpu_percent_with_tabs": busy,
+        "api_cpu_percent_per_tab": round((busy - idle) / len(jobs), 2),
+        "points_gained_per_tab": {"min": min(gained), "median": statistics.median(gained), "max": max(gained)},
+    }
 
 
 def charts_ready(page, timeout: float = 60) -> float:
@@ -154,7 +175,8 @@ class Feeder(threading.Thread):
         self.reports = 0
 
     def run(self) -> None:
-        from store import jobs as store_jobs, records
+        from store import jobs as store_jobs
+        from store import records
         from store.db import session_scope
 
         step = 1000
@@ -163,8 +185,16 @@ class Feeder(threading.Thread):
             step += 1
             for job_id in self.jobs:
                 loss = 5.0 * np.exp(-step / 3000)
-                progress = {"epoch": step // 100, "epochs": 1000, "step": step, "total_steps": 100_000, "loss": loss,
-                            "lr": 0.1, "images_per_second": 1000.0, "elapsed": float(step)}
+                progress = {
+                    "epoch": step // 100,
+                    "epochs": 1000,
+                    "step": step,
+                    "total_steps": 100_000,
+                    "loss": loss,
+                    "lr": 0.1,
+                    "images_per_second": 1000.0,
+                    "elapsed": float(step),
+                }
                 values = {"loss": loss, "lr": 0.1, "images_per_second": 1000.0}
                 with session_scope(self.database_url) as session:
                     store_jobs.record_progress(session, job_id, 1, progress, values)
@@ -181,8 +211,15 @@ def _job(session, **fields):
     from store.models import Job, utcnow
 
     config = build_config("simclr", {"dataset": "cifar10", "backbone": "resnet18", "epochs": 1000}).to_dict()
-    job = Job(owner="bench", kind="pretrain", method="simclr", dataset="cifar10", config=config, evaluate=["knn", "linear"],
-              **{"started_at": utcnow(), "attempt": 1, "worker": "bench@host", **fields})
+    job = Job(
+        owner="bench",
+        kind="pretrain",
+        method="simclr",
+        dataset="cifar10",
+        config=config,
+        evaluate=["knn", "linear"],
+        **{"started_at": utcnow(), "attempt": 1, "worker": "bench@host", **fields},
+    )
     session.add(job)
     session.flush()
     return job
@@ -201,20 +238,55 @@ def make_long_run(database_url: str, steps: int) -> str:
     loss = 6 * np.exp(-np.arange(steps) / (steps / 4)) + rng.random(steps) * 0.2
     per_epoch = max(1, steps // 100)
     with session_scope(database_url) as session:
-        job = _job(session, status="succeeded", progress={
-            "epoch": 99, "epochs": 100, "step": steps, "total_steps": steps, "loss": float(loss[-1]), "lr": 0.0,
-            "images_per_second": 2000.0, "elapsed": steps * 0.05})
+        job = _job(
+            session,
+            status="succeeded",
+            progress={
+                "epoch": 99,
+                "epochs": 100,
+                "step": steps,
+                "total_steps": steps,
+                "loss": float(loss[-1]),
+                "lr": 0.0,
+                "images_per_second": 2000.0,
+                "elapsed": steps * 0.05,
+            },
+        )
         started = job.started_at
         job.finished_at = started + timedelta(seconds=steps * 0.05)
-        session.execute(insert(MetricPoint), [
-            {"job_id": job.id, "step": i + 1, "epoch": i // per_epoch, "created_at": started + timedelta(seconds=0.05 * (i + 1)),
-             "values": {"loss": float(loss[i]), "lr": 0.3 * (1 - i / steps), "images_per_second": float(2000 + rng.random() * 50),
-                        "pos_similarity": float(rng.random()), "neg_similarity": float(rng.random())}}
-            for i in range(steps)])
+        session.execute(
+            insert(MetricPoint),
+            [
+                {
+                    "job_id": job.id,
+                    "step": i + 1,
+                    "epoch": i // per_epoch,
+                    "created_at": started + timedelta(seconds=0.05 * (i + 1)),
+                    "values": {
+                        "loss": float(loss[i]),
+                        "lr": 0.3 * (1 - i / steps),
+                        "images_per_second": float(2000 + rng.random() * 50),
+                        "pos_similarity": float(rng.random()),
+                        "neg_similarity": float(rng.random()),
+                    },
+                }
+                for i in range(steps)
+            ],
+        )
         for epoch in range(1, 101):
-            records.record_evaluation(session, job.id, None, {"protocol": "knn", "top1": 80 * (1 - np.exp(-epoch / 30)),
-                                                              "epoch": epoch, "dataset": "cifar10", "num_train": 50_000,
-                                                              "num_test": 10_000})
+            records.record_evaluation(
+                session,
+                job.id,
+                None,
+                {
+                    "protocol": "knn",
+                    "top1": 80 * (1 - np.exp(-epoch / 30)),
+                    "epoch": epoch,
+                    "dataset": "cifar10",
+                    "num_train": 50_000,
+                    "num_test": 10_000,
+                },
+            )
         return job.id
 
 
@@ -229,16 +301,25 @@ def make_live_runs(database_url: str, count: int) -> list[str]:
     with session_scope(database_url) as session:
         for _ in range(count):
             job = _job(session, status="running")
-            session.execute(insert(MetricPoint), [
-                {"job_id": job.id, "step": s, "epoch": s // 100,
-                 "values": {"loss": 5.0 * np.exp(-s / 3000), "lr": 0.1, "images_per_second": 1000.0}}
-                for s in range(1, 1001)])
+            session.execute(
+                insert(MetricPoint),
+                [
+                    {
+                        "job_id": job.id,
+                        "step": s,
+                        "epoch": s // 100,
+                        "values": {"loss": 5.0 * np.exp(-s / 3000), "lr": 0.1, "images_per_second": 1000.0},
+                    }
+                    for s in range(1, 1001)
+                ],
+            )
             ids.append(job.id)
     return ids
 
 
 def api_cpu(service: ServiceUnderTest, seconds: float) -> float:
     """The API process's CPU use over ``seconds``, in percent of one core (utime + stime)."""
+
     def ticks() -> int:
         fields = Path(f"/proc/{service.api_process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])

@@ -20,8 +20,12 @@ from cli.processes import free_port
 from cli.service_demo import stop_service, wait_ready
 
 # --example: a short run with periodic kNN, so that every chart of the run page moves.
-EXAMPLE_JOB = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "digits"},
-               "config": {"backbone": "small", "epochs": 300, "time_budget": 120, "knn_every": 1, "precision": "fp32"}}
+EXAMPLE_JOB = {
+    "kind": "pretrain",
+    "method": "simclr",
+    "dataset": {"name": "digits"},
+    "config": {"backbone": "small", "epochs": 300, "time_budget": 120, "knn_every": 1, "precision": "fp32"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,23 +42,38 @@ def main(argv: list[str] | None = None) -> int:
     state_dir.mkdir(parents=True, exist_ok=True)
     base = f"http://{args.host}:{port}"
     # Embedded whatever the environment says.
-    env = {k: v for k, v in os.environ.items() if k not in ("CSSL_DATABASE_URL", "CSSL_BROKER_URL", "CSSL_AUTH_DISABLED")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("CSSL_DATABASE_URL", "CSSL_BROKER_URL", "CSSL_AUTH_DISABLED")
+    }
     env["CSSL_STATE_DIR"] = str(state_dir)
     log = state_dir / "service.log"
-    service = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--no-access-log", "--host", args.host, "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),
-    )
+    with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
+        service = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", "--no-access-log", "--host", args.host, "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         wait_ready(base, service, str(state_dir))
-        created = subprocess.run([sys.executable, "-m", "cli.main", "token", "create", "--owner", args.owner],
-                                 env=env, capture_output=True, text=True, check=True)
+        created = subprocess.run(
+            [sys.executable, "-m", "cli.main", "token", "create", "--owner", args.owner],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         token = created.stdout.strip().splitlines()[-1]
-        print(f"dashboard: {base}/ui/\n"
-              f"token for {args.owner} (paste it into the dashboard; shown once): {token}\n"
-              f"state: {state_dir} (log: {log}); Ctrl-C stops the service", flush=True)
+        print(
+            f"dashboard: {base}/ui/\n"
+            f"token for {args.owner} (paste it into the dashboard; shown once): {token}\n"
+            f"state: {state_dir} (log: {log}); Ctrl-C stops the service",
+            flush=True,
+        )
         if args.example:
-            job = httpx.post(f"{base}/v1/jobs", json=EXAMPLE_JOB, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            job = httpx.post(
+                f"{base}/v1/jobs", json=EXAMPLE_JOB, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
             job.raise_for_status()
             print(f"example run: {base}/ui/jobs/{job.json()['id']}", flush=True)
         service.wait()

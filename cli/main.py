@@ -69,40 +69,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cssl", description="Self-supervised pretraining and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("pretrain", help="pretrain a backbone with a self-supervised method",
-                       description="Pretrain a backbone with a self-supervised method. Defaults are the papers'; on "
-                                   "images of 64 px or less (recipe=auto) a method's small-image recipe changes a "
-                                   "few of them, batch_size among them (`cssl methods` lists both).")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a backbone with a self-supervised method",
+        description="Pretrain a backbone with a self-supervised method. Defaults are the papers'; on "
+        "images of 64 px or less (recipe=auto) a method's small-image recipe changes a "
+        "few of them, batch_size among them (`cssl methods` lists both).",
+    )
     p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
     for option, key in PRETRAIN_OPTIONS.items():
         p.add_argument(option, dest=key, default=None, help=config_help(PretrainConfig, key))
     p.add_argument("--config", type=Path, help="JSON file of config keys (the flat form stored with every run)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config key, e.g. --set temperature=0.2 (see `cssl methods`)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config key, e.g. --set temperature=0.2 (see `cssl methods`)",
+    )
     p.add_argument("--out", type=Path, help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", type=Path, help="continue from this checkpoint, with the config stored in it")
     p.add_argument("--evaluate", default="", help="protocols to run at the end, e.g. knn,linear")
     p.set_defaults(func=cmd_pretrain)
 
     protocols = [get_protocol(name) for name in protocol_names()]
-    p = sub.add_parser("eval", help="evaluate a checkpoint by a protocol: kNN or linear probe on frozen features, "
-                                    "fine-tuning / distillation on a fraction of the labels, ...",
-                       description="Evaluate a checkpoint by a protocol:\n" + "\n".join(
-                           f"  {cls.name}: {cls.summary}" for cls in protocols),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint by a protocol: kNN or linear probe on frozen features, "
+        "fine-tuning / distillation on a fraction of the labels, ...",
+        description="Evaluate a checkpoint by a protocol:\n"
+        + "\n".join(f"  {cls.name}: {cls.summary}" for cls in protocols),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--protocol", choices=protocol_names(), default="knn")
     p.add_argument("--dataset", help="default: the pretraining dataset")
     p.add_argument("--data", help="default: the pretraining data path")
-    p.add_argument("--random-init", action="store_true",
-                   help="evaluate the same backbone at random initialisation (finetune: supervised from scratch)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="protocol parameter, e.g. --set k=20 (" + "; ".join(
-                       f"{cls.name}: {', '.join(f.name for f in dataclasses.fields(cls.params_cls))}"
-                       for cls in protocols) + ")")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="evaluate the same backbone at random initialisation (finetune: supervised from scratch)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="protocol parameter, e.g. --set k=20 ("
+        + "; ".join(f"{cls.name}: {', '.join(f.name for f in dataclasses.fields(cls.params_cls))}" for cls in protocols)
+        + ")",
+    )
     p.add_argument("--device", default="auto")
-    p.add_argument("--baseline", action="store_true",
-                   help="also evaluate the same backbone at random initialisation, for comparison")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also evaluate the same backbone at random initialisation, for comparison",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -111,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("convert-checkpoint",
-                       help="rewrite a trusted checkpoint from an older cssl with tensors and plain values only",
-                       description="Rewrite a checkpoint whose pickle holds other Python objects (numpy arrays, "
-                                   "dataclasses) so that cssl loads it. Reading it runs any code the file carries: "
-                                   "only for files you wrote or trust, which --trust confirms.")
+    p = sub.add_parser(
+        "convert-checkpoint",
+        help="rewrite a trusted checkpoint from an older cssl with tensors and plain values only",
+        description="Rewrite a checkpoint whose pickle holds other Python objects (numpy arrays, "
+        "dataclasses) so that cssl loads it. Reading it runs any code the file carries: "
+        "only for files you wrote or trust, which --trust confirms.",
+    )
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--trust", action="store_true", help="confirm that the file comes from a trusted source")
@@ -201,8 +227,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"{result.stopped}: {result.steps} steps ({result.epochs_completed:.2f} epochs) in {result.train_seconds:.1f}s "
-          f"of training, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}")
+    print(
+        f"{result.stopped}: {result.steps} steps ({result.epochs_completed:.2f} epochs) in {result.train_seconds:.1f}s "
+        f"of training, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}"
+    )
     print(f"checkpoint: {result.checkpoint}")
     for protocol in [p for p in args.evaluate.split(",") if p]:
         r = evaluate_checkpoint(result.checkpoint, protocol, **eval_params.get(protocol, {}))
@@ -227,12 +255,14 @@ def _payload(r) -> str:
 def next_steps(out: Path, method: str) -> str:
     """The run folder and the commands that evaluate, export and resume it, ready to paste."""
     cssl, last = _cssl_command(), shlex.quote(str(out / "checkpoints" / "last.pt"))
-    return "\n".join([
-        f"run folder: {out}",
-        f"  evaluate: {cssl} eval {last} --protocol knn",
-        f"  export:   {cssl} export {last} --out {shlex.quote(str(out / 'backbone.pt'))}",
-        f"  resume:   {cssl} pretrain --resume {last} --method {method} --out {shlex.quote(str(out))}",
-    ])
+    return "\n".join(
+        [
+            f"run folder: {out}",
+            f"  evaluate: {cssl} eval {last} --protocol knn",
+            f"  export:   {cssl} export {last} --out {shlex.quote(str(out / 'backbone.pt'))}",
+            f"  resume:   {cssl} pretrain --resume {last} --method {method} --out {shlex.quote(str(out))}",
+        ]
+    )
 
 
 def _cssl_command() -> str:
@@ -251,28 +281,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     params = _key_values(args.overrides)  # typed and checked by the protocol's parameters
 
     def evaluate(random_init: bool):
-        return evaluate_checkpoint(args.checkpoint, args.protocol, dataset=args.dataset, data=args.data,
-                                   device=args.device, random_init=random_init, **params)
+        return evaluate_checkpoint(
+            args.checkpoint,
+            args.protocol,
+            dataset=args.dataset,
+            data=args.data,
+            device=args.device,
+            random_init=random_init,
+            **params,
+        )
 
     r = evaluate(args.random_init)
     baseline = evaluate(True) if args.baseline and not args.random_init else None
     if args.json:
         # The protocol's declared extra keys (embedding's points and classes, fine-tuning's steps) beside the rest.
         extra = {key: r.extra[key] for key in get_protocol(r.protocol).extra if key in r.extra}
-        print(json.dumps({"protocol": r.protocol, "parameters": r.parameters, "top1": r.top1, "top5": r.top5,
-                          "dataset": r.dataset, "num_train": r.num_train, "num_test": r.num_test,
-                          "epoch": r.epoch, "random_init": args.random_init, **extra,
-                          **({"baseline": {"top1": baseline.top1, "top5": baseline.top5}} if baseline else {})}))
+        print(
+            json.dumps(
+                {
+                    "protocol": r.protocol,
+                    "parameters": r.parameters,
+                    "top1": r.top1,
+                    "top5": r.top5,
+                    "dataset": r.dataset,
+                    "num_train": r.num_train,
+                    "num_test": r.num_test,
+                    "epoch": r.epoch,
+                    "random_init": args.random_init,
+                    **extra,
+                    **({"baseline": {"top1": baseline.top1, "top5": baseline.top5}} if baseline else {}),
+                }
+            )
+        )
         return 0
     rows = [("random init" if args.random_init else f"epoch {r.epoch}", r)]
     if baseline:
         rows.append(("random init", baseline))
     print(f"{r.dataset}: {r.num_train} train / {r.num_test} test images")
-    print(format_table(["protocol", "weights", "parameters", "top-1", "top-5"], [
-        [res.protocol, weights, " ".join(f"{k}={v}" for k, v in res.parameters.items()),
-         "-" if res.top1 is None else f"{res.top1:.2f}%", "-" if res.top5 is None else f"{res.top5:.2f}%"]
-        for weights, res in rows
-    ]))
+    print(
+        format_table(
+            ["protocol", "weights", "parameters", "top-1", "top-5"],
+            [
+                [
+                    res.protocol,
+                    weights,
+                    " ".join(f"{k}={v}" for k, v in res.parameters.items()),
+                    "-" if res.top1 is None else f"{res.top1:.2f}%",
+                    "-" if res.top5 is None else f"{res.top5:.2f}%",
+                ]
+                for weights, res in rows
+            ],
+        )
+    )
     if not get_protocol(r.protocol).accuracy:
         print(f"{r.protocol}: {_payload(r)}")
     return 0
@@ -282,8 +342,12 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; numbers (the last two columns) aligned right."""
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     right = {len(header) - 2, len(header) - 1}
-    lines = ["  ".join(str(cell).rjust(w) if i in right else str(cell).ljust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
+    lines = [
+        "  ".join(
+            str(cell).rjust(w) if i in right else str(cell).ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -298,8 +362,11 @@ def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     from cssl_core.train.checkpoint import convert_checkpoint
 
     if not args.trust:
-        print(f"cssl: error: reading {args.checkpoint} runs any code it carries; add --trust if you wrote it or "
-              "got it from someone you trust", file=sys.stderr)
+        print(
+            f"cssl: error: reading {args.checkpoint} runs any code it carries; add --trust if you wrote it or "
+            "got it from someone you trust",
+            file=sys.stderr,
+        )
         return 2
     print(convert_checkpoint(args.checkpoint, args.out))
     return 0
@@ -314,9 +381,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
         cls = get_method(name)
         paper = build_config(name, {"recipe": "paper"}).to_dict()
         shown = {**dataclasses.asdict(cls.config_cls()), **{k: paper[k] for k in cls.config_cls.small_image_recipe}}
-        rows.append({"name": name, "paper": cls.paper, "arxiv": cls.arxiv, "defaults": shown,
-                     "small_image_recipe": cls.config_cls.small_image_recipe,
-                     "vit_defaults": cls.config_cls.vit_defaults})
+        rows.append(
+            {
+                "name": name,
+                "paper": cls.paper,
+                "arxiv": cls.arxiv,
+                "defaults": shown,
+                "small_image_recipe": cls.config_cls.small_image_recipe,
+                "vit_defaults": cls.config_cls.vit_defaults,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

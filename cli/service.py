@@ -19,21 +19,28 @@ from cli.processes import stop_process
 
 
 def add_service_commands(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="run the API and one worker (embedded, or Postgres + Redis from the environment)")
+    p = subparsers.add_parser(
+        "serve", help="run the API and one worker (embedded, or Postgres + Redis from the environment)"
+    )
     _server_options(p)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("api", help="run the HTTP API alone")
     _server_options(p)
-    p.add_argument("--workers", type=int, default=1, help="API processes (each reads the settings from the environment)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="API processes (each reads the settings from the environment)"
+    )
     p.set_defaults(func=cmd_api)
 
     p = subparsers.add_parser("worker", help="run a Celery worker alone")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once (each in its own process when > 1)")
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
-    p.add_argument("--check", action="store_true",
-                   help="only check that the database and the broker answer (a container's healthcheck); exit 1 if not")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the database and the broker answer (a container's healthcheck); exit 1 if not",
+    )
     p.set_defaults(func=cmd_worker)
 
     db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
@@ -41,8 +48,9 @@ def add_service_commands(subparsers) -> None:
     p = db_sub.add_parser("upgrade", help="migrate to the newest schema (or --revision)")
     p.add_argument("--revision", default="head")
     p.set_defaults(func=cmd_db_upgrade)
-    p = db_sub.add_parser("downgrade", help="migrate back to --revision (an id, -1, or base); says what it deletes "
-                                            "and asks first")
+    p = db_sub.add_parser(
+        "downgrade", help="migrate back to --revision (an id, -1, or base); says what it deletes and asks first"
+    )
     p.add_argument("--revision", required=True)
     p.add_argument("--yes", action="store_true", help="do not ask (for scripts)")
     p.set_defaults(func=cmd_db_downgrade)
@@ -55,14 +63,18 @@ def add_service_commands(subparsers) -> None:
     p.add_argument("--owner", required=True, help="who the token's jobs belong to")
     p.add_argument("--admin", action="store_true", help="the token may submit jobs above the default priority (5)")
     p.set_defaults(func=cmd_token_create)
-    p = token_sub.add_parser("list", help="list tokens by prefix, owner and state (the tokens themselves are not stored)")
+    p = token_sub.add_parser(
+        "list", help="list tokens by prefix, owner and state (the tokens themselves are not stored)"
+    )
     p.add_argument("--owner", help="only this owner's tokens")
     p.set_defaults(func=cmd_token_list)
     p = token_sub.add_parser("revoke", help="revoke a token; the API refuses it within 30 s")
     p.add_argument("token", help="the token's prefix as `cssl token list` shows it, or the whole token")
     p.set_defaults(func=cmd_token_revoke)
 
-    p = subparsers.add_parser("settings", help="print the settings in effect, from the CSSL_* variables (passwords masked)")
+    p = subparsers.add_parser(
+        "settings", help="print the settings in effect, from the CSSL_* variables (passwords masked)"
+    )
     p.set_defaults(func=cmd_settings)
 
 
@@ -92,9 +104,12 @@ def _settings(args: argparse.Namespace):
         raise SystemExit(2) from None
     host = getattr(args, "host", None)
     if settings.auth_disabled and host is not None and not _loopback(host):
-        print(f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who reaches --host "
-              f"{host} would act as {settings.local_owner!r}; serve on 127.0.0.1 (the default) or ::1, or keep "
-              "authentication on and create tokens with `cssl token create`", file=sys.stderr)
+        print(
+            f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who reaches --host "
+            f"{host} would act as {settings.local_owner!r}; serve on 127.0.0.1 (the default) or ::1, or keep "
+            "authentication on and create tokens with `cssl token create`",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     return settings
 
@@ -252,8 +267,11 @@ def cmd_db_downgrade(args: argparse.Namespace) -> int:
         print(f"cssl: error: {exc}", file=sys.stderr)
         return 2
     if plan:
-        print(f"Downgrading {mask_password(settings.database_url)} undoes {len(plan)} migration(s); what they hold "
-              "is deleted for good:", file=sys.stderr)
+        print(
+            f"Downgrading {mask_password(settings.database_url)} undoes {len(plan)} migration(s); what they hold "
+            "is deleted for good:",
+            file=sys.stderr,
+        )
         for step in plan:
             deletes = ", ".join(step.deletes) or "nothing"
             print(f"  {step.revision} ({step.summary}): deletes {deletes}", file=sys.stderr)
@@ -303,8 +321,13 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     _ready_schema(settings)
     with session_scope(settings.database_url) as session:
         rows = [
-            (t.prefix, t.owner, "admin" if t.admin else "user", t.created_at.isoformat(timespec="seconds"),
-             f"revoked {t.revoked_at.isoformat(timespec='seconds')}" if t.revoked_at else "active")
+            (
+                t.prefix,
+                t.owner,
+                "admin" if t.admin else "user",
+                t.created_at.isoformat(timespec="seconds"),
+                f"revoked {t.revoked_at.isoformat(timespec='seconds')}" if t.revoked_at else "active",
+            )
             for t in tokens.list_tokens(session, args.owner)
         ]
     print("prefix\towner\tscope\tcreated\tstate")

@@ -40,20 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("CSSL_DATABASE_URL", "CSSL_BROKER_URL")}
     env["CSSL_PROGRESS_EVERY"] = "2"
     print(f"$ cssl serve --no-auth --port {port} --state-dir {state_dir}", flush=True)
-    service = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--no-auth", "--no-access-log", "--port", str(port), "--state-dir", state_dir],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(os.path.join(state_dir, "service.log"), "ab"),
-    )
+    argv = [sys.executable, "-m", "cli.main", "serve", "--no-auth", "--no-access-log", "--port", str(port)]
+    with open(os.path.join(state_dir, "service.log"), "ab") as stderr:  # the child keeps its own descriptor
+        service = subprocess.Popen([*argv, "--state-dir", state_dir], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_ready(base, service, state_dir)
         body = {
             "kind": "pretrain",
             "method": args.method,
             "dataset": {"name": args.dataset},
-            "config": {"backbone": "small", "epochs": args.epochs, "batch_size": args.batch_size,
-                       "time_budget": args.time_budget, "subset": args.subset},
+            "config": {
+                "backbone": "small",
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "time_budget": args.time_budget,
+                "subset": args.subset,
+            },
             "evaluate": ["knn", "linear"],
         }
         print(f"$ curl -X POST {base}/v1/jobs -d '{json.dumps(body)}'", flush=True)
@@ -69,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"job {job['status']}: {job['error']}", file=sys.stderr)
             return 1
         evaluations = httpx.get(f"{base}/v1/evaluations", params={"job": job_id}, timeout=30).json()
-        print(f"\n{args.method} on {args.dataset}, {job['result']['epochs_completed']:.0f} epochs, backbone small "
-              f"({job['result']['train_seconds']:.0f} s of training, {job['result']['images_per_second']:.0f} images/s)")
+        print(
+            f"\n{args.method} on {args.dataset}, {job['result']['epochs_completed']:.0f} epochs, backbone small "
+            f"({job['result']['train_seconds']:.0f} s of training, {job['result']['images_per_second']:.0f} images/s)"
+        )
         for evaluation in evaluations:
             if evaluation["checkpoint_id"] is not None:
                 top5 = "" if evaluation["top5"] is None else f"  top-5 {evaluation['top5']:.1f}%"
@@ -93,8 +97,10 @@ def _print_random_init_baseline(base: str, job_id: str, state_dir: str) -> None:
 
     checkpoints = httpx.get(f"{base}/v1/checkpoints", params={"job": job_id}, timeout=30).json()
     path = os.path.join(state_dir, "demo-checkpoint.pt")
-    with httpx.stream("GET", f"{base}/v1/checkpoints/{checkpoints[0]['id']}/download", timeout=120) as r, \
-            open(path, "wb") as f:
+    with (
+        httpx.stream("GET", f"{base}/v1/checkpoints/{checkpoints[0]['id']}/download", timeout=120) as r,
+        open(path, "wb") as f,
+    ):
         for chunk in r.iter_bytes():
             f.write(chunk)
     print("  the same backbone at random initialisation:")
@@ -111,11 +117,15 @@ def _follow(base: str, job_id: str) -> None:
             event_type, data = event["event"], event["data"]
             if event_type == "state":
                 print(f"  state: {data['status']}" + (f" ({data['error']})" if data.get("error") else ""), flush=True)
-            elif event_type == "progress" and (time.monotonic() - last_print > 2
-                                               or data["step"] == data["total_steps"]):
+            elif event_type == "progress" and (
+                time.monotonic() - last_print > 2 or data["step"] == data["total_steps"]
+            ):
                 last_print = time.monotonic()
-                print(f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
-                      f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s", flush=True)
+                print(
+                    f"  epoch {data['epoch'] + 1}/{data['epochs']}  step {data['step']}/{data['total_steps']}  "
+                    f"loss {data['loss']:.3f}  {data['images_per_second']:.0f} images/s",
+                    flush=True,
+                )
             elif event_type == "evaluation":
                 print(f"  {data['protocol']} top-1 {data['top1']:.1f}%", flush=True)
             elif event_type == "end":

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from cssl_core.augment import preset_names
 from cssl_core.backbones import NORMS, vit_names
@@ -47,8 +48,12 @@ class Bounds:
 
     def __contains__(self, value: float) -> bool:
         # Written so that NaN, which compares false with everything, is outside any bounds.
-        return ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
-                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.ge is None or value >= self.ge)
+            and (self.lt is None or value < self.lt)
+            and (self.le is None or value <= self.le)
+        )
 
     def __str__(self) -> str:
         low = self.gt if self.gt is not None else self.ge
@@ -62,8 +67,15 @@ class Bounds:
         return f"less than {self.lt}" if self.lt is not None else f"at most {self.le}"
 
 
-def option(default: Any, help: str, *, gt: float | None = None, ge: float | None = None,
-           lt: float | None = None, le: float | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
     """A config field with its help text (shown by ``cssl pretrain --help`` and the API schema)
     and, for a number, its valid range (checked by :func:`check_bounds`)."""
     metadata: dict[str, Any] = {"help": help}
@@ -134,20 +146,25 @@ class MethodConfig:
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
     base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)", gt=0)
     weight_decay: float = option(1e-4, "weight decay (biases and norm parameters get none)", ge=0)
-    weight_decay_end: float | None = option(None, "weight decay at the end of a cosine schedule from weight_decay; "
-                                                   "none: constant", ge=0)
+    weight_decay_end: float | None = option(
+        None, "weight decay at the end of a cosine schedule from weight_decay; none: constant", ge=0
+    )
     sgd_momentum: float = option(0.9, "momentum of SGD and LARS", ge=0, lt=1)
     # 0.001 is SimCLR's and BYOL's at batch 4096; a relative update of base_lr * batch/256 * eta
     # per step is small at small batches, where 0.02 (solo-learn's) trains faster.
     lars_eta: float = option(0.001, "LARS trust coefficient", gt=0)
     warmup_epochs: float = option(10.0, "linear learning-rate warmup, in epochs (at most a tenth of the run)", ge=0)
-    grad_clip: float | None = option(None, "clip each parameter's gradient norm to this (DINO's clipping); none: no "
-                                           "clipping", gt=0)
+    grad_clip: float | None = option(
+        None, "clip each parameter's gradient norm to this (DINO's clipping); none: no clipping", gt=0
+    )
     augmentation: str = option("simclr", "augmentation preset (see cssl_core.augment.presets)")
-    crop_min_scale: float | None = option(None, "smallest random-crop area fraction; none: the preset's (the paper's)",
-                                          gt=0, le=1)
+    crop_min_scale: float | None = option(
+        None, "smallest random-crop area fraction; none: the preset's (the paper's)", gt=0, le=1
+    )
     jitter_strength: float = option(1.0, "multiplies the preset's colour-jitter strengths; 1 keeps the paper's", ge=0)
-    norm: str = option("bn", "normalisation layers: bn (BatchNorm) or gn_ws (GroupNorm + weight standardisation, no batch statistics)")
+    norm: str = option(
+        "bn", "normalisation layers: bn (BatchNorm) or gn_ws (GroupNorm + weight standardisation, no batch statistics)"
+    )
     frozen_patch_embed: bool = option(False, "ViTs: keep the patch projection at its random init (MoCo v3)")
 
     def validate(self) -> None:
@@ -168,22 +185,29 @@ class PretrainConfig:
 
     method: str
     dataset: str = option("cifar10", "dataset name (see `cssl datasets`)")
-    data: str | None = option(None, "path of the dataset's files (a folder or a .tar.gz); none: the dataset's default location")
+    data: str | None = option(
+        None, "path of the dataset's files (a folder or a .tar.gz); none: the dataset's default location"
+    )
     backbone: str = option("resnet18", "encoder: resnet18, resnet50, small, vit_tiny, vit_small")
     epochs: int = option(100, "training epochs (a time budget may stop earlier)", ge=1, le=100_000)
-    batch_size: int = option(256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2,
-                             le=65_536)
+    batch_size: int = option(
+        256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2, le=65_536
+    )
     subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all", ge=1)
     seed: int = option(0, "seed of the initialisation, data order and augmentation", ge=0, le=2**32 - 1)
-    time_budget: float | None = option(None, "stop after this many seconds of training; schedules are fitted to it",
-                                       gt=0)
+    time_budget: float | None = option(
+        None, "stop after this many seconds of training; schedules are fitted to it", gt=0
+    )
     checkpoint_every: int = option(10, "write a checkpoint every this many epochs (0: only at the end)", ge=0)
     knn_every: int = option(0, "kNN-evaluate every this many epochs (0: never during training)", ge=0)
     precision: str = option("bf16", "bf16 (autocast where the hardware has native bf16) or fp32")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    recipe: str = option("auto", "auto: the method's small-image recipe for images of 64 px or less, else the paper's; "
-                                 "small_images or paper to choose")
+    recipe: str = option(
+        "auto",
+        "auto: the method's small-image recipe for images of 64 px or less, else the paper's; "
+        "small_images or paper to choose",
+    )
     method_config: MethodConfig = field(default_factory=MethodConfig)
 
     def validate(self) -> None:
@@ -219,8 +243,8 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     Keys may name a :class:`PretrainConfig` field or a field of the method's config; an
     unknown key raises :class:`ConfigError` listing the valid ones. With ``recipe="auto"``
     (the default) a dataset of small images gets the method's small-image recipe for every
-    key not given, and a ViT backbone the method's ViT values; the result records which recipe it used, so its :meth:`~PretrainConfig.to_dict`
-    rebuilds the same config.
+    key not given, and a ViT backbone the method's ViT values; the result records which recipe it used, so its
+    :meth:`~PretrainConfig.to_dict` rebuilds the same config.
     """
     spec = METHODS.get(method)
     overrides = dict(overrides or {})
@@ -232,7 +256,9 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
         valid = sorted(set(common) | set(specific))
         named = ", ".join(key + did_you_mean(key, valid) for key in unknown)
         raise ConfigError(f"unknown option(s) for method {method!r}: {named}; valid options: {', '.join(valid)}")
-    image_size = dataset_image_size(coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default)))
+    image_size = dataset_image_size(
+        coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default))
+    )
     recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
     if recipe == "auto":
         recipe = "small_images" if image_size <= SMALL_IMAGE_MAX_SIZE else "paper"
@@ -295,4 +321,3 @@ def coerce_field(f: dataclasses.Field, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{f.name} must be of type {base}, got {_shown(value)}") from None
     return value
-

@@ -44,8 +44,10 @@ class Registry(Generic[T]):
         try:
             return self._entries[name.lower()]
         except KeyError:
-            raise ConfigError(f"unknown {self.kind} {name!r}{did_you_mean(name.lower(), self.names())}; "
-                              f"known {self.kind}s: {', '.join(self.names())}") from None
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name.lower(), self.names())}; "
+                f"known {self.kind}s: {', '.join(self.names())}"
+            ) from None
 
     def names(self) -> list[str]:
         self._discover()

@@ -104,8 +104,10 @@ class Sweeper:
             except Exception as exc:
                 if is_transient(exc):  # the database is away: said once, not at every pass
                     if not failing:
-                        log.warning("sweep failed, the database is unreachable; trying again every %ss",
-                                    self.settings.sweep_interval)
+                        log.warning(
+                            "sweep failed, the database is unreachable; trying again every %ss",
+                            self.settings.sweep_interval,
+                        )
                 else:
                     log.exception("sweep failed; trying again in %ss", self.settings.sweep_interval)
             if self._stop.wait(self.settings.sweep_interval):

@@ -38,7 +38,14 @@ from pathlib import Path
 from benchmarks.service import ServiceUnderTest
 
 TINY = {"backbone": "small", "epochs": 1, "batch_size": 32, "subset": 128, "precision": "fp32"}
-LONG = {"backbone": "small", "epochs": 1000, "batch_size": 32, "subset": 128, "precision": "fp32", "checkpoint_every": 0}
+LONG = {
+    "backbone": "small",
+    "epochs": 1000,
+    "batch_size": 32,
+    "subset": 128,
+    "precision": "fp32",
+    "checkpoint_every": 0,
+}
 
 
 def main() -> int:
@@ -76,7 +83,9 @@ def main() -> int:
         results["get_job"] = asyncio.run(get_load(service, long_job, args.clients, args.duration, args.max_requests))
         step_2 = service.get(long_job)["progress"]["step"]
         results["get_job"]["training_steps_per_second_alone"] = round((step_1 - step_0) / 10, 2)
-        results["get_job"]["training_steps_per_second_under_load"] = round((step_2 - step_1) / results["get_job"]["seconds"], 2)
+        results["get_job"]["training_steps_per_second_under_load"] = round(
+            (step_2 - step_1) / results["get_job"]["seconds"], 2
+        )
         print(json.dumps({"get_job": results["get_job"]}, indent=1), flush=True)
         results["post_job"] = asyncio.run(post_load(service, args.post_clients, args.posts, args.duration))
         print(json.dumps({"post_job": results["post_job"]}, indent=1), flush=True)
@@ -120,7 +129,7 @@ class RawConnection:
         self.port = port
         self.header_lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
 
-    async def open(self) -> "RawConnection":
+    async def open(self) -> RawConnection:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         return self
 
@@ -139,8 +148,16 @@ class RawConnection:
         self.writer.close()
 
 
-async def _load(service: ServiceUnderTest, clients: int, duration: float, max_requests: int, method: str, path: str,
-                body: bytes, expect: int) -> dict:
+async def _load(
+    service: ServiceUnderTest,
+    clients: int,
+    duration: float,
+    max_requests: int,
+    method: str,
+    path: str,
+    body: bytes,
+    expect: int,
+) -> dict:
     latencies: list[float] = []
     errors = 0
     connections = [await RawConnection(service.port, service.headers).open() for _ in range(clients)]
@@ -167,7 +184,14 @@ async def get_load(service: ServiceUnderTest, job_id: str, clients: int, duratio
 
 
 async def post_load(service: ServiceUnderTest, clients: int, posts: int, duration: float) -> dict:
-    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": [], "priority": 0}
+    body = {
+        "kind": "pretrain",
+        "method": "simclr",
+        "dataset": {"name": "synthetic"},
+        "config": TINY,
+        "evaluate": [],
+        "priority": 0,
+    }
     return await _load(service, clients, duration, posts, "POST", "/v1/jobs", json.dumps(body).encode(), 202)
 
 
@@ -205,9 +229,16 @@ def soak(service: ServiceUnderTest, clients: int, seconds: float) -> dict:
     memory_end = memory(service)
     still = service.get(job)
     service.cancel_all()
-    return {"seconds": round(elapsed, 1), "clients": clients, "errors": errors, **_summary(latencies, elapsed),
-            "rss_mib_start": memory_start, "rss_mib_end": memory_end, "job_status_at_end": still["status"],
-            "job_steps": still["progress"]["step"]}
+    return {
+        "seconds": round(elapsed, 1),
+        "clients": clients,
+        "errors": errors,
+        **_summary(latencies, elapsed),
+        "rss_mib_start": memory_start,
+        "rss_mib_end": memory_end,
+        "job_status_at_end": still["status"],
+        "job_steps": still["progress"]["step"],
+    }
 
 
 def failover(service: ServiceUnderTest) -> dict:
@@ -233,10 +264,13 @@ def failover(service: ServiceUnderTest) -> dict:
     service.events_until(job, second_attempt_stepped)
     current = service.get(job)
     service.cancel_all()
-    return {"heartbeat_timeout_s": service.settings.heartbeat_timeout, "first_worker": first,
-            "second_worker": current["worker"],
-            "death_to_claim_s": round(resumed["claim"] - killed, 2),
-            "death_to_next_step_s": round(resumed["step"] - killed, 2)}
+    return {
+        "heartbeat_timeout_s": service.settings.heartbeat_timeout,
+        "first_worker": first,
+        "second_worker": current["worker"],
+        "death_to_claim_s": round(resumed["claim"] - killed, 2),
+        "death_to_next_step_s": round(resumed["step"] - killed, 2),
+    }
 
 
 def _summary(latencies: list[float], elapsed: float) -> dict:
@@ -245,8 +279,14 @@ def _summary(latencies: list[float], elapsed: float) -> dict:
     def pct(p: float) -> float:
         return round(1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 1)
 
-    return {"requests": len(ordered), "requests_per_second": round(len(ordered) / elapsed, 1),
-            "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(1000 * ordered[-1], 1)}
+    return {
+        "requests": len(ordered),
+        "requests_per_second": round(len(ordered) / elapsed, 1),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "max_ms": round(1000 * ordered[-1], 1),
+    }
 
 
 def memory(service: ServiceUnderTest) -> dict[str, float]:

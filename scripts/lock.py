@@ -63,8 +63,23 @@ def file_hashes(pins: dict[str, str]) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         requirements, report = Path(tmp) / "pins.txt", Path(tmp) / "report.json"
         requirements.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-deps",
-                        "--quiet", "--report", str(report), "-r", str(requirements)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--no-deps",
+                "--quiet",
+                "--report",
+                str(report),
+                "-r",
+                str(requirements),
+            ],
+            check=True,
+        )
         installs = json.loads(report.read_text())["install"]
     hashes = {}
     for item in installs:
@@ -81,14 +96,17 @@ def file_hashes(pins: dict[str, str]) -> dict[str, str]:
 
 
 def render(pins: dict[str, str], hashes: dict[str, str], header: str) -> str:
-    return header + "".join(f"{name}=={version} \\\n    --hash=sha256:{hashes[name]}\n"
-                            for name, version in sorted(pins.items()))
+    return header + "".join(
+        f"{name}=={version} \\\n    --hash=sha256:{hashes[name]}\n" for name, version in sorted(pins.items())
+    )
 
 
 def read_pins(path: Path) -> dict[str, str]:
     """Name -> version of the pins in a lock file (its hashes and its ``-r`` line left aside)."""
-    return {canonicalize_name(found.group(1)): found.group(2)
-            for found in re.finditer(r"^([A-Za-z0-9._-]+)==(\S+)", path.read_text(), re.MULTILINE)}
+    return {
+        canonicalize_name(found.group(1)): found.group(2)
+        for found in re.finditer(r"^([A-Za-z0-9._-]+)==(\S+)", path.read_text(), re.MULTILINE)
+    }
 
 
 def main() -> None:
@@ -106,8 +124,10 @@ def main() -> None:
         print("lock files match the installed packages")
         return
     hashes = file_hashes(dev)
-    note = ("# Written by scripts/lock.py (make lock) from a tested environment, for Linux x86-64 and CPython 3.11;\n"
-            "# install with pip install --require-hashes -r.\n")
+    note = (
+        "# Written by scripts/lock.py (make lock) from a tested environment, for Linux x86-64 and CPython 3.11;\n"
+        "# install with pip install --require-hashes -r.\n"
+    )
     files = {RUNTIME: render(runtime, hashes, note), DEV: render(pins[DEV], hashes, note + "-r requirements.lock\n")}
     for path, text in files.items():
         path.write_text(text)

@@ -48,8 +48,7 @@ _FilterError = getattr(tarfile, "FilterError", ())
 # A file and a folder of the same name, or a name the file system cannot hold: the archive's fault.
 _ARCHIVE_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EINVAL}
 GZIP_MAGIC = b"\x1f\x8b"
-NOT_TAR_GZ = ("the body is not a readable .tar.gz archive (damaged, cut short, or another format); "
-              "make it with tar -czf")
+NOT_TAR_GZ = "the body is not a readable .tar.gz archive (damaged, cut short, or another format); make it with tar -czf"
 # Bytes written between two looks at the disk's free space.
 FREE_SPACE_EVERY = 64 * 1024**2
 
@@ -139,7 +138,7 @@ class Receiver:
         self._head = b""
         self._free_space_checked_at = 0
         self._sha256 = hashlib.sha256()
-        self._file = open(self.path, "xb")
+        self._file = open(self.path, "xb")  # noqa: SIM115 (closed by close(), which every caller reaches)
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -179,19 +178,25 @@ class Receiver:
 
 
 def too_large(limit: int) -> str:
-    return (f"the archive is larger than this service takes ({limit:,} bytes); split the data set, "
-            "or ask for a higher CSSL_MAX_UPLOAD_BYTES")
+    return (
+        f"the archive is larger than this service takes ({limit:,} bytes); split the data set, "
+        "or ask for a higher CSSL_MAX_UPLOAD_BYTES"
+    )
 
 
 def too_large_unpacked(limit: int) -> str:
-    return (f"unpacked, the archive takes more than {limit:,} bytes, {UNPACKED_RATIO} times the largest archive "
-            "this service takes (CSSL_MAX_UPLOAD_BYTES); split the data set")
+    return (
+        f"unpacked, the archive takes more than {limit:,} bytes, {UNPACKED_RATIO} times the largest archive "
+        "this service takes (CSSL_MAX_UPLOAD_BYTES); split the data set"
+    )
 
 
 def over_quota(quota: int, used: int) -> str:
-    return (f"this upload would take your uploads past your quota of {quota:,} bytes on disk "
-            f"(CSSL_UPLOAD_QUOTA_BYTES), of which {used:,} are in use; delete uploads you no longer need "
-            "(DELETE /v1/datasets/uploads/{id}), or ask for a higher quota")
+    return (
+        f"this upload would take your uploads past your quota of {quota:,} bytes on disk "
+        f"(CSSL_UPLOAD_QUOTA_BYTES), of which {used:,} are in use; delete uploads you no longer need "
+        "(DELETE /v1/datasets/uploads/{id}), or ask for a higher quota"
+    )
 
 
 def check_free_space(settings: Settings, wanted: int = 0) -> None:
@@ -202,13 +207,22 @@ def check_free_space(settings: Settings, wanted: int = 0) -> None:
     free = shutil.disk_usage(settings.uploads_folder).free
     if free - wanted < floor:
         needs = f"; this upload needs {wanted:,} more" if wanted else ""
-        raise DiskFull(f"the service's disk is nearly full: {free:,} bytes free{needs}, and it keeps {floor:,} free "
-                       "(CSSL_UPLOAD_MIN_FREE_BYTES); try again later, delete uploads you no longer need, "
-                       "or ask the service's operator for space")
+        raise DiskFull(
+            f"the service's disk is nearly full: {free:,} bytes free{needs}, and it keeps {floor:,} free "
+            "(CSSL_UPLOAD_MIN_FREE_BYTES); try again later, delete uploads you no longer need, "
+            "or ask the service's operator for space"
+        )
 
 
-def unpack_upload(settings: Settings, upload_id: str, archive: Path, *, max_bytes: int, refusal: str,
-                  beat: Callable[[], None] = lambda: None) -> Unpacked:
+def unpack_upload(
+    settings: Settings,
+    upload_id: str,
+    archive: Path,
+    *,
+    max_bytes: int,
+    refusal: str,
+    beat: Callable[[], None] = lambda: None,
+) -> Unpacked:
     """Unpack ``archive`` into ``uploads/<id>``. More than ``max_bytes`` inflated raises
     :class:`ArchiveTooLarge` with ``refusal`` as its message; a member that may not be unpacked,
     :class:`BadArchive`; a disk nearly full, :class:`DiskFull`. ``beat`` is called as the work
@@ -288,8 +302,9 @@ class _Inflated:
         return data
 
 
-def _unpack(settings: Settings, archive: Path, dest: Path, limit: int, refusal: str,
-            beat: Callable[[], None]) -> Unpacked:
+def _unpack(
+    settings: Settings, archive: Path, dest: Path, limit: int, refusal: str, beat: Callable[[], None]
+) -> Unpacked:
     dest.mkdir(parents=True)
     files: set[str] = set()
     folders: set[PurePosixPath] = set()
@@ -313,9 +328,11 @@ def _unpack(settings: Settings, archive: Path, dest: Path, limit: int, refusal: 
                     _check(member)
                     members += 1
                     if members > settings.max_upload_members:
-                        raise ArchiveTooLarge(f"the archive holds more than {settings.max_upload_members:,} members "
-                                              "(files and folders), the most this service unpacks "
-                                              "(CSSL_MAX_UPLOAD_MEMBERS); split the data set")
+                        raise ArchiveTooLarge(
+                            f"the archive holds more than {settings.max_upload_members:,} members "
+                            "(files and folders), the most this service unpacks "
+                            "(CSSL_MAX_UPLOAD_MEMBERS); split the data set"
+                        )
                     path = _check_depth(member, settings.max_upload_depth)
                     _add_folders(folders, path if member.isdir() else path.parent, settings.max_upload_folders)
                     declared += member.size
@@ -326,8 +343,9 @@ def _unpack(settings: Settings, archive: Path, dest: Path, limit: int, refusal: 
                     except OSError as exc:
                         if exc.errno not in _ARCHIVE_ERRNOS:
                             raise  # the service's disk, not the archive
-                        raise BadArchive(f"member {member.name!r} cannot be unpacked: "
-                                         f"{os.strerror(exc.errno)}") from None
+                        raise BadArchive(
+                            f"member {member.name!r} cannot be unpacked: {os.strerror(exc.errno)}"
+                        ) from None
                     if member.isfile():
                         files.add(str(path))
                 # Read on to the end: tarfile stops quietly at a header it cannot read, so only
@@ -336,8 +354,9 @@ def _unpack(settings: Settings, archive: Path, dest: Path, limit: int, refusal: 
                 while stream.read(1 << 20):
                     pass
     except _FilterError as exc:
-        raise BadArchive(f"member {exc.tarinfo.name!r} may not be unpacked "
-                         "(a link, a device or a path out of the archive)") from None
+        raise BadArchive(
+            f"member {exc.tarinfo.name!r} may not be unpacked (a link, a device or a path out of the archive)"
+        ) from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile):
         raise BadArchive(NOT_TAR_GZ) from None
     return Unpacked(num_files=len(files), num_bytes=stream.count)
@@ -347,8 +366,10 @@ def _check_depth(member: tarfile.TarInfo, max_depth: int) -> PurePosixPath:
     """The member's path, normalised; :class:`BadArchive` if it has more than ``max_depth`` parts."""
     path = PurePosixPath(os.path.normpath(member.name))
     if len(path.parts) > max_depth:
-        raise BadArchive(f"member {member.name!r} is {len(path.parts)} parts deep, more than the {max_depth} this "
-                         "service unpacks (CSSL_MAX_UPLOAD_DEPTH); archive the data set's folder itself")
+        raise BadArchive(
+            f"member {member.name!r} is {len(path.parts)} parts deep, more than the {max_depth} this "
+            "service unpacks (CSSL_MAX_UPLOAD_DEPTH); archive the data set's folder itself"
+        )
     return path
 
 
@@ -357,18 +378,24 @@ def _add_folders(folders: set[PurePosixPath], folder: PurePosixPath, max_folders
     while folder.parts and folder not in folders:
         folders.add(folder)
         if len(folders) > max_folders:
-            raise ArchiveTooLarge(f"the archive unpacks into more than {max_folders:,} folders, the most this "
-                                  "service makes for one upload (CSSL_MAX_UPLOAD_FOLDERS); split the data set")
+            raise ArchiveTooLarge(
+                f"the archive unpacks into more than {max_folders:,} folders, the most this "
+                "service makes for one upload (CSSL_MAX_UPLOAD_FOLDERS); split the data set"
+            )
         folder = folder.parent
 
 
 def _check(member: tarfile.TarInfo) -> None:
     name = member.name
     if PurePosixPath(name).is_absolute():
-        raise BadArchive(f"member {name!r} has an absolute path; archive relative paths (tar -czf data.tar.gz -C folder .)")
+        raise BadArchive(
+            f"member {name!r} has an absolute path; archive relative paths (tar -czf data.tar.gz -C folder .)"
+        )
     if ".." in PurePosixPath(name).parts:
         raise BadArchive(f"member {name!r} has '..' in its path; archive relative paths inside the folder")
     if member.issym() or member.islnk():
         raise BadArchive(f"member {name!r} is a link; links are not accepted, archive the files they point at (tar -h)")
     if not (member.isfile() or member.isdir()):
-        raise BadArchive(f"member {name!r} is a device, pipe or other special file; only files and folders are accepted")
+        raise BadArchive(
+            f"member {name!r} is a device, pipe or other special file; only files and folders are accepted"
+        )

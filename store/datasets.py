@@ -29,10 +29,28 @@ def new_dataset_id() -> str:
     return uuid.uuid4().hex
 
 
-def create_dataset(session: Session, *, id: str, owner: str, name: str, sha256: str, size_bytes: int,
-                   num_files: int = 0, status: str = "unpacking") -> Dataset:
-    dataset = Dataset(id=id, owner=owner, name=name, sha256=sha256, size_bytes=size_bytes, num_files=num_files,
-                      path=upload_path(id), status=status, heartbeat_at=utcnow() if status == "unpacking" else None)
+def create_dataset(
+    session: Session,
+    *,
+    id: str,
+    owner: str,
+    name: str,
+    sha256: str,
+    size_bytes: int,
+    num_files: int = 0,
+    status: str = "unpacking",
+) -> Dataset:
+    dataset = Dataset(
+        id=id,
+        owner=owner,
+        name=name,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        num_files=num_files,
+        path=upload_path(id),
+        status=status,
+        heartbeat_at=utcnow() if status == "unpacking" else None,
+    )
     session.add(dataset)
     session.flush()
     return dataset
@@ -41,7 +59,8 @@ def create_dataset(session: Session, *, id: str, owner: str, name: str, sha256: 
 def disk_use(session: Session, owner: str, *, excluding: str | None = None) -> int:
     """Bytes the owner's uploads take on disk: their files once unpacked; the archive, until then."""
     query = select(func.coalesce(func.sum(func.coalesce(Dataset.unpacked_bytes, Dataset.size_bytes)), 0)).where(
-        Dataset.owner == owner, Dataset.status != "failed")
+        Dataset.owner == owner, Dataset.status != "failed"
+    )
     if excluding is not None:
         query = query.where(Dataset.id != excluding)
     return int(session.scalar(query))
@@ -50,20 +69,36 @@ def disk_use(session: Session, owner: str, *, excluding: str | None = None) -> i
 def beat(session: Session, dataset_id: str) -> bool:
     """Note that the upload is still being unpacked; False when it no longer is (deleted, or
     declared lost)."""
-    return session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "unpacking")
-                           .values(heartbeat_at=utcnow())).rowcount == 1
+    return (
+        session.execute(
+            update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "unpacking").values(heartbeat_at=utcnow())
+        ).rowcount
+        == 1
+    )
 
 
 def finish_unpacking(session: Session, dataset_id: str, *, num_files: int, unpacked_bytes: int) -> bool:
     """``unpacking`` -> ``ready``; False when it was no longer unpacking."""
-    return session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "unpacking").values(
-        status="ready", num_files=num_files, unpacked_bytes=unpacked_bytes, heartbeat_at=None)).rowcount == 1
+    return (
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id, Dataset.status == "unpacking")
+            .values(status="ready", num_files=num_files, unpacked_bytes=unpacked_bytes, heartbeat_at=None)
+        ).rowcount
+        == 1
+    )
 
 
 def fail_unpacking(session: Session, dataset_id: str, error: str) -> bool:
     """``unpacking`` -> ``failed`` with ``error``; False when it was no longer unpacking."""
-    return session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "unpacking").values(
-        status="failed", error=error, heartbeat_at=None)).rowcount == 1
+    return (
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id, Dataset.status == "unpacking")
+            .values(status="failed", error=error, heartbeat_at=None)
+        ).rowcount
+        == 1
+    )
 
 
 def fail_lost_unpackings(session: Session, heartbeat_timeout: float) -> list[str]:
@@ -71,10 +106,16 @@ def fail_lost_unpackings(session: Session, heartbeat_timeout: float) -> list[str
     process stopped): ``failed``. Returns their ids."""
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
     lost = list(session.scalars(select(Dataset.id).where(Dataset.status == "unpacking", Dataset.heartbeat_at < cutoff)))
-    return [dataset_id for dataset_id in lost
-            if session.execute(update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "unpacking",
-                                                     Dataset.heartbeat_at < cutoff)
-                               .values(status="failed", error=LOST, heartbeat_at=None)).rowcount == 1]
+    return [
+        dataset_id
+        for dataset_id in lost
+        if session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id, Dataset.status == "unpacking", Dataset.heartbeat_at < cutoff)
+            .values(status="failed", error=LOST, heartbeat_at=None)
+        ).rowcount
+        == 1
+    ]
 
 
 def unpacking_ids(session: Session) -> set[str]:
@@ -102,8 +143,13 @@ def start_delete(session: Session, dataset: Dataset) -> list[str]:
     and their ids are returned."""
     savepoint = session.begin_nested()
     session.execute(update(Dataset).where(Dataset.id == dataset.id).values(status="deleting"))
-    users = list(session.scalars(select(Job.id).where(
-        Job.owner == dataset.owner, Job.dataset_path == dataset.path, Job.status.in_(ACTIVE_JOB_STATUSES))))
+    users = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.owner == dataset.owner, Job.dataset_path == dataset.path, Job.status.in_(ACTIVE_JOB_STATUSES)
+            )
+        )
+    )
     if users:
         savepoint.rollback()
     else:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy import create_engine, event, make_url, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -67,15 +67,16 @@ def session_factory(database_url: str) -> sessionmaker[Session]:
 def read_session_factory(database_url: str) -> sessionmaker[Session]:
     """Sessions for reads only, in autocommit: no BEGIN/COMMIT round trips on Postgres, no
     write lock on SQLite, and closing one does no I/O. Same connection pool as the others."""
-    return sessionmaker(engine_for(database_url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    return sessionmaker(
+        engine_for(database_url).execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
 
 
 @contextmanager
 def session_scope(database_url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
-    with session_factory(database_url)() as session:
-        with session.begin():
-            yield session
+    with session_factory(database_url)() as session, session.begin():
+        yield session
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -89,8 +90,9 @@ class DatabaseUnavailable(Exception):
     """The database stayed unreachable for the whole retry window; the message says what waited."""
 
 
-def retry_transient(write: Callable[[], T], *, what: str, within: float | None = 300.0, first_wait: float = 0.5,
-                    max_wait: float = 10.0) -> T:
+def retry_transient(
+    write: Callable[[], T], *, what: str, within: float | None = 300.0, first_wait: float = 0.5, max_wait: float = 10.0
+) -> T:
     """Runs ``write`` (one whole transaction) until it succeeds, waiting with exponential
     backoff while the database is unreachable, for up to ``within`` seconds (None: until it
     comes back; 0: one try). Then :class:`DatabaseUnavailable` is raised; other errors at once."""

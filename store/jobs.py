@@ -152,7 +152,12 @@ def request_cancel(session: Session, job: Job) -> Job:
         .returning(Job.id)
     ).first()
     if cancelled:
-        add_event(session, job.id, "state", {"status": "cancelled", "attempt": job.attempt, "message": "cancelled while queued"})
+        add_event(
+            session,
+            job.id,
+            "state",
+            {"status": "cancelled", "attempt": job.attempt, "message": "cancelled while queued"},
+        )
     else:
         flagged = session.execute(
             update(Job)
@@ -216,8 +221,10 @@ def _owner_may_run(session: Session, job_id: str, max_running: int) -> bool:
 def _newest_checkpoint_step():
     """The step of the job's newest checkpoint (0: none), for use inside a statement on jobs."""
     return (
-        select(func.coalesce(func.max(Checkpoint.step), 0)).where(Checkpoint.job_id == Job.id)
-        .correlate(Job).scalar_subquery()
+        select(func.coalesce(func.max(Checkpoint.step), 0))
+        .where(Checkpoint.job_id == Job.id)
+        .correlate(Job)
+        .scalar_subquery()
     )
 
 
@@ -233,7 +240,9 @@ def heartbeat(session: Session, job_id: str, attempt: int) -> tuple[bool, bool]:
     return (row is not None, bool(row[0])) if row else (False, False)
 
 
-def record_progress(session: Session, job_id: str, attempt: int, progress: dict[str, Any], latest: dict[str, Any]) -> bool:
+def record_progress(
+    session: Session, job_id: str, attempt: int, progress: dict[str, Any], latest: dict[str, Any]
+) -> bool:
     """Keeps the latest values; those the progress report does not carry (the last kNN's
     top-1, written by :func:`update_latest_metrics`) stay."""
     current = session.scalar(
@@ -306,12 +315,22 @@ def release_job(session: Session, job_id: str, attempt: int, message: str) -> bo
     cancelled instead. A warm shutdown is not a failure: it never counts as a stalled attempt."""
     guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
     cancelled = session.execute(
-        update(Job).where(*guard, Job.cancel_requested.is_(True))
-        .values(status="cancelled", worker=None, finished_at=utcnow()).returning(Job.id)
+        update(Job)
+        .where(*guard, Job.cancel_requested.is_(True))
+        .values(status="cancelled", worker=None, finished_at=utcnow())
+        .returning(Job.id)
     ).first()
     if cancelled:
-        add_event(session, job_id, "state", {"status": "cancelled", "attempt": attempt,
-                                             "message": f"{message}; the cancel requested meanwhile took effect"})
+        add_event(
+            session,
+            job_id,
+            "state",
+            {
+                "status": "cancelled",
+                "attempt": attempt,
+                "message": f"{message}; the cancel requested meanwhile took effect",
+            },
+        )
         return True
     done = session.execute(
         update(Job).where(*guard).values(status="queued", worker=None, published_at=None).returning(Job.id)
@@ -333,8 +352,15 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
     newest_step = _newest_checkpoint_step()
     lost = session.execute(
-        select(Job.id, Job.attempt, Job.cancel_requested, Job.worker, Job.resumed_from_step, Job.stalled_attempts,
-               newest_step).where(Job.status == "running", Job.heartbeat_at < cutoff)
+        select(
+            Job.id,
+            Job.attempt,
+            Job.cancel_requested,
+            Job.worker,
+            Job.resumed_from_step,
+            Job.stalled_attempts,
+            newest_step,
+        ).where(Job.status == "running", Job.heartbeat_at < cutoff)
     ).all()
     requeued = []
     for job_id, attempt, cancel_requested, worker, resumed_from, stalled, newest in lost:
@@ -343,13 +369,23 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
         progressed = newest > (resumed_from or 0)
         stalled = 0 if progressed else stalled + 1
         if cancel_requested:
-            values, event = {"status": "cancelled", "finished_at": utcnow()}, {"status": "cancelled", "message": message}
+            values, event = (
+                {"status": "cancelled", "finished_at": utcnow()},
+                {"status": "cancelled", "message": message},
+            )
         elif stalled >= max_attempts:
-            error = (f"{message}; gave up: {stalled} attempts in a row were lost without writing a new checkpoint "
-                     f"(CSSL_MAX_ATTEMPTS={max_attempts}); the last one started from step {resumed_from or 0}")
-            values, event = {"status": "failed", "error": error, "finished_at": utcnow()}, {"status": "failed", "error": error}
+            error = (
+                f"{message}; gave up: {stalled} attempts in a row were lost without writing a new checkpoint "
+                f"(CSSL_MAX_ATTEMPTS={max_attempts}); the last one started from step {resumed_from or 0}"
+            )
+            values, event = (
+                {"status": "failed", "error": error, "finished_at": utcnow()},
+                {"status": "failed", "error": error},
+            )
         else:
-            since = "after a new checkpoint" if progressed else f"without a new checkpoint ({stalled} of {max_attempts})"
+            since = (
+                "after a new checkpoint" if progressed else f"without a new checkpoint ({stalled} of {max_attempts})"
+            )
             values = {"status": "queued", "worker": None, "published_at": None}
             event = {"status": "queued", "message": f"{message}, {since}; re-queued to resume from its last checkpoint"}
         values["stalled_attempts"] = stalled

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from store.series import keep_extremes, read_columns
 from store.models import Checkpoint, Evaluation, Job, JobEvent, MetricPoint
+from store.series import keep_extremes, read_columns
 
 
 def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) -> int:
@@ -29,7 +29,10 @@ def add_event(session: Session, job_id: str, type: str, data: dict[str, Any]) ->
 def events_after(session: Session, job_id: str, after_seq: int, limit: int = 500) -> list[JobEvent]:
     return list(
         session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after_seq).order_by(JobEvent.seq).limit(limit)
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+            .order_by(JobEvent.seq)
+            .limit(limit)
         )
     )
 
@@ -70,8 +73,9 @@ def metric_series(session: Session, job_id: str, points: int | None = None) -> d
         times = [None] * len(rows) if start is None else (columns.at[rows] - start).round(3).tolist()
         series[name] = [
             {"step": step, "epoch": epoch, "value": None if value != value else value, "time": time}  # NaN: null
-            for step, epoch, value, time in zip(columns.steps[rows].tolist(), columns.epochs[rows].tolist(),
-                                                values.tolist(), times)
+            for step, epoch, value, time in zip(
+                columns.steps[rows].tolist(), columns.epochs[rows].tolist(), values.tolist(), times
+            )
         ]
     periodic = session.execute(
         select(Evaluation.epoch, Evaluation.top1, Evaluation.created_at)
@@ -80,7 +84,12 @@ def metric_series(session: Session, job_id: str, points: int | None = None) -> d
     ).all()
     if periodic:
         series["knn_top1"] = [
-            {"step": None, "epoch": epoch, "value": top1, "time": None if start is None else round(at.timestamp() - start, 3)}
+            {
+                "step": None,
+                "epoch": epoch,
+                "value": top1,
+                "time": None if start is None else round(at.timestamp() - start, 3),
+            }
             for epoch, top1, at in periodic
         ]
     return series
@@ -110,16 +119,20 @@ def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
 
 
 def checkpoints_newest_first(session: Session, job_id: str) -> list[Checkpoint]:
-    return list(session.scalars(
-        select(Checkpoint)
-        .where(Checkpoint.job_id == job_id)
-        .order_by(Checkpoint.step.desc(), Checkpoint.final.desc(), Checkpoint.id.desc())
-    ))
+    return list(
+        session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.job_id == job_id)
+            .order_by(Checkpoint.step.desc(), Checkpoint.final.desc(), Checkpoint.id.desc())
+        )
+    )
 
 
 def get_checkpoint(session: Session, checkpoint_id: int, owner: str) -> Checkpoint | None:
     return session.scalar(
-        select(Checkpoint).join(Job, Job.id == Checkpoint.job_id).where(Checkpoint.id == checkpoint_id, Job.owner == owner)
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Checkpoint.id == checkpoint_id, Job.owner == owner)
     )
 
 
@@ -152,12 +165,18 @@ def record_evaluation(session: Session, job_id: str, checkpoint_id: int | None, 
 
 def get_evaluation(session: Session, evaluation_id: int, owner: str) -> Evaluation | None:
     return session.scalar(
-        select(Evaluation).join(Job, Job.id == Evaluation.job_id).where(Evaluation.id == evaluation_id, Job.owner == owner)
+        select(Evaluation)
+        .join(Job, Job.id == Evaluation.job_id)
+        .where(Evaluation.id == evaluation_id, Job.owner == owner)
     )
 
 
 def list_evaluations(
-    session: Session, owner: str, job_id: str | None = None, checkpoint_id: int | None = None, limit: int = 100,
+    session: Session,
+    owner: str,
+    job_id: str | None = None,
+    checkpoint_id: int | None = None,
+    limit: int = 100,
     protocol: str | None = None,
 ) -> list[Evaluation]:
     query = select(Evaluation).join(Job, Job.id == Evaluation.job_id).where(Job.owner == owner)
@@ -170,28 +189,49 @@ def list_evaluations(
     return list(session.scalars(query.order_by(Evaluation.id).limit(limit)))
 
 
-def leaderboard(session: Session, owner: str, *, dataset: str | None = None, protocol: str | None = None,
-                backbone: str | None = None) -> list[Row]:
+def leaderboard(
+    session: Session,
+    owner: str,
+    *,
+    dataset: str | None = None,
+    protocol: str | None = None,
+    backbone: str | None = None,
+) -> list[Row]:
     """For each (data set, protocol, method), the best top-1 of the owner's evaluations of a succeeded
     pretrain job's final checkpoint (whichever job ran the evaluation; never the periodic kNN,
     which has no checkpoint), with what that pretraining cost; sorted by data set, protocol and
     top-1, best first. One query: the ranking is a window over the candidates."""
     candidates = (
         select(
-            Job.method, Evaluation.dataset, Evaluation.protocol, Job.config["backbone"].as_string().label("backbone"),
-            Evaluation.top1, Evaluation.top5, Job.id.label("job_id"), Evaluation.checkpoint_id,
+            Job.method,
+            Evaluation.dataset,
+            Evaluation.protocol,
+            Job.config["backbone"].as_string().label("backbone"),
+            Evaluation.top1,
+            Evaluation.top5,
+            Job.id.label("job_id"),
+            Evaluation.checkpoint_id,
             Evaluation.id.label("evaluation_id"),
             Job.result["train_seconds"].as_float().label("train_seconds"),
             Job.result["images_per_second"].as_float().label("images_per_second"),
             Job.result["epochs_completed"].as_float().label("epochs"),
             Job.config["batch_size"].as_integer().label("batch_size"),
-            func.row_number().over(partition_by=(Evaluation.dataset, Evaluation.protocol, Job.method),
-                                   order_by=(Evaluation.top1.desc(), Evaluation.id)).label("rank"),
+            func.row_number()
+            .over(
+                partition_by=(Evaluation.dataset, Evaluation.protocol, Job.method),
+                order_by=(Evaluation.top1.desc(), Evaluation.id),
+            )
+            .label("rank"),
         )
         .join(Checkpoint, Checkpoint.id == Evaluation.checkpoint_id)
         .join(Job, Job.id == Checkpoint.job_id)
-        .where(Job.owner == owner, Job.kind == "pretrain", Job.status == "succeeded", Checkpoint.final,
-               Evaluation.top1.is_not(None))
+        .where(
+            Job.owner == owner,
+            Job.kind == "pretrain",
+            Job.status == "succeeded",
+            Checkpoint.final,
+            Evaluation.top1.is_not(None),
+        )
     )
     if dataset is not None:
         candidates = candidates.where(Evaluation.dataset == dataset)
@@ -201,8 +241,9 @@ def leaderboard(session: Session, owner: str, *, dataset: str | None = None, pro
         candidates = candidates.where(Job.config["backbone"].as_string() == backbone)
     ranked = candidates.subquery()
     best = select(*[c for c in ranked.c if c.name != "rank"]).where(ranked.c.rank == 1)
-    return list(session.execute(best.order_by(ranked.c.dataset, ranked.c.protocol, ranked.c.top1.desc(),
-                                              ranked.c.method)))
+    return list(
+        session.execute(best.order_by(ranked.c.dataset, ranked.c.protocol, ranked.c.top1.desc(), ranked.c.method))
+    )
 
 
 def final_evaluations(session: Session, job_id: str) -> list[Evaluation]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 
 import numpy as np
 from sqlalchemy import DateTime, Text, cast, func, select, type_coerce
@@ -34,19 +34,25 @@ def read_columns(session: Session, job_id: str) -> MetricColumns:
 def read_columns_postgres(session: Session, job_id: str) -> MetricColumns:
     """The names first, then one scan that returns one array per column and per name, in binary:
     no Python object per row. A hundred thousand rows take a few hundred milliseconds."""
-    names = sorted(session.scalars(
-        select(func.jsonb_object_keys(MetricPoint.values)).where(MetricPoint.job_id == job_id).distinct()))
+    names = sorted(
+        session.scalars(
+            select(func.jsonb_object_keys(MetricPoint.values)).where(MetricPoint.job_id == job_id).distinct()
+        )
+    )
     if not names:
         return _empty()
     # One array per name: the value, NaN for a JSON null (JSONB holds no NaN of its own), SQL
     # NULL where the row does not report the name. Values are numbers or null: the runner writes floats.
     per_name = "".join(
         f", array_agg(coalesce((values ->> %(n{i})s)::float8, CASE WHEN values ? %(n{i})s THEN 'NaN'::float8 END))"
-        for i in range(len(names)))
+        for i in range(len(names))
+    )
     # The aggregates of one scan see its rows in the same order, so the arrays line up; they
     # are put in step order here rather than sorted once per aggregate in the database.
-    query = ("SELECT array_agg(step), array_agg(epoch), array_agg(extract(epoch FROM created_at)::float8)"
-             f"{per_name} FROM metric_points WHERE job_id = %(job_id)s")
+    query = (
+        "SELECT array_agg(step), array_agg(epoch), array_agg(extract(epoch FROM created_at)::float8)"
+        f"{per_name} FROM metric_points WHERE job_id = %(job_id)s"
+    )
     # The session's own connection (same transaction), asked for binary results, which
     # SQLAlchemy's execute cannot: float8 arrays then load without parsing text.
     driver = session.connection().connection.driver_connection
@@ -60,18 +66,30 @@ def read_columns_postgres(session: Session, job_id: str) -> MetricColumns:
         values = np.array(reported, dtype=np.float64)[order]
         rows = np.flatnonzero(present)
         series[name] = (rows, values[rows])
-    return MetricColumns(np.array(steps, dtype=np.int64)[order], np.array(epochs, dtype=np.int64)[order],
-                         np.array(at, dtype=np.float64)[order], series)
+    return MetricColumns(
+        np.array(steps, dtype=np.int64)[order],
+        np.array(epochs, dtype=np.int64)[order],
+        np.array(at, dtype=np.float64)[order],
+        series,
+    )
 
 
 def read_columns_portable(session: Session, job_id: str) -> MetricColumns:
     """Any database (SQLite in the embedded service): one query, the rows' JSON parsed in one call."""
-    rows = session.connection().execute(
-        select(MetricPoint.step, MetricPoint.epoch, type_coerce(MetricPoint.created_at, DateTime()),
-               cast(MetricPoint.values, Text))
-        .where(MetricPoint.job_id == job_id)
-        .order_by(MetricPoint.step)
-    ).all()
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                MetricPoint.step,
+                MetricPoint.epoch,
+                type_coerce(MetricPoint.created_at, DateTime()),
+                cast(MetricPoint.values, Text),
+            )
+            .where(MetricPoint.job_id == job_id)
+            .order_by(MetricPoint.step)
+        )
+        .all()
+    )
     if not rows:
         return _empty()
     steps, epochs, at, texts = zip(*rows)
@@ -79,12 +97,12 @@ def read_columns_portable(session: Session, job_id: str) -> MetricColumns:
     series = {}
     for name in sorted(set().union(*reported)):
         where = [i for i, values in enumerate(reported) if name in values]
-        series[name] = (np.array(where, dtype=np.int64),
-                        np.array([reported[i][name] for i in where], dtype=np.float64))
+        series[name] = (np.array(where, dtype=np.int64), np.array([reported[i][name] for i in where], dtype=np.float64))
     # A plain DateTime skips UTCDateTime's per-row work; SQLite's times come back naive, in UTC.
-    seconds = [(t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() for t in at]
-    return MetricColumns(np.array(steps, dtype=np.int64), np.array(epochs, dtype=np.int64),
-                         np.array(seconds, dtype=np.float64), series)
+    seconds = [(t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() for t in at]
+    return MetricColumns(
+        np.array(steps, dtype=np.int64), np.array(epochs, dtype=np.int64), np.array(seconds, dtype=np.float64), series
+    )
 
 
 def _empty() -> MetricColumns:

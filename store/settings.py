@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
@@ -29,57 +30,124 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
 
-    state_dir: Path = Field(Path(".state"), description="embedded database (cssl.db), queue (queue/) and, by default, artifacts")
-    database_url: str = Field("", description="SQLite in the state folder unless set; postgresql://user:pass@host/db in production")
-    broker_url: str = Field("filesystem://", description="file queue in the state folder unless set; redis://host:6379/0 in production")
-    artifact_root: Path = Field(Path(), description="checkpoints and job logs, shared by API and workers (default: STATE_DIR/artifacts)")
-    auth_disabled: bool = Field(False, description="switch tokens off; refused unless the database is the embedded SQLite file")
+    state_dir: Path = Field(
+        Path(".state"), description="embedded database (cssl.db), queue (queue/) and, by default, artifacts"
+    )
+    database_url: str = Field(
+        "", description="SQLite in the state folder unless set; postgresql://user:pass@host/db in production"
+    )
+    broker_url: str = Field(
+        "filesystem://", description="file queue in the state folder unless set; redis://host:6379/0 in production"
+    )
+    artifact_root: Path = Field(
+        Path(), description="checkpoints and job logs, shared by API and workers (default: STATE_DIR/artifacts)"
+    )
+    auth_disabled: bool = Field(
+        False, description="switch tokens off; refused unless the database is the embedded SQLite file"
+    )
     local_owner: str = Field("local", description="the owner every request acts as when authentication is off")
     queue: str = Field("cssl", min_length=1, description="the Celery queue name")
-    heartbeat_timeout: float = Field(60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued")
+    heartbeat_timeout: float = Field(
+        60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued"
+    )
     heartbeat_interval: float = Field(2.0, gt=0, description="seconds between a running job's heartbeats")
-    republish_after: float = Field(600.0, gt=0, description="seconds: a queued job whose message was not taken this long is published again")
-    sweep_interval: float = Field(10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps")
-    max_attempts: int = Field(3, ge=1, description="a job fails after that many lost attempts in a row without a new checkpoint")
+    republish_after: float = Field(
+        600.0, gt=0, description="seconds: a queued job whose message was not taken this long is published again"
+    )
+    sweep_interval: float = Field(
+        10.0, gt=0, description="seconds between the API's re-publishing and re-queueing sweeps"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="a job fails after that many lost attempts in a row without a new checkpoint"
+    )
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
-    database_retry_window: float = Field(300.0, gt=0, description="seconds a worker waits for an unreachable database "
-                                         "before it gives its running job back to the queue")
-    progress_buffer: int = Field(10_000, ge=1, description="progress points a worker keeps in memory while the "
-                                 "database is unreachable; when full, training waits for the database")
-    submit_rate: float = Field(60.0, ge=0, description="job submissions and uploads per minute per owner, shared by "
-                               "every API process on one CSSL_LIMITS_URL; 0: no limit")
-    submit_burst: int = Field(20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies")
-    limits_url: str = Field("", description="Redis holding the rate limits' counters (default: CSSL_BROKER_URL when "
-                            "it is Redis, else in the API process's memory)")
-    auth_failures_per_minute: int = Field(30, ge=0, description="unknown or revoked tokens a client address may send "
-                                          "in a minute before it gets 429; 0: no limit")
-    max_event_streams: int = Field(10, ge=0, description="event streams (GET /v1/jobs/{id}/events) an owner may hold "
-                                   "open at once; 0: no limit")
-    max_queued_jobs: int = Field(100, ge=0, description="queued jobs an owner may have; a submission past it is a "
-                                 "429; 0: no limit")
-    max_running_jobs: int = Field(4, ge=0, description="jobs of one owner that run at once; the others wait in the "
-                                  "queue until one ends; 0: no limit")
-    max_run_seconds: float = Field(86400.0, ge=0, description="seconds one attempt of a job may run on a worker, its "
-                                   "evaluations included; a job with no time_budget gets this one; 0: no limit")
+    database_retry_window: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a worker waits for an unreachable database "
+        "before it gives its running job back to the queue",
+    )
+    progress_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="progress points a worker keeps in memory while the "
+        "database is unreachable; when full, training waits for the database",
+    )
+    submit_rate: float = Field(
+        60.0,
+        ge=0,
+        description="job submissions and uploads per minute per owner, shared by "
+        "every API process on one CSSL_LIMITS_URL; 0: no limit",
+    )
+    submit_burst: int = Field(
+        20, ge=1, description="submissions an owner may make at once before CSSL_SUBMIT_RATE applies"
+    )
+    limits_url: str = Field(
+        "",
+        description="Redis holding the rate limits' counters (default: CSSL_BROKER_URL when "
+        "it is Redis, else in the API process's memory)",
+    )
+    auth_failures_per_minute: int = Field(
+        30,
+        ge=0,
+        description="unknown or revoked tokens a client address may send in a minute before it gets 429; 0: no limit",
+    )
+    max_event_streams: int = Field(
+        10, ge=0, description="event streams (GET /v1/jobs/{id}/events) an owner may hold open at once; 0: no limit"
+    )
+    max_queued_jobs: int = Field(
+        100, ge=0, description="queued jobs an owner may have; a submission past it is a 429; 0: no limit"
+    )
+    max_running_jobs: int = Field(
+        4,
+        ge=0,
+        description="jobs of one owner that run at once; the others wait in the queue until one ends; 0: no limit",
+    )
+    max_run_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="seconds one attempt of a job may run on a worker, its "
+        "evaluations included; a job with no time_budget gets this one; 0: no limit",
+    )
     data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
-        (), description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
-        "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)")
-    max_upload_bytes: int = Field(2 * 1024**3, ge=1, description="largest dataset archive POST /v1/datasets/uploads "
-                                  "takes; unpacked, its files may take four times that")
-    max_upload_members: int = Field(2_000_000, ge=1, description="files and folders an uploaded archive may hold "
-                                    "(ImageNet's train split: 1.28 M files)")
-    max_upload_folders: int = Field(100_000, ge=1, description="folders an uploaded archive may unpack into, those "
-                                    "its files' paths imply included")
+        (),
+        description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
+        "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)",
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="largest dataset archive POST /v1/datasets/uploads "
+        "takes; unpacked, its files may take four times that",
+    )
+    max_upload_members: int = Field(
+        2_000_000,
+        ge=1,
+        description="files and folders an uploaded archive may hold (ImageNet's train split: 1.28 M files)",
+    )
+    max_upload_folders: int = Field(
+        100_000, ge=1, description="folders an uploaded archive may unpack into, those its files' paths imply included"
+    )
     max_upload_depth: int = Field(16, ge=1, description="folders deep an uploaded archive's paths may go")
-    upload_quota_bytes: int = Field(50 * 1024**3, ge=0, description="bytes one owner's uploads may take on disk, "
-                                    "unpacked; 0: no quota")
-    upload_min_free_bytes: int = Field(5 * 1024**3, ge=0, description="uploads are refused, and unpacking stops, "
-                                       "when the uploads folder's disk would have less than this free")
-    upload_stale_after: float = Field(3600.0, gt=0, description="seconds: partial uploads (uploads/.incoming) "
-                                      "untouched this long are removed")
+    upload_quota_bytes: int = Field(
+        50 * 1024**3, ge=0, description="bytes one owner's uploads may take on disk, unpacked; 0: no quota"
+    )
+    upload_min_free_bytes: int = Field(
+        5 * 1024**3,
+        ge=0,
+        description="uploads are refused, and unpacking stops, "
+        "when the uploads folder's disk would have less than this free",
+    )
+    upload_stale_after: float = Field(
+        3600.0, gt=0, description="seconds: partial uploads (uploads/.incoming) untouched this long are removed"
+    )
     cache_dir: Path = Field(Path(), description="the workers' decoded-dataset cache (default: STATE_DIR/cache)")
-    max_decoded_bytes: int = Field(8 * 1024**3, ge=1, description="most memory a job's data set may take decoded "
-                                   "(images x side x side x 3 bytes), checked before a worker decodes it")
+    max_decoded_bytes: int = Field(
+        8 * 1024**3,
+        ge=1,
+        description="most memory a job's data set may take decoded "
+        "(images x side x side x 3 bytes), checked before a worker decodes it",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,7 +165,7 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if self.auth_disabled and not self.embedded:
             raise SettingsError(
                 "CSSL_AUTH_DISABLED is set but the database is not the embedded SQLite file: "
@@ -120,7 +188,7 @@ class Settings(BaseSettings):
         return self.data_roots[0] / "uploads"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """The settings from ``os.environ``, or from ``env`` alone when given.
 
         Raises :class:`SettingsError` naming the variable, what it must be and what it was."""
@@ -128,12 +196,14 @@ class Settings(BaseSettings):
             if env is None:
                 return cls()
             # model_validate reads no environment of its own: only these values and the defaults.
-            values = {k[len(ENV_PREFIX):].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
+            values = {
+                k[len(ENV_PREFIX) :].lower(): v for k, v in env.items() if k.upper().startswith(ENV_PREFIX) and v != ""
+            }
             return cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError("; ".join(_explain(cls, error) for error in exc.errors())) from None
 
-    def with_(self, **changes) -> "Settings":
+    def with_(self, **changes) -> Settings:
         return self.model_copy(update=changes)
 
     def public(self) -> dict[str, str]:
@@ -197,5 +267,5 @@ def _sqlalchemy_url(url: str) -> str:
     # Users write the URL psql understands; SQLAlchemy needs to be told to use psycopg 3.
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url

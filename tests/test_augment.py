@@ -285,8 +285,14 @@ def test_jitter_strength_scales_every_views_colour_jitter_and_nothing_else():
     half = build_views("byol", 32, MEAN, STD, jitter_strength=0.5).views
     for a, b in zip(full, half):
         assert (b.brightness, b.contrast, b.saturation, b.hue) == pytest.approx(
-            (a.brightness / 2, a.contrast / 2, a.saturation / 2, a.hue / 2))
-        assert (b.crop_scale, b.jitter_p, b.grayscale_p, b.solarize_p) == (a.crop_scale, a.jitter_p, a.grayscale_p, a.solarize_p)
+            (a.brightness / 2, a.contrast / 2, a.saturation / 2, a.hue / 2)
+        )
+        assert (b.crop_scale, b.jitter_p, b.grayscale_p, b.solarize_p) == (
+            a.crop_scale,
+            a.jitter_p,
+            a.grayscale_p,
+            a.solarize_p,
+        )
     assert build_views("mocov1", 32, MEAN, STD, jitter_strength=2.0).views[0].hue == 0.5  # capped
     with pytest.raises(ConfigError, match="jitter_strength"):
         build_views("simclr", 32, MEAN, STD, jitter_strength=-1)
@@ -329,11 +335,14 @@ def test_view_generator_rejects_bad_input():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("preset, n, share", [
-    ("mocov2", 8, 1.0),  # same draws, float rounding only
-    # equalize and posterize round to uint8 levels, where float rounding may differ
-    ("infomin", 16, 0.99),
-])
+@pytest.mark.parametrize(
+    "preset, n, share",
+    [
+        ("mocov2", 8, 1.0),  # same draws, float rounding only
+        # equalize and posterize round to uint8 levels, where float rounding may differ
+        ("infomin", 16, 0.99),
+    ],
+)
 def test_views_on_the_gpu_match_the_cpu(preset, n, share):
     views, images = build_views(preset, 96, MEAN, STD), uint8_images(n, 96)
     cpu = views(images, generator())
@@ -361,8 +370,9 @@ def reference_images() -> list[torch.Tensor]:
     """Uint8-valued float images (1, 3, 20, 24): noise, and smooth blobs; not square, so H and W
     cannot be swapped unnoticed."""
     noise = uint8_images(1, 24)[..., :20, :].float() / 255
-    smooth = (F.interpolate(torch.rand(1, 3, 4, 5, generator=generator()), size=(20, 24), mode="bilinear")
-              * 255).round() / 255
+    smooth = (
+        F.interpolate(torch.rand(1, 3, 4, 5, generator=generator()), size=(20, 24), mode="bilinear") * 255
+    ).round() / 255
     return [noise, smooth]
 
 
@@ -384,14 +394,17 @@ PIXEL_REFERENCES = [
     ("SolarizeAdd", 110, lambda im, a: im.point(solarize_add_lut(a))),
 ] + [
     (name, factor, lambda im, a, enhance=enhance: enhance(im).enhance(a))
-    for name, enhance in [("Color", ImageEnhance.Color), ("Contrast", ImageEnhance.Contrast),
-                          ("Brightness", ImageEnhance.Brightness), ("Sharpness", ImageEnhance.Sharpness)]
+    for name, enhance in [
+        ("Color", ImageEnhance.Color),
+        ("Contrast", ImageEnhance.Contrast),
+        ("Brightness", ImageEnhance.Brightness),
+        ("Sharpness", ImageEnhance.Sharpness),
+    ]
     for factor in (0.1, 1.666, 1.9)
 ]
 
 
-@pytest.mark.parametrize("name,argument,reference", PIXEL_REFERENCES,
-                         ids=[f"{n}-{a}" for n, a, _ in PIXEL_REFERENCES])
+@pytest.mark.parametrize("name,argument,reference", PIXEL_REFERENCES, ids=[f"{n}-{a}" for n, a, _ in PIXEL_REFERENCES])
 def test_randaugment_pixel_ops_match_pil(name, argument, reference):
     for images in reference_images():
         out = ra.PIXEL_OPS[name](images, torch.tensor([float(argument)], dtype=F64))
@@ -406,21 +419,38 @@ def test_randaugment_posterize_to_zero_bits_is_black():
 
 
 GEOMETRIC_REFERENCES = [
-    ("ShearX", 0.27, lambda im, a: im.transform(im.size, Image.AFFINE, (1, a, 0, 0, 1, 0), Image.BILINEAR,
-                                                fillcolor=PIL_FILL)),
-    ("ShearY", -0.3, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, 0, a, 1, 0), Image.BILINEAR,
-                                                fillcolor=PIL_FILL)),
-    ("TranslateXRel", 0.41, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, a * im.size[0], 0, 1, 0),
-                                                       Image.BILINEAR, fillcolor=PIL_FILL)),
-    ("TranslateYRel", -0.45, lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, a * im.size[1]),
-                                                        Image.BILINEAR, fillcolor=PIL_FILL)),
+    (
+        "ShearX",
+        0.27,
+        lambda im, a: im.transform(im.size, Image.AFFINE, (1, a, 0, 0, 1, 0), Image.BILINEAR, fillcolor=PIL_FILL),
+    ),
+    (
+        "ShearY",
+        -0.3,
+        lambda im, a: im.transform(im.size, Image.AFFINE, (1, 0, 0, a, 1, 0), Image.BILINEAR, fillcolor=PIL_FILL),
+    ),
+    (
+        "TranslateXRel",
+        0.41,
+        lambda im, a: im.transform(
+            im.size, Image.AFFINE, (1, 0, a * im.size[0], 0, 1, 0), Image.BILINEAR, fillcolor=PIL_FILL
+        ),
+    ),
+    (
+        "TranslateYRel",
+        -0.45,
+        lambda im, a: im.transform(
+            im.size, Image.AFFINE, (1, 0, 0, 0, 1, a * im.size[1]), Image.BILINEAR, fillcolor=PIL_FILL
+        ),
+    ),
     ("Rotate", 27.0, lambda im, a: im.rotate(a, Image.BILINEAR, fillcolor=PIL_FILL)),
     ("Rotate", -30.0, lambda im, a: im.rotate(a, Image.BILINEAR, fillcolor=PIL_FILL)),
 ]
 
 
-@pytest.mark.parametrize("name,argument,reference", GEOMETRIC_REFERENCES,
-                         ids=[f"{n}-{a}" for n, a, _ in GEOMETRIC_REFERENCES])
+@pytest.mark.parametrize(
+    "name,argument,reference", GEOMETRIC_REFERENCES, ids=[f"{n}-{a}" for n, a, _ in GEOMETRIC_REFERENCES]
+)
 def test_randaugment_geometric_ops_match_pil(name, argument, reference):
     for images in reference_images():
         matrices = ra.affine_matrices(torch.tensor([ra.OPS.index(name)]), torch.tensor([argument], dtype=F64), (20, 24))
@@ -439,15 +469,21 @@ def test_randaugment_arguments_follow_timms_levels():
     args = dict(zip(ra.OPS, params.arguments().T.tolist()))
     # Worked by hand from timm's *_level_to_arg: int() truncates, m / 10 scales each range.
     expected = {
-        "Rotate": [30.0, -26.1, 0.0], "Posterize": [4, 3, 0], "Solarize": [256, 222, 0],
-        "SolarizeAdd": [110, 95, 0], "Color": [1.9, 1.666, 0.1], "Sharpness": [1.9, 1.666, 0.1],
-        "ShearX": [0.3, -0.261, 0.0], "TranslateYRel": [0.45, -0.3915, 0.0],
+        "Rotate": [30.0, -26.1, 0.0],
+        "Posterize": [4, 3, 0],
+        "Solarize": [256, 222, 0],
+        "SolarizeAdd": [110, 95, 0],
+        "Color": [1.9, 1.666, 0.1],
+        "Sharpness": [1.9, 1.666, 0.1],
+        "ShearX": [0.3, -0.261, 0.0],
+        "TranslateYRel": [0.45, -0.3915, 0.0],
     }
     for name, values in expected.items():
         assert args[name] == pytest.approx(values), name
     # Relative translation: 0.45 of the side at m = 10, on any image size.
-    matrices = ra.affine_matrices(torch.tensor([ra.OPS.index("TranslateXRel")] * 2),
-                                  torch.tensor([0.45, -0.45], dtype=F64), (32, 32))
+    matrices = ra.affine_matrices(
+        torch.tensor([ra.OPS.index("TranslateXRel")] * 2), torch.tensor([0.45, -0.45], dtype=F64), (32, 32)
+    )
     assert matrices[:, 0, 2].tolist() == pytest.approx([14.4, -14.4])
 
 
@@ -493,8 +529,9 @@ def test_randaugment_batch_matches_each_image_alone():
     assert torch.equal(images, before)  # not in place unless asked
     assert len(params.ops[params.applied].unique()) == len(ra.OPS)  # every op is exercised
     for i in range(24):
-        torch.testing.assert_close(out[i : i + 1], reference_randaugment(images[i : i + 1], params, i),
-                                   atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            out[i : i + 1], reference_randaugment(images[i : i + 1], params, i), atol=1e-6, rtol=0
+        )
     assert torch.equal(ra.randaugment(images.clone(), params, inplace=True), out)
 
 
@@ -512,8 +549,16 @@ def test_randaugment_gives_every_image_exactly_its_n_ops_at_its_own_magnitudes()
 
 
 def test_randaugment_sits_after_blur_and_before_grayscale_in_a_view():
-    spec = ViewSpec(size=16, crop_scale=(0.5, 1.0), jitter_p=1.0, grayscale_p=0.5, blur_p=0.5, blur_kernel=3,
-                    randaugment_ops=2, randaugment_p=0.8)
+    spec = ViewSpec(
+        size=16,
+        crop_scale=(0.5, 1.0),
+        jitter_p=1.0,
+        grayscale_p=0.5,
+        blur_p=0.5,
+        blur_kernel=3,
+        randaugment_ops=2,
+        randaugment_p=0.8,
+    )
     images = smooth_images(8, 16)
     view = make_view(images, spec, generator(3))
     g, n = generator(3), 8  # InfoMin's order (PyContrast "D"): jitter, blur, RandAugment, grayscale
@@ -534,8 +579,12 @@ def test_infomin_preset_is_pycontrasts_augmentation_d():
     assert (spec.crop_scale, spec.jitter_p, spec.grayscale_p) == ((0.2, 1.0), 0.8, 0.2)
     assert (spec.brightness, spec.contrast, spec.saturation, spec.hue) == (0.8, 0.8, 0.8, 0.2)
     assert (spec.blur_p, spec.blur_sigma, spec.kernel_size()) == (0.5, (0.1, 2.0), 23)
-    assert (spec.randaugment_ops, spec.randaugment_magnitude, spec.randaugment_magnitude_std,
-            spec.randaugment_p) == (2, 10.0, 0.5, 0.5)
+    assert (spec.randaugment_ops, spec.randaugment_magnitude, spec.randaugment_magnitude_std, spec.randaugment_p) == (
+        2,
+        10.0,
+        0.5,
+        0.5,
+    )
     assert small[0] == dataclasses.replace(spec, size=32, blur_p=0.0)  # small images: no blur, as every preset
     # MoCo v2's views but for SimCLR-strength jitter and RandAugment.
     weaker = dataclasses.replace(spec, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, randaugment_ops=0)
@@ -564,9 +613,16 @@ def test_infomin_views_differ_from_mocov2s_by_randaugment():
         assert not is_fill(b).any()
 
 
-@pytest.mark.parametrize("field,value", [("randaugment_ops", -1), ("randaugment_magnitude", 10.5),
-                                         ("randaugment_magnitude", -1.0), ("randaugment_magnitude_std", -0.5),
-                                         ("randaugment_p", 1.5)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("randaugment_ops", -1),
+        ("randaugment_magnitude", 10.5),
+        ("randaugment_magnitude", -1.0),
+        ("randaugment_magnitude_std", -0.5),
+        ("randaugment_p", 1.5),
+    ],
+)
 def test_randaugment_fields_are_validated(field, value):
     with pytest.raises(ConfigError, match=field):
         ViewSpec(size=8, **{field: value}).validate()

@@ -44,7 +44,9 @@ def test_registry_names_and_exports():
     assert isinstance(build_backbone("small", 32)[0], SmallConvNet)
 
 
-@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet50", 2048), ("small", 256), ("vit_tiny", 192), ("vit_small", 384)])
+@pytest.mark.parametrize(
+    "name, dim", [("resnet18", 512), ("resnet50", 2048), ("small", 256), ("vit_tiny", 192), ("vit_small", 384)]
+)
 def test_output_shape_at_32px(name, dim):
     net, feature_dim = build_backbone(name, 32)
     assert feature_dim == dim
@@ -100,7 +102,9 @@ def test_resnet_stem_depends_on_image_size():
 # ViT
 
 
-@pytest.mark.parametrize("size, patch", [(4, 1), (8, 1), (16, 2), (32, 4), (64, 8), (96, 12), (200, 25), (224, 16), (384, 16)])
+@pytest.mark.parametrize(
+    "size, patch", [(4, 1), (8, 1), (16, 2), (32, 4), (64, 8), (96, 12), (200, 25), (224, 16), (384, 16)]
+)
 def test_vit_patch_size_rule(size, patch):
     assert vit_patch_size(size) == patch
 
@@ -123,7 +127,9 @@ def test_position_embedding_interpolation_keeps_rows_columns_and_cls():
     # would mix them up.
     net = _vit()
     g, d = net.grid, net.embed_dim
-    rows, cols = torch.meshgrid(torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(g, dtype=torch.float32), torch.arange(g, dtype=torch.float32), indexing="ij"
+    )
     pos = torch.zeros(1, 1 + g * g, d)
     pos[0, 0] = 7.0
     pos[0, 1:, 0] = rows.flatten()
@@ -178,8 +184,8 @@ def ref_last_attention(net, x):
     for i in range(n):
         qkv = y[i] @ w.T + b  # (T, 3D): q, k, v, each head's slice contiguous
         for h in range(heads):
-            q = qkv[0, h * hd:(h + 1) * hd]
-            k = qkv[:, dim + h * hd:dim + (h + 1) * hd]
+            q = qkv[0, h * hd : (h + 1) * hd]
+            k = qkv[:, dim + h * hd : dim + (h + 1) * hd]
             logits = k @ q / math.sqrt(hd)
             out[i, h] = torch.softmax(logits, dim=0)[1:]
     return out
@@ -319,18 +325,24 @@ def test_ws_conv_standardises_each_output_channel():
     ws = convert_to_gn_ws(nn.Sequential(conv))[0]
     w = ws.standardized_weight().double()
     torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.zeros(5, dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(w.var(dim=(1, 2, 3), unbiased=False), torch.ones(5, dtype=torch.float64), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        w.var(dim=(1, 2, 3), unbiased=False), torch.ones(5, dtype=torch.float64), atol=2e-3, rtol=0
+    )
     # Exactly: var / (var + eps), eps = 1e-5; and the forward uses (W - mean) / sqrt(var + 1e-5), in float64.
     w0 = conv.weight.double()
     var0 = w0.var(dim=(1, 2, 3), unbiased=False)
     torch.testing.assert_close(w.var(dim=(1, 2, 3), unbiased=False), var0 / (var0 + 1e-5), atol=1e-6, rtol=0)
-    ref_w = (w0 - w0.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(w0.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+    ref_w = (w0 - w0.mean(dim=(1, 2, 3), keepdim=True)) / torch.sqrt(
+        w0.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-5
+    )
     x = _images(2, 8).repeat(1, 2, 1, 1)
     expected = torch.nn.functional.conv2d(x.double(), ref_w, conv.bias.double(), padding=1)
     torch.testing.assert_close(ws(x).double(), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("channels, groups", [(64, 16), (256, 16), (32, 16), (24, 12), (8, 8), (3, 3), (100, 10), (17, 1)])
+@pytest.mark.parametrize(
+    "channels, groups", [(64, 16), (256, 16), (32, 16), (24, 12), (8, 8), (3, 3), (100, 10), (17, 1)]
+)
 def test_group_count_falls_back_to_the_largest_divisor(channels, groups):
     assert group_count(channels) == groups
 

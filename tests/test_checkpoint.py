@@ -19,8 +19,13 @@ from cssl_core.train.checkpoint import save_checkpoint
 @pytest.fixture
 def checkpoint(tmp_path):
     """A checkpoint as the loop writes it, with a few hundred kB of weights."""
-    state = {"config": {"method": "simclr"}, "model": {"w": torch.randn(256, 256)}, "step": 10,
-             "steps_per_epoch": 5, "image_size": 32}
+    state = {
+        "config": {"method": "simclr"},
+        "model": {"w": torch.randn(256, 256)},
+        "step": 10,
+        "steps_per_epoch": 5,
+        "image_size": 32,
+    }
     return save_checkpoint(state, tmp_path / "last.pt")
 
 
@@ -50,28 +55,38 @@ def test_a_truncated_checkpoint(checkpoint, tmp_path):
 
 def test_a_truncated_checkpoint_of_the_legacy_torch_format(tmp_path):
     legacy = tmp_path / "legacy.pt"
-    torch.save({"format": "cssl-checkpoint/1", "model": torch.randn(256, 256)}, legacy,
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"format": "cssl-checkpoint/1", "model": torch.randn(256, 256)}, legacy, _use_new_zipfile_serialization=False
+    )
     assert refusal(truncated(legacy, tmp_path / "half.pt")).startswith("the file is truncated or corrupt")
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"epochs: 100\ntemperature: 0.5\n", "not a file written by torch.save"),
-    (os.urandom(4096), "not a file written by torch.save"),
-    (b"", "the file is empty"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"epochs: 100\ntemperature: 0.5\n", "not a file written by torch.save"),
+        (os.urandom(4096), "not a file written by torch.save"),
+        (b"", "the file is empty"),
+    ],
+)
 def test_a_file_of_other_bytes(tmp_path, content, reason):
     path = tmp_path / "notes.pt"
     path.write_bytes(content)
     assert refusal(path) == reason
 
 
-@pytest.mark.parametrize("saved, reason", [
-    ({"conv1.weight": torch.zeros(2)}, "it has no format entry (a plain state_dict, or another program's checkpoint?)"),
-    ([1, 2, 3], "it holds a list, not a checkpoint's dict"),
-    ({"format": "lightning/2", "model": {}}, "its format is 'lightning/2', expected 'cssl-checkpoint/1'"),
-    ({"format": "cssl-checkpoint/1", "model": {}}, "it lacks config, step, steps_per_epoch, image_size"),
-])
+@pytest.mark.parametrize(
+    "saved, reason",
+    [
+        (
+            {"conv1.weight": torch.zeros(2)},
+            "it has no format entry (a plain state_dict, or another program's checkpoint?)",
+        ),
+        ([1, 2, 3], "it holds a list, not a checkpoint's dict"),
+        ({"format": "lightning/2", "model": {}}, "its format is 'lightning/2', expected 'cssl-checkpoint/1'"),
+        ({"format": "cssl-checkpoint/1", "model": {}}, "it lacks config, step, steps_per_epoch, image_size"),
+    ],
+)
 def test_a_torch_file_of_another_layout(tmp_path, saved, reason):
     path = tmp_path / "other.pt"
     torch.save(saved, path)
@@ -84,12 +99,17 @@ def test_evaluate_export_and_the_cli_say_the_same(checkpoint, tmp_path, capfd):
         evaluate_checkpoint(half, "knn")
     with pytest.raises(CheckpointError, match="^not a cssl checkpoint: "):
         export_backbone(half, tmp_path / "backbone.pt")
-    for argv in (["eval", str(half)], ["export", str(half), "--out", str(tmp_path / "b.pt")],
-                 ["pretrain", "--method", "simclr", "--resume", str(half)]):
+    for argv in (
+        ["eval", str(half)],
+        ["export", str(half), "--out", str(tmp_path / "b.pt")],
+        ["pretrain", "--method", "simclr", "--resume", str(half)],
+    ):
         assert cssl(argv) == 2
         captured = capfd.readouterr()
-        assert captured.err == f"cssl: error: not a cssl checkpoint: {half}: the file is truncated or corrupt " \
-                               "(an interrupted write or copy?)\n", argv
+        assert (
+            captured.err == f"cssl: error: not a cssl checkpoint: {half}: the file is truncated or corrupt "
+            "(an interrupted write or copy?)\n"
+        ), argv
 
 
 class RunsCode:
@@ -105,12 +125,25 @@ class RunsCode:
 def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path, capfd):
     marker = tmp_path / "ran"
     crafted = tmp_path / "crafted.pt"
-    torch.save({"format": "cssl-checkpoint/1", "config": {"method": "simclr"}, "model": {}, "step": 1,
-                "steps_per_epoch": 1, "image_size": 32, "payload": RunsCode(marker)}, crafted)
+    torch.save(
+        {
+            "format": "cssl-checkpoint/1",
+            "config": {"method": "simclr"},
+            "model": {},
+            "step": 1,
+            "steps_per_epoch": 1,
+            "image_size": 32,
+            "payload": RunsCode(marker),
+        },
+        crafted,
+    )
     reason = refusal(crafted)
     assert reason.startswith("it holds Python objects other than tensors and plain values ("), reason
-    for argv in (["eval", str(crafted)], ["export", str(crafted), "--out", str(tmp_path / "b.pt")],
-                 ["pretrain", "--method", "simclr", "--resume", str(crafted)]):
+    for argv in (
+        ["eval", str(crafted)],
+        ["export", str(crafted), "--out", str(tmp_path / "b.pt")],
+        ["pretrain", "--method", "simclr", "--resume", str(crafted)],
+    ):
         assert cssl(argv) == 2
         assert "not a cssl checkpoint" in capfd.readouterr().err
     assert not marker.exists()
@@ -119,9 +152,18 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path, capfd):
 def test_an_older_checkpoint_with_numpy_values_converts_when_trusted(tmp_path, capfd):
     old = tmp_path / "old.pt"
     weights = torch.randn(4, 4)
-    torch.save({"format": "cssl-checkpoint/1", "config": {"method": "simclr"}, "model": {"w": weights},
-                "step": 3, "steps_per_epoch": 1, "image_size": 32,
-                "normalization": {"mean": np.array([0.4, 0.5, 0.6]), "std": np.float32(0.25)}}, old)
+    torch.save(
+        {
+            "format": "cssl-checkpoint/1",
+            "config": {"method": "simclr"},
+            "model": {"w": weights},
+            "step": 3,
+            "steps_per_epoch": 1,
+            "image_size": 32,
+            "normalization": {"mean": np.array([0.4, 0.5, 0.6]), "std": np.float32(0.25)},
+        },
+        old,
+    )
     assert f"cssl convert-checkpoint {old} --trust --out NEW.pt" in refusal(old)
     new = tmp_path / "new.pt"
     assert cssl(["convert-checkpoint", str(old), "--out", str(new)]) == 2  # not without --trust

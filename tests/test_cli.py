@@ -16,8 +16,20 @@ from cli.main import PRETRAIN_OPTIONS
 from cli.main import main as cssl
 from cssl_core.config import PretrainConfig, field_bounds
 
-TINY = ["--dataset", "synthetic", "--backbone", "small", "--epochs", "1", "--batch-size", "64", "--subset", "320",
-        "--precision", "fp32"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--backbone",
+    "small",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--subset",
+    "320",
+    "--precision",
+    "fp32",
+]
 
 
 def test_pretrain_help_says_what_each_option_means_and_its_default(capsys):
@@ -37,14 +49,20 @@ def test_pretrain_help_says_what_each_option_means_and_its_default(capsys):
     assert "(default: 0; in [0, 4294967295])" in text  # --seed
 
 
-@pytest.mark.parametrize("argv, error", [
-    (["--set", "temperature=-1"], "temperature must be greater than 0, got -1.0"),
-    (["--set", "temperature=nan"], "temperature must be a finite number, got nan"),
-    (["--set", "sgd_momentum=1"], "sgd_momentum must be in [0, 1), got 1.0"),
-    (["--epochs", "0"], "epochs must be in [1, 100000], got 0"),
-    (["--set", "temprature=0.2"], "unknown option(s) for method 'simclr': temprature (did you mean temperature?); "
-                                  "valid options: augmentation, "),
-])
+@pytest.mark.parametrize(
+    "argv, error",
+    [
+        (["--set", "temperature=-1"], "temperature must be greater than 0, got -1.0"),
+        (["--set", "temperature=nan"], "temperature must be a finite number, got nan"),
+        (["--set", "sgd_momentum=1"], "sgd_momentum must be in [0, 1), got 1.0"),
+        (["--epochs", "0"], "epochs must be in [1, 100000], got 0"),
+        (
+            ["--set", "temprature=0.2"],
+            "unknown option(s) for method 'simclr': temprature (did you mean temperature?); "
+            "valid options: augmentation, ",
+        ),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_key_and_no_run(tmp_path, capfd, argv, error):
     out = tmp_path / "run"
     assert cssl(["pretrain", "--method", "simclr", "--dataset", "synthetic", *argv, "--out", str(out)]) == 2
@@ -56,8 +74,24 @@ def test_a_bad_value_is_one_line_naming_the_key_and_no_run(tmp_path, capfd, argv
 
 def test_nothing_is_printed_before_a_missing_data_error(tmp_path, capfd):
     out = tmp_path / "run"
-    assert cssl(["pretrain", "--method", "simclr", "--dataset", "cifar10", "--data", str(tmp_path / "missing.tar.gz"),
-                 "--backbone", "small", "--out", str(out)]) == 2
+    assert (
+        cssl(
+            [
+                "pretrain",
+                "--method",
+                "simclr",
+                "--dataset",
+                "cifar10",
+                "--data",
+                str(tmp_path / "missing.tar.gz"),
+                "--backbone",
+                "small",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     captured = capfd.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("cssl: error: ") and captured.err.count("\n") == 1, captured.err
@@ -146,8 +180,10 @@ def test_no_auth_refuses_a_bind_beyond_this_machine(embedded_env, capfd, monkeyp
         cssl([command, "--no-auth", "--host", host])
     assert exit_.value.code == 2
     err = capfd.readouterr().err
-    assert err.startswith(f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who "
-                          f"reaches --host {host} would act as 'local'; serve on 127.0.0.1"), err
+    assert err.startswith(
+        f"cssl: error: authentication is off (--no-auth or CSSL_AUTH_DISABLED), so anyone who "
+        f"reaches --host {host} would act as 'local'; serve on 127.0.0.1"
+    ), err
     assert not (embedded_env / "cssl.db").exists()  # refused before anything was made
 
 
@@ -185,8 +221,10 @@ def test_db_downgrade_says_what_it_deletes_and_asks_first(embedded_env, monkeypa
         err = capfd.readouterr().err
         assert migrate.current_revision(url) == head
         assert "undoes 2 migration(s); what they hold is deleted for good:\n" in err
-        assert ("  0005 (An evaluation may have no accuracy): deletes rows: DELETE FROM evaluations WHERE top1 IS NULL"
-                "\n  0004 (Uploaded datasets): deletes table datasets\n") in err
+        assert (
+            "  0005 (An evaluation may have no accuracy): deletes rows: DELETE FROM evaluations WHERE top1 IS NULL"
+            "\n  0004 (Uploaded datasets): deletes table datasets\n"
+        ) in err
         assert err.endswith("Downgrade? [y/N] cssl: nothing changed (answer y, or pass --yes)\n")
 
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))

@@ -40,8 +40,11 @@ def test_no_core_module_names_a_service_module_even_inside_a_function():
     # The run above loads every module but runs only the functions training calls; the source
     # shows the imports of the rest (evaluation, export) too.
     graph = build_graph()
-    found = [f"{imp.source}:{imp.line} imports {imp.target}" for imp in graph.imports
-             if imp.source.split(".")[0] == "cssl_core" and imp.target.split(".")[0] in SERVICE_PACKAGES]
+    found = [
+        f"{imp.source}:{imp.line} imports {imp.target}"
+        for imp in graph.imports
+        if imp.source.split(".")[0] == "cssl_core" and imp.target.split(".")[0] in SERVICE_PACKAGES
+    ]
     assert found == []
 
 

@@ -47,7 +47,10 @@ def cifar10_batches(tmp_path):
     rng = np.random.default_rng(0)
     batches = {}
     for name, n in [*((f"data_batch_{i}", 4) for i in range(1, 6)), ("test_batch", 6)]:
-        batches[name] = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        batches[name] = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": list(rng.integers(0, 10, n)),
+        }
         write_pickle(root / name, batches[name])
     write_pickle(root / "batches.meta", {b"label_names": [c.encode() for c in CIFAR10_CLASSES]})
     return root, batches
@@ -254,7 +257,9 @@ def test_missing_test_folder_explains_layout(image_tree):
     for folder in sorted((image_tree / "test").rglob("*"), reverse=True):
         folder.rmdir()
     (image_tree / "test").rmdir()
-    with pytest.raises(DataError, match=r"no test/<class>/<image> files .*train/<class>/<image> and test/<class>/<image>"):
+    with pytest.raises(
+        DataError, match=r"no test/<class>/<image> files .*train/<class>/<image> and test/<class>/<image>"
+    ):
         load_dataset("imagefolder", image_tree)
 
 
@@ -296,7 +301,8 @@ def test_a_data_set_over_the_decoded_bytes_limit_is_refused_before_decoding(imag
         load_dataset("imagefolder", image_tree, image_size=17)
     assert str(error.value) == (
         f"{image_tree}/: 10 images of 17x17 take 8,670 bytes decoded in memory, more than the 7,679 bytes allowed "
-        "(CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, or raise CSSL_MAX_DECODED_BYTES")
+        "(CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, or raise CSSL_MAX_DECODED_BYTES"
+    )
     assert decoded == []  # refused before the first image was read
     # A cached copy is held in memory all the same.
     with decoded_bytes_limit(1000, "CSSL_MAX_DECODED_BYTES"), pytest.raises(DataError, match="the decoded images take"):

@@ -30,8 +30,10 @@ def embed(data: ImageDataset, **params):
 
 def two_classes(data: ImageDataset, a: int, b: int) -> ImageDataset:
     """The images of classes ``a`` and ``b`` only (labels keep indexing ``data.classes``)."""
+
     def keep(split):
         return split.subset((split.labels == a) | (split.labels == b))
+
     return ImageDataset(data.name, data.classes, keep(data.train), keep(data.test))
 
 

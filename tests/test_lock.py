@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_lock_files_match_the_installed_packages():
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock.py"), "--check"], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "lock.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr + run.stdout
 
 
@@ -28,9 +29,12 @@ def test_every_locked_line_is_an_exact_pin_with_its_sha256():
 
 
 def test_every_install_of_the_lock_checks_the_hashes():
-    installs = [(name, line) for name in ("Makefile", "Dockerfile.api", "Dockerfile.worker")
-                for line in (ROOT / name).read_text().replace("\\\n", " ").splitlines()
-                if "pip install" in line and "-r requirements" in line]
+    installs = [
+        (name, line)
+        for name in ("Makefile", "Dockerfile.api", "Dockerfile.worker")
+        for line in (ROOT / name).read_text().replace("\\\n", " ").splitlines()
+        if "pip install" in line and "-r requirements" in line
+    ]
     assert {name for name, _ in installs} == {"Makefile", "Dockerfile.api", "Dockerfile.worker"}
     for name, line in installs:
         assert "--require-hashes" in line, f"{name}: {line}"

@@ -54,16 +54,18 @@ def ref_negative_cosine(p, z):
 
 def ref_barlow_twins(z1, z2, lambd):
     n, d = z1.shape
+
     def standardise(z):
         mean = z.sum(0) / n
         var = ((z - mean) ** 2).sum(0) / n
         return (z - mean) / torch.sqrt(var + 1e-5)
+
     a, b = standardise(z1), standardise(z2)
     loss = 0.0
     for i in range(d):
         for j in range(d):
             c = sum(a[m, i] * b[m, j] for m in range(n)) / n
-            loss = loss + ((1 - c) ** 2 if i == j else lambd * c ** 2)
+            loss = loss + ((1 - c) ** 2 if i == j else lambd * c**2)
     return loss
 
 
@@ -142,7 +144,9 @@ def test_negative_cosine_matches_reference_and_stops_gradient():
     loss = negative_cosine(p, z)
     loss.backward()
     assert z.grad is None
-    assert negative_cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])).item() == pytest.approx(-1 / math.sqrt(2))
+    assert negative_cosine(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])).item() == pytest.approx(
+        -1 / math.sqrt(2)
+    )
 
 
 def test_barlow_twins_matches_reference():
@@ -224,6 +228,7 @@ def ref_mocov3(q1, q2, k1, k2, temperature):
             denom = sum(torch.exp(q[i] @ kj / temperature) for kj in k)
             total = total - torch.log(torch.exp(q[i] @ k[i] / temperature) / denom)
         return total / len(q) * 2 * temperature
+
     return ctr(q1, k2) + ctr(q2, k1)
 
 

@@ -3,6 +3,7 @@ do not depend on the rest of the batch (the check fails when a single BatchNorm 
 
 import pytest
 import torch
+from tiny import tiny_heads
 from torch import nn
 
 import cssl_core.methods.byol_gnws  # noqa: F401 (registers it)
@@ -13,7 +14,6 @@ from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, build_method, get_method
 from cssl_core.methods.byol import BYOL, BYOLConfig
 from cssl_core.train.optim import build_optimizer
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("byol_gnws")
 
@@ -47,8 +47,10 @@ def depends_on_the_rest_of_the_batch(model):
     x = images(6, seed=0)
     y = x.clone()
     y[1:] = images(5, seed=1)  # the same first image among other ones
-    return any(not torch.allclose(a, b, atol=1e-5)
-               for a, b in zip(first_sample_outputs(model, x), first_sample_outputs(model, y)))
+    return any(
+        not torch.allclose(a, b, atol=1e-5)
+        for a, b in zip(first_sample_outputs(model, x), first_sample_outputs(model, y))
+    )
 
 
 def test_is_byol_under_its_own_name_with_gn_ws_by_default():
@@ -82,7 +84,7 @@ def test_a_sample_does_not_depend_on_the_rest_of_the_batch():
     x1, x2 = images(6, seed=2), images(6, seed=3)
     with torch.no_grad():
         loss = model(batch_of(x1, x2)).loss
-        alone = torch.stack([model(batch_of(x1[i:i + 1], x2[i:i + 1])).loss for i in range(6)])
+        alone = torch.stack([model(batch_of(x1[i : i + 1], x2[i : i + 1])).loss for i in range(6)])
     torch.testing.assert_close(loss, alone.mean())
 
 

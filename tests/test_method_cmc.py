@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 from cssl_core.backbones import build_backbone
 from cssl_core.config import build_config
@@ -18,7 +19,6 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.methods.cmc import LAB_MEAN, LAB_STD, normalized_lab, rgb_to_lab
 from cssl_core.train import load_checkpoint, loop, pretrain
 from cssl_core.train.checkpoint import build_encoder_from_checkpoint
-from tiny import tiny_heads
 
 TINY_HEADS = {**tiny_heads("cmc"), "negatives": "memory_bank"}  # the small-image recipe uses the batch
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
@@ -38,8 +38,9 @@ def normalised_images(n=8, seed=0):
 
 def batch_for(n=8, seed=0, indices=None):
     indices = torch.arange(n) if indices is None else indices
-    return Batch(views=[normalised_images(n, seed)], indices=indices, step=0, epoch=0,
-                 schedules={"lr": 0.1, "weight_decay": 0.0})
+    return Batch(
+        views=[normalised_images(n, seed)], indices=indices, step=0, epoch=0, schedules={"lr": 0.1, "weight_decay": 0.0}
+    )
 
 
 def features(model, x):
@@ -53,8 +54,10 @@ def features(model, x):
 
 def ref_lab(r, g, b):
     """CIE Lab of one sRGB pixel in [0, 1] from the formulas (sRGB, D65), in float64."""
+
     def linear(c):
         return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = linear(r), linear(g), linear(b)
     x = (0.412453 * r + 0.357580 * g + 0.180423 * b) / 0.95047
     y = 0.212671 * r + 0.715160 * g + 0.072169 * b
@@ -62,6 +65,7 @@ def ref_lab(r, g, b):
 
     def f(t):
         return t ** (1 / 3) if t > (6 / 29) ** 3 else t / (3 * (6 / 29) ** 2) + 4 / 29
+
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
 
@@ -73,8 +77,11 @@ def test_lab_matches_a_float64_reference_and_known_colours():
     reference = torch.tensor([ref_lab(*p.double().tolist()) for p in pixels], dtype=torch.float64)
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-3)
     known = {  # sRGB primaries and white in Lab (D65), as colour tables give them
-        (1, 1, 1): (100.0, 0.0, 0.0), (0, 0, 0): (0.0, 0.0, 0.0), (1, 0, 0): (53.24, 80.09, 67.20),
-        (0, 1, 0): (87.73, -86.18, 83.18), (0, 0, 1): (32.30, 79.19, -107.86),
+        (1, 1, 1): (100.0, 0.0, 0.0),
+        (0, 0, 0): (0.0, 0.0, 0.0),
+        (1, 0, 0): (53.24, 80.09, 67.20),
+        (0, 1, 0): (87.73, -86.18, 83.18),
+        (0, 0, 1): (32.30, 79.19, -107.86),
     }
     rgb = torch.tensor(list(known), dtype=torch.float32).T.reshape(1, 3, len(known), 1)
     lab = rgb_to_lab(rgb).reshape(3, -1).T
@@ -103,13 +110,13 @@ def test_each_encoder_sees_only_its_channels():
     other_ab[:, 1:] = torch.randn(4, 2, 32, 32, generator=g)
     other_l[:, :1] = torch.randn(4, 1, 32, 32, generator=g)
     with torch.no_grad():
-        l, ab = model.backbone.encode(lab)
+        l_feat, ab = model.backbone.encode(lab)
         l_new_ab, ab_new_ab = model.backbone.encode(other_ab)
         l_new_l, ab_new_l = model.backbone.encode(other_l)
-    torch.testing.assert_close(l_new_ab, l)  # new ab: the L encoder does not see it
+    torch.testing.assert_close(l_new_ab, l_feat)  # new ab: the L encoder does not see it
     assert not torch.allclose(ab_new_ab, ab, atol=1e-4)
     torch.testing.assert_close(ab_new_l, ab)  # new L: the ab encoder does not see it
-    assert not torch.allclose(l_new_l, l, atol=1e-4)
+    assert not torch.allclose(l_new_l, l_feat, atol=1e-4)
 
 
 def test_encoders_are_half_width_on_one_and_two_channels():
@@ -153,6 +160,7 @@ def reference_loss_terms(model, banks, x, indices, seed):
     def term(z, bank, noise):
         logits = torch.cat([(z * bank.features[indices]).sum(1, keepdim=True), torch.einsum("nd,nkd->nk", z, noise)], 1)
         return F.cross_entropy(logits / t, torch.zeros(len(z), dtype=torch.long))
+
     return term(z_l, bank_ab, noise_ab), term(z_ab, bank_l, noise_l)
 
 
@@ -266,9 +274,11 @@ def test_checkpoint_built_encoder_undoes_the_runs_normalisation(tmp_path, monkey
     def recording_build(*args, **kwargs):
         built.append(build_method(*args, **kwargs))
         return built[-1]
+
     monkeypatch.setattr(loop, "build_method", recording_build)
-    config = build_config("cmc", {"dataset": "synthetic", "backbone": "small", "batch_size": 32, "subset": 64,
-                                  "epochs": 1, **TINY_HEADS})
+    config = build_config(
+        "cmc", {"dataset": "synthetic", "backbone": "small", "batch_size": 32, "subset": 64, "epochs": 1, **TINY_HEADS}
+    )
     result = pretrain(config, tmp_path)
     trained = built[0].eval()
     state = load_checkpoint(result.checkpoint)
@@ -297,10 +307,20 @@ def test_one_view_without_colour_augmentation_by_default():
 
 def test_paper_defaults_small_image_recipe_and_rejected_configs():
     paper = build_config("cmc", {"dataset": "stl10"}).method_config
-    assert (paper.loss, paper.negatives, paper.num_negatives, paper.temperature, paper.bank_momentum) == \
-        ("softmax", "memory_bank", 16384, 0.07, 0.5)
-    assert (paper.base_lr, paper.weight_decay, paper.head_dim, paper.encoder_width, paper.crop_min_scale) == \
-        (0.06, 1e-4, 128, 0.5, 0.08)
+    assert (paper.loss, paper.negatives, paper.num_negatives, paper.temperature, paper.bank_momentum) == (
+        "softmax",
+        "memory_bank",
+        16384,
+        0.07,
+        0.5,
+    )
+    assert (paper.base_lr, paper.weight_decay, paper.head_dim, paper.encoder_width, paper.crop_min_scale) == (
+        0.06,
+        1e-4,
+        128,
+        0.5,
+        0.08,
+    )
     small = build_config("cmc", {"dataset": "cifar10"})
     assert small.batch_size == 128 and small.lr == pytest.approx(0.03)
     assert small.method_config.num_negatives == 4096 and small.method_config.temperature == 0.1

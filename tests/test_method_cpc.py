@@ -6,6 +6,7 @@ evaluation."""
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 import cssl_core.methods.cpc as cpc_module
 from cssl_core.backbones import has_batch_norm
@@ -13,7 +14,6 @@ from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, build_method
 from cssl_core.methods.cpc import CPC, augment_patches, orient, patch_grid, patchify
-from tiny import tiny_heads
 
 # The 7 x 7 grid of 32-px images (8-px patches at stride 4), with small heads.
 SMALL_HEADS = {key: tiny_heads("cpc")[key] for key in ("context_blocks", "context_dim", "target_dim")}
@@ -36,7 +36,7 @@ def test_context_at_row_i_sees_only_rows_up_to_i():
     c = context(z)
     for row in range(6):
         changed = z.clone()
-        changed[:, :, row + 1:] = torch.randn(changed[:, :, row + 1:].shape)
+        changed[:, :, row + 1 :] = torch.randn(changed[:, :, row + 1 :].shape)
         c_changed = context(changed)
         torch.testing.assert_close(c_changed[:, :, : row + 1], c[:, :, : row + 1], rtol=0, atol=0)
         assert not torch.allclose(c_changed[:, :, row + 1], c[:, :, row + 1])
@@ -73,11 +73,12 @@ def reference_grid_loss(model, z, batch_negatives=True):
             for a in range(n):
                 for i in range(size - offset):
                     for j in range(size):
-                        others = targets if batch_negatives else targets[a:a + 1]
+                        others = targets if batch_negatives else targets[a : a + 1]
                         logits = torch.einsum("t,btrs->brs", predictions[a, :, i, j], others).flatten()
                         positive = ((a if batch_negatives else 0) * size + i + offset) * size + j
                         total = total + F.cross_entropy(logits[None], torch.tensor([positive])) / (
-                            n * (size - offset) * size)
+                            n * (size - offset) * size
+                        )
     return total
 
 
@@ -88,6 +89,7 @@ def test_predictions_target_rows_below_and_every_patch_of_the_batch_is_a_negativ
     loss = model.grid_loss(z)
     torch.testing.assert_close(loss, reference_grid_loss(model, z), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(loss, reference_grid_loss(model, z, batch_negatives=False))
+
     # Image 0's gradient changes when only image 1 changes: image 1's patches are image 0's negatives.
     def grad_of_image_0(z):
         z = z.clone().requires_grad_()
@@ -118,7 +120,7 @@ def test_eval_features_are_mean_pooled_patch_features(monkeypatch):
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         features = model.encoder_for_eval()(images)
-        crops = [images[:, :, 4 * r: 4 * r + 8, 4 * c: 4 * c + 8] for r in range(7) for c in range(7)]
+        crops = [images[:, :, 4 * r : 4 * r + 8, 4 * c : 4 * c + 8] for r in range(7) for c in range(7)]
         expected = torch.stack([model.backbone(crop) for crop in crops]).mean(dim=0)
         assert features.shape == (3, model.feature_dim)
         torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
@@ -170,16 +172,19 @@ def test_paper_values_and_one_view_per_image():
     assert (small.batch_size, small.method_config.directions) == (32, 2)
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"min_offset": 0}, "min_offset"),
-    ({"min_offset": 3, "max_offset": 2}, "min_offset"),
-    ({"max_offset": 7}, "max_offset"),  # a 7-row grid has offsets up to 6
-    ({"directions": 5}, "directions"),
-    ({"norm": "gn_ws"}, "layer norm"),
-    ({"patch_size": 40}, "patch_size"),
-    ({"color_drop_p": 1.5}, "color_drop_p"),
-    ({"target_dim": 0}, "target_dim"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"min_offset": 0}, "min_offset"),
+        ({"min_offset": 3, "max_offset": 2}, "min_offset"),
+        ({"max_offset": 7}, "max_offset"),  # a 7-row grid has offsets up to 6
+        ({"directions": 5}, "directions"),
+        ({"norm": "gn_ws"}, "layer norm"),
+        ({"patch_size": 40}, "patch_size"),
+        ({"color_drop_p": 1.5}, "color_drop_p"),
+        ({"target_dim": 0}, "target_dim"),
+    ],
+)
 def test_config_rejects_what_cannot_train(overrides, key):
     with pytest.raises(ConfigError, match=key):
         build_config("cpc", {"dataset": "synthetic", **overrides})

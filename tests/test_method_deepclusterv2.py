@@ -5,13 +5,13 @@ looked up by sample index, a memory written at the batch's indices, and and the 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 import cssl_core.methods.deepclusterv2  # noqa: F401 (registers it)
 from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.methods import Batch, TrainingSet, build_method
 from cssl_core.methods.deepclusterv2 import DeepClusterV2, spherical_kmeans
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("deepclusterv2")
 
@@ -33,6 +33,7 @@ def training_set_for(model, images):
             out = module(images).float()
         module.train(was_training)
         return out
+
     return TrainingSet(num_samples=len(images), steps_per_epoch=1, embed=embed), calls
 
 
@@ -106,8 +107,9 @@ def test_epoch_start_fills_the_memory_once_and_sets_prototypes_to_the_centroids(
     torch.testing.assert_close(model.memory, embedded.expand_as(model.memory))
     for head, k in enumerate(model.config.nmb_prototypes):
         memory = model.memory[head % 2]
-        centroids, assignments = spherical_kmeans(memory, k, model.config.kmeans_iterations,
-                                                  model.kmeans_generator(0, head))
+        centroids, assignments = spherical_kmeans(
+            memory, k, model.config.kmeans_iterations, model.kmeans_generator(0, head)
+        )
         assert torch.equal(model.prototypes[head].weight, centroids)
         assert torch.equal(model.assignments[head], assignments)
         # The assignments are the nearest prototypes, by cosine, of the memory the head clustered.
@@ -142,8 +144,10 @@ def test_loss_is_the_cross_entropy_to_the_stored_assignments_of_the_batch_indice
     features = torch.cat([model.backbone(torch.cat(views[:2])), model.backbone(torch.cat(views[2:]))])
     z = F.normalize(model.projector(features), dim=1)
     crops = len(views)
-    reference = sum(F.cross_entropy(z @ p.weight.T / temperature, model.assignments[h, indices].repeat(crops))
-                    for h, p in enumerate(model.prototypes)) / len(model.prototypes)
+    reference = sum(
+        F.cross_entropy(z @ p.weight.T / temperature, model.assignments[h, indices].repeat(crops))
+        for h, p in enumerate(model.prototypes)
+    ) / len(model.prototypes)
     torch.testing.assert_close(loss, reference)
     assert z.shape[0] == crops * n
 
@@ -188,15 +192,18 @@ def test_views_are_two_global_crops_then_the_local_ones():
     assert [s.size for s in DeepClusterV2.view_specs(small.method_config, 32)] == [32, 32, 14, 14]
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"nmb_prototypes": ()}, "nmb_prototypes"),
-    ({"nmb_prototypes": (10, 0)}, "nmb_prototypes"),
-    ({"nmb_prototypes": (-3,)}, "nmb_prototypes"),
-    ({"nmb_prototypes": (400,), "subset": 300}, "nmb_prototypes"),
-    ({"augmentation": "multicrop"}, "augmentation"),
-    ({"local_crops": -1}, "local_crops"),
-    ({"temperature": 0}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"nmb_prototypes": ()}, "nmb_prototypes"),
+        ({"nmb_prototypes": (10, 0)}, "nmb_prototypes"),
+        ({"nmb_prototypes": (-3,)}, "nmb_prototypes"),
+        ({"nmb_prototypes": (400,), "subset": 300}, "nmb_prototypes"),
+        ({"augmentation": "multicrop"}, "augmentation"),
+        ({"local_crops": -1}, "local_crops"),
+        ({"temperature": 0}, "temperature"),
+    ],
+)
 def test_config_rejects_what_cannot_train(overrides, key):
     with pytest.raises(ConfigError, match=key):
         build_config("deepclusterv2", {"dataset": "synthetic", **overrides})

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny import stop_after, tiny_heads
 
 import cssl_core.methods.dino  # noqa: F401 (registers it)
 from cssl_core.config import build_config
@@ -22,12 +23,17 @@ from cssl_core.methods.dino import DINO
 from cssl_core.train import load_checkpoint, pretrain
 from cssl_core.train.checkpoint import build_encoder_from_checkpoint
 from cssl_core.train.schedules import warmup_cosine
-from tiny import tiny_heads, stop_after
 
 TINY_HEADS = tiny_heads("dino")
 # 128 images at batch 32: 4 steps per epoch.
-TINY_RUN = {"dataset": "synthetic", "backbone": "small", "batch_size": 32, "subset": 128, "checkpoint_every": 1,
-            **TINY_HEADS}
+TINY_RUN = {
+    "dataset": "synthetic",
+    "backbone": "small",
+    "batch_size": 32,
+    "subset": 128,
+    "checkpoint_every": 1,
+    **TINY_HEADS,
+}
 
 
 def make(seed=0, **overrides):
@@ -66,13 +72,23 @@ def small_run(tmp_path_factory):
     cosine weight decay and a 1-epoch teacher-temperature warm-up (capped at 2 steps, 30% of the
     run); each step's schedules recorded."""
     out = tmp_path_factory.mktemp("dino-small")
-    config = build_config("dino", {**TINY_RUN, "epochs": 2, "weight_decay": 0.04, "weight_decay_end": 0.4,
-                                   "warmup_teacher_temp_epochs": 1, "teacher_temp": 0.07})
+    config = build_config(
+        "dino",
+        {
+            **TINY_RUN,
+            "epochs": 2,
+            "weight_decay": 0.04,
+            "weight_decay_end": 0.4,
+            "warmup_teacher_temp_epochs": 1,
+            "teacher_temp": 0.07,
+        },
+    )
     seen, forward = [], DINO.forward
 
     def recording_forward(self, batch):
         seen.append(dict(batch.schedules))
         return forward(self, batch)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DINO, "forward", recording_forward)
         result = pretrain(config, out)
@@ -196,8 +212,18 @@ def test_last_layer_frozen_in_the_first_epoch_only(small_run):
 def test_gradient_clipping_bounds_the_update(tmp_path):
     def first_update(clip, folder):
         # SGD, no weight decay, no warmup: the first step moves the student by lr * (clipped) gradient.
-        config = build_config("dino", {**TINY_RUN, "epochs": 1, "optimizer": "sgd", "base_lr": 0.1,
-                                       "weight_decay": 0.0, "warmup_epochs": 0, "grad_clip": clip})
+        config = build_config(
+            "dino",
+            {
+                **TINY_RUN,
+                "epochs": 1,
+                "optimizer": "sgd",
+                "base_lr": 0.1,
+                "weight_decay": 0.0,
+                "warmup_epochs": 0,
+                "grad_clip": clip,
+            },
+        )
         init = initial_model(config, 128).student.state_dict()
         result = pretrain(config, tmp_path / folder, should_stop=stop_after(1))
         state = load_checkpoint(result.checkpoint)["model"]
@@ -263,8 +289,9 @@ def test_attention_maps_of_a_vit_checkpoint(tmp_path, small_run):
 
 
 def test_attention_maps_of_any_vit_checkpoint(tmp_path):
-    config = build_config("simclr", {"dataset": "synthetic", "backbone": "vit_tiny", "batch_size": 10, "subset": 20,
-                                     "epochs": 1})
+    config = build_config(
+        "simclr", {"dataset": "synthetic", "backbone": "vit_tiny", "batch_size": 10, "subset": 20, "epochs": 1}
+    )
     state = load_checkpoint(pretrain(config, tmp_path, should_stop=stop_after(1)).checkpoint)
     maps = attention_maps(state, torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8), device="cpu")
     assert maps.shape == (2, 3, 10, 10)  # other sizes too: position embeddings are interpolated

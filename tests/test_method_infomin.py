@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from tiny import tiny_heads
 
 from cssl_core.augment import preset_views
 from cssl_core.config import build_config
 from cssl_core.methods import Batch, build_method
 from cssl_core.methods.infomin import InfoMin
 from cssl_core.methods.moco import MoCoV2, MoCoV2Config
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("infomin")
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 from cssl_core.config import build_config
 from cssl_core.data import ImageDataset, load_dataset
@@ -19,7 +20,6 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.methods.instdisc import InstDisc
 from cssl_core.methods.memory_bank import MemoryBank
 from cssl_core.train import load_checkpoint, pretrain
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("instdisc")
 
@@ -32,8 +32,13 @@ def make(num_samples=64, seed=0, **overrides):
 
 def batch_for(indices, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return Batch(views=[torch.randn(len(indices), 3, 32, 32, generator=g)], indices=indices, step=0, epoch=0,
-                 schedules={"lr": 0.1, "weight_decay": 0.0})
+    return Batch(
+        views=[torch.randn(len(indices), 3, 32, 32, generator=g)],
+        indices=indices,
+        step=0,
+        epoch=0,
+        schedules={"lr": 0.1, "weight_decay": 0.0},
+    )
 
 
 def features_of(model, batch):
@@ -130,12 +135,15 @@ def test_one_view_per_image_from_the_preset():
     assert small.batch_size == 128 and small.method_config.temperature == 0.1
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"temperature": 0}, "temperature"),
-    ({"num_negatives": 0}, "num_negatives"),
-    ({"embedding_dim": 0}, "embedding_dim"),
-    ({"bank_momentum": 1.0}, "bank_momentum"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"temperature": 0}, "temperature"),
+        ({"num_negatives": 0}, "num_negatives"),
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"bank_momentum": 1.0}, "bank_momentum"),
+    ],
+)
 def test_config_rejects_what_cannot_train(overrides, key):
     with pytest.raises(ConfigError, match=key):
         build_config("instdisc", {"dataset": "synthetic", **overrides})
@@ -146,8 +154,10 @@ def test_per_epoch_knn_runs_on_the_memory_bank_without_the_unlabelled_rows(tmp_p
     unlabelled = synthetic.train.subset(range(128, 192))
     unlabelled.labels.fill_(-1)
     data = ImageDataset("synthetic", synthetic.classes, synthetic.train.subset(range(128)), synthetic.test, unlabelled)
-    config = build_config("instdisc", {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "epochs": 1,
-                                       "knn_every": 1, **TINY_HEADS})
+    config = build_config(
+        "instdisc",
+        {"dataset": "synthetic", "backbone": "small", "batch_size": 64, "epochs": 1, "knn_every": 1, **TINY_HEADS},
+    )
     results = []
     run = pretrain(config, tmp_path, dataset=data, on_evaluation=results.append)
     (result,) = results
@@ -160,8 +170,9 @@ def test_per_epoch_knn_runs_on_the_memory_bank_without_the_unlabelled_rows(tmp_p
     model = build_method(config, 32, 192)
     model.load_state_dict(state["model"])
     norm = state["normalization"]
-    test = extract_features(model.embedding_network(), synthetic.test.images, norm["mean"], norm["std"],
-                            torch.device("cpu"))
+    test = extract_features(
+        model.embedding_network(), synthetic.test.images, norm["mean"], norm["std"], torch.device("cpu")
+    )
     scores = knn_scores(model.bank.features[:128], synthetic.train.labels[:128], test, 10, 200, 0.1)
     top1 = (scores.argmax(1) == synthetic.test.labels).float().mean().item() * 100
     assert result.top1 == pytest.approx(top1)

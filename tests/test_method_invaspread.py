@@ -4,12 +4,12 @@ gradient (no stop-gradient on either side)."""
 
 import pytest
 import torch
+from tiny import tiny_heads
 
 from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import invaspread_loss
 from cssl_core.methods import Batch, build_method
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("invaspread")
 BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
@@ -22,8 +22,9 @@ def make(**overrides):
 
 
 def batch_of(x1, x2):
-    return Batch(views=[x1, x2], indices=torch.arange(len(x1)), step=0, epoch=0,
-                 schedules={"lr": 0.1, "weight_decay": 0.0})
+    return Batch(
+        views=[x1, x2], indices=torch.arange(len(x1)), step=0, epoch=0, schedules={"lr": 0.1, "weight_decay": 0.0}
+    )
 
 
 def views(n=8, seed=0):
@@ -33,7 +34,7 @@ def views(n=8, seed=0):
 
 def embeddings(model, x1, x2):
     z = model.head(model.backbone(torch.cat([x1, x2])))
-    return z[: len(x1)], z[len(x1):]
+    return z[: len(x1)], z[len(x1) :]
 
 
 def test_negatives_come_only_from_the_batch():

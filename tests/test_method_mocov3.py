@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 import cssl_core.methods.mocov3  # noqa: F401 (registers it)
 from cssl_core.backbones import VisionTransformer
@@ -15,7 +16,6 @@ from cssl_core.errors import ConfigError
 from cssl_core.losses import mocov3_loss
 from cssl_core.methods import Batch, build_method
 from cssl_core.train.optim import build_optimizer
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("mocov3")
 
@@ -116,7 +116,13 @@ def test_predictor_is_on_the_query_side_only():
 def test_heads_follow_the_official_builder():
     model = make(recipe="paper")  # the paper's values on a convnet: MoCo_ResNet's heads
     mc = model.config
-    assert (mc.optimizer, mc.base_lr, mc.weight_decay, mc.temperature, mc.crop_min_scale) == ("lars", 0.6, 1e-6, 1.0, 0.2)
+    assert (mc.optimizer, mc.base_lr, mc.weight_decay, mc.temperature, mc.crop_min_scale) == (
+        "lars",
+        0.6,
+        1e-6,
+        1.0,
+        0.2,
+    )
     assert (mc.projector_layers, mc.predictor_last_bn) == (2, False)
     out_bn = model.projector[-1]
     assert isinstance(out_bn, torch.nn.BatchNorm1d) and not out_bn.affine

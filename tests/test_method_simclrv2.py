@@ -4,12 +4,12 @@ optional memory holds a momentum encoder's keys, used as negatives before this b
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import nt_xent
 from cssl_core.methods import Batch, build_method
-from tiny import tiny_heads
 
 
 def make(**overrides):
@@ -22,8 +22,13 @@ def make(**overrides):
 def batch(n=8, seed=0, momentum=0.99):
     g = torch.Generator().manual_seed(seed)
     views = [torch.randn(n, 3, 32, 32, generator=g) for _ in range(2)]
-    return Batch(views=views, indices=torch.arange(n), step=0, epoch=0,
-                 schedules={"lr": 0.1, "weight_decay": 0.0, "memory_momentum": momentum})
+    return Batch(
+        views=views,
+        indices=torch.arange(n),
+        step=0,
+        epoch=0,
+        schedules={"lr": 0.1, "weight_decay": 0.0, "memory_momentum": momentum},
+    )
 
 
 def test_finetuning_starts_from_the_projectors_first_layer():
@@ -34,7 +39,9 @@ def test_finetuning_starts_from_the_projectors_first_layer():
     encoder = model.encoder_for_finetune()
     torch.testing.assert_close(encoder(x), first(model.backbone(x)))
     # The same modules, not copies: fine-tuning trains the pretrained weights.
-    assert {id(p) for p in encoder.parameters()} == {id(p) for p in model.backbone.parameters()} | {id(p) for p in first.parameters()}
+    assert {id(p) for p in encoder.parameters()} == {id(p) for p in model.backbone.parameters()} | {
+        id(p) for p in first.parameters()
+    }
     assert model.encoder_for_eval() is model.backbone
 
 

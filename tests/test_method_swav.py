@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 import cssl_core.methods.swav  # noqa: F401 (registers it)
 from cssl_core.config import build_config
@@ -15,12 +16,18 @@ from cssl_core.methods import Batch, build_method
 from cssl_core.methods.swav import SwAV, SwAVConfig
 from cssl_core.train import load_checkpoint, loop, pretrain
 from cssl_core.train.optim import build_optimizer
-from tiny import tiny_heads
 
 TINY_HEADS = tiny_heads("swav")
 # 80 images, batch 16: 5 steps per epoch.
-TINY_RUN = {"dataset": "synthetic", "backbone": "small", "batch_size": 16, "subset": 80, "checkpoint_every": 1,
-            "epochs": 2, **TINY_HEADS}
+TINY_RUN = {
+    "dataset": "synthetic",
+    "backbone": "small",
+    "batch_size": 16,
+    "subset": 80,
+    "checkpoint_every": 1,
+    "epochs": 2,
+    **TINY_HEADS,
+}
 
 
 def make(**overrides):
@@ -80,11 +87,16 @@ def test_loss_is_the_swapped_prediction_over_the_methods_own_crops():
     loss = model(batch).loss
     _, scores = crop_embeddings(model, batch)
     cfg = model.config
-    torch.testing.assert_close(loss, swav_loss(scores[:2], scores[2:], cfg.temperature, cfg.epsilon,
-                                               cfg.sinkhorn_iterations), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        loss,
+        swav_loss(scores[:2], scores[2:], cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     codes = [sinkhorn(s, cfg.epsilon, cfg.sinkhorn_iterations) for s in scores[:2]]
-    swapped = sum(cross_entropy(q, scores[v], cfg.temperature)
-                  for i, q in enumerate(codes) for v in range(len(scores)) if v != i) / (2 * (len(scores) - 1))
+    swapped = sum(
+        cross_entropy(q, scores[v], cfg.temperature) for i, q in enumerate(codes) for v in range(len(scores)) if v != i
+    ) / (2 * (len(scores) - 1))
     own_code = sum(cross_entropy(q, scores[i], cfg.temperature) for i, q in enumerate(codes)) / 2
     torch.testing.assert_close(loss, swapped, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(loss, own_code, rtol=1e-3)
@@ -109,6 +121,7 @@ def test_codes_split_the_batch_equally_between_prototypes(monkeypatch):
         codes = sinkhorn(scores, epsilon=epsilon, iterations=iterations)
         seen.append((scores, codes))
         return codes
+
     monkeypatch.setattr(swav_module, "sinkhorn", recording_sinkhorn)
     model(batch)
     _, scores = crop_embeddings(model, batch)
@@ -144,6 +157,7 @@ def test_prototypes_stay_fixed_through_the_first_epoch_while_the_rest_trains(tmp
         model = build_method(*args, **kwargs)
         built.append({k: v.clone() for k, v in model.state_dict().items()})
         return model
+
     monkeypatch.setattr(loop, "build_method", recording_build)
     assert make().frozen_parameters(5)[0][1] == 5
     pretrain(run_config(), tmp_path)
@@ -179,8 +193,9 @@ def test_queue_is_used_once_full_with_the_scores_of_earlier_batches():
     z, scores = crop_embeddings(model, batch)
     queue_scores = [model.prototypes(q) for q in queue_before]
     args = (cfg.temperature, cfg.epsilon, cfg.sinkhorn_iterations)
-    torch.testing.assert_close(out.loss, swav_loss(scores[:2], scores[2:], *args, queue_scores=queue_scores),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.loss, swav_loss(scores[:2], scores[2:], *args, queue_scores=queue_scores), rtol=1e-5, atol=1e-6
+    )
     assert not torch.allclose(out.loss, swav_loss(scores[:2], scores[2:], *args), rtol=1e-4)
     torch.testing.assert_close(model.queue[:, :8], z[:16].detach().reshape(2, 8, -1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.queue[:, 8:], queue_before[:, :8])
@@ -188,8 +203,12 @@ def test_queue_is_used_once_full_with_the_scores_of_earlier_batches():
 
 def test_queue_fills_from_its_epoch_in_a_checkpointed_buffer(tmp_path):
     seen = []
-    pretrain(run_config(queue_length=32, epoch_queue_starts=1), tmp_path, progress_every=1,
-             on_progress=lambda p: seen.append(p.stats["queue_in_use"]))
+    pretrain(
+        run_config(queue_length=32, epoch_queue_starts=1),
+        tmp_path,
+        progress_every=1,
+        on_progress=lambda p: seen.append(p.stats["queue_in_use"]),
+    )
     # Epoch 1 fills 16 embeddings a step: full after 2 steps, used from the third.
     assert seen == [0.0] * 7 + [1.0] * 3
     after_one = load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.pt")["model"]["queue"]
@@ -198,23 +217,38 @@ def test_queue_fills_from_its_epoch_in_a_checkpointed_buffer(tmp_path):
     torch.testing.assert_close(after_two.norm(dim=2), torch.ones(2, 32))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"augmentation": "multicrop"}, "swav takes its 2 global crops from the augmentation preset, and 'multicrop' makes 8"),
-    ({"local_crops": -1}, "local_crops must be at least 0, got -1"),
-    ({"nmb_prototypes": 0}, "nmb_prototypes must be at least 1, got 0"),
-    ({"temperature": 0.0}, "temperature must be greater than 0, got 0.0"),
-    ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be at least 1, got 0"),
-    ({"freeze_prototypes_epochs": -1}, "freeze_prototypes_epochs must be at least 0, got -1.0"),
-    ({"queue_length": 100, "batch_size": 128}, "queue_length 100 is shorter than a batch"),
-    ({"queue_length": 3840, "epochs": 10}, "epoch_queue_starts 15 is not before the end of the run"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"augmentation": "multicrop"},
+            "swav takes its 2 global crops from the augmentation preset, and 'multicrop' makes 8",
+        ),
+        ({"local_crops": -1}, "local_crops must be at least 0, got -1"),
+        ({"nmb_prototypes": 0}, "nmb_prototypes must be at least 1, got 0"),
+        ({"temperature": 0.0}, "temperature must be greater than 0, got 0.0"),
+        ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be at least 1, got 0"),
+        ({"freeze_prototypes_epochs": -1}, "freeze_prototypes_epochs must be at least 0, got -1.0"),
+        ({"queue_length": 100, "batch_size": 128}, "queue_length 100 is shorter than a batch"),
+        ({"queue_length": 3840, "epochs": 10}, "epoch_queue_starts 15 is not before the end of the run"),
+    ],
+)
 def test_config_errors_say_what_to_fix(overrides, message):
     with pytest.raises(ConfigError, match=message):
         build_config("swav", {"dataset": "synthetic", **overrides})
 
 
 def test_accepted_corner_cases_build():
-    config = build_config("swav", {"dataset": "synthetic", "local_crops": 0, "queue_length": 200, "batch_size": 64,
-                                   "epochs": 20, "freeze_prototypes_epochs": 0})
+    config = build_config(
+        "swav",
+        {
+            "dataset": "synthetic",
+            "local_crops": 0,
+            "queue_length": 200,
+            "batch_size": 64,
+            "epochs": 20,
+            "freeze_prototypes_epochs": 0,
+        },
+    )
     model = build_method(config, 32, 64)
     assert len(type(model).view_specs(config.method_config, 32)) == 2 and model.frozen_parameters(10) == []

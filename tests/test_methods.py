@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_heads
 
 from cssl_core.config import build_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import barlow_twins, info_nce, negative_cosine, nt_xent
 from cssl_core.methods import Batch, build_method, method_names
-from tiny import tiny_heads
 
 
 def make(name, num_samples=64, **overrides):
@@ -98,7 +98,10 @@ def test_simsiam_stops_the_gradient_at_the_targets():
     p = model.predictor(z)
     n = batch.views[0].shape[0]
     with_stop = 0.5 * negative_cosine(p[:n], z[n:]) + 0.5 * negative_cosine(p[n:], z[:n])
-    cos = lambda a, b: -F.cosine_similarity(a, b, dim=-1).mean()  # no stop-gradient
+
+    def cos(a, b):  # no stop-gradient
+        return -F.cosine_similarity(a, b, dim=-1).mean()
+
     without_stop = 0.5 * cos(p[:n], z[n:]) + 0.5 * cos(p[n:], z[:n])
     assert_grads_equal(grads, backbone_grads(model, with_stop))
     assert grads_differ(grads, backbone_grads(model, without_stop))
@@ -187,8 +190,9 @@ def test_moco_symmetric_loss_uses_each_view_as_query_and_as_key():
         k2, k1 = F.normalize(model.encoder_k(torch.cat([x2, x1])), dim=1).chunk(2)
     q1, q2 = model.encoder_q(torch.cat([x1, x2])).chunk(2)
     t = model.config.temperature
-    torch.testing.assert_close(loss, 0.5 * (info_nce(q1, k2, queue_before, t) + info_nce(q2, k1, queue_before, t)),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        loss, 0.5 * (info_nce(q1, k2, queue_before, t) + info_nce(q2, k1, queue_before, t)), rtol=1e-4, atol=1e-5
+    )
     assert not torch.allclose(loss, info_nce(q1, k2, queue_before, t), atol=1e-4)
 
 

@@ -29,14 +29,17 @@ def test_label_fraction_is_class_balanced_seeded_and_skips_unlabelled():
     assert torch.equal(labelled_fraction(labels, 1.0, seed=0), torch.arange(100))
 
 
-@pytest.mark.parametrize("protocol, params, words", [
-    ("finetune", {"label_fraction": 0}, "label_fraction must be in (0, 1]"),
-    ("finetune", {"lr": -1}, "lr must be greater than 0, got -1.0"),
-    ("finetune", {"batch_size": 1}, "batch_size must be at least 2"),
-    ("distill", {"temperature": 0}, "temperature must be greater than 0, got 0.0"),
-    ("distill", {"student_init": "teacher"}, "student_init must be one of pretrained, random"),
-    ("linear", {"label_fraction": 1.5}, "label_fraction must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "protocol, params, words",
+    [
+        ("finetune", {"label_fraction": 0}, "label_fraction must be in (0, 1]"),
+        ("finetune", {"lr": -1}, "lr must be greater than 0, got -1.0"),
+        ("finetune", {"batch_size": 1}, "batch_size must be at least 2"),
+        ("distill", {"temperature": 0}, "temperature must be greater than 0, got 0.0"),
+        ("distill", {"student_init": "teacher"}, "student_init must be one of pretrained, random"),
+        ("linear", {"label_fraction": 1.5}, "label_fraction must be in (0, 1]"),
+    ],
+)
 def test_bad_protocol_parameters_say_what_to_fix(protocol, params, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         protocol_params(protocol, params)
@@ -53,7 +56,9 @@ class ConstantTeacher(nn.Module):
 
 def tiny_classifier(num_classes=3):
     torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    encoder = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
     return Classifier(encoder, 8, num_classes)
 
 
@@ -67,8 +72,21 @@ def test_distillation_matches_the_teachers_soft_labels_at_temperature():
     # T = 1's (0.867, 0.117, 0.016) and from the argmax's (1, 0, 0).
     student = tiny_classifier()
     teacher = ConstantTeacher([2.0, 0.0, -2.0])
-    train_classifier(student, random_images(), MEAN, STD, torch.device("cpu"), epochs=60, batch_size=16, lr=0.1,
-                     weight_decay=0.0, time_budget=None, seed=0, teacher=teacher, temperature=2.0)
+    train_classifier(
+        student,
+        random_images(),
+        MEAN,
+        STD,
+        torch.device("cpu"),
+        epochs=60,
+        batch_size=16,
+        lr=0.1,
+        weight_decay=0.0,
+        time_budget=None,
+        seed=0,
+        teacher=teacher,
+        temperature=2.0,
+    )
     student.eval()
     with torch.no_grad():
         x = (random_images(8, seed=1).float() / 255 - 0.5) / 0.25
@@ -81,8 +99,20 @@ def test_fine_tuning_trains_the_encoder_and_the_head_starts_at_zero():
     assert not model.head.weight.any() and not model.head.bias.any()
     before = [p.detach().clone() for p in model.encoder.parameters()]
     labels = torch.arange(64) % 3
-    steps = train_classifier(model, random_images(), MEAN, STD, torch.device("cpu"), epochs=2, batch_size=16, lr=0.1,
-                             weight_decay=0.0, time_budget=None, seed=0, labels=labels)
+    steps = train_classifier(
+        model,
+        random_images(),
+        MEAN,
+        STD,
+        torch.device("cpu"),
+        epochs=2,
+        batch_size=16,
+        lr=0.1,
+        weight_decay=0.0,
+        time_budget=None,
+        seed=0,
+        labels=labels,
+    )
     assert steps == 8
     assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
 

@@ -26,8 +26,14 @@ def test_defaults_are_an_embedded_service_in_the_state_folder(tmp_path):
     assert settings.artifact_root == tmp_path / ".state" / "artifacts"
     assert settings.queue_folder == tmp_path / ".state" / "queue"
     assert (settings.auth_disabled, settings.local_owner, settings.queue) == (False, "local", "cssl")
-    assert (settings.heartbeat_timeout, settings.heartbeat_interval, settings.republish_after,
-            settings.sweep_interval, settings.max_attempts, settings.progress_every) == (60, 2, 600, 10, 3, 10)
+    assert (
+        settings.heartbeat_timeout,
+        settings.heartbeat_interval,
+        settings.republish_after,
+        settings.sweep_interval,
+        settings.max_attempts,
+        settings.progress_every,
+    ) == (60, 2, 600, 10, 3, 10)
 
 
 def test_the_environment_sets_every_field(monkeypatch, tmp_path):
@@ -43,13 +49,20 @@ def test_the_environment_sets_every_field(monkeypatch, tmp_path):
     assert (settings.heartbeat_timeout, settings.max_attempts, settings.queue) == (30.0, 5, "cssl")
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("CSSL_HEARTBEAT_TIMEOUT", "soon", "CSSL_HEARTBEAT_TIMEOUT must be a number, got 'soon'"),
-    ("CSSL_MAX_ATTEMPTS", "3.5", "CSSL_MAX_ATTEMPTS must be a whole number, got '3.5'"),
-    ("CSSL_AUTH_DISABLED", "maybe", "CSSL_AUTH_DISABLED must be a flag (1, true, yes, on or 0, false, no, off), got 'maybe'"),
-    ("CSSL_SWEEP_INTERVAL", "-1", "CSSL_SWEEP_INTERVAL must be greater than 0, got '-1'"),
-    ("CSSL_PROGRESS_EVERY", "0", "CSSL_PROGRESS_EVERY must be at least 1, got '0'"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("CSSL_HEARTBEAT_TIMEOUT", "soon", "CSSL_HEARTBEAT_TIMEOUT must be a number, got 'soon'"),
+        ("CSSL_MAX_ATTEMPTS", "3.5", "CSSL_MAX_ATTEMPTS must be a whole number, got '3.5'"),
+        (
+            "CSSL_AUTH_DISABLED",
+            "maybe",
+            "CSSL_AUTH_DISABLED must be a flag (1, true, yes, on or 0, false, no, off), got 'maybe'",
+        ),
+        ("CSSL_SWEEP_INTERVAL", "-1", "CSSL_SWEEP_INTERVAL must be greater than 0, got '-1'"),
+        ("CSSL_PROGRESS_EVERY", "0", "CSSL_PROGRESS_EVERY must be at least 1, got '0'"),
+    ],
+)
 def test_a_bad_value_names_the_variable_and_what_it_must_be(name, value, message):
     with pytest.raises(SettingsError) as error:
         Settings.from_env({name: value})
@@ -99,7 +112,9 @@ def test_data_roots_upload_limit_and_cache(tmp_path):
     assert settings.cache_dir == tmp_path / ".state" / "cache"
     assert settings.max_upload_bytes == 2 * 1024**3
     # os.pathsep or commas; relative folders from the working directory; the first holds uploads.
-    settings = Settings.from_env({"CSSL_DATA_ROOTS": f"/data{os.pathsep}more, /mnt/shared/", "CSSL_MAX_UPLOAD_BYTES": "1024"})
+    settings = Settings.from_env(
+        {"CSSL_DATA_ROOTS": f"/data{os.pathsep}more, /mnt/shared/", "CSSL_MAX_UPLOAD_BYTES": "1024"}
+    )
     assert settings.data_roots == (Path("/data"), tmp_path / "more", Path("/mnt/shared"))
     assert settings.uploads_folder == Path("/data/uploads") and settings.max_upload_bytes == 1024
     assert settings.public()["CSSL_DATA_ROOTS"] == os.pathsep.join(["/data", str(tmp_path / "more"), "/mnt/shared"])

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torchvision
+from tiny import stop_after, tiny_heads
 from torch import nn
 
 from cli.main import main as cssl
@@ -14,7 +15,6 @@ from cssl_core.config import build_config
 from cssl_core.errors import TrainingError
 from cssl_core.methods import method_names
 from cssl_core.train import export_backbone, load_checkpoint, loop, pretrain
-from tiny import stop_after, tiny_heads
 
 # Per-method state worth covering in the exact-resume test: SwAV's queue filled and used in epoch 2.
 RESUME_EXTRAS = {"swav": {"queue_length": 128, "epoch_queue_starts": 1}, "simclrv2": {"memory_size": 64}}
@@ -51,6 +51,7 @@ def test_time_budget_fits_the_schedule(tmp_path, monkeypatch):
     def perf_counter():
         clock["t"] += 0.05
         return clock["t"]
+
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=perf_counter))
     seen = []
     result = pretrain(config(epochs=10_000, time_budget=3.0), tmp_path, on_progress=seen.append, progress_every=1)
@@ -64,8 +65,9 @@ def test_time_budget_fits_the_schedule(tmp_path, monkeypatch):
 
 def test_cancel_keeps_a_checkpoint(tmp_path):
     infos, seen = [], []
-    result = pretrain(config(epochs=5), tmp_path, should_stop=stop_after(3), on_checkpoint=infos.append,
-                      on_progress=seen.append)
+    result = pretrain(
+        config(epochs=5), tmp_path, should_stop=stop_after(3), on_checkpoint=infos.append, on_progress=seen.append
+    )
     assert result.stopped == "cancelled" and result.steps == 3
     # Stopped before the first report (every 10 steps): its steps are reported all the same.
     assert [p.step for p in seen] == [3] and math.isfinite(result.final_loss) and result.images_per_second > 0
@@ -92,8 +94,28 @@ def test_export_loads_into_torchvision(tmp_path):
 
 def test_cli_pretrain_eval_and_errors(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cssl(["pretrain", "--method", "simclr", "--dataset", "synthetic", "--backbone", "small",
-                 "--epochs", "1", "--batch-size", "64", "--subset", "320", "--out", str(out)]) == 0
+    assert (
+        cssl(
+            [
+                "pretrain",
+                "--method",
+                "simclr",
+                "--dataset",
+                "synthetic",
+                "--backbone",
+                "small",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--subset",
+                "320",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoints" / "last.pt").is_file()
     assert json.loads((out / "config.json").read_text())["method"] == "simclr"
     capsys.readouterr()
@@ -115,8 +137,22 @@ def test_cli_pretrain_eval_and_errors(tmp_path, capsys):
     # A service job's stored config (protocol parameters included) runs as a --config file.
     stored = {**json.loads((out / "config.json").read_text()), "epochs": 1, "knn": {"k": 5}}
     (tmp_path / "job.json").write_text(json.dumps(stored))
-    assert cssl(["pretrain", "--method", "simclr", "--config", str(tmp_path / "job.json"), "--out", str(tmp_path / "again"),
-                 "--evaluate", "knn"]) == 0
+    assert (
+        cssl(
+            [
+                "pretrain",
+                "--method",
+                "simclr",
+                "--config",
+                str(tmp_path / "job.json"),
+                "--out",
+                str(tmp_path / "again"),
+                "--evaluate",
+                "knn",
+            ]
+        )
+        == 0
+    )
     assert "knn: top-1" in capsys.readouterr().out
     stored["knn"] = {"k": -1}
     (tmp_path / "job.json").write_text(json.dumps(stored))

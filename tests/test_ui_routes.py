@@ -19,7 +19,9 @@ UI = ROOT / "api" / "ui"
 JOB_ID = "0123456789abcdef0123456789abcdef"
 PAGES = ["/ui/", f"/ui/jobs/{JOB_ID}", "/ui/compare?jobs=a,b", "/ui/leaderboard", "/ui/submit?from=x"]
 # Static imports, dynamic imports and re-exports of the dashboard's modules.
-IMPORT = re.compile(r"""(?:^|\s)(?:import|export)\s[^'"]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']\s*\)""", re.M)
+IMPORT = re.compile(
+    r"""(?:^|\s)(?:import|export)\s[^'"]*?from\s*["']([^"']+)["']|import\(\s*["']([^"']+)["']\s*\)""", re.M
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,9 @@ def test_every_module_import_and_asset_is_local_and_exists():
     for module in modules:
         for static, dynamic in IMPORT.findall(module.read_text()):
             target = static or dynamic
-            assert target.startswith("."), f"{module.relative_to(ROOT)} imports {target!r}: only files of the dashboard itself"
+            assert target.startswith("."), (
+                f"{module.relative_to(ROOT)} imports {target!r}: only files of the dashboard itself"
+            )
             assert (module.parent / target).resolve().is_file(), f"{module.relative_to(ROOT)}: {target} does not exist"
     index = (UI / "index.html").read_text()
     for url in re.findall(r'(?:src|href)="([^"]+)"', index):
@@ -89,7 +93,9 @@ def test_vendored_files_are_the_pinned_versions_with_their_licences():
         assert lock[f"node_modules/{package}"]["version"] == version
         assert (folder / "VERSION").read_text().strip() == version, package
         assert (folder / "LICENSE").stat().st_size > 500, package
-    assert (UI / "vendor" / "uplot" / "uPlot.esm.js").is_file() and (UI / "vendor" / "axe-core" / "axe.min.js").is_file()
+    assert (UI / "vendor" / "uplot" / "uPlot.esm.js").is_file() and (
+        UI / "vendor" / "axe-core" / "axe.min.js"
+    ).is_file()
 
 
 def _imports() -> dict[str, set[str]]:
@@ -139,8 +145,11 @@ def test_docs_loads_only_same_origin_files_and_they_are_served(client):
     docs = client.get("/docs")
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
     urls = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
-    assert sorted(urls) == ["/ui/vendor/swagger-ui/favicon-32x32.png", "/ui/vendor/swagger-ui/swagger-ui-bundle.js",
-                            "/ui/vendor/swagger-ui/swagger-ui.css"]
+    assert sorted(urls) == [
+        "/ui/vendor/swagger-ui/favicon-32x32.png",
+        "/ui/vendor/swagger-ui/swagger-ui-bundle.js",
+        "/ui/vendor/swagger-ui/swagger-ui.css",
+    ]
     assert not re.search(r"(https?:)?//[a-z]", docs.text.replace("window.location.origin", ""))
     types = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
     for url in urls:

@@ -126,8 +126,12 @@ class Heartbeat:
         self._thread.join(timeout=10)
 
     def beat(self) -> None:
-        ours, cancel = transaction(self.settings.database_url, lambda s: jobs.heartbeat(s, self.job_id, self.attempt),
-                                   what=f"the heartbeat of job {self.job_id}", within=0)
+        ours, cancel = transaction(
+            self.settings.database_url,
+            lambda s: jobs.heartbeat(s, self.job_id, self.attempt),
+            what=f"the heartbeat of job {self.job_id}",
+            within=0,
+        )
         if not ours:
             self.lost.set()
         if cancel:
@@ -237,13 +241,20 @@ class Recorder:
     def _record_evaluation(self, session: Session, result, checkpoint_id: int | None):
         data = result.to_dict()
         evaluation = records.record_evaluation(session, self.job.id, checkpoint_id, data)
-        event = {"id": evaluation.id, "protocol": evaluation.protocol, "top1": evaluation.top1,
-                 "top5": evaluation.top5, "epoch": evaluation.epoch, "checkpoint_id": checkpoint_id}
+        event = {
+            "id": evaluation.id,
+            "protocol": evaluation.protocol,
+            "top1": evaluation.top1,
+            "top5": evaluation.top5,
+            "epoch": evaluation.epoch,
+            "checkpoint_id": checkpoint_id,
+        }
         records.add_event(session, self.job.id, "evaluation", event)
         if evaluation.top1 is not None:
             name = evaluation.protocol
-            jobs.update_latest_metrics(session, self.job.id,
-                                       {f"{name}_top1": evaluation.top1, f"{name}_top5": evaluation.top5})
+            jobs.update_latest_metrics(
+                session, self.job.id, {f"{name}_top1": evaluation.top1, f"{name}_top5": evaluation.top5}
+            )
         return evaluation
 
     def _write_now(self, what: str, work: Callable[[Session], T]) -> T:
@@ -268,8 +279,12 @@ class Recorder:
         try:
             self.flush(within=0)
         except DatabaseUnavailable:
-            log.warning("the database is unreachable; %d progress points wait in memory (at most %d), trying "
-                        "again in %.1f s", len(self._pending), self.settings.progress_buffer, self._backoff)
+            log.warning(
+                "the database is unreachable; %d progress points wait in memory (at most %d), trying again in %.1f s",
+                len(self._pending),
+                self.settings.progress_buffer,
+                self._backoff,
+            )
             self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 10.0)
             return
@@ -281,8 +296,12 @@ class Recorder:
         :class:`DatabaseUnavailable` with the rest still pending."""
         while self._pending:
             batch = list(self._pending)[: self.BATCH]
-            written = transaction(self.settings.database_url, lambda session, batch=batch: _write_all(session, batch),
-                                  what=f"recording the {what} of job {self.job.id}", within=within)
+            written = transaction(
+                self.settings.database_url,
+                lambda session, batch=batch: _write_all(session, batch),
+                what=f"recording the {what} of job {self.job.id}",
+                within=within,
+            )
             if written < len(batch):  # the job went to another attempt: this one writes nothing more
                 self._pending.clear()
                 self.heartbeat.lost.set()
@@ -315,8 +334,9 @@ class EvaluationPlan:
     params: dict[str, dict[str, Any]]  # protocol -> its parameters ({"knn": {"k": 20}})
 
     @classmethod
-    def for_job(cls, job: ClaimedJob, checkpoint: Path, checkpoint_id: int | None, dataset: str, data: Path | None,
-                device: str) -> EvaluationPlan:
+    def for_job(
+        cls, job: ClaimedJob, checkpoint: Path, checkpoint_id: int | None, dataset: str, data: Path | None, device: str
+    ) -> EvaluationPlan:
         # Protocol parameters are stored beside the run's keys in the job's config.
         params = {protocol: job.config.get(protocol) or {} for protocol in job.evaluate}
         return cls(Path(checkpoint), checkpoint_id, list(job.evaluate), dataset, data, device, params)
@@ -335,8 +355,9 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
     os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
     # The heartbeat starts before anything slow (reading checkpoints, the first import of torch).
     with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
-        log.info("job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method,
-                 job.dataset)
+        log.info(
+            "job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset
+        )
         recorder = Recorder(settings, job, heartbeat)
         outcome = _run(settings, job, candidates, job_dir, recorder, heartbeat)
         if outcome.ending is Ending.LOST:
@@ -356,14 +377,21 @@ def _finish(settings: Settings, job: ClaimedJob, recorder: Recorder, outcome: Ou
         if outcome.ending is Ending.RELEASED:
             jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} {outcome.message}")
         else:
-            jobs.finish_job(session, job.id, job.attempt, outcome.ending.value, error=outcome.message,
-                            result=outcome.result)
+            jobs.finish_job(
+                session, job.id, job.attempt, outcome.ending.value, error=outcome.message, result=outcome.result
+            )
 
     transaction(settings.database_url, write, what=f"recording the end of job {job.id}", within=None)
 
 
-def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint], job_dir: Path,
-         recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
+def _run(
+    settings: Settings,
+    job: ClaimedJob,
+    candidates: list[records.Checkpoint],
+    job_dir: Path,
+    recorder: Recorder,
+    heartbeat: Heartbeat,
+) -> Outcome:
     from cssl_core.data import decoded_bytes_limit
     from cssl_core.errors import CsslError
 
@@ -381,8 +409,9 @@ def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoin
         return Outcome.lost()
     except DatabaseUnavailable as exc:
         log.warning("%s; the job goes back to the queue once the database answers", exc)
-        return Outcome.released(f"could not reach the database for {window:g} s; the job resumes from its last "
-                                "checkpoint")
+        return Outcome.released(
+            f"could not reach the database for {window:g} s; the job resumes from its last checkpoint"
+        )
     except DBAPIError as exc:
         if not is_transient(exc):
             return _internal_error(job, exc)
@@ -397,9 +426,11 @@ def _run(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoin
 
 def _internal_error(job: ClaimedJob, exc: Exception) -> Outcome:
     internal_log.error("job %s attempt %d failed:\n%s", job.id, job.attempt, traceback.format_exc())
-    message = (f"the worker stopped on an unexpected error ({type(exc).__name__}), not on anything in the job's "
-               "settings or data; submit it again, and if it fails the same way, report the job's id to the "
-               "service's operators (the worker's log holds the details)")
+    message = (
+        f"the worker stopped on an unexpected error ({type(exc).__name__}), not on anything in the job's "
+        "settings or data; submit it again, and if it fails the same way, report the job's id to the "
+        "service's operators (the worker's log holds the details)"
+    )
     log.error("%s", message)
     return Outcome.failed(message)
 
@@ -420,13 +451,16 @@ def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
         return None
     path = data_roots.resolve_job_data(settings, job.dataset_path)
     if path is None:
-        raise DataError("the job's data is no longer readable by the service (moved, deleted, or now outside its data "
-                        "folders); submit the job again with a path under them, or an upload")
+        raise DataError(
+            "the job's data is no longer readable by the service (moved, deleted, or now outside its data "
+            "folders); submit the job again with a path under them, or an upload"
+        )
     return path
 
 
-def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder,
-              heartbeat: Heartbeat) -> Outcome:
+def _pretrain(
+    settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat
+) -> Outcome:
     from cssl_core.config import build_config
     from cssl_core.data import load_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
@@ -471,8 +505,12 @@ def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: P
             return heartbeat.stopped(result)
         recorder.flush(within=settings.database_retry_window)
         # Kept now, so that an attempt that only has the evaluations left still has it.
-        transaction(settings.database_url, lambda s: jobs.record_result(s, job.id, job.attempt, result),
-                    what=f"recording the result of job {job.id}", within=settings.database_retry_window)
+        transaction(
+            settings.database_url,
+            lambda s: jobs.record_result(s, job.id, job.attempt, result),
+            what=f"recording the result of job {job.id}",
+            within=settings.database_retry_window,
+        )
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
     plan = EvaluationPlan.for_job(job, checkpoint, checkpoint_id, config.dataset, data, config.device)
     _run_evaluations(plan, recorder)
@@ -482,8 +520,9 @@ def _pretrain(settings: Settings, job: ClaimedJob, data: Path | None, job_dir: P
 
 
 def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
-    plan = EvaluationPlan.for_job(job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data,
-                                  job.config.get("device", "auto"))
+    plan = EvaluationPlan.for_job(
+        job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data, job.config.get("device", "auto")
+    )
     _run_evaluations(plan, recorder)
     if heartbeat.should_stop():
         return heartbeat.stopped(None)
@@ -498,21 +537,32 @@ def _run_evaluations(plan: EvaluationPlan, recorder: Recorder) -> None:
     def recorded(session: Session) -> set[str]:
         return {e.protocol for e in records.final_evaluations(session, job.id) if e.checkpoint_id == plan.checkpoint_id}
 
-    done = transaction(recorder.settings.database_url, recorded, what=f"reading the evaluations of job {job.id}",
-                       within=recorder.settings.database_retry_window)
+    done = transaction(
+        recorder.settings.database_url,
+        recorded,
+        what=f"reading the evaluations of job {job.id}",
+        within=recorder.settings.database_retry_window,
+    )
     for protocol in plan.protocols:
         if protocol in done:
             continue  # recorded by an earlier attempt
         if recorder.heartbeat.should_stop():
             return
         log.info("evaluating %s (%s)", protocol, recorder.relative(plan.checkpoint))
-        result = evaluate_checkpoint(plan.checkpoint, protocol, dataset=plan.dataset, data=plan.data,
-                                     device=plan.device, **plan.params.get(protocol, {}))
+        result = evaluate_checkpoint(
+            plan.checkpoint,
+            protocol,
+            dataset=plan.dataset,
+            data=plan.data,
+            device=plan.device,
+            **plan.params.get(protocol, {}),
+        )
         recorder.on_evaluation(result, plan.checkpoint_id)
 
 
-def _claim(settings: Settings, job_id: str, worker_name: str,
-           within: float | None = None) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
+def _claim(
+    settings: Settings, job_id: str, worker_name: str, within: float | None = None
+) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
     """The claimed job, and its checkpoints newest first (where a later attempt may resume)."""
 
     def claim(session: Session) -> tuple[ClaimedJob, list[records.Checkpoint]] | None:
@@ -539,8 +589,12 @@ def _claim(settings: Settings, job_id: str, worker_name: str,
         )
         return claimed, candidates
 
-    return transaction(settings.database_url, claim, what=f"claiming job {job_id}",
-                       within=settings.database_retry_window if within is None else within)
+    return transaction(
+        settings.database_url,
+        claim,
+        what=f"claiming job {job_id}",
+        within=settings.database_retry_window if within is None else within,
+    )
 
 
 def _resume_point(settings: Settings, job: ClaimedJob, candidates: list[records.Checkpoint]) -> ClaimedJob:
@@ -552,12 +606,17 @@ def _resume_point(settings: Settings, job: ClaimedJob, candidates: list[records.
         jobs.set_resume_point(session, job.id, job.attempt, step)
         records.drop_metrics_after(session, job.id, step, epoch)
 
-    transaction(settings.database_url, write, what=f"choosing where job {job.id} resumes",
-                within=settings.database_retry_window)
+    transaction(
+        settings.database_url, write, what=f"choosing where job {job.id} resumes", within=settings.database_retry_window
+    )
     if resume is None:
         return job
-    return replace(job, resume_from=settings.artifact_root / resume.path, resume_checkpoint_id=resume.id,
-                   resume_is_final=resume.final)
+    return replace(
+        job,
+        resume_from=settings.artifact_root / resume.path,
+        resume_checkpoint_id=resume.id,
+        resume_is_final=resume.final,
+    )
 
 
 def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -> records.Checkpoint | None:
@@ -570,8 +629,12 @@ def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -
             load_checkpoint(settings.artifact_root / checkpoint.path)
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("checkpoint %s (step %d) cannot be resumed from (%s); trying an older one",
-                        checkpoint.path, checkpoint.step, reason)
+            log.warning(
+                "checkpoint %s (step %d) cannot be resumed from (%s); trying an older one",
+                checkpoint.path,
+                checkpoint.step,
+                reason,
+            )
             continue
         return checkpoint
     return None

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path as PathParam, Query
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from api.deps import CurrentOwner, ReadSessionDep, SettingsDep
@@ -21,10 +22,18 @@ router = APIRouter(prefix="/v1", tags=["results"])
 log = logging.getLogger(__name__)
 
 JobFilter = Annotated[str | None, Query(pattern=JOB_ID_PATTERN, description="Only this job's")]
-DOWNLOAD = {"Download": {"operationRef": "#/paths/~1v1~1checkpoints~1{checkpoint_id}~1download/get",
-                         "parameters": {"checkpoint_id": "$response.body#/0/id"}}}
-GET_EVALUATION = {"GetEvaluation": {"operationRef": "#/paths/~1v1~1evaluations~1{evaluation_id}/get",
-                                    "parameters": {"evaluation_id": "$response.body#/0/id"}}}
+DOWNLOAD = {
+    "Download": {
+        "operationRef": "#/paths/~1v1~1checkpoints~1{checkpoint_id}~1download/get",
+        "parameters": {"checkpoint_id": "$response.body#/0/id"},
+    }
+}
+GET_EVALUATION = {
+    "GetEvaluation": {
+        "operationRef": "#/paths/~1v1~1evaluations~1{evaluation_id}/get",
+        "parameters": {"evaluation_id": "$response.body#/0/id"},
+    }
+}
 
 
 def artifact_file(root: Path, relative: str) -> Path | None:
@@ -38,8 +47,12 @@ def artifact_file(root: Path, relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-@router.get("/checkpoints", response_model=list[CheckpointPublic], responses={200: {"links": DOWNLOAD}},
-            summary="Your checkpoints, newest first")
+@router.get(
+    "/checkpoints",
+    response_model=list[CheckpointPublic],
+    responses={200: {"links": DOWNLOAD}},
+    summary="Your checkpoints, newest first",
+)
 def list_checkpoints(
     session: ReadSessionDep,
     owner: CurrentOwner,
@@ -71,7 +84,10 @@ def download_checkpoint(
         raise ProblemError(404, f"no checkpoint {checkpoint_id}; list yours with GET /v1/checkpoints")
     path = artifact_file(settings.artifact_root, checkpoint.path)
     if path is None:
-        raise ProblemError(410, f"checkpoint {checkpoint_id} was recorded at {checkpoint.path} but that file is not in the artifact store")
+        raise ProblemError(
+            410,
+            f"checkpoint {checkpoint_id} was recorded at {checkpoint.path} but that file is not in the artifact store",
+        )
     name = f"{checkpoint.job_id}-epoch{checkpoint.epoch:04d}"
     if format == "torchvision":
         path = _backbone_file(path)
@@ -98,8 +114,12 @@ def _backbone_file(checkpoint: Path) -> Path:
     return out
 
 
-@router.get("/evaluations", response_model=list[EvaluationPublic], responses={200: {"links": GET_EVALUATION}},
-            summary="Your evaluation results, oldest first")
+@router.get(
+    "/evaluations",
+    response_model=list[EvaluationPublic],
+    responses={200: {"links": GET_EVALUATION}},
+    summary="Your evaluation results, oldest first",
+)
 def list_evaluations(
     session: ReadSessionDep,
     owner: CurrentOwner,
@@ -113,9 +133,12 @@ def list_evaluations(
     return [evaluation_public(e) for e in records.list_evaluations(session, owner, job, checkpoint, limit, protocol)]
 
 
-@router.get("/evaluations/{evaluation_id}", response_model=EvaluationPublic,
-            responses={404: problem("No such evaluation for this token's owner")},
-            summary="One evaluation result: an embedding's points, say")
+@router.get(
+    "/evaluations/{evaluation_id}",
+    response_model=EvaluationPublic,
+    responses={404: problem("No such evaluation for this token's owner")},
+    summary="One evaluation result: an embedding's points, say",
+)
 def get_evaluation(
     evaluation_id: Annotated[int, PathParam(ge=1, le=MAX_ROW_ID)], session: ReadSessionDep, owner: CurrentOwner
 ) -> EvaluationPublic:

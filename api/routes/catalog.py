@@ -61,7 +61,9 @@ def config_schema(config_cls: type, skip: tuple[str, ...] = ()) -> dict:
         if help_text := field_help(config_cls, name):
             prop["description"] = help_text
         if bounds := field_bounds(config_cls, name):
-            prop.update({BOUND_KEYWORDS[k]: getattr(bounds, k) for k in BOUND_KEYWORDS if getattr(bounds, k) is not None})
+            prop.update(
+                {BOUND_KEYWORDS[k]: getattr(bounds, k) for k in BOUND_KEYWORDS if getattr(bounds, k) is not None}
+            )
     return schema
 
 
@@ -76,15 +78,18 @@ def job_config_schema(method_config_cls: type) -> dict:
 
 @functools.cache
 def _protocol(cls: type[Protocol]) -> ProtocolPublic:
-    return ProtocolPublic(**cls.facts(), parameters=dataclasses.asdict(cls.params_cls()),
-                          parameters_schema=config_schema(cls.params_cls))
+    return ProtocolPublic(
+        **cls.facts(), parameters=dataclasses.asdict(cls.params_cls()), parameters_schema=config_schema(cls.params_cls)
+    )
 
 
 def _protocols() -> list[ProtocolPublic]:
     return [_protocol(get_protocol(name)) for name in protocol_names()]
 
 
-@router.get("/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema")
+@router.get(
+    "/methods", response_model=list[MethodPublic], summary="Registered methods, their defaults and config schema"
+)
 def list_methods(_: CurrentOwner) -> list[MethodPublic]:
     return _methods()
 
@@ -92,8 +97,10 @@ def list_methods(_: CurrentOwner) -> list[MethodPublic]:
 @router.get("/datasets", response_model=list[DatasetInfo], summary="Data sets a job can name")
 def list_datasets(_: CurrentOwner) -> list[DatasetInfo]:
     return [
-        DatasetInfo(**{k: d.get(k) for k in DatasetInfo.model_fields if k != "recipe"},
-                    recipe=_auto_recipe(d["name"]) if d.get("image_size") else None)
+        DatasetInfo(
+            **{k: d.get(k) for k in DatasetInfo.model_fields if k != "recipe"},
+            recipe=_auto_recipe(d["name"]) if d.get("image_size") else None,
+        )
         for d in describe_datasets()
     ]
 
@@ -104,7 +111,10 @@ def _auto_recipe(dataset: str) -> str:
     return build_config(method_names()[0], {"dataset": dataset}).recipe
 
 
-@router.get("/protocols", response_model=list[ProtocolPublic],
-            summary="Evaluation protocols: what each needs and returns, and its parameters")
+@router.get(
+    "/protocols",
+    response_model=list[ProtocolPublic],
+    summary="Evaluation protocols: what each needs and returns, and its parameters",
+)
 def list_protocols(_: CurrentOwner) -> list[ProtocolPublic]:
     return _protocols()

@@ -54,12 +54,17 @@ def _owned(session, upload_id: str, owner: str) -> Dataset:
                 "Location": {"description": "The upload's URL", "required": True, "schema": {"type": "string"}},
             },
         },
-        413: {"model": Problem, "description": "The archive is over the service's limit, or would take the owner's "
-              "uploads past their quota (CSSL_UPLOAD_QUOTA_BYTES)"},
+        413: {
+            "model": Problem,
+            "description": "The archive is over the service's limit, or would take the owner's "
+            "uploads past their quota (CSSL_UPLOAD_QUOTA_BYTES)",
+        },
         422: {"model": Problem, "description": "Not a .tar.gz"},
         429: TOO_MANY,
-        507: {"model": Problem, "description": "The service's disk is nearly full (CSSL_UPLOAD_MIN_FREE_BYTES); "
-              "try again later"},
+        507: {
+            "model": Problem,
+            "description": "The service's disk is nearly full (CSSL_UPLOAD_MIN_FREE_BYTES); try again later",
+        },
     },
     dependencies=[Depends(limit_submissions)],
     openapi_extra=ARCHIVE_BODY,
@@ -113,8 +118,9 @@ async def _receive(request: Request, receiver: data_roots.Receiver) -> None:
 
 
 def _record(session, owner: str, name: str, upload_id: str, receiver: data_roots.Receiver) -> Dataset:
-    dataset = datasets.create_dataset(session, id=upload_id, owner=owner, name=name, sha256=receiver.sha256,
-                                      size_bytes=receiver.size_bytes)
+    dataset = datasets.create_dataset(
+        session, id=upload_id, owner=owner, name=name, sha256=receiver.sha256, size_bytes=receiver.size_bytes
+    )
     session.commit()
     return dataset
 
@@ -142,8 +148,11 @@ def delete_upload(upload_id: UploadId, session: SessionDep, owner: CurrentOwner,
     dataset = _owned(session, upload_id, owner)
     users = datasets.start_delete(session, dataset)
     if users:
-        raise ProblemError(409, f"upload {upload_id} is used by queued or running jobs ({', '.join(users)}); "
-                                "cancel them or let them finish, then delete it")
+        raise ProblemError(
+            409,
+            f"upload {upload_id} is used by queued or running jobs ({', '.join(users)}); "
+            "cancel them or let them finish, then delete it",
+        )
     session.commit()  # deleting: no new job can name it from here on
     data_roots.remove_upload(settings, dataset.id)
     datasets.delete_dataset(session, dataset.id)

@@ -21,8 +21,9 @@ def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
-            summary="Database and broker reachable")
+@router.get(
+    "/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, summary="Database and broker reachable"
+)
 def readyz(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     database = _check(lambda: _ping_database(request))

@@ -13,8 +13,19 @@ from api.deps import CurrentCaller, CurrentOwner, PublisherDep, ReadSessionDep, 
 from api.problems import ProblemError, field_error, problem
 from api.ratelimit import TOO_MANY, holding, limit_submissions, too_many
 from api.routes.artifacts import artifact_file
-from api.schemas import (EVAL_EXAMPLE, JOB_ID_PATTERN, MAX_ROW_ID, PRETRAIN_EXAMPLE, TRY_EXAMPLE, JobCreate, JobKind,
-                         JobList, JobMetrics, JobPublic, JobStatus)
+from api.schemas import (
+    EVAL_EXAMPLE,
+    JOB_ID_PATTERN,
+    MAX_ROW_ID,
+    PRETRAIN_EXAMPLE,
+    TRY_EXAMPLE,
+    JobCreate,
+    JobKind,
+    JobList,
+    JobMetrics,
+    JobPublic,
+    JobStatus,
+)
 from api.views import job_public
 from store import jobs, records
 from store.models import Job
@@ -61,14 +72,18 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
             "description": "Queued",
             "headers": {
                 "Location": {"description": "The job's URL", "required": True, "schema": {"type": "string"}},
-                "Idempotent-Replayed": {"description": "`true` when an Idempotency-Key returned an earlier job",
-                                        "schema": {"type": "string", "enum": ["true"]}},
+                "Idempotent-Replayed": {
+                    "description": "`true` when an Idempotency-Key returned an earlier job",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
             },
             "links": job_links("$response.body#/id"),
         },
         403: problem("A priority above the default needs an admin token"),
         409: problem("The upload it names is not ready: still unpacking, failed, or being deleted"),
-        422: problem("A field is invalid, or names something that does not exist or is not yours; `errors` names each one"),
+        422: problem(
+            "A field is invalid, or names something that does not exist or is not yours; `errors` names each one"
+        ),
         429: TOO_MANY,
     },
     dependencies=[Depends(limit_submissions)],
@@ -82,8 +97,13 @@ def submit_job(
     response: Response,
     body: Annotated[
         JobCreate,
-        Body(openapi_examples={"pretrain": {"value": PRETRAIN_EXAMPLE}, "eval": {"value": EVAL_EXAMPLE},
-                               "try": {"summary": "Needs no data: generated images", "value": TRY_EXAMPLE}}),
+        Body(
+            openapi_examples={
+                "pretrain": {"value": PRETRAIN_EXAMPLE},
+                "eval": {"value": EVAL_EXAMPLE},
+                "try": {"summary": "Needs no data: generated images", "value": TRY_EXAMPLE},
+            }
+        ),
     ],
     idempotency_key: Annotated[
         str | None,
@@ -119,7 +139,13 @@ def submit_job(
             f"Idempotency-Key {idempotency_key!r} was used for job {conflict.job.id} with another body; "
             "use a new key for a new job",
             title="Idempotency key reused",
-            errors=[{"loc": ["header", "Idempotency-Key"], "msg": "used before with another body", "type": "idempotency_conflict"}],
+            errors=[
+                {
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": "used before with another body",
+                    "type": "idempotency_conflict",
+                }
+            ],
         ) from None
     # The row must be committed before a worker can claim it.
     session.commit()
@@ -132,8 +158,12 @@ def submit_job(
     return job_public(job)
 
 
-@router.get("", response_model=JobList, responses={200: {"links": job_links("$response.body#/items/0/id")}},
-            summary="List your jobs, newest first")
+@router.get(
+    "",
+    response_model=JobList,
+    responses={200: {"links": job_links("$response.body#/items/0/id")}},
+    summary="List your jobs, newest first",
+)
 def list_jobs(
     request: Request,
     session: ReadSessionDep,
@@ -163,7 +193,11 @@ def get_job(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobP
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobPublic,
-    responses={**NOT_FOUND, 202: {"links": job_links("$response.body#/id")}, 409: problem("The job has already finished")},
+    responses={
+        **NOT_FOUND,
+        202: {"links": job_links("$response.body#/id")},
+        409: problem("The job has already finished"),
+    },
     summary="Cancel: a queued job never runs; a running one stops at its next step and keeps its checkpoint",
 )
 def cancel_job(job_id: JobId, session: SessionDep, owner: CurrentOwner) -> JobPublic:
@@ -173,14 +207,22 @@ def cancel_job(job_id: JobId, session: SessionDep, owner: CurrentOwner) -> JobPu
     return job_public(jobs.request_cancel(session, job))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics")
+@router.get(
+    "/{job_id}/metrics", response_model=JobMetrics, responses=NOT_FOUND, summary="Time series of a job's metrics"
+)
 def get_metrics(
     job_id: JobId,
     session: ReadSessionDep,
     owner: CurrentOwner,
-    points: Annotated[int | None, Query(
-        ge=2, le=100_000, description="At most this many points per series, for a plot: the first and last point "
-        "and, in each of (points - 2) / 2 equal step ranges, the lowest and highest value; absent: every point")] = None,
+    points: Annotated[
+        int | None,
+        Query(
+            ge=2,
+            le=100_000,
+            description="At most this many points per series, for a plot: the first and last point "
+            "and, in each of (points - 2) / 2 equal step ranges, the lowest and highest value; absent: every point",
+        ),
+    ] = None,
 ) -> JobMetrics:
     job = _owned_job(session, job_id, owner)
     return JobMetrics(job_id=job.id, series=records.metric_series(session, job.id, points))
@@ -191,7 +233,9 @@ def get_metrics(
     responses={
         **NOT_FOUND,
         200: {
-            "content": {"text/event-stream": {"example": 'id: 7\nevent: progress\ndata: {"epoch":0,"step":10,...}\n\n'}},
+            "content": {
+                "text/event-stream": {"example": 'id: 7\nevent: progress\ndata: {"epoch":0,"step":10,...}\n\n'}
+            },
             "description": "Events `state`, `progress`, `checkpoint`, `evaluation`, `cancel_requested`; "
             "the stream ends with `end` once the job has finished",
         },
@@ -206,7 +250,8 @@ def get_events(
     session: ReadSessionDep,
     owner: CurrentOwner,
     last_event_id: Annotated[
-        str | None, Header(description="Resume after this event id; a value that is not a non-negative integer is ignored")
+        str | None,
+        Header(description="Resume after this event id; a value that is not a non-negative integer is ignored"),
     ] = None,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_ROW_ID, description="Same as Last-Event-ID, for clients that cannot set headers")

@@ -20,9 +20,11 @@ UI_DIR = Path(__file__).resolve().parents[1] / "ui"
 PAGES = ("/ui/", "/ui/jobs/{job_id}", "/ui/compare", "/ui/leaderboard", "/ui/submit")
 # Scripts, styles and API calls from this origin only; uPlot sets styles from script, and a
 # checkpoint download goes through a blob: URL.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                           "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
-                           "form-action 'self'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 # Revalidate every time (a 304 when unchanged), so a browser open all day gets an upgrade's files.
 HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 
@@ -30,8 +32,11 @@ router = APIRouter(include_in_schema=False)
 
 
 def index() -> FileResponse:
-    return FileResponse(UI_DIR / "index.html", media_type="text/html",
-                        headers={**HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY})
+    return FileResponse(
+        UI_DIR / "index.html",
+        media_type="text/html",
+        headers={**HEADERS, "Content-Security-Policy": CONTENT_SECURITY_POLICY},
+    )
 
 
 for _page in PAGES:

@@ -9,5 +9,13 @@ image and process the whole batch in a few kernels, on whatever device the image
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec, make_view
 from cssl_core.augment.presets import build_views, local_views, preset_names, preset_views, scale_jitter
 
-__all__ = ["ViewGenerator", "ViewSpec", "build_views", "local_views", "make_view", "preset_names", "preset_views",
-           "scale_jitter"]
+__all__ = [
+    "ViewGenerator",
+    "ViewSpec",
+    "build_views",
+    "local_views",
+    "make_view",
+    "preset_names",
+    "preset_views",
+    "scale_jitter",
+]

@@ -12,8 +12,8 @@ Colour jitter lives in :mod:`cssl_core.augment.jitter`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,8 @@ training loop makes views reproducible by seeding and checkpointing that generat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -79,8 +79,9 @@ class ViewSpec:
         if not 0 <= self.randaugment_magnitude <= LEVEL_MAX:
             raise ConfigError(f"randaugment_magnitude must be in [0, {LEVEL_MAX:g}], got {self.randaugment_magnitude}")
         if self.randaugment_magnitude_std < 0:
-            raise ConfigError("randaugment_magnitude_std must be zero or positive, "
-                              f"got {self.randaugment_magnitude_std}")
+            raise ConfigError(
+                f"randaugment_magnitude_std must be zero or positive, got {self.randaugment_magnitude_std}"
+            )
 
     def kernel_size(self) -> int:
         return self.blur_kernel if self.blur_kernel is not None else ops.blur_kernel_size(self.size)
@@ -118,8 +119,14 @@ def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Ten
         sigma = ops.sample_blur_sigma(n, spec.blur_sigma, generator)
         view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size(), inplace=True)
     if spec.randaugment_ops > 0:
-        params = sample_randaugment_params(n, spec.randaugment_ops, spec.randaugment_magnitude,
-                                           spec.randaugment_magnitude_std, spec.randaugment_p, generator)
+        params = sample_randaugment_params(
+            n,
+            spec.randaugment_ops,
+            spec.randaugment_magnitude,
+            spec.randaugment_magnitude_std,
+            spec.randaugment_p,
+            generator,
+        )
         view = randaugment(view, params, inplace=True)
     if grayscale_last:
         view = grayscale(view)

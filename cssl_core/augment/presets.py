@@ -14,12 +14,11 @@ Small images (64 px or less, :data:`SMALL_IMAGE_MAX_SIZE`) get the papers' CIFAR
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec
 from cssl_core.errors import ConfigError
 from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
-
 
 Scale = tuple[float, float]
 
@@ -33,9 +32,15 @@ def _simclr_spec(size: int, image_size: int, crop_scale: Scale) -> ViewSpec:
     # on ImageNet, 0.5 on CIFAR-10 (App. B.9).
     s = 1.0 if image_size > SMALL_IMAGE_MAX_SIZE else 0.5
     return ViewSpec(
-        size=size, crop_scale=crop_scale,
-        brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, jitter_p=0.8,
-        grayscale_p=0.2, blur_p=_blur(0.5, image_size),
+        size=size,
+        crop_scale=crop_scale,
+        brightness=0.8 * s,
+        contrast=0.8 * s,
+        saturation=0.8 * s,
+        hue=0.2 * s,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        blur_p=_blur(0.5, image_size),
     )
 
 
@@ -49,9 +54,15 @@ def mocov1(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     """MoCo v1 (arXiv 1911.05722, Sec. 3.3 and code): crop (0.2, 1), grayscale 0.2 before an
     always-applied jitter (0.4, 0.4, 0.4, 0.4), flip."""
     spec = ViewSpec(
-        size=image_size, crop_scale=crop_scale or (0.2, 1.0),
-        brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, jitter_p=1.0,
-        grayscale_p=0.2, grayscale_before_jitter=True,
+        size=image_size,
+        crop_scale=crop_scale or (0.2, 1.0),
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.4,
+        jitter_p=1.0,
+        grayscale_p=0.2,
+        grayscale_before_jitter=True,
     )
     return [spec, spec]
 
@@ -60,9 +71,15 @@ def mocov2(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     """MoCo v2 (arXiv 2003.04297, Sec. 2 and code): crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1)
     with p = 0.8, grayscale 0.2, blur sigma in (0.1, 2) with p = 0.5, flip."""
     spec = ViewSpec(
-        size=image_size, crop_scale=crop_scale or (0.2, 1.0),
-        brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, jitter_p=0.8,
-        grayscale_p=0.2, blur_p=_blur(0.5, image_size),
+        size=image_size,
+        crop_scale=crop_scale or (0.2, 1.0),
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.4,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        blur_p=_blur(0.5, image_size),
     )
     return [spec, spec]
 
@@ -72,8 +89,14 @@ def byol(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     flip, jitter (0.4, 0.4, 0.2, 0.1) with p = 0.8, grayscale 0.2. View 1: blur 1.0, no
     solarisation; view 2: blur 0.1, solarisation 0.2."""
     common = ViewSpec(
-        size=image_size, crop_scale=crop_scale or (0.08, 1.0),
-        brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
+        size=image_size,
+        crop_scale=crop_scale or (0.08, 1.0),
+        brightness=0.4,
+        contrast=0.4,
+        saturation=0.2,
+        hue=0.1,
+        jitter_p=0.8,
+        grayscale_p=0.2,
     )
     return [
         dataclasses.replace(common, blur_p=_blur(1.0, image_size), solarize_p=0.0),
@@ -87,10 +110,19 @@ def infomin(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     blur sigma in (0.1, 2) with p = 0.5 (kernel 23 at 224 px), RandAugment
     "rand-n2-m10-mstd0.5" (2 ops per image, each with p = 0.5), then grayscale 0.2."""
     spec = ViewSpec(
-        size=image_size, crop_scale=crop_scale or (0.2, 1.0),
-        brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.8,
-        grayscale_p=0.2, blur_p=_blur(0.5, image_size),
-        randaugment_ops=2, randaugment_magnitude=10.0, randaugment_magnitude_std=0.5, randaugment_p=0.5,
+        size=image_size,
+        crop_scale=crop_scale or (0.2, 1.0),
+        brightness=0.8,
+        contrast=0.8,
+        saturation=0.8,
+        hue=0.2,
+        jitter_p=0.8,
+        grayscale_p=0.2,
+        blur_p=_blur(0.5, image_size),
+        randaugment_ops=2,
+        randaugment_magnitude=10.0,
+        randaugment_magnitude_std=0.5,
+        randaugment_p=0.5,
     )
     return [spec, spec]
 

@@ -21,8 +21,8 @@ images).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +32,21 @@ from cssl_core.augment.ops import LUMA_WEIGHTS, apply_selected
 
 LEVEL_MAX = 10.0  # timm's _LEVEL_DENOM: a magnitude m gives the fraction m / 10 of each op's range
 OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 # PyContrast's fill: the ImageNet mean in uint8, (124, 116, 104).
@@ -64,9 +77,14 @@ class RandAugmentParams:
             "Posterize": torch.floor(fraction * 4),  # bits kept, 0 to 4 (timm's "Posterize", the TPU variant)
             "Solarize": torch.floor(fraction * 256),  # threshold on uint8 levels; 256 inverts nothing
             "SolarizeAdd": torch.floor(fraction * 110),  # uint8 levels added below 128
-            "Color": enhance, "Contrast": enhance, "Brightness": enhance, "Sharpness": enhance,
-            "ShearX": fraction * 0.3 * sign, "ShearY": fraction * 0.3 * sign,
-            "TranslateXRel": fraction * 0.45 * sign, "TranslateYRel": fraction * 0.45 * sign,  # of the side
+            "Color": enhance,
+            "Contrast": enhance,
+            "Brightness": enhance,
+            "Sharpness": enhance,
+            "ShearX": fraction * 0.3 * sign,
+            "ShearY": fraction * 0.3 * sign,
+            "TranslateXRel": fraction * 0.45 * sign,
+            "TranslateYRel": fraction * 0.45 * sign,  # of the side
         }
         stacked = torch.stack([table.get(name, zero) for name in OPS], dim=-1)
         return stacked.gather(-1, self.ops.unsqueeze(-1)).squeeze(-1)
@@ -182,9 +200,16 @@ def sharpness(images: Tensor, factor: Tensor) -> Tensor:
 
 
 PIXEL_OPS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "AutoContrast": auto_contrast, "Equalize": equalize, "Invert": invert, "Posterize": posterize,
-    "Solarize": solarize, "SolarizeAdd": solarize_add, "Color": color, "Contrast": contrast,
-    "Brightness": brightness, "Sharpness": sharpness,
+    "AutoContrast": auto_contrast,
+    "Equalize": equalize,
+    "Invert": invert,
+    "Posterize": posterize,
+    "Solarize": solarize,
+    "SolarizeAdd": solarize_add,
+    "Color": color,
+    "Contrast": contrast,
+    "Brightness": brightness,
+    "Sharpness": sharpness,
 }
 
 
@@ -223,11 +248,9 @@ def affine(images: Tensor, matrices: Tensor, fill: tuple[float, float, float] = 
     """
     n, channels, height, width = images.shape
     # Normalised coordinates (align_corners=False): u = 2 x / W - 1, where x is in pixels.
-    to_pixels = torch.tensor([[width / 2, 0, width / 2], [0, height / 2, height / 2], [0, 0, 1]],
-                             dtype=torch.float64)
+    to_pixels = torch.tensor([[width / 2, 0, width / 2], [0, height / 2, height / 2], [0, 0, 1]], dtype=torch.float64)
     theta = (torch.linalg.inv(to_pixels) @ matrices @ to_pixels)[:, :2].to(images.dtype)
-    grid = F.affine_grid(theta.to(images.device, non_blocking=True), [n, channels, height, width],
-                         align_corners=False)
+    grid = F.affine_grid(theta.to(images.device, non_blocking=True), [n, channels, height, width], align_corners=False)
     sampled = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     outside = ((grid < -1) | (grid >= 1)).any(dim=-1).unsqueeze(1)  # (N, 1, H, W)
     fill_t = torch.tensor(fill, device=images.device, dtype=images.dtype).view(1, channels, 1, 1)
@@ -251,8 +274,14 @@ def randaugment(images: Tensor, params: RandAugmentParams, inplace: bool = False
             if name in PIXEL_OPS:
                 op = PIXEL_OPS[name]
                 chosen = params.applied[:, step] & (ops == index)
-                x = apply_selected(x, chosen, lambda im, sel, op=op: op(im, argument[sel]), inplace=True)
+                x = apply_selected(
+                    x, chosen, lambda im, sel, op=op, argument=argument: op(im, argument[sel]), inplace=True
+                )
         chosen = params.applied[:, step] & geometric[ops]
-        x = apply_selected(x, chosen, lambda im, sel: affine(im, affine_matrices(ops[sel], argument[sel], size)),
-                           inplace=True)
+        x = apply_selected(
+            x,
+            chosen,
+            lambda im, sel, ops=ops, argument=argument: affine(im, affine_matrices(ops[sel], argument[sel], size)),
+            inplace=True,
+        )
     return x

@@ -18,8 +18,18 @@ from cssl_core.backbones.vit import VisionTransformer, vit_patch_size, vit_small
 from cssl_core.errors import ConfigError
 
 __all__ = [
-    "BACKBONES", "CIFAR_STEM_MAX_SIZE", "NORMS", "BackboneSpec", "SmallConvNet", "VisionTransformer",
-    "backbone_names", "build_backbone", "convert_to_gn_ws", "has_batch_norm", "vit_names", "vit_patch_size",
+    "BACKBONES",
+    "CIFAR_STEM_MAX_SIZE",
+    "NORMS",
+    "BackboneSpec",
+    "SmallConvNet",
+    "VisionTransformer",
+    "backbone_names",
+    "build_backbone",
+    "convert_to_gn_ws",
+    "has_batch_norm",
+    "vit_names",
+    "vit_patch_size",
 ]
 
 
@@ -38,8 +48,10 @@ class BackboneSpec:
 def _vit(factory: Callable[[int], VisionTransformer]) -> Builder:
     def build(image_size: int, in_channels: int, width: float) -> tuple[nn.Module, int]:
         if in_channels != 3 or width != 1.0:
-            raise ConfigError(f"ViT backbones take 3-channel images at width 1, not {in_channels} channels "
-                              f"at width {width}; use a ResNet or small")
+            raise ConfigError(
+                f"ViT backbones take 3-channel images at width 1, not {in_channels} channels "
+                f"at width {width}; use a ResNet or small"
+            )
         net = factory(image_size)
         return net, net.embed_dim
 
@@ -53,23 +65,31 @@ def _small(image_size: int, in_channels: int, width: float) -> tuple[nn.Module, 
 
 BACKBONES = {
     "resnet18": BackboneSpec(
-        "resnet18", "torchvision ResNet-18, 512 features",
+        "resnet18",
+        "torchvision ResNet-18, 512 features",
         lambda size, channels, width: build_resnet("resnet18", size, channels, width),
     ),
     "resnet50": BackboneSpec(
-        "resnet50", "torchvision ResNet-50, 2048 features",
+        "resnet50",
+        "torchvision ResNet-50, 2048 features",
         lambda size, channels, width: build_resnet("resnet50", size, channels, width),
     ),
     "small": BackboneSpec(
-        "small", "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs", _small,
+        "small",
+        "4-block 3x3 convnet (32-64-128-256), 256 features, ~0.39M parameters; fast on CPUs",
+        _small,
     ),
     "vit_tiny": BackboneSpec(
-        "vit_tiny", "ViT-Ti (DeiT): 192 wide, 12 blocks, 3 heads, 192 features; patch 16, or size/8 below 224 px",
-        _vit(vit_tiny), is_vit=True,
+        "vit_tiny",
+        "ViT-Ti (DeiT): 192 wide, 12 blocks, 3 heads, 192 features; patch 16, or size/8 below 224 px",
+        _vit(vit_tiny),
+        is_vit=True,
     ),
     "vit_small": BackboneSpec(
-        "vit_small", "ViT-S (DeiT): 384 wide, 12 blocks, 6 heads, 384 features; patch 16, or size/8 below 224 px",
-        _vit(vit_small), is_vit=True,
+        "vit_small",
+        "ViT-S (DeiT): 384 wide, 12 blocks, 6 heads, 384 features; patch 16, or size/8 below 224 px",
+        _vit(vit_small),
+        is_vit=True,
     ),
 }
 
@@ -79,7 +99,12 @@ def backbone_names() -> list[str]:
 
 
 def build_backbone(
-    name: str, image_size: int, *, norm: str = "bn", frozen_patch_embed: bool = False, in_channels: int = 3,
+    name: str,
+    image_size: int,
+    *,
+    norm: str = "bn",
+    frozen_patch_embed: bool = False,
+    in_channels: int = 3,
     width: float = 1.0,
 ) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; the backbone's forward gives (N, feature_dim).

@@ -60,8 +60,15 @@ def _group_norm(bn: nn.Module) -> nn.GroupNorm:
 
 def _ws_conv(conv: nn.Conv2d) -> WSConv2d:
     ws = WSConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
         device="meta",  # no throwaway init: the conv's own Parameters are moved in below
     )
     ws.weight, ws.bias = conv.weight, conv.bias  # the same Parameters, as for GroupNorm

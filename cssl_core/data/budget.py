@@ -45,5 +45,7 @@ def _check(need: int, what: str, where: object) -> None:
     if current is None or need <= current[0]:
         return
     limit, setting = current
-    raise DataError(f"{where}: {what}, more than the {limit:,} bytes allowed ({setting}); use fewer images or a "
-                    f"smaller image size, or raise {setting}")
+    raise DataError(
+        f"{where}: {what}, more than the {limit:,} bytes allowed ({setting}); use fewer images or a "
+        f"smaller image size, or raise {setting}"
+    )

@@ -88,9 +88,11 @@ def download_cifar100(root: Path) -> None:
 def _resized(classes: list[str], train: SplitArrays, test: SplitArrays, size: int, source: Path) -> DecodedDataset:
     """Both splits at ``size``, once their decoded size is checked against the limit in effect."""
     check_decoded_bytes(len(train.images) + len(test.images), size, source)
-    return DecodedDataset(classes=classes,
-                          train=SplitArrays(imagefolder.resize_arrays(train.images, size), train.labels),
-                          test=SplitArrays(imagefolder.resize_arrays(test.images, size), test.labels))
+    return DecodedDataset(
+        classes=classes,
+        train=SplitArrays(imagefolder.resize_arrays(train.images, size), train.labels),
+        test=SplitArrays(imagefolder.resize_arrays(test.images, size), test.labels),
+    )
 
 
 def _batches(folder: Path, names: list[str], label_key: str) -> SplitArrays:

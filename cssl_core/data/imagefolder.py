@@ -20,8 +20,8 @@ import errno
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -123,8 +123,9 @@ def _walk(root: Path) -> tuple[list[str], set[str]]:
 
 
 def _link_error(path: Path) -> DataError:
-    return DataError(f"{path} is a link; links inside an image folder are not followed: "
-                     "put the files themselves in the folder")
+    return DataError(
+        f"{path} is a link; links inside an image folder are not followed: put the files themselves in the folder"
+    )
 
 
 def _read_no_links(path: Path) -> bytes:
@@ -176,7 +177,9 @@ def _archive_root(names: list[str], archive: Path) -> str:
         (top,) = tops
         if any(n.startswith(f"{top}/train/") for n in names):
             return f"{top}/"
-    raise DataError(f"archive {archive} does not hold an image-folder tree: expected {LAYOUT}, at its top or in one folder")
+    raise DataError(
+        f"archive {archive} does not hold an image-folder tree: expected {LAYOUT}, at its top or in one folder"
+    )
 
 
 def _is_image(name: str) -> bool:
@@ -207,8 +210,10 @@ def _decode_tree(
     if unknown:
         raise DataError(f"{where}test/ has classes missing from train/: {', '.join(unknown)}")
 
-    items = {split: [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
-             for split in SPLITS}
+    items = {
+        split: [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
+        for split in SPLITS
+    }
     check_decoded_bytes(sum(map(len, items.values())), image_size, where)
     splits = {split: _decode_items(items[split], read, image_size, where) for split in SPLITS}
     return DecodedDataset(classes=classes, train=splits["train"], test=splits["test"])

@@ -67,13 +67,28 @@ PROTOCOL_PARAMS: Mapping[str, type] = _ParamsByName()
 
 
 def _result(protocol: type[Protocol], params: Any, dataset: str, output: ProtocolOutput) -> EvalResult:
-    return EvalResult(protocol=protocol.name, top1=output.top1, top5=output.top5,
-                      parameters=dataclasses.asdict(params), dataset=dataset, num_train=output.num_train,
-                      num_test=output.num_test, extra=dict(output.extra))
+    return EvalResult(
+        protocol=protocol.name,
+        top1=output.top1,
+        top5=output.top5,
+        parameters=dataclasses.asdict(params),
+        dataset=dataset,
+        num_train=output.num_train,
+        num_test=output.num_test,
+        extra=dict(output.extra),
+    )
 
 
-def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[float], std: list[float],
-                      device: torch.device, **params: Any) -> EvalResult:
+def evaluate_backbone(
+    backbone: nn.Module,
+    data,
+    protocol: str,
+    *,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    **params: Any,
+) -> EvalResult:
     """Evaluate ``backbone`` on ``data`` (an ImageDataset) by a protocol that needs frozen
     features: the train split as its bank or probe set, the test split scored."""
     p = protocol_params(protocol, params)
@@ -84,9 +99,16 @@ def evaluate_backbone(backbone: nn.Module, data, protocol: str, *, mean: list[fl
     return _result(cls, p, data.name, cls().run_features(backbone, data, p, mean, std, device))
 
 
-def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str | None = None,
-                        data: str | None = None, device: str = "auto", random_init: bool = False,
-                        **params: Any) -> EvalResult:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    protocol: str,
+    *,
+    dataset: str | None = None,
+    data: str | None = None,
+    device: str = "auto",
+    random_init: bool = False,
+    **params: Any,
+) -> EvalResult:
     """Evaluate a checkpoint by ``protocol``; by default on its pretraining dataset's full train and test splits.
 
     ``random_init=True`` evaluates the same architecture at its random initialisation (same
@@ -104,10 +126,13 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
     path = data if (data or dataset) else config["data"]
     images = load_dataset(name, path, image_size=state["image_size"])
     if images.image_size != state["image_size"]:
-        raise ConfigError(f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "
-                          f"{state['image_size']}px; evaluate on a dataset of that size")
-    inputs = CheckpointInput(state=state, random_init=random_init, device=resolve_device(device),
-                             build=build_encoder_from_checkpoint)
+        raise ConfigError(
+            f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "
+            f"{state['image_size']}px; evaluate on a dataset of that size"
+        )
+    inputs = CheckpointInput(
+        state=state, random_init=random_init, device=resolve_device(device), build=build_encoder_from_checkpoint
+    )
     if cls.needs == "checkpoint":
         output = cls().run_checkpoint(inputs, images, p)
     else:
@@ -120,9 +145,31 @@ def evaluate_checkpoint(checkpoint: str | Path, protocol: str, *, dataset: str |
 
 
 __all__ = [
-    "AttentionParams", "AttentionProtocol", "CheckpointInput", "DistillParams", "DistillProtocol", "EmbeddingParams",
-    "EmbeddingProtocol", "EvalResult", "FinetuneParams", "FinetuneProtocol", "KnnParams", "KnnProtocol",
-    "LinearProbeParams", "LinearProtocol", "PROTOCOL_PARAMS", "Protocol", "ProtocolOutput", "evaluate_backbone",
-    "evaluate_checkpoint", "extract_features", "get_protocol", "knn_predict", "knn_scores", "protocol_names",
-    "protocol_params", "register_protocol", "topk_accuracy",
+    "AttentionParams",
+    "AttentionProtocol",
+    "CheckpointInput",
+    "DistillParams",
+    "DistillProtocol",
+    "EmbeddingParams",
+    "EmbeddingProtocol",
+    "EvalResult",
+    "FinetuneParams",
+    "FinetuneProtocol",
+    "KnnParams",
+    "KnnProtocol",
+    "LinearProbeParams",
+    "LinearProtocol",
+    "PROTOCOL_PARAMS",
+    "Protocol",
+    "ProtocolOutput",
+    "evaluate_backbone",
+    "evaluate_checkpoint",
+    "extract_features",
+    "get_protocol",
+    "knn_predict",
+    "knn_scores",
+    "protocol_names",
+    "protocol_params",
+    "register_protocol",
+    "topk_accuracy",
 ]

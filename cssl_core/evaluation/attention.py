@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -23,8 +24,13 @@ from cssl_core.evaluation.result import ProtocolOutput
 
 
 @torch.no_grad()
-def attention_maps(checkpoint: str | os.PathLike | Mapping[str, Any], images: torch.Tensor, *,
-                   device: str = "auto", batch_size: int = 256) -> torch.Tensor:
+def attention_maps(
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    images: torch.Tensor,
+    *,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> torch.Tensor:
     """images: uint8 (N, 3, H, W) -> float32 (N, heads, H // p, W // p) on the CPU, p the patch side.
 
     ``checkpoint`` is a checkpoint's path or its loaded state. The images are normalised with
@@ -43,8 +49,14 @@ def attention_maps(checkpoint: str | os.PathLike | Mapping[str, Any], images: to
 
 
 @torch.no_grad()
-def encoder_attention_maps(encoder: VisionTransformer, images: torch.Tensor, mean: list[float], std: list[float],
-                           device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def encoder_attention_maps(
+    encoder: VisionTransformer,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """:func:`attention_maps` of a built ViT ``encoder`` (on ``device``), the images normalised
     with ``mean`` and ``std`` (3 values each)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -54,7 +66,7 @@ def encoder_attention_maps(encoder: VisionTransformer, images: torch.Tensor, mea
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device).float().div_(255)
+        x = images[start : start + batch_size].to(device).float().div_(255)
         out.append(encoder.last_attention((x - mean_t) / std_t).float().cpu())
     if not out:
         h, w = (side // encoder.patch_size for side in images.shape[-2:])
@@ -79,22 +91,29 @@ class AttentionProtocol(Protocol):
     needs = "checkpoint"
     backbone = "vit"
     accuracy = False
-    extra = {"images": "the chosen test images as PNG data URLs",
-             "maps": "per image, per head, the [CLS] token's attention to each patch (H/p x W/p, 4 decimals)",
-             "heads": "attention heads per image", "patch": "the patch side p in pixels",
-             "classes": "the class names the labels index", "labels": "each image's label"}
+    extra = {
+        "images": "the chosen test images as PNG data URLs",
+        "maps": "per image, per head, the [CLS] token's attention to each patch (H/p x W/p, 4 decimals)",
+        "heads": "attention heads per image",
+        "patch": "the patch side p in pixels",
+        "classes": "the class names the labels index",
+        "labels": "each image's label",
+    }
 
     def run_checkpoint(self, checkpoint: CheckpointInput, data, params: AttentionParams) -> ProtocolOutput:
         test = data.test
         chosen = class_balanced_indices(test.labels, min(params.num_images, len(test.labels)), params.seed)
         images = test.images[chosen]
-        maps = encoder_attention_maps(checkpoint.encoder(), images, checkpoint.mean, checkpoint.std,
-                                      checkpoint.device)
+        maps = encoder_attention_maps(checkpoint.encoder(), images, checkpoint.mean, checkpoint.std, checkpoint.device)
         labels = test.labels[chosen].tolist()
-        extra = {"images": [png_data_url(image) for image in images],
-                 "maps": [[[[round(v, 4) for v in row] for row in head] for head in image] for image in maps.tolist()],
-                 "heads": maps.shape[1], "patch": images.shape[-1] // maps.shape[-1],
-                 "classes": list(data.classes), "labels": labels}
+        extra = {
+            "images": [png_data_url(image) for image in images],
+            "maps": [[[[round(v, 4) for v in row] for row in head] for head in image] for image in maps.tolist()],
+            "heads": maps.shape[1],
+            "patch": images.shape[-1] // maps.shape[-1],
+            "classes": list(data.classes),
+            "labels": labels,
+        }
         return ProtocolOutput(top1=None, top5=None, num_train=0, num_test=len(labels), extra=extra)
 
 

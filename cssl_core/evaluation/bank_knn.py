@@ -15,8 +15,17 @@ from cssl_core.evaluation.protocol import protocol_params
 from cssl_core.evaluation.result import EvalResult, topk_accuracy
 
 
-def evaluate_memory_bank(bank: torch.Tensor, bank_labels: torch.Tensor, embed: nn.Module, data, *,
-                         mean: list[float], std: list[float], device: torch.device, **params: Any) -> EvalResult:
+def evaluate_memory_bank(
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    embed: nn.Module,
+    data,
+    *,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    **params: Any,
+) -> EvalResult:
     """kNN of ``data``'s test split (an ImageDataset) against ``bank`` (num_samples, D).
 
     ``bank_labels`` (num_samples,): the labels of the images the bank was trained on, in index
@@ -30,5 +39,12 @@ def evaluate_memory_bank(bank: torch.Tensor, bank_labels: torch.Tensor, embed: n
     test_features = extract_features(embed, data.test.images, mean, std, device)
     scores = knn_scores(train_features, train_labels, test_features, len(data.classes), p.k, p.temperature)
     top1, top5 = topk_accuracy(scores, data.test.labels)
-    return EvalResult(protocol="knn", top1=top1, top5=top5, parameters={**dataclasses.asdict(p), "features": "memory_bank"},
-                      dataset=data.name, num_train=len(train_labels), num_test=len(data.test.labels))
+    return EvalResult(
+        protocol="knn",
+        top1=top1,
+        top5=top5,
+        parameters={**dataclasses.asdict(p), "features": "memory_bank"},
+        dataset=data.name,
+        num_train=len(train_labels),
+        num_test=len(data.test.labels),
+    )

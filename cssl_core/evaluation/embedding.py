@@ -27,11 +27,13 @@ REDUCTIONS = ("pca", "tsne", "umap")
 
 @dataclass
 class EmbeddingParams:
-    max_points: int = option(2000, "test images embedded: a seeded, class-balanced subset of a larger split",
-                             ge=3, le=20000)
+    max_points: int = option(
+        2000, "test images embedded: a seeded, class-balanced subset of a larger split", ge=3, le=20000
+    )
     method: str = option("pca", "reduction to 2-D: pca, tsne or umap (umap needs the umap-learn package)")
-    perplexity: float = option(30.0, "t-SNE's perplexity: about the neighbours each point keeps; "
-                               "less than the number of points", gt=0)
+    perplexity: float = option(
+        30.0, "t-SNE's perplexity: about the neighbours each point keeps; less than the number of points", gt=0
+    )
     seed: int = option(0, "seed of the subset and of t-SNE and UMAP", ge=0, le=2**32 - 1)
 
     def validate(self) -> None:
@@ -46,19 +48,33 @@ class EmbeddingProtocol(Protocol):
     summary = "a picture of the feature space: the test split's frozen features in two dimensions, no accuracy"
     params_cls = EmbeddingParams
     accuracy = False
-    extra = {"reduction": "how the features went to 2-D: pca, tsne or umap",
-             "points": "[x, y, label] rows, one per embedded test image, coordinates rounded to 4 decimals",
-             "classes": "the class names the labels index"}
+    extra = {
+        "reduction": "how the features went to 2-D: pca, tsne or umap",
+        "points": "[x, y, label] rows, one per embedded test image, coordinates rounded to 4 decimals",
+        "classes": "the class names the labels index",
+    }
 
-    def run_features(self, backbone: nn.Module, data, params: EmbeddingParams, mean: list[float], std: list[float],
-                     device: torch.device) -> ProtocolOutput:
+    def run_features(
+        self,
+        backbone: nn.Module,
+        data,
+        params: EmbeddingParams,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+    ) -> ProtocolOutput:
         chosen = embedding_subset(data.test.labels, params)
         features = extract_features(backbone, data.test.images[chosen], mean, std, device)
         xy = reduce_to_2d(features, params)
         labels = data.test.labels[chosen].tolist()
         points = [[round(x, 4), round(y, 4), label] for (x, y), label in zip(xy.tolist(), labels, strict=True)]
-        return ProtocolOutput(top1=None, top5=None, num_train=0, num_test=len(points),
-                              extra={"reduction": params.method, "points": points, "classes": list(data.classes)})
+        return ProtocolOutput(
+            top1=None,
+            top5=None,
+            num_train=0,
+            num_test=len(points),
+            extra={"reduction": params.method, "points": points, "classes": list(data.classes)},
+        )
 
 
 def embedding_subset(labels: torch.Tensor, params: EmbeddingParams) -> torch.Tensor:
@@ -82,8 +98,10 @@ def reduce_to_2d(features: torch.Tensor, params: EmbeddingParams) -> torch.Tenso
         reducer = TSNE(n_components=2, perplexity=params.perplexity, init="pca", random_state=params.seed)
     else:
         if importlib.util.find_spec("umap") is None:
-            raise ConfigError("method umap needs the umap-learn package, which this worker does not have; "
-                              "install it (pip install umap-learn) or use method pca or tsne")
+            raise ConfigError(
+                "method umap needs the umap-learn package, which this worker does not have; "
+                "install it (pip install umap-learn) or use method pca or tsne"
+            )
         import umap
 
         reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(15, len(x) - 1)), random_state=params.seed)

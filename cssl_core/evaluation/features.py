@@ -9,8 +9,15 @@ from cssl_core.device import autocast_for
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: torch.Tensor, mean: list[float], std: list[float],
-                     device: torch.device, batch_size: int = 512, precision: str = "bf16") -> torch.Tensor:
+def extract_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 512,
+    precision: str = "bf16",
+) -> torch.Tensor:
     """images: uint8 (N, 3, H, W) -> float32 features (N, D) on the CPU, backbone in eval mode."""
     was_training = backbone.training
     backbone.eval()
@@ -18,7 +25,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor, mean: list[float
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255)
+        x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
         x = ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
         with autocast_for(device, precision):
             out.append(backbone(x).float().cpu())

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cssl_core.augment import ViewGenerator, ViewSpec
-from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
 from cssl_core.config import check_bounds, option
 from cssl_core.device import autocast_for
 from cssl_core.errors import TrainingError
 from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol
 from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
-
+from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
 
 # Small labelled sets give few steps per epoch: train for at least this many steps.
 MIN_STEPS = 500
@@ -43,8 +42,7 @@ class FinetuneParams:
     lr: float = option(0.02, "peak learning rate", gt=0)
     weight_decay: float = option(0.0, "weight decay", ge=0)
     time_budget: float | None = option(None, "seconds of training; the schedule is fitted to it", gt=0)
-    seed: int = option(0, "seed of the labelled fraction, the initialisation and the augmentation", ge=0,
-                       le=2**32 - 1)
+    seed: int = option(0, "seed of the labelled fraction, the initialisation and the augmentation", ge=0, le=2**32 - 1)
 
     def validate(self) -> None:
         check_bounds(self)
@@ -98,10 +96,23 @@ def classifier_for(encoder: nn.Module, num_classes: int, image_size: int, device
     return Classifier(encoder, feature_dim, num_classes).to(device)
 
 
-def train_classifier(model: nn.Module, images: torch.Tensor, mean: list[float], std: list[float],
-                     device: torch.device, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
-                     time_budget: float | None, seed: int, labels: torch.Tensor | None = None,
-                     teacher: nn.Module | None = None, temperature: float = 1.0) -> int:
+def train_classifier(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    time_budget: float | None,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 1.0,
+) -> int:
     """Train ``model`` (images -> logits) on uint8 ``images`` (N, 3, H, W); returns the steps taken.
 
     Targets are ``labels`` (N,) with cross-entropy, or the soft labels of ``teacher`` on the same
@@ -129,7 +140,7 @@ def train_classifier(model: nn.Module, images: torch.Tensor, mean: list[float], 
         for i in range(steps_per_epoch):
             if step >= total:
                 break
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             (x,) = make_view(images[idx].to(device), generator)
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
@@ -153,16 +164,28 @@ def train_classifier(model: nn.Module, images: torch.Tensor, mean: list[float], 
     return step
 
 
-def finetune(encoder: nn.Module, data, params: FinetuneParams, mean: list[float], std: list[float],
-             device: torch.device) -> tuple[Classifier, dict]:
+def finetune(
+    encoder: nn.Module, data, params: FinetuneParams, mean: list[float], std: list[float], device: torch.device
+) -> tuple[Classifier, dict]:
     """Fine-tune ``encoder`` with a new linear classifier on ``params.label_fraction`` of
     ``data.train``'s labels; returns the classifier and what to record beside its accuracy."""
     train = data.train
     idx = labelled_fraction(train.labels, params.label_fraction, params.seed)
     model = classifier_for(encoder, len(data.classes), data.image_size, device)
-    steps = train_classifier(model, train.images[idx], mean, std, device, epochs=params.resolved_epochs(len(idx)),
-                             batch_size=params.batch_size, lr=params.lr, weight_decay=params.weight_decay,
-                             time_budget=params.time_budget, seed=params.seed, labels=train.labels[idx])
+    steps = train_classifier(
+        model,
+        train.images[idx],
+        mean,
+        std,
+        device,
+        epochs=params.resolved_epochs(len(idx)),
+        batch_size=params.batch_size,
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        time_budget=params.time_budget,
+        seed=params.seed,
+        labels=train.labels[idx],
+    )
     return model, {"num_labelled": len(idx), "steps": steps}
 
 
@@ -180,13 +203,20 @@ class FinetuneProtocol(Protocol):
         mean, std, device = checkpoint.mean, checkpoint.std, checkpoint.device
         model, extra = finetune(checkpoint.encoder(for_finetune=True), data, params, mean, std, device)
         top1, top5 = topk_accuracy(predict(model, data.test.images, mean, std, device), data.test.labels)
-        return ProtocolOutput(top1=top1, top5=top5, num_train=extra["num_labelled"], num_test=len(data.test.labels),
-                              extra=extra)
+        return ProtocolOutput(
+            top1=top1, top5=top5, num_train=extra["num_labelled"], num_test=len(data.test.labels), extra=extra
+        )
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, mean: list[float], std: list[float], device: torch.device,
-            batch_size: int = 512) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 512,
+) -> torch.Tensor:
     """Logits (N, C) on the CPU for uint8 ``images``, model in eval mode."""
     from cssl_core.evaluation.features import extract_features
 

@@ -29,21 +29,30 @@ class KnnProtocol(Protocol):
     summary = "weighted k-nearest-neighbour classification of the test split on the frozen training features"
     params_cls = KnnParams
 
-    def run_features(self, backbone: nn.Module, data, params: KnnParams, mean: list[float], std: list[float],
-                     device: torch.device) -> ProtocolOutput:
+    def run_features(
+        self, backbone: nn.Module, data, params: KnnParams, mean: list[float], std: list[float], device: torch.device
+    ) -> ProtocolOutput:
         train, test = data.train, data.test
         labelled = train.labels >= 0
         train_features = extract_features(backbone, train.images[labelled], mean, std, device)
         test_features = extract_features(backbone, test.images, mean, std, device)
-        scores = knn_scores(train_features, train.labels[labelled], test_features, len(data.classes), params.k,
-                            params.temperature)
+        scores = knn_scores(
+            train_features, train.labels[labelled], test_features, len(data.classes), params.k, params.temperature
+        )
         top1, top5 = topk_accuracy(scores, test.labels)
         return ProtocolOutput(top1=top1, top5=top5, num_train=int(labelled.sum()), num_test=len(test.labels))
 
 
 @torch.no_grad()
-def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-               num_classes: int, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> torch.Tensor:
+def knn_scores(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """Class votes (M, C): each of the k nearest training rows (cosine) votes ``exp(cos / T)``.
 
     train_features: (N, D), train_labels: (N,), test_features: (M, D); features are
@@ -54,7 +63,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     k = min(k, train.shape[0])
     scores = []
     for start in range(0, test.shape[0], chunk_size):
-        sim = test[start:start + chunk_size] @ train.T  # (m, N)
+        sim = test[start : start + chunk_size] @ train.T  # (m, N)
         top_sim, top_idx = sim.topk(k, dim=1)  # (m, k)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
@@ -63,7 +72,13 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     return torch.cat(scores)
 
 
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                num_classes: int, k: int = 200, temperature: float = 0.1) -> torch.Tensor:
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> torch.Tensor:
     """Top-1 class per test row, shape (M,)."""
     return knn_scores(train_features, train_labels, test_features, num_classes, k, temperature).argmax(dim=1)

@@ -18,8 +18,9 @@ from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
 
 @dataclass
 class LinearProbeParams:
-    label_fraction: float = option(1.0, "train on a seeded, class-balanced fraction of the labels (as fine-tuning)",
-                                   gt=0, le=1)
+    label_fraction: float = option(
+        1.0, "train on a seeded, class-balanced fraction of the labels (as fine-tuning)", gt=0, le=1
+    )
     epochs: int = option(100, "epochs over the labelled features", ge=1)
     batch_size: int = option(256, "features per step", ge=1)
     lr: float = option(0.1, "peak learning rate of SGD (momentum 0.9, cosine to 0, on standardised features)", gt=0)
@@ -36,8 +37,15 @@ class LinearProtocol(Protocol):
     summary = "a linear classifier trained on the frozen features of a fraction of the labelled training split"
     params_cls = LinearProbeParams
 
-    def run_features(self, backbone: nn.Module, data, params: LinearProbeParams, mean: list[float],
-                     std: list[float], device: torch.device) -> ProtocolOutput:
+    def run_features(
+        self,
+        backbone: nn.Module,
+        data,
+        params: LinearProbeParams,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+    ) -> ProtocolOutput:
         train, test = data.train, data.test
         # The probe may see a fraction of the labels, the same images fine-tuning on that fraction sees.
         labelled = labelled_fraction(train.labels, params.label_fraction, params.seed)
@@ -49,8 +57,9 @@ class LinearProtocol(Protocol):
         return ProtocolOutput(top1=top1, top5=top5, num_train=len(train_labels), num_test=len(test.labels))
 
 
-def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
-                       params: LinearProbeParams) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+def train_linear_probe(
+    train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int, params: LinearProbeParams
+) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
     """Fit a linear classifier on (N, D) features; returns (layer, feature mean, feature std).
 
     Features are standardised with the training set's statistics, which makes one learning
@@ -69,7 +78,7 @@ def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
     for _ in range(params.epochs):
         order = torch.randperm(x.shape[0], generator=g)
         for i in range(steps_per_epoch):
-            idx = order[i * params.batch_size:(i + 1) * params.batch_size]
+            idx = order[i * params.batch_size : (i + 1) * params.batch_size]
             for group in opt.param_groups:
                 group["lr"] = 0.5 * params.lr * (1 + math.cos(math.pi * step / total))
             loss = F.cross_entropy(layer(x[idx]), train_labels[idx])
@@ -81,6 +90,7 @@ def train_linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor,
 
 
 @torch.no_grad()
-def linear_probe_logits(layer: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor,
-                        features: torch.Tensor) -> torch.Tensor:
+def linear_probe_logits(
+    layer: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
     return layer((features - mean) / std)

@@ -1,4 +1,5 @@
-"""Noise-contrastive estimation of the instance softmax, as in Instance Discrimination (arXiv 1805.01978, Sec. 3.2, Eq. 5-7)."""
+"""Noise-contrastive estimation of the instance softmax, as in Instance Discrimination
+(arXiv 1805.01978, Sec. 3.2, Eq. 5-7)."""
 
 import math
 
@@ -9,8 +10,9 @@ from cssl_core.losses.precision import full_precision
 
 
 @full_precision
-def nce_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_z: float | torch.Tensor,
-             num_samples: int) -> torch.Tensor:
+def nce_loss(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_z: float | torch.Tensor, num_samples: int
+) -> torch.Tensor:
     """pos_logits: (N,) and neg_logits: (N, K), each ``v . f / T`` (before the exp).
 
     With P(i|v) = exp(logit) / Z and noise Pn = 1 / num_samples, the posterior that a sample

@@ -9,8 +9,9 @@ from cssl_core.losses.precision import full_precision
 
 
 @full_precision
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
-            memory: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, memory: torch.Tensor | None = None
+) -> torch.Tensor:
     """Loss over the 2N views of a batch.
 
     z1, z2: (N, D) projections of two views of the same N images (normalised inside).

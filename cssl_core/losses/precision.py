@@ -11,4 +11,5 @@ def full_precision(loss_fn):
     def wrapper(*args, **kwargs):
         with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             return loss_fn(*args, **kwargs)
+
     return wrapper

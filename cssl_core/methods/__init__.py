@@ -26,8 +26,12 @@ def method_names() -> list[str]:
     return METHODS.names()
 
 
-def build_method(config: PretrainConfig, image_size: int, num_samples: int,
-                 normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> Method:
+def build_method(
+    config: PretrainConfig,
+    image_size: int,
+    num_samples: int,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Method:
     """The configured method on its backbone, for images of side ``image_size`` and a training
     split of ``num_samples`` images (the size of per-sample state such as memory banks).
 

@@ -32,7 +32,10 @@ class BarlowTwinsConfig(MethodConfig):
     # Measured here (BENCHMARKS.md): 57.5% kNN in 5 minutes; the 8192-wide projector runs at a
     # tenth of the speed on a CPU.
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "crop_min_scale": 0.2, "projector_dim": 2048, "lars_eta": 0.02,
+        "batch_size": 128,
+        "crop_min_scale": 0.2,
+        "projector_dim": 2048,
+        "lars_eta": 0.02,
     }
 
 
@@ -45,7 +48,9 @@ class BarlowTwins(Method):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BarlowTwinsConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
-        self.projector = mlp(feature_dim, config.projector_dim, config.projector_dim, num_layers=config.projector_layers)
+        self.projector = mlp(
+            feature_dim, config.projector_dim, config.projector_dim, num_layers=config.projector_layers
+        )
 
     def parameter_groups(self) -> list[dict]:
         groups = super().parameter_groups()

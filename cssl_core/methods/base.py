@@ -17,8 +17,9 @@ come with the data, not with training, and every checkpoint keeps the keys it ha
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -130,15 +131,19 @@ class Method(nn.Module):
         if cls.global_crops is not None:
             made = len(cls.preset_specs(mc, image_size))
             if made != cls.global_crops:
-                raise ConfigError(f"{cls.name} takes its {cls.global_crops} global crops from the augmentation preset, "
-                                  f"and {mc.augmentation!r} makes {made}; use a two-view preset and set local_crops "
-                                  "for the local ones")
+                raise ConfigError(
+                    f"{cls.name} takes its {cls.global_crops} global crops from the augmentation preset, "
+                    f"and {mc.augmentation!r} makes {made}; use a two-view preset and set local_crops "
+                    "for the local ones"
+                )
         views = cls.view_specs(mc, image_size)
         low, high = cls.min_views, cls.max_views
         if len(views) < low or (high is not None and len(views) > high):
             wanted = f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
-            raise ConfigError(f"{cls.name} takes {wanted} views per image; augmentation "
-                              f"{config.method_config.augmentation!r} makes {len(views)}")
+            raise ConfigError(
+                f"{cls.name} takes {wanted} views per image; augmentation "
+                f"{config.method_config.augmentation!r} makes {len(views)}"
+            )
         for spec in views:
             spec.validate()
 
@@ -179,7 +184,7 @@ class Method(nn.Module):
     def parameter_groups(self) -> list[dict]:
         """Optimiser groups. Biases and norm parameters skip weight decay and LARS adaptation."""
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -46,5 +46,7 @@ class BYOLGNWS(BYOL):
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         super().check_config(config, image_size)
         if config.method_config.norm != "gn_ws":
-            raise ConfigError(f"byol_gnws is BYOL without batch statistics and needs norm='gn_ws', "
-                              f"got {config.method_config.norm!r}; for BatchNorm use method 'byol'")
+            raise ConfigError(
+                f"byol_gnws is BYOL without batch statistics and needs norm='gn_ws', "
+                f"got {config.method_config.norm!r}; for BatchNorm use method 'byol'"
+            )

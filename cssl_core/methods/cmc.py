@@ -86,18 +86,28 @@ class CMCConfig(MethodConfig):
     warmup_epochs: float = 0.0
     augmentation: str = "mocov1"  # its crop and flip; no blur or solarisation
     crop_min_scale: float | None = 0.08
-    colour_augmentation: bool = option(False, "keep the preset's colour jitter and grayscale (CMC's own pipeline "
-                                              "is crop and flip only: a grayscale view has no ab to contrast)")
-    loss: str = option("softmax", "softmax: cross-entropy over the positive and K noise logits (official ResNets); "
-                                  "nce: InstDisc's NCE (official AlexNet)")
-    negatives: str = option("memory_bank", "memory_bank: the other view's bank rows, the image's own as the "
-                                           "positive; batch: the other view's features of the batch")
+    colour_augmentation: bool = option(
+        False,
+        "keep the preset's colour jitter and grayscale (CMC's own pipeline "
+        "is crop and flip only: a grayscale view has no ab to contrast)",
+    )
+    loss: str = option(
+        "softmax",
+        "softmax: cross-entropy over the positive and K noise logits (official ResNets); "
+        "nce: InstDisc's NCE (official AlexNet)",
+    )
+    negatives: str = option(
+        "memory_bank",
+        "memory_bank: the other view's bank rows, the image's own as the "
+        "positive; batch: the other view's features of the batch",
+    )
     num_negatives: int = option(16384, "noise rows K drawn from the other view's memory bank per anchor", ge=1)
     temperature: float = option(0.07, "temperature T of the logits", gt=0)
     bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)", ge=0, lt=1)
     head_dim: int = option(128, "dimension of each view's unit feature", ge=1)
-    encoder_width: float = option(0.5, "width of each view's encoder (0.5: two half-width encoders, the "
-                                       "parameters of one)", gt=0)
+    encoder_width: float = option(
+        0.5, "width of each view's encoder (0.5: two half-width encoders, the parameters of one)", gt=0
+    )
 
     # Reasoned, not measured: batch 128 at lr 0.03 (the official ResNet setting), T = 0.1 (the
     # official README's STL-10 value), crop (0.2, 1) (the official crop for AlexNet and
@@ -108,7 +118,11 @@ class CMCConfig(MethodConfig):
     # with the memory banks, whose rows are a whole epoch old and are each refreshed only 6 times in
     # such a run (and whose noise draws cost 5x the images/s).
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "temperature": 0.1, "crop_min_scale": 0.2, "num_negatives": 4096, "negatives": "batch",
+        "batch_size": 128,
+        "temperature": 0.1,
+        "crop_min_scale": 0.2,
+        "num_negatives": 4096,
+        "negatives": "batch",
     }
 
     def validate(self) -> None:
@@ -129,8 +143,8 @@ class LabEncoders(nn.Module):
         self.dim_l, self.dim_ab = dim_l, dim_ab
 
     def encode(self, lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        l, ab = lab.split([1, 2], dim=1)
-        return self.encoder_l(l), self.encoder_ab(ab)
+        lightness, ab = lab.split([1, 2], dim=1)
+        return self.encoder_l(lightness), self.encoder_ab(ab)
 
     def forward(self, lab: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.encode(lab), dim=1)
@@ -186,10 +200,12 @@ class CMC(Method):
     @classmethod
     def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[LabEncoders, int]:
         mc = config.method_config
-        encoder_l, dim_l = build_backbone(config.backbone, image_size, norm=mc.norm, in_channels=1,
-                                          width=mc.encoder_width)
-        encoder_ab, dim_ab = build_backbone(config.backbone, image_size, norm=mc.norm, in_channels=2,
-                                            width=mc.encoder_width)
+        encoder_l, dim_l = build_backbone(
+            config.backbone, image_size, norm=mc.norm, in_channels=1, width=mc.encoder_width
+        )
+        encoder_ab, dim_ab = build_backbone(
+            config.backbone, image_size, norm=mc.norm, in_channels=2, width=mc.encoder_width
+        )
         return LabEncoders(encoder_l, dim_l, encoder_ab, dim_ab), dim_l + dim_ab
 
     @classmethod
@@ -202,8 +218,10 @@ class CMC(Method):
     @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         if config.backbone in vit_names():
-            raise ConfigError(f"cmc encodes 1- and 2-channel images, which ViTs ({', '.join(vit_names())}) do not "
-                              "take; use a ResNet or small")
+            raise ConfigError(
+                f"cmc encodes 1- and 2-channel images, which ViTs ({', '.join(vit_names())}) do not "
+                "take; use a ResNet or small"
+            )
         super().check_config(config, image_size)
 
     def encoder_for_eval(self) -> nn.Module:
@@ -221,10 +239,12 @@ class CMC(Method):
         if cfg.negatives == "memory_bank":
             n, idx = x.shape[0], batch.indices
             # L against the ab bank, ab against the L bank: the positive is the image's own row.
-            logits_l = bank_logits(z_l, self.bank_ab.features[idx], self.bank_ab.negatives(n, cfg.num_negatives),
-                                   cfg.temperature)
-            logits_ab = bank_logits(z_ab, self.bank_l.features[idx], self.bank_l.negatives(n, cfg.num_negatives),
-                                    cfg.temperature)
+            logits_l = bank_logits(
+                z_l, self.bank_ab.features[idx], self.bank_ab.negatives(n, cfg.num_negatives), cfg.temperature
+            )
+            logits_ab = bank_logits(
+                z_ab, self.bank_l.features[idx], self.bank_l.negatives(n, cfg.num_negatives), cfg.temperature
+            )
             # The step's features, before the optimiser step, as the official NCEAverage writes
             # them; the rows above were gathered (copied) first, so this step's logits keep the old ones.
             self.bank_l.update(idx, z_l.detach(), cfg.bank_momentum)
@@ -239,6 +259,7 @@ class CMC(Method):
                 estimate = torch.stack([nce_log_z(*logits, self.num_samples) for logits in (logits_l, logits_ab)])
                 self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
                 self.z_estimated.fill_(True)
-            loss = (nce_loss(*logits_l, self.log_z[0], self.num_samples)
-                    + nce_loss(*logits_ab, self.log_z[1], self.num_samples))
+            loss = nce_loss(*logits_l, self.log_z[0], self.num_samples) + nce_loss(
+                *logits_ab, self.log_z[1], self.num_samples
+            )
         return StepOutput(loss=loss)

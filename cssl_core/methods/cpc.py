@@ -61,24 +61,32 @@ class CPCConfig(MethodConfig):
     # images (73% of the area); the colour work v2 leaves to each patch.
     augmentation: str = "mocov2"
     crop_min_scale: float | None = 0.7
-    patch_size: int | None = option(None, "patch side in pixels; none: a quarter of the image side (v1: 64 of 256)",
-                                    ge=1)
-    patch_stride: int | None = option(None, "pixels between neighbouring patches; none: half the patch size (v1: 32)",
-                                      ge=1)
+    patch_size: int | None = option(
+        None, "patch side in pixels; none: a quarter of the image side (v1: 64 of 256)", ge=1
+    )
+    patch_stride: int | None = option(
+        None, "pixels between neighbouring patches; none: half the patch size (v1: 32)", ge=1
+    )
     min_offset: int = option(1, "nearest row predicted, k rows below the context (v2's pseudo-code: 3)", ge=1)
     max_offset: int = option(5, "farthest row predicted (v1: up to five rows of a 7 x 7 grid)", ge=1)
-    directions: int = option(4, "context directions: 1 top-down (v1), 2 + bottom-up, 3 + left-to-right, "
-                                "4 + right-to-left (v2)", ge=1, le=len(DIRECTIONS))
+    directions: int = option(
+        4,
+        "context directions: 1 top-down (v1), 2 + bottom-up, 3 + left-to-right, 4 + right-to-left (v2)",
+        ge=1,
+        le=len(DIRECTIONS),
+    )
     context_blocks: int = option(5, "residual blocks of the masked context network (v2's pixelCNN)", ge=0)
     context_dim: int = option(256, "hidden channels of the context network's blocks", ge=1)
-    target_dim: int = option(64, "dimension of the projected patch features that predictions are scored against",
-                             ge=1)
-    prediction_scale: float = option(0.1, "predictions are scaled by this before the inner products (v2's emb_scale)",
-                                     gt=0)
-    patch_crop_scale: float = option(0.88, "smallest area of each patch's random square sub-crop (v1: 60 of 64 px); "
-                                           "1: none", gt=0, le=1)
-    color_drop_p: float = option(1.0, "probability that a patch keeps one random colour channel and drops the others "
-                                      "(v2)", ge=0, le=1)
+    target_dim: int = option(64, "dimension of the projected patch features that predictions are scored against", ge=1)
+    prediction_scale: float = option(
+        0.1, "predictions are scaled by this before the inner products (v2's emb_scale)", gt=0
+    )
+    patch_crop_scale: float = option(
+        0.88, "smallest area of each patch's random square sub-crop (v1: 60 of 64 px); 1: none", gt=0, le=1
+    )
+    color_drop_p: float = option(
+        1.0, "probability that a patch keeps one random colour channel and drops the others (v2)", ge=0, le=1
+    )
 
     # The derived 8-px patches at stride 4 give 32-px images v1's 7 x 7 grid. Measured (BENCHMARKS.md,
     # CIFAR-10 in 5 minutes): batch 32 and two directions train 3.5x the images of batch 128 and four
@@ -90,8 +98,10 @@ class CPCConfig(MethodConfig):
     def validate(self) -> None:
         super().validate()
         if self.norm != "bn":
-            raise ConfigError("cpc always uses layer norm (CPC v2); norm=gn_ws would also standardise the context "
-                              "and prediction convolutions, so leave norm at its default")
+            raise ConfigError(
+                "cpc always uses layer norm (CPC v2); norm=gn_ws would also standardise the context "
+                "and prediction convolutions, so leave norm at its default"
+            )
         if self.min_offset > self.max_offset:
             raise ConfigError(f"min_offset must be at most max_offset, got {self.min_offset} and {self.max_offset}")
 
@@ -133,10 +143,13 @@ def context_block(dim: int, hidden: int) -> nn.Sequential:
     """One residual branch of v2's ``pixelCNN``: (N, dim, G, G) -> same; row i of the output
     depends on rows i - 1 and i of the input only."""
     return nn.Sequential(
-        nn.Conv2d(dim, hidden, 1), nn.ReLU(),
+        nn.Conv2d(dim, hidden, 1),
+        nn.ReLU(),
         nn.Conv2d(hidden, hidden, (1, 3), padding=(0, 1)),  # along the row: any column
-        nn.ZeroPad2d((0, 0, 1, 0)), nn.Conv2d(hidden, hidden, (2, 1)),  # rows i - 1 and i: the mask
-        nn.ReLU(), nn.Conv2d(hidden, dim, 1),
+        nn.ZeroPad2d((0, 0, 1, 0)),
+        nn.Conv2d(hidden, hidden, (2, 1)),  # rows i - 1 and i: the mask
+        nn.ReLU(),
+        nn.Conv2d(hidden, dim, 1),
     )
 
 
@@ -181,8 +194,12 @@ class PatchPooledEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         patch, stride, grid = patch_grid(self.config, images.shape[-1])
         per_pass = max(1, _EVAL_PIXELS_PER_PASS // (grid * grid * patch * patch))
-        return torch.cat([self.backbone(patchify(x, patch, stride)).reshape(len(x), grid * grid, -1).mean(dim=1)
-                          for x in images.split(per_pass)])
+        return torch.cat(
+            [
+                self.backbone(patchify(x, patch, stride)).reshape(len(x), grid * grid, -1).mean(dim=1)
+                for x in images.split(per_pass)
+            ]
+        )
 
 
 @register
@@ -216,15 +233,18 @@ class CPC(Method):
         if patch > image_size:
             raise ConfigError(f"patch_size {patch} is larger than the images ({image_size} px)")
         if grid <= config.method_config.max_offset:
-            raise ConfigError(f"max_offset {config.method_config.max_offset} needs a grid of more rows than the "
-                              f"{grid} that {patch}-px patches at stride {stride} make of {image_size}-px images")
+            raise ConfigError(
+                f"max_offset {config.method_config.max_offset} needs a grid of more rows than the "
+                f"{grid} that {patch}-px patches at stride {stride} make of {image_size}-px images"
+            )
         super().check_config(config, image_size)
 
     def grid_features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> z (N, D, G, G), each patch augmented and encoded on its own."""
         patch, stride, grid = patch_grid(self.config, images.shape[-1])
-        patches = augment_patches(patchify(images, patch, stride), self.config.patch_crop_scale,
-                                  self.config.color_drop_p)
+        patches = augment_patches(
+            patchify(images, patch, stride), self.config.patch_crop_scale, self.config.color_drop_p
+        )
         z = self.backbone(patches).reshape(len(images), grid, grid, -1)
         return z.permute(0, 3, 1, 2)
 
@@ -243,8 +263,9 @@ class CPC(Method):
                 predictions = predictor(context).permute(0, 2, 3, 1) * self.config.prediction_scale
                 # Recomputed in the backward pass: the (N G (G - k), N G G) logits of every offset
                 # and direction would otherwise all be held at once.
-                losses.append(checkpoint(cpc_loss, predictions, targets, offset, use_reentrant=False,
-                                         preserve_rng_state=False))
+                losses.append(
+                    checkpoint(cpc_loss, predictions, targets, offset, use_reentrant=False, preserve_rng_state=False)
+                )
         return torch.stack(losses).sum()
 
     def encoder_for_eval(self) -> nn.Module:

@@ -53,8 +53,9 @@ class DeepClusterV2Config(MethodConfig):
     augmentation: str = "simclr"  # the global crops; SwAV's pipeline is SimCLR's with its own crop scale
     crop_min_scale: float | None = 0.14
     temperature: float = option(0.1, "softmax temperature of the prototype scores", gt=0)
-    nmb_prototypes: tuple[int, ...] = option((3000, 3000, 3000),
-                                             "clusters (prototypes) of each head, one k-means per head", ge=1)
+    nmb_prototypes: tuple[int, ...] = option(
+        (3000, 3000, 3000), "clusters (prototypes) of each head, one k-means per head", ge=1
+    )
     local_crops: int = option(6, "local (small, low-resolution) crops per image besides the 2 global ones", ge=0)
     kmeans_iterations: int = option(10, "k-means iterations at each epoch start", ge=0)
     projector_hidden_dim: int = option(2048, "hidden width of the projection MLP", ge=1)
@@ -67,7 +68,10 @@ class DeepClusterV2Config(MethodConfig):
     # lars_eta 0.05: the values measured best for SimCLR here (same base_lr 0.3), a per-step
     # relative update of 0.0075 at batch 128 near solo-learn's CIFAR DeepCluster-v2 (lr 0.6, eta 0.02).
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "nmb_prototypes": (100, 100, 100), "local_crops": 2, "crop_min_scale": 0.2,
+        "batch_size": 128,
+        "nmb_prototypes": (100, 100, 100),
+        "local_crops": 2,
+        "crop_min_scale": 0.2,
         "lars_eta": 0.05,
     }
 
@@ -78,8 +82,9 @@ class DeepClusterV2Config(MethodConfig):
 
 
 @full_precision
-def deepcluster_loss(z: torch.Tensor, prototypes: list[torch.Tensor], targets: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
+def deepcluster_loss(
+    z: torch.Tensor, prototypes: list[torch.Tensor], targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """z: (C * N, D) unit embeddings of C crops of N images, crop-major; prototypes: one (K_h, D)
     per head; targets: (H, N) long, each image's cluster in each head.
 
@@ -94,8 +99,9 @@ def deepcluster_loss(z: torch.Tensor, prototypes: list[torch.Tensor], targets: t
 
 
 @torch.no_grad()
-def spherical_kmeans(x: torch.Tensor, k: int, iterations: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def spherical_kmeans(
+    x: torch.Tensor, k: int, iterations: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (N, D) unit rows -> centroids (k, D) unit rows and assignments (N,) long, as the
     official ``cluster_memory``: centroids start as k rows drawn without replacement by
     ``generator`` (CPU); each iteration assigns every row to its most similar centroid (cosine)
@@ -134,8 +140,10 @@ class DeepClusterV2(Method):
         super().__init__(backbone, feature_dim, config, num_samples)
         for head, k in enumerate(config.nmb_prototypes):
             if k > num_samples:
-                raise ConfigError(f"nmb_prototypes: head {head} has {k} clusters but the training set has only "
-                                  f"{num_samples} images to cluster; lower nmb_prototypes")
+                raise ConfigError(
+                    f"nmb_prototypes: head {head} has {k} clusters but the training set has only "
+                    f"{num_samples} images to cluster; lower nmb_prototypes"
+                )
         self.projector = mlp(feature_dim, config.projector_hidden_dim, config.projector_dim)
         self.prototypes = nn.ModuleList(nn.Linear(config.projector_dim, k, bias=False) for k in config.nmb_prototypes)
         # Set by k-means only: the official scripts freeze them for 300,000 iterations, longer than any run.
@@ -155,8 +163,10 @@ class DeepClusterV2(Method):
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         mc = config.method_config
         if config.subset is not None and max(mc.nmb_prototypes) > config.subset:
-            raise ConfigError(f"nmb_prototypes: {max(mc.nmb_prototypes)} clusters but subset has only "
-                              f"{config.subset} images; lower nmb_prototypes")
+            raise ConfigError(
+                f"nmb_prototypes: {max(mc.nmb_prototypes)} clusters but subset has only "
+                f"{config.subset} images; lower nmb_prototypes"
+            )
         super().check_config(config, image_size)
 
     def embedding_network(self) -> nn.Module:
@@ -176,8 +186,9 @@ class DeepClusterV2(Method):
         for head, k in enumerate(self.config.nmb_prototypes):
             # Heads take the global crops' memories in turn (official: j = (j + 1) % len(crops_for_assign)).
             memory = self.memory[head % GLOBAL_CROPS]
-            centroids, assignments = spherical_kmeans(memory, k, self.config.kmeans_iterations,
-                                                      self.kmeans_generator(epoch, head))
+            centroids, assignments = spherical_kmeans(
+                memory, k, self.config.kmeans_iterations, self.kmeans_generator(epoch, head)
+            )
             self.prototypes[head].weight.copy_(centroids)
             self.assignments[head].copy_(assignments)
 

@@ -35,8 +35,12 @@ from cssl_core.train.schedules import momentum_schedule
 TEACHER_TEMP_WARMUP_SHARE = 0.3
 
 # AdamW with a cosine weight decay (Sec. 3.2): the paper's ViT optimiser.
-_VIT_OPTIMISATION: dict[str, Any] = {"optimizer": "adamw", "base_lr": 0.0005, "weight_decay": 0.04,
-                                     "weight_decay_end": 0.4}
+_VIT_OPTIMISATION: dict[str, Any] = {
+    "optimizer": "adamw",
+    "base_lr": 0.0005,
+    "weight_decay": 0.04,
+    "weight_decay_end": 0.4,
+}
 
 
 @dataclass
@@ -56,23 +60,22 @@ class DINOConfig(MethodConfig):
     hidden_dim: int = option(2048, "hidden width of the DINO head's MLP", ge=1)
     bottleneck_dim: int = option(256, "DINO head bottleneck, L2-normalised before the last layer", ge=1)
     head_layers: int = option(3, "linear layers in the DINO head's MLP (GELU between them)", ge=1)
-    norm_last_layer: bool = option(True, "fix the norm of each row of the head's last layer to 1 (more stable; "
-                                         "the paper's ViT-S runs use false)")
+    norm_last_layer: bool = option(
+        True, "fix the norm of each row of the head's last layer to 1 (more stable; the paper's ViT-S runs use false)"
+    )
     freeze_last_layer: int = option(1, "epochs during which the head's last layer gets no update", ge=0)
-    local_crops: int = option(8, "local crops per image, seen by the student only (0: the two global crops alone)",
-                             ge=0)
-    local_crop_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops (min,max)",
-                                                  gt=0, le=1)
+    local_crops: int = option(
+        8, "local crops per image, seen by the student only (0: the two global crops alone)", ge=0
+    )
+    local_crop_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops (min,max)", gt=0, le=1)
     student_temp: float = option(0.1, "student softmax temperature", gt=0)
     teacher_temp: float = option(0.07, "teacher softmax temperature after its warm-up", gt=0)
-    warmup_teacher_temp: float = option(0.04, "teacher softmax temperature at the start of its linear warm-up",
-                                        gt=0)
-    warmup_teacher_temp_epochs: int = option(30, f"teacher-temperature warm-up, in epochs (at most "
-                                                 f"{TEACHER_TEMP_WARMUP_SHARE:.0%} of the run)", ge=0)
-    center_momentum: float = option(0.9, "momentum of the centre, a running mean of the teacher's outputs",
-                                    ge=0, le=1)
-    momentum_teacher: float = option(0.996, "teacher EMA momentum at the start, raised to 1 along a cosine",
-                                     ge=0, le=1)
+    warmup_teacher_temp: float = option(0.04, "teacher softmax temperature at the start of its linear warm-up", gt=0)
+    warmup_teacher_temp_epochs: int = option(
+        30, f"teacher-temperature warm-up, in epochs (at most {TEACHER_TEMP_WARMUP_SHARE:.0%} of the run)", ge=0
+    )
+    center_momentum: float = option(0.9, "momentum of the centre, a running mean of the teacher's outputs", ge=0, le=1)
+    momentum_teacher: float = option(0.996, "teacher EMA momentum at the start, raised to 1 along a cosine", ge=0, le=1)
 
     # ViTs keep the paper's AdamW whatever the image size (the small-image recipe's SGD is the
     # official convnet optimiser).
@@ -90,9 +93,17 @@ class DINOConfig(MethodConfig):
     # - SGD, lr 0.03 x batch/256, constant weight decay 1e-4: the official ResNet-50 settings
     #   (README), for the convnet; a ViT keeps AdamW (vit_defaults).
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "out_dim": 4096, "local_crops": 4, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04,
-        "warmup_teacher_temp_epochs": 0, "momentum_teacher": 0.99,
-        "optimizer": "sgd", "base_lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": None,
+        "batch_size": 128,
+        "out_dim": 4096,
+        "local_crops": 4,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp": 0.04,
+        "warmup_teacher_temp_epochs": 0,
+        "momentum_teacher": 0.99,
+        "optimizer": "sgd",
+        "base_lr": 0.03,
+        "weight_decay": 1e-4,
+        "weight_decay_end": None,
     }
 
     def validate(self) -> None:
@@ -127,8 +138,9 @@ class DINOHead(nn.Module):
     ``bottleneck_dim``, L2 normalisation, then a weight-normalised linear layer (Sec. 3.1,
     "Network architecture"; official ``DINOHead`` with ``use_bn=False``)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int,
-                 norm_last_layer: bool):
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, bottleneck_dim: int, layers: int, norm_last_layer: bool
+    ):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
         blocks: list[nn.Module] = []
@@ -167,8 +179,14 @@ class DINO(Method):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DINOConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
-        self.head = DINOHead(feature_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim,
-                             config.head_layers, config.norm_last_layer)
+        self.head = DINOHead(
+            feature_dim,
+            config.out_dim,
+            config.hidden_dim,
+            config.bottleneck_dim,
+            config.head_layers,
+            config.norm_last_layer,
+        )
         self.student = nn.Sequential(self.backbone, self.head)
         self.teacher = momentum_copy(self.student)
         self.register_buffer("center", torch.zeros(1, config.out_dim))  # (1, K), Eq. 4
@@ -185,8 +203,15 @@ class DINO(Method):
         global_crops = cls.preset_specs(config, image_size)
         g = global_crops[0]
         local_crops = [
-            dataclasses.replace(spec, brightness=g.brightness, contrast=g.contrast, saturation=g.saturation,
-                                hue=g.hue, jitter_p=g.jitter_p, grayscale_p=g.grayscale_p)
+            dataclasses.replace(
+                spec,
+                brightness=g.brightness,
+                contrast=g.contrast,
+                saturation=g.saturation,
+                hue=g.hue,
+                jitter_p=g.jitter_p,
+                grayscale_p=g.grayscale_p,
+            )
             for spec in local_views(image_size, config.local_crops, tuple(config.local_crop_scale))
         ]
         return global_crops + local_crops
@@ -210,8 +235,9 @@ class DINO(Method):
             features.append(self.backbone(torch.cat(local_crops)))
         student_out = self.head(torch.cat(features))  # ((2 + local_crops) N, K), the global crops first
         teacher_temp = batch.schedules["teacher_temp"]
-        loss = dino_loss(list(student_out.split(n)), list(teacher_out.split(n)), self.center,
-                         self.config.student_temp, teacher_temp)
+        loss = dino_loss(
+            list(student_out.split(n)), list(teacher_out.split(n)), self.center, self.config.student_temp, teacher_temp
+        )
         self._teacher_mean = teacher_out.float().mean(dim=0, keepdim=True)  # (1, K)
         return StepOutput(loss=loss, stats={"teacher_temp": teacher_temp})
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False,
-        last_bn_affine: bool = True) -> nn.Sequential:
+def mlp(
+    in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_bn: bool = False, last_bn_affine: bool = True
+) -> nn.Sequential:
     """(N, in_dim) -> (N, out_dim): ``num_layers`` linear layers, BN + ReLU between them.
 
     ``num_layers=1`` is a single linear map (MoCo v1's head). ``last_bn`` adds a BatchNorm

@@ -45,8 +45,7 @@ class InstDiscConfig(MethodConfig):
     temperature: float = option(0.07, "temperature T of the logits f . v / T", gt=0)
     embedding_dim: int = option(128, "dimension of the unit features the memory bank stores", ge=1)
     num_negatives: int = option(4096, "noise samples K drawn uniformly from the memory bank per image", ge=1)
-    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)",
-                                   ge=0, lt=1)
+    bank_momentum: float = option(0.5, "a bank row becomes normalize(m * row + (1 - m) * new feature)", ge=0, lt=1)
 
     # The official cifar.py: batch 128 at lr 0.03 (0.06 per 256 by the linear rule), T = 0.1, K = 4096,
     # weight decay 5e-4. cifar.py drops the flip and steps the lr down; here the flip and the cosine stay.

@@ -59,8 +59,9 @@ class MemoryBank(nn.Module):
 
 
 @full_precision
-def bank_logits(f: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def bank_logits(
+    f: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """f: (N, D) unit features; positives: (N, D) and negatives: (N, K, D) bank rows.
 
     Returns ``f . v / T`` for the positives (N,) and the negatives (N, K), in float32.

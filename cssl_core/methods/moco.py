@@ -90,8 +90,10 @@ class MoCoV2(Method):
         if cfg.symmetric:
             n = x1.shape[0]
             q = self.encoder_q(torch.cat([x1, x2]))
-            loss = 0.5 * (info_nce(q[:n], k[:n], self.queue, cfg.temperature)
-                          + info_nce(q[n:], k[n:], self.queue, cfg.temperature))
+            loss = 0.5 * (
+                info_nce(q[:n], k[:n], self.queue, cfg.temperature)
+                + info_nce(q[n:], k[n:], self.queue, cfg.temperature)
+            )
             enqueue(self.queue, self.queue_ptr, k[:n])
         else:
             q = self.encoder_q(x1)

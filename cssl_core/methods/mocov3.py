@@ -45,8 +45,9 @@ class MoCoV3Config(MethodConfig):
     warmup_epochs: float = 10.0
     augmentation: str = "byol"
     crop_min_scale: float | None = 0.2
-    temperature: float = option(1.0, "InfoNCE temperature T (the loss is scaled by 2T); 1.0 for ResNets, 0.2 for ViTs",
-                                     gt=0)
+    temperature: float = option(
+        1.0, "InfoNCE temperature T (the loss is scaled by 2T); 1.0 for ResNets, 0.2 for ViTs", gt=0
+    )
     momentum: float = option(0.99, "momentum encoder's EMA momentum at the start", ge=0, le=1)
     momentum_cosine: bool = option(True, "raise the momentum to 1 along a cosine (--moco-m-cos)")
     projector_layers: int = option(2, "projector depth: 2 for ResNets, 3 for ViTs (official code)", ge=1)
@@ -58,8 +59,15 @@ class MoCoV3Config(MethodConfig):
     # ViT-S/B (official CONFIG.md): AdamW, lr 1.5e-4 x batch/256, weight decay 0.1, 40 warmup epochs,
     # T 0.2, crop (0.08, 1), --stop-grad-conv1 (the frozen random patch projection), MoCo_ViT's heads.
     vit_defaults: ClassVar[dict[str, Any]] = {
-        "optimizer": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.1, "warmup_epochs": 40.0, "temperature": 0.2,
-        "crop_min_scale": 0.08, "frozen_patch_embed": True, "projector_layers": 3, "predictor_last_bn": True,
+        "optimizer": "adamw",
+        "base_lr": 1.5e-4,
+        "weight_decay": 0.1,
+        "warmup_epochs": 40.0,
+        "temperature": 0.2,
+        "crop_min_scale": 0.08,
+        "frozen_patch_embed": True,
+        "projector_layers": 3,
+        "predictor_last_bn": True,
     }
     # Not yet measured. T 0.2: against 127 in-batch negatives (4095 at the paper's batch 4096) T 1.0
     # leaves the softmax nearly flat; solo-learn's CIFAR MoCo v3 uses 0.2, and 0.2 beat 0.5 for SimCLR
@@ -67,8 +75,11 @@ class MoCoV3Config(MethodConfig):
     # measured best (0.0075). Width 2048: six MLP passes a step outweigh the small convnet.
     # The crop (0.2, 1) is the default already.
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "temperature": 0.2, "lars_eta": 0.02,
-        "projector_hidden_dim": 2048, "predictor_hidden_dim": 2048,
+        "batch_size": 128,
+        "temperature": 0.2,
+        "lars_eta": 0.02,
+        "projector_hidden_dim": 2048,
+        "predictor_hidden_dim": 2048,
     }
 
 
@@ -81,10 +92,21 @@ class MoCoV3(Method):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV3Config, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
-        self.projector = mlp(feature_dim, config.projector_hidden_dim, config.projector_dim,
-                             num_layers=config.projector_layers, last_bn=True, last_bn_affine=False)
-        self.predictor = mlp(config.projector_dim, config.predictor_hidden_dim, config.projector_dim,
-                             last_bn=config.predictor_last_bn, last_bn_affine=False)
+        self.projector = mlp(
+            feature_dim,
+            config.projector_hidden_dim,
+            config.projector_dim,
+            num_layers=config.projector_layers,
+            last_bn=True,
+            last_bn_affine=False,
+        )
+        self.predictor = mlp(
+            config.projector_dim,
+            config.predictor_hidden_dim,
+            config.projector_dim,
+            last_bn=config.predictor_last_bn,
+            last_bn_affine=False,
+        )
         if not config.predictor_last_bn:  # official _build_mlp: no linear layer has a bias
             self.predictor[-1] = nn.Linear(config.predictor_hidden_dim, config.projector_dim, bias=False)
         self.base_encoder = nn.Sequential(self.backbone, self.projector)
@@ -95,8 +117,10 @@ class MoCoV3(Method):
         super().check_config(config, image_size)
         mc = config.method_config
         if mc.frozen_patch_embed and config.backbone not in vit_names():
-            raise ConfigError(f"frozen_patch_embed applies to ViT backbones ({', '.join(vit_names())}); "
-                              f"set it to false for {config.backbone!r}")
+            raise ConfigError(
+                f"frozen_patch_embed applies to ViT backbones ({', '.join(vit_names())}); "
+                f"set it to false for {config.backbone!r}"
+            )
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         return {"momentum": momentum_schedule(self.config.momentum, total_steps, self.config.momentum_cosine)}

@@ -29,14 +29,18 @@ class SimCLRConfig(MethodConfig):
     augmentation: str = "simclr"
     temperature: float = option(0.5, "NT-Xent temperature", gt=0)
     projector_layers: int = option(2, "projector depth (3: SimCLR v2)", ge=1)
-    projector_hidden_dim: int | None = option(None, "projector width; none: the backbone's feature dimension, as in "
-                                                   "the paper", ge=1)
+    projector_hidden_dim: int | None = option(
+        None, "projector width; none: the backbone's feature dimension, as in the paper", ge=1
+    )
     projector_dim: int = option(128, "projection output dimension", ge=1)
 
     # Measured here (BENCHMARKS.md, CIFAR-10 in 5 minutes on a CPU): 57.3-57.9% kNN against 47.8%
     # with the paper's values. LARS' eta 0.001 is tuned for batch 4096.
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "temperature": 0.2, "crop_min_scale": 0.2, "lars_eta": 0.05,
+        "batch_size": 128,
+        "temperature": 0.2,
+        "crop_min_scale": 0.2,
+        "lars_eta": 0.05,
     }
 
 

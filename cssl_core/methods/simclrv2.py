@@ -45,7 +45,10 @@ class SimCLRv2Config(SimCLRConfig):
 
     # SimCLR's measured small-image recipe (BENCHMARKS.md): the same loss and views at CIFAR size.
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "temperature": 0.2, "crop_min_scale": 0.2, "lars_eta": 0.05,
+        "batch_size": 128,
+        "temperature": 0.2,
+        "crop_min_scale": 0.2,
+        "lars_eta": 0.05,
     }
 
 
@@ -75,8 +78,9 @@ class SimCLRv2(SimCLR):
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         if self.config.memory_size:
-            ema_update(nn.Sequential(self.backbone, self.projector), self.memory_encoder,
-                       batch.schedules["memory_momentum"])
+            ema_update(
+                nn.Sequential(self.backbone, self.projector), self.memory_encoder, batch.schedules["memory_momentum"]
+            )
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = batch.views

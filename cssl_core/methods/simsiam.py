@@ -46,8 +46,14 @@ class SimSiam(Method):
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
         # BN on every projector layer, the output BN without affine (Sec. 4, "Projection MLP").
-        self.projector = mlp(feature_dim, config.projector_dim, config.projector_dim,
-                             num_layers=config.projector_layers, last_bn=True, last_bn_affine=False)
+        self.projector = mlp(
+            feature_dim,
+            config.projector_dim,
+            config.projector_dim,
+            num_layers=config.projector_layers,
+            last_bn=True,
+            last_bn_affine=False,
+        )
         self.predictor = mlp(config.projector_dim, config.predictor_hidden_dim, config.projector_dim)
 
     def parameter_groups(self) -> list[dict]:
@@ -66,4 +72,6 @@ class SimSiam(Method):
         p = self.predictor(z)
         z1, z2 = z[:n].detach(), z[n:].detach()  # stop-gradient on the targets
         loss = 0.5 * negative_cosine(p[:n], z2) + 0.5 * negative_cosine(p[n:], z1)
-        return StepOutput(loss=loss, stats={"z_std": float(torch.nn.functional.normalize(z1.float(), dim=1).std(0).mean())})
+        return StepOutput(
+            loss=loss, stats={"z_std": float(torch.nn.functional.normalize(z1.float(), dim=1).std(0).mean())}
+        )

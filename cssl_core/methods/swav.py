@@ -53,10 +53,10 @@ class SwAVConfig(MethodConfig):
     projector_hidden_dim: int = option(2048, "projection MLP hidden width", ge=1)
     projector_dim: int = option(128, "embedding dimension (the prototypes' dimension)", ge=1)
     nmb_prototypes: int = option(3000, "number of prototypes K", ge=1)
-    freeze_prototypes_epochs: float = option(1.0, "keep the prototypes fixed for this many epochs from the start",
-                                            ge=0)
-    queue_length: int = option(0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)",
-                               ge=0)
+    freeze_prototypes_epochs: float = option(1.0, "keep the prototypes fixed for this many epochs from the start", ge=0)
+    queue_length: int = option(
+        0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)", ge=0
+    )
     epoch_queue_starts: int = option(15, "epoch from which the queue is filled (used once full)", ge=0)
 
     # Not yet measured here; reasons, for images of 64 px or less (CIFAR on a CPU, short runs):
@@ -77,7 +77,11 @@ class SwAVConfig(MethodConfig):
     #   short run changes its features too fast for stale embeddings (its epoch 15 start would
     #   not come in a 5-minute run either).
     small_image_recipe: ClassVar[dict[str, Any]] = {
-        "batch_size": 128, "nmb_prototypes": 100, "base_lr": 0.6, "lars_eta": 0.02, "crop_min_scale": 0.2,
+        "batch_size": 128,
+        "nmb_prototypes": 100,
+        "base_lr": 0.6,
+        "lars_eta": 0.02,
+        "crop_min_scale": 0.2,
     }
 
 
@@ -116,12 +120,16 @@ class SwAV(Method):
         mc = config.method_config
         if mc.queue_length:
             if mc.queue_length < config.batch_size:
-                raise ConfigError(f"queue_length {mc.queue_length} is shorter than a batch ({config.batch_size}); "
-                                  "make it at least batch_size (the paper: 3840 at batch 256) or 0 for no queue")
+                raise ConfigError(
+                    f"queue_length {mc.queue_length} is shorter than a batch ({config.batch_size}); "
+                    "make it at least batch_size (the paper: 3840 at batch 256) or 0 for no queue"
+                )
             if mc.epoch_queue_starts >= config.epochs:
-                raise ConfigError(f"epoch_queue_starts {mc.epoch_queue_starts} is not before the end of the run "
-                                  f"({config.epochs} epochs), so the queue would never be used; lower it or "
-                                  "set queue_length=0")
+                raise ConfigError(
+                    f"epoch_queue_starts {mc.epoch_queue_starts} is not before the end of the run "
+                    f"({config.epochs} epochs), so the queue would never be used; lower it or "
+                    "set queue_length=0"
+                )
         super().check_config(config, image_size)
 
     def frozen_parameters(self, steps_per_epoch: int) -> list[tuple[list[nn.Parameter], int]]:
@@ -156,8 +164,14 @@ class SwAV(Method):
         z, scores = self._embed_and_score(self.projector(torch.cat(features)))  # (V*N, D), (V*N, K)
         crop_scores = list(scores.split(n))  # one (N, K) per crop, in view order
         queue_scores = self._use_and_fill_queue(batch.epoch, z[: GLOBAL_CROPS * n].detach())
-        loss = swav_loss(crop_scores[:GLOBAL_CROPS], crop_scores[GLOBAL_CROPS:], cfg.temperature,
-                         cfg.epsilon, cfg.sinkhorn_iterations, queue_scores)
+        loss = swav_loss(
+            crop_scores[:GLOBAL_CROPS],
+            crop_scores[GLOBAL_CROPS:],
+            cfg.temperature,
+            cfg.epsilon,
+            cfg.sinkhorn_iterations,
+            queue_scores,
+        )
         return StepOutput(loss=loss, stats={"queue_in_use": float(queue_scores is not None)})
 
     @full_precision

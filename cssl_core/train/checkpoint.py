@@ -72,7 +72,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"not a cssl checkpoint: {path}: it holds Python objects other than tensors and plain values "
             f"({found.group(1)}), which loading could run as code; if you trust the file "
             f"(e.g. a checkpoint from an older cssl), `cssl convert-checkpoint {path} --trust --out NEW.pt` "
-            "rewrites it with plain values only") from None
+            "rewrites it with plain values only"
+        ) from None
     except Exception:  # the pickle and zip readers raise many kinds; the reason comes from the bytes
         raise CheckpointError(f"not a cssl checkpoint: {path}: {_unreadable_reason(path)}") from None
     if not isinstance(state, dict):
@@ -101,8 +102,9 @@ def _unreadable_reason(path: Path) -> str:
     return "not a file written by torch.save"
 
 
-def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = False,
-                                 for_finetune: bool = False) -> nn.Module:
+def build_encoder_from_checkpoint(
+    state: dict[str, Any], random_init: bool = False, for_finetune: bool = False
+) -> nn.Module:
     """The checkpoint's evaluation encoder (the method's ``encoder_for_eval()``, or with
     ``for_finetune`` its ``encoder_for_finetune()``), images -> features.
 
@@ -113,8 +115,9 @@ def build_encoder_from_checkpoint(state: dict[str, Any], random_init: bool = Fal
     if random_init:
         torch.manual_seed(config.seed)
     norm = state.get("normalization")  # the images' normalisation, for a method that undoes it
-    model = build_method(config, state["image_size"], state.get("num_samples", 0),
-                         (norm["mean"], norm["std"]) if norm else None)
+    model = build_method(
+        config, state["image_size"], state.get("num_samples", 0), (norm["mean"], norm["std"]) if norm else None
+    )
     if not random_init:
         model.load_state_dict(state["model"])
     return model.encoder_for_finetune() if for_finetune else model.encoder_for_eval()
@@ -161,8 +164,9 @@ def _plain(value: Any, where: str) -> Any:
     dicts, recursively; anything else that is not a tensor or a plain value is an error."""
     import numpy as np
 
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype,
-                                           torch.device, torch.Size)):
+    if value is None or isinstance(
+        value, (bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype, torch.device, torch.Size)
+    ):
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
@@ -174,5 +178,6 @@ def _plain(value: Any, where: str) -> Any:
         return {key: _plain(item, f"{where}[{key!r}]") for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
-    raise CheckpointError(f"cannot convert {where}: a {type(value).__module__}.{type(value).__qualname__} "
-                          "has no plain equivalent")
+    raise CheckpointError(
+        f"cannot convert {where}: a {type(value).__module__}.{type(value).__qualname__} has no plain equivalent"
+    )

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ class Callbacks:
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] of a uint8 (N, 3, H, W) set, from up to 10,000 images."""
-    sample = images[: 10_000].float().div_(255)
+    sample = images[:10_000].float().div_(255)
     return sample.mean(dim=(0, 2, 3)).tolist(), sample.std(dim=(0, 2, 3)).tolist()
 
 
@@ -105,8 +106,14 @@ def pretrain(
 class Trainer:
     """One pretraining run: data, views, method and optimiser, and the state that a checkpoint keeps."""
 
-    def __init__(self, config: PretrainConfig, out_dir: Path, callbacks: Callbacks, progress_every: int,
-                 dataset: ImageDataset | None):
+    def __init__(
+        self,
+        config: PretrainConfig,
+        out_dir: Path,
+        callbacks: Callbacks,
+        progress_every: int,
+        dataset: ImageDataset | None,
+    ):
         self.config, self.out_dir, self.callbacks, self.progress_every = config, out_dir, callbacks, progress_every
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
@@ -119,8 +126,9 @@ class Trainer:
         self.num_samples = len(split)
         self.steps_per_epoch = self.num_samples // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
-                              f"({self.num_samples} images); lower it")
+            raise ConfigError(
+                f"batch_size {config.batch_size} is larger than the training set ({self.num_samples} images); lower it"
+            )
         self.images = split.images
         self.labels = split.labels  # in index order, -1 where unlabelled: a memory bank's kNN labels
         if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
@@ -206,8 +214,11 @@ class Trainer:
         self.total_steps = total_steps
         mc = self.config.method_config
         warmup = warmup_steps_for(mc.warmup_epochs, self.steps_per_epoch, total_steps)
-        weight_decay = (np.full(total_steps, mc.weight_decay) if mc.weight_decay_end is None
-                        else warmup_cosine(mc.weight_decay, total_steps, 0, final=mc.weight_decay_end))
+        weight_decay = (
+            np.full(total_steps, mc.weight_decay)
+            if mc.weight_decay_end is None
+            else warmup_cosine(mc.weight_decay, total_steps, 0, final=mc.weight_decay_end)
+        )
         self.schedules = {
             "lr": warmup_cosine(self.config.lr, total_steps, warmup),
             "weight_decay": weight_decay,
@@ -218,11 +229,16 @@ class Trainer:
         if self._order_epoch != epoch:
             self._order, self._order_epoch = epoch_permutation(self.config.seed, epoch, self.num_samples), epoch
         size = self.config.batch_size
-        idx = self._order[index_in_epoch * size:(index_in_epoch + 1) * size]
+        idx = self._order[index_in_epoch * size : (index_in_epoch + 1) * size]
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
         views = [v.contiguous(memory_format=self.memory_format) for v in self.make_views(images, self.augment_rng)]
-        return Batch(views=views, indices=idx.to(self.device), step=self.step, epoch=epoch,
-                     schedules={name: float(values[self.step]) for name, values in self.schedules.items()})
+        return Batch(
+            views=views,
+            indices=idx.to(self.device),
+            step=self.step,
+            epoch=epoch,
+            schedules={name: float(values[self.step]) for name, values in self.schedules.items()},
+        )
 
     def _train_step(self, batch: Batch) -> StepOutput:
         for group in self.optimizer.param_groups:
@@ -252,8 +268,11 @@ class Trainer:
         return None
 
     def _report_due(self) -> bool:
-        return (self.step % self.progress_every == 0 or self.step % self.steps_per_epoch == 0
-                or self.step == self.total_steps)
+        return (
+            self.step % self.progress_every == 0
+            or self.step % self.steps_per_epoch == 0
+            or self.step == self.total_steps
+        )
 
     def _report(self, epoch: int, batch: Batch, out: StepOutput) -> None:
         loss = self.meter.mean(self.step, epoch)
@@ -261,11 +280,19 @@ class Trainer:
         self.images_per_second = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0
         if self.callbacks.on_progress:
-            self.callbacks.on_progress(Progress(
-                epoch=epoch, step=self.step, total_steps=self.total_steps,
-                epochs=math.ceil(self.total_steps / self.steps_per_epoch), loss=loss, lr=batch.schedules["lr"],
-                images_per_second=self.images_per_second, elapsed=self.elapsed, stats=out.stats,
-            ))
+            self.callbacks.on_progress(
+                Progress(
+                    epoch=epoch,
+                    step=self.step,
+                    total_steps=self.total_steps,
+                    epochs=math.ceil(self.total_steps / self.steps_per_epoch),
+                    loss=loss,
+                    lr=batch.schedules["lr"],
+                    images_per_second=self.images_per_second,
+                    elapsed=self.elapsed,
+                    stats=out.stats,
+                )
+            )
 
     def _end_of_epoch(self) -> CheckpointInfo | None:
         epochs_done = self.step // self.steps_per_epoch
@@ -276,12 +303,14 @@ class Trainer:
         if self.config.knn_every and epochs_done % self.config.knn_every == 0:
             bank = self.model.knn_bank()
             if bank is None:
-                result = evaluate_backbone(self.model.encoder_for_eval(), self.data, "knn", mean=self.mean,
-                                           std=self.std, device=self.device)
+                result = evaluate_backbone(
+                    self.model.encoder_for_eval(), self.data, "knn", mean=self.mean, std=self.std, device=self.device
+                )
             else:  # the bank's rows are the training features: only the test split is embedded
                 features, embed = bank
-                result = evaluate_memory_bank(features, self.labels, embed, self.data, mean=self.mean, std=self.std,
-                                              device=self.device)
+                result = evaluate_memory_bank(
+                    features, self.labels, embed, self.data, mean=self.mean, std=self.std, device=self.device
+                )
             result.epoch = epochs_done
             self.model.train()
             if self.callbacks.on_evaluation:
@@ -301,8 +330,11 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch,
             "num_samples": self.num_samples,
             "elapsed": self.elapsed,
-            "rng": {"augment": self.augment_rng.get_state(), "torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})},
+            "rng": {
+                "augment": self.augment_rng.get_state(),
+                "torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
+            },
             "image_size": self.image_size,
             "feature_dim": self.model.feature_dim,
             "normalization": {"mean": self.mean, "std": self.std},
@@ -316,8 +348,9 @@ class Trainer:
         return info
 
     def _embed(self, module: torch.nn.Module) -> torch.Tensor:
-        features = extract_features(module, self.images, self.mean, self.std, self.device,
-                                    precision=self.config.precision)
+        features = extract_features(
+            module, self.images, self.mean, self.std, self.device, precision=self.config.precision
+        )
         return features.to(self.device)
 
 
@@ -350,7 +383,9 @@ class LossMeter:
             return self.last
         value = self.total.item() / self.count
         if not math.isfinite(value):
-            raise TrainingError(f"loss became {value} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32")
+            raise TrainingError(
+                f"loss became {value} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32"
+            )
         self.total.zero_()
         self.count = 0
         self.last = value

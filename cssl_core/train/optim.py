@@ -30,7 +30,9 @@ class LARS(torch.optim.Optimizer):
                 if not group["lars_exclude"]:
                     w_norm = torch.linalg.vector_norm(p)
                     g_norm = torch.linalg.vector_norm(d_p)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
                     d_p = d_p.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:

@@ -43,10 +43,7 @@ def upgrade() -> None:
         batch.alter_column("seq", existing_type=sa.Integer(), nullable=False)
         batch.create_unique_constraint("uq_job_events_job_id_seq", ["job_id", "seq"])
     # Keep the newest point of each step before the constraint.
-    op.execute(
-        "DELETE FROM metric_points WHERE id NOT IN "
-        "(SELECT MAX(id) FROM metric_points GROUP BY job_id, step)"
-    )
+    op.execute("DELETE FROM metric_points WHERE id NOT IN (SELECT MAX(id) FROM metric_points GROUP BY job_id, step)")
     with op.batch_alter_table("metric_points") as batch:
         batch.create_unique_constraint("uq_metric_points_job_id_step", ["job_id", "step"])
 

@@ -38,8 +38,10 @@ def service_env() -> dict[str, str]:
         create_database(DATABASE_URL)
         redis.Redis.from_url(REDIS_URL).ping()
     except Exception as exc:
-        pytest.fail(f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both; without "
-                    f"CI=true or CSSL_TEST_REQUIRE_SERVERS=1 they would run on the embedded backend): {exc}")
+        pytest.fail(
+            f"service tests need Postgres at {ADMIN_URL} and Redis at {REDIS_URL} (CI starts both; without "
+            f"CI=true or CSSL_TEST_REQUIRE_SERVERS=1 they would run on the embedded backend): {exc}"
+        )
 
     migrate.upgrade(DATABASE_URL)
     yield dict(SERVICE_ENV)
@@ -77,8 +79,6 @@ def worker(service_env, tmp_path_factory):
     process = start_worker(service_env, tmp_path_factory.mktemp("worker") / "worker.log", "w1")
     yield process
     process.stop(signal.SIGQUIT)
-
-
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,9 @@ def _unreachable(name: str, url: str, default_port: int) -> str | None:
 
 
 REQUIRE_SERVERS = _truthy(os.environ.get("CI")) or _truthy(os.environ.get("CSSL_TEST_REQUIRE_SERVERS"))
-UNREACHABLE = [why for why in (_unreachable("Postgres", ADMIN_URL, 5432), _unreachable("Redis", REDIS_URL, 6379)) if why]
+UNREACHABLE = [
+    why for why in (_unreachable("Postgres", ADMIN_URL, 5432), _unreachable("Redis", REDIS_URL, 6379)) if why
+]
 EMBEDDED = bool(UNREACHABLE) and not REQUIRE_SERVERS
 
 
@@ -113,8 +115,10 @@ class Process:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path):
         self.log = log
-        self.handle = open(log, "wb")
-        self.popen = subprocess.Popen(argv, env={**os.environ, **env}, cwd=REPO, stdout=self.handle, stderr=subprocess.STDOUT)
+        self.handle = open(log, "wb")  # noqa: SIM115 (closed by stop())
+        self.popen = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=REPO, stdout=self.handle, stderr=subprocess.STDOUT
+        )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -144,7 +148,17 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: 
     """A real uvicorn process serving the API (its sweeper included); returns it and its base URL."""
     port = port or free_port()
     process = Process(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env,
         log,
     )

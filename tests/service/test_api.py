@@ -35,8 +35,12 @@ def test_health_checks_need_no_token(client):
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() | {"warnings": []} == {
-        "status": "ready", "database": "ok", "broker": "ok", "mode": "embedded" if EMBEDDED else "production",
-        "authentication": "on", "warnings": []
+        "status": "ready",
+        "database": "ok",
+        "broker": "ok",
+        "mode": "embedded" if EMBEDDED else "production",
+        "authentication": "on",
+        "warnings": [],
     }
 
 
@@ -68,14 +72,19 @@ def test_a_pretrain_job_takes_parameters_for_its_final_evaluations(client, alice
     # Told apart from the run's keys (temperature is SimCLR's and a knn parameter's name too).
     assert job["evaluation_parameters"] == {"knn": {"k": 20}, "linear": {"epochs": 5}}
     assert client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["evaluation_parameters"] == {
-        "knn": {"k": 20}, "linear": {"epochs": 5}}
+        "knn": {"k": 20},
+        "linear": {"epochs": 5},
+    }
     plain = submit(client, alice).json()
     assert plain["evaluation_parameters"] == {} and "temperature" in plain["config"]
 
 
 def test_semi_supervised_protocols_are_evaluations_too(client, alice):
-    body = {**PRETRAIN, "evaluate": ["finetune", "distill"],
-            "config": {**TINY, "finetune": {"label_fraction": "0.01"}, "distill": {"temperature": 2}}}
+    body = {
+        **PRETRAIN,
+        "evaluate": ["finetune", "distill"],
+        "config": {**TINY, "finetune": {"label_fraction": "0.01"}, "distill": {"temperature": 2}},
+    }
     job = submit(client, alice, body).json()
     assert job["evaluate"] == ["finetune", "distill"]
     assert job["config"]["finetune"] == {"label_fraction": 0.01} and job["config"]["distill"] == {"temperature": 2.0}
@@ -93,24 +102,52 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"epochs": 1, "temprature": 0.2}}, ["body", "config", "temprature"], "valid options"),
         ({**PRETRAIN, "config": {"temprature": 0.2}}, ["body", "config", "temprature"], "(did you mean temperature?)"),
         ({**PRETRAIN, "config": {"epochs": -3}}, ["body", "config", "epochs"], "epochs must be in [1, 100000], got -3"),
-        ({**PRETRAIN, "config": {"temperature": -1}}, ["body", "config", "temperature"], "temperature must be greater than 0, got -1.0"),
-        ({**PRETRAIN, "config": {"temperature": 10**400}}, ["body", "config", "temperature"], "temperature must be a finite number"),
-        ({**PRETRAIN, "config": {"sgd_momentum": 1e300}}, ["body", "config", "sgd_momentum"], "sgd_momentum must be in [0, 1), got 1e+300"),
+        (
+            {**PRETRAIN, "config": {"temperature": -1}},
+            ["body", "config", "temperature"],
+            "temperature must be greater than 0, got -1.0",
+        ),
+        (
+            {**PRETRAIN, "config": {"temperature": 10**400}},
+            ["body", "config", "temperature"],
+            "temperature must be a finite number",
+        ),
+        (
+            {**PRETRAIN, "config": {"sgd_momentum": 1e300}},
+            ["body", "config", "sgd_momentum"],
+            "sgd_momentum must be in [0, 1), got 1e+300",
+        ),
         ({**PRETRAIN, "config": {"seed": 10**30}}, ["body", "config", "seed"], "seed must be in [0, 4294967295]"),
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
         ({**PRETRAIN, "dataset": {"name": "cifar10"}}, ["body", "dataset", "path"], "needs a path"),
-        ({**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}}, ["body", "dataset", "path"], "not a path the service reads"),
+        (
+            {**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}},
+            ["body", "dataset", "path"],
+            "not a path the service reads",
+        ),
         ({**PRETRAIN, "dataset": {"name": "mnist"}}, ["body", "dataset", "name"], "known"),
         ({**PRETRAIN, "priority": 12}, ["body", "priority"], "less than or equal"),
         ({**PRETRAIN, "evaluate": ["svm"]}, ["body", "evaluate", 0], "knn"),
         ({**PRETRAIN, "config": {"knn": {"k": 0}}}, ["body", "config", "knn"], "k must be at least 1"),
-        ({**PRETRAIN, "config": {"knn": {"temperature": 0}}}, ["body", "config", "knn"], "temperature must be greater than 0, got 0.0"),
+        (
+            {**PRETRAIN, "config": {"knn": {"temperature": 0}}},
+            ["body", "config", "knn"],
+            "temperature must be greater than 0, got 0.0",
+        ),
         ({**PRETRAIN, "config": {"knn": 20}}, ["body", "config", "knn"], "object of protocol parameters"),
         ({**PRETRAIN, "config": {"linear": {"epoch": 5}}}, ["body", "config", "linear"], "valid: batch_size, epochs"),
         ({**PRETRAIN, "config": {"linear": {"lr": "fast"}}}, ["body", "config", "linear"], "lr must be of type float"),
-        ({**PRETRAIN, "config": {"finetune": {"label_fraction": 10}}}, ["body", "config", "finetune"], "label_fraction must be in (0, 1]"),
-        ({**PRETRAIN, "config": {"distill": {"student_init": "copy"}}}, ["body", "config", "distill"], "student_init must be one of"),
+        (
+            {**PRETRAIN, "config": {"finetune": {"label_fraction": 10}}},
+            ["body", "config", "finetune"],
+            "label_fraction must be in (0, 1]",
+        ),
+        (
+            {**PRETRAIN, "config": {"distill": {"student_init": "copy"}}},
+            ["body", "config", "distill"],
+            "student_init must be one of",
+        ),
         ({"kind": "pretrain", "dataset": {"name": "synthetic"}}, ["body"], "needs method"),
         ({"kind": "eval"}, ["body"], "exactly one of checkpoint"),
         ({"kind": "eval", "checkpoint": 999999}, ["body", "checkpoint"], "no checkpoint"),
@@ -176,8 +213,12 @@ def _tokens_on_app(client, tokens):
 
 def test_owners_do_not_see_each_others_jobs(client, alice, bob):
     job = submit(client, alice).json()
-    for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/metrics",
-                 f"/v1/jobs/{job['id']}/logs"):
+    for path in (
+        f"/v1/jobs/{job['id']}",
+        f"/v1/jobs/{job['id']}/events",
+        f"/v1/jobs/{job['id']}/metrics",
+        f"/v1/jobs/{job['id']}/logs",
+    ):
         assert_problem(client.get(path, headers=bob), 404)
     assert_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob), 404)
     assert job["id"] not in {j["id"] for j in client.get("/v1/jobs?limit=200", headers=bob).json()["items"]}
@@ -192,7 +233,10 @@ def test_list_filters_and_pages(client, alice):
     rest = client.get(page["next"], headers=alice).json()
     assert ids[0] in [j["id"] for j in rest["items"]]
     assert all(j["status"] == "queued" for j in client.get("/v1/jobs?status=queued", headers=alice).json()["items"])
-    assert client.get("/v1/jobs?status=succeeded&kind=eval&method=byol", headers=alice).json() == {"items": [], "next": None}
+    assert client.get("/v1/jobs?status=succeeded&kind=eval&method=byol", headers=alice).json() == {
+        "items": [],
+        "next": None,
+    }
     assert_problem(client.get("/v1/jobs?status=done", headers=alice), 422)
 
 
@@ -240,7 +284,9 @@ def test_methods_and_datasets(client, alice):
     assert datasets["synthetic"]["needs_path"] is False and datasets["cifar10"]["needs_path"] is True
     # What recipe=auto picks on each data set, as a job on it resolves it.
     assert {name: d["recipe"] for name, d in datasets.items() if name in ("cifar10", "stl10")} == {
-        "cifar10": "small_images", "stl10": "paper"}
+        "cifar10": "small_images",
+        "stl10": "paper",
+    }
     assert submit(client, alice).json()["config"]["recipe"] == datasets["synthetic"]["recipe"] == "small_images"
 
 
@@ -260,8 +306,17 @@ def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parame
     assert protocols["attention"]["parameters_schema"]["properties"]["num_images"]["maximum"] == 32
 
 
-PROTOCOL_KEYS = {"name", "summary", "needs", "trains_encoder", "backbone", "accuracy", "extra", "parameters",
-                 "parameters_schema"}
+PROTOCOL_KEYS = {
+    "name",
+    "summary",
+    "needs",
+    "trains_encoder",
+    "backbone",
+    "accuracy",
+    "extra",
+    "parameters",
+    "parameters_schema",
+}
 
 
 def test_protocols_state_what_each_needs_and_returns(client, alice):
@@ -270,12 +325,24 @@ def test_protocols_state_what_each_needs_and_returns(client, alice):
     assert set(protocols) == {"knn", "linear", "finetune", "distill", "embedding", "attention"}
     assert all(set(p) == PROTOCOL_KEYS for p in protocols.values())
     facts = {name: (p["needs"], p["trains_encoder"], p["backbone"], p["accuracy"]) for name, p in protocols.items()}
-    assert facts == {"knn": ("features", False, "any", True), "linear": ("features", False, "any", True),
-                     "finetune": ("checkpoint", True, "any", True), "distill": ("checkpoint", True, "any", True),
-                     "embedding": ("features", False, "any", False), "attention": ("checkpoint", False, "vit", False)}
+    assert facts == {
+        "knn": ("features", False, "any", True),
+        "linear": ("features", False, "any", True),
+        "finetune": ("checkpoint", True, "any", True),
+        "distill": ("checkpoint", True, "any", True),
+        "embedding": ("features", False, "any", False),
+        "attention": ("checkpoint", False, "vit", False),
+    }
     assert set(protocols["embedding"]["extra"]) == {"reduction", "points", "classes", "random_init"}
-    assert set(protocols["attention"]["extra"]) == {"images", "maps", "heads", "patch", "classes", "labels",
-                                                    "random_init"}
+    assert set(protocols["attention"]["extra"]) == {
+        "images",
+        "maps",
+        "heads",
+        "patch",
+        "classes",
+        "labels",
+        "random_init",
+    }
     assert set(protocols["knn"]["extra"]) == {"random_init"}
     assert "teacher_top1" in protocols["distill"]["extra"]
     texts = [text for p in protocols.values() for text in [p["summary"], *p["extra"].values()]]
@@ -283,8 +350,9 @@ def test_protocols_state_what_each_needs_and_returns(client, alice):
 
 
 def test_a_protocol_registered_anywhere_is_listed_with_its_facts(client, alice, monkeypatch):
-    from cssl_core.evaluation import protocol as registry
     from test_protocols import define_centroid_protocol
+
+    from cssl_core.evaluation import protocol as registry
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     define_centroid_protocol()
@@ -293,7 +361,11 @@ def test_a_protocol_registered_anywhere_is_listed_with_its_facts(client, alice, 
     assert set(centroid) == PROTOCOL_KEYS
     assert centroid["summary"].startswith("nearest class centroid")
     assert (centroid["needs"], centroid["trains_encoder"], centroid["backbone"], centroid["accuracy"]) == (
-        "features", False, "any", True)
+        "features",
+        False,
+        "any",
+        True,
+    )
     assert set(centroid["extra"]) == {"centroid_norm", "random_init"}
     assert centroid["parameters"] == {"metric": "cosine", "shrink": 0.0}
     assert centroid["parameters_schema"]["properties"]["shrink"]["maximum"] == 1
@@ -303,10 +375,21 @@ def test_a_protocol_registered_anywhere_is_listed_with_its_facts(client, alice, 
 
 def test_openapi_is_versioned_and_has_examples(client):
     spec = client.get("/openapi.json").json()
-    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events",
-            "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/logs", "/v1/checkpoints",
-            "/v1/checkpoints/{checkpoint_id}/download", "/v1/evaluations", "/v1/methods", "/v1/datasets",
-            "/healthz", "/readyz"} <= set(spec["paths"])
+    assert {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/metrics",
+        "/v1/jobs/{job_id}/logs",
+        "/v1/checkpoints",
+        "/v1/checkpoints/{checkpoint_id}/download",
+        "/v1/evaluations",
+        "/v1/methods",
+        "/v1/datasets",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
     post = spec["paths"]["/v1/jobs"]["post"]
     assert post["requestBody"]["content"]["application/json"]["examples"]["pretrain"]["value"]["method"] == "simclr"
     assert "422" in post["responses"] and "HTTPBearer" in spec["components"]["securitySchemes"]

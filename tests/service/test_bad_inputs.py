@@ -37,14 +37,17 @@ def test_a_deeply_nested_config_is_a_422(client, alice):
     assert response.status_code == 422, response.text
 
 
-@pytest.mark.parametrize("config, field", [
-    (b'{"epochs": 1000000000000000000000000000000}', "epochs must be in [1, 100000]"),
-    (b'{"batch_size": 100000000}', "batch_size must be in [2, 65536]"),
-    (b'{"temperature": -1}', "temperature must be greater than 0"),
-    (b'{"temperature": NaN}', "temperature must be a finite number"),
-    (b'{"base_lr": 1e999}', "base_lr"),
-    (b'{"t\xc3\xa9mperature": 0.5}', "did you mean temperature"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        (b'{"epochs": 1000000000000000000000000000000}', "epochs must be in [1, 100000]"),
+        (b'{"batch_size": 100000000}', "batch_size must be in [2, 65536]"),
+        (b'{"temperature": -1}', "temperature must be greater than 0"),
+        (b'{"temperature": NaN}', "temperature must be a finite number"),
+        (b'{"base_lr": 1e999}', "base_lr"),
+        (b'{"t\xc3\xa9mperature": 0.5}', "did you mean temperature"),
+    ],
+)
 def test_numbers_out_of_range_name_the_key(client, alice, config, field):
     response = client.post("/v1/jobs", content=JOB % config, headers=alice)
     assert response.status_code == 422 and field in response.json()["detail"], response.text
@@ -52,7 +55,7 @@ def test_numbers_out_of_range_name_the_key(client, alice, config, field):
 
 def test_a_protocol_named_twice_is_a_422(client, alice):
     body = JOB % b"{}"
-    body = body[:-1] + b',"evaluate":' + b'["knn"]' .replace(b'"knn"', b'"knn",' * 9999 + b'"knn"') + b"}"
+    body = body[:-1] + b',"evaluate":' + b'["knn"]'.replace(b'"knn"', b'"knn",' * 9999 + b'"knn"') + b"}"
     response = client.post("/v1/jobs", content=body, headers=alice)
     assert response.status_code == 422 and "evaluate" in response.json()["detail"]
 

@@ -3,9 +3,9 @@ Playwright) against a real API server and Celery worker: sign in with a token; s
 from the form and watch its loss chart gain points; an API validation error beside its field;
 cancel a second job from its row; download a checkpoint; an embedding plot; a ViT's attention maps;
 compare; the leaderboard and the protocols it offers; an API error shown where its answer would go;
-the submit form's recipe hint; run again with changes; the banner of a service without authentication; and axe-core (vendored) finds no
-serious or critical accessibility violation on the main pages. Screenshots go to each test's
-tmp_path.
+the submit form's recipe hint; run again with changes; the banner of a service without authentication;
+and axe-core (vendored) finds no serious or critical accessibility violation on the main pages.
+Screenshots go to each test's tmp_path.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def test_sign_in_with_a_token(server, browser, owner_token, tmp_path):
     context.close()
 
 
-def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grows(server, worker, page, owner_token, shared, tmp_path):
+def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grows(
+    server, worker, page, owner_token, shared, tmp_path
+):
     page.goto(f"{server}/ui/submit")
     page.locator("#submit-form").wait_for()
     page.select_option("#f-method", "simclr")
@@ -144,7 +146,7 @@ def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grow
             break
         page.wait_for_timeout(50)
     assert sizes[-1] == STEPS, sizes
-    assert len([s for s in sizes if 0 < s]) >= 2, f"the chart went straight to its last size: {sizes}"
+    assert len([s for s in sizes if s > 0]) >= 2, f"the chart went straight to its last size: {sizes}"
     page.locator("h1 .status-succeeded").wait_for(timeout=60_000)
     page.locator("#evaluations").get_by_text("knn").wait_for()
     page.locator("#checkpoints").wait_for()
@@ -161,8 +163,13 @@ def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grow
 def trained(server, worker, owner_token, shared) -> str:
     """The job the form submitted, or (when that test did not run) one submitted here."""
     if "job" not in shared:
-        body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"},
-                "config": {**TINY, "epochs": 3}, "evaluate": ["knn"]}
+        body = {
+            "kind": "pretrain",
+            "method": "simclr",
+            "dataset": {"name": "synthetic"},
+            "config": {**TINY, "epochs": 3},
+            "evaluate": ["knn"],
+        }
         shared["job"] = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
     read_events(server, f"/v1/jobs/{shared['job']}/events", auth(owner_token), timeout=180)
     return shared["job"]
@@ -175,8 +182,10 @@ def test_download_a_checkpoint(server, page, trained, tmp_path):
     assert int(page.locator("#chart-loss").get_attribute("data-points")) == STEPS
     page.locator("#checkpoints tbody tr").first.wait_for()
     [checkpoint_id] = page.locator("#checkpoints tbody tr td:first-child").all_inner_texts()
-    for name, check in [(f"Full checkpoint {checkpoint_id}", lambda state: state["config"]["method"] == "simclr"),
-                        (f"torchvision backbone of checkpoint {checkpoint_id}", lambda state: "optimizer" not in state)]:
+    for name, check in [
+        (f"Full checkpoint {checkpoint_id}", lambda state: state["config"]["method"] == "simclr"),
+        (f"torchvision backbone of checkpoint {checkpoint_id}", lambda state: "optimizer" not in state),
+    ]:
         with page.expect_download() as download:
             page.get_by_role("button", name=name).click()
         path = tmp_path / download.value.suggested_filename
@@ -205,8 +214,17 @@ def test_an_embedding_of_a_checkpoint_is_computed_and_plotted(server, page, trai
 
 def test_attention_maps_of_a_vit_checkpoint_are_computed_and_drawn(server, worker, page, owner_token, tmp_path):
     # One epoch of 20 images in batches of 10: two steps of a tiny DINO ViT.
-    config = {"backbone": "vit_tiny", "epochs": 1, "batch_size": 10, "subset": 20, "precision": "fp32",
-              "out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32, "local_crops": 2}
+    config = {
+        "backbone": "vit_tiny",
+        "epochs": 1,
+        "batch_size": 10,
+        "subset": 20,
+        "precision": "fp32",
+        "out_dim": 256,
+        "hidden_dim": 64,
+        "bottleneck_dim": 32,
+        "local_crops": 2,
+    }
     body = {"kind": "pretrain", "method": "dino", "dataset": {"name": "synthetic"}, "config": config, "evaluate": []}
     job = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
     read_events(server, f"/v1/jobs/{job}/events", auth(owner_token), timeout=180)
@@ -224,8 +242,13 @@ def test_attention_maps_of_a_vit_checkpoint_are_computed_and_drawn(server, worke
 
 
 def test_cancel_a_second_job_from_its_row(server, worker, page, trained, owner_token, shared, tmp_path):
-    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"},
-            "config": {**TINY, "epochs": 500}, "evaluate": []}
+    body = {
+        "kind": "pretrain",
+        "method": "simclr",
+        "dataset": {"name": "synthetic"},
+        "config": {**TINY, "epochs": 500},
+        "evaluate": [],
+    }
     job_id = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
     shared["second"] = job_id
     page.goto(f"{server}/ui/")
@@ -319,14 +342,20 @@ def test_run_again_with_changes_prefills_the_form(server, page, trained):
     assert page.locator("#f-method").input_value() == "simclr"
     assert page.locator("#f-dataset").input_value() == "builtin:synthetic"
     assert {key: page.get_by_label(key, exact=True).input_value() for key in FORM_CONFIG} == FORM_CONFIG
-    assert page.get_by_label("knn", exact=True).is_checked() and not page.get_by_label("linear", exact=True).is_checked()
+    assert (
+        page.get_by_label("knn", exact=True).is_checked() and not page.get_by_label("linear", exact=True).is_checked()
+    )
 
 
 def test_no_serious_accessibility_violations(server, browser, page, trained, tmp_path):
     # Each page, once what it loads is on it.
-    pages = {"jobs": ("/ui/", "#jobs-table tbody tr"), "run": (f"/ui/jobs/{trained}", "#checkpoints"),
-             "submit": ("/ui/submit", "#c-temperature"), "compare": (f"/ui/compare?jobs={trained}", "#compare-runs"),
-             "leaderboard": ("/ui/leaderboard", "#leaderboard > *")}
+    pages = {
+        "jobs": ("/ui/", "#jobs-table tbody tr"),
+        "run": (f"/ui/jobs/{trained}", "#checkpoints"),
+        "submit": ("/ui/submit", "#c-temperature"),
+        "compare": (f"/ui/compare?jobs={trained}", "#compare-runs"),
+        "leaderboard": ("/ui/leaderboard", "#leaderboard > *"),
+    }
     found = {}
     for name, (path, loaded) in pages.items():
         page.goto(server + path)
@@ -337,14 +366,17 @@ def test_no_serious_accessibility_violations(server, browser, page, trained, tmp
     sign_in.get_by_label("API token").wait_for()
     found["sign in"] = axe_violations(sign_in)
     sign_in.close()
-    serious = {name: [v for v in violations if v["impact"] in ("serious", "critical")] for name, violations in found.items()}
+    serious = {
+        name: [v for v in violations if v["impact"] in ("serious", "critical")] for name, violations in found.items()
+    }
     assert not any(serious.values()), serious
 
 
 def axe_violations(page) -> list[dict]:
     page.add_script_tag(url=AXE)  # from /ui itself, as the page's Content-Security-Policy allows
     return page.evaluate("""async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
-        .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))""")
+        .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                    nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))""")
 
 
 def test_without_authentication_a_banner_says_so_and_no_token_is_asked(service_env, browser, tmp_path):
@@ -355,8 +387,14 @@ def test_without_authentication_a_banner_says_so_and_no_token_is_asked(service_e
     database = f"sqlite:///{state}/cssl.db"
     state.mkdir()
     migrate.upgrade(database)
-    env = {**service_env, "CSSL_STATE_DIR": str(state), "CSSL_DATABASE_URL": database,
-           "CSSL_BROKER_URL": "filesystem://", "CSSL_AUTH_DISABLED": "1", "CSSL_DATA_ROOTS": str(state / "data")}
+    env = {
+        **service_env,
+        "CSSL_STATE_DIR": str(state),
+        "CSSL_DATABASE_URL": database,
+        "CSSL_BROKER_URL": "filesystem://",
+        "CSSL_AUTH_DISABLED": "1",
+        "CSSL_DATA_ROOTS": str(state / "data"),
+    }
     process, base = start_api(env, tmp_path / "api.log")
     try:
         page = browser.new_page()

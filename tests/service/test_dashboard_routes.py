@@ -21,8 +21,19 @@ SPIKE, DIP = 2345, 3777
 
 def add_job(settings, owner: str = "alice", **fields) -> str:
     with session_scope(settings.database_url) as session:
-        job = Job(owner=owner, **{"kind": "pretrain", "method": "simclr", "dataset": "synthetic", "config": {},
-                                  "evaluate": [], "status": "succeeded", "started_at": utcnow(), **fields})
+        job = Job(
+            owner=owner,
+            **{
+                "kind": "pretrain",
+                "method": "simclr",
+                "dataset": "synthetic",
+                "config": {},
+                "evaluate": [],
+                "status": "succeeded",
+                "started_at": utcnow(),
+                **fields,
+            },
+        )
         session.add(job)
         session.flush()
         return job.id
@@ -32,10 +43,19 @@ def add_points(settings, job_id: str, values: list[dict], seconds_per_step: floa
     """Steps 1..n with ``values[i]`` at step i + 1, each written ``seconds_per_step`` after the one before."""
     with session_scope(settings.database_url) as session:
         started = session.get(Job, job_id).started_at
-        session.execute(insert(MetricPoint), [
-            {"job_id": job_id, "step": i + 1, "epoch": i // 1000, "values": v,
-             "created_at": started + timedelta(seconds=seconds_per_step * (i + 1))}
-            for i, v in enumerate(values)])
+        session.execute(
+            insert(MetricPoint),
+            [
+                {
+                    "job_id": job_id,
+                    "step": i + 1,
+                    "epoch": i // 1000,
+                    "values": v,
+                    "created_at": started + timedelta(seconds=seconds_per_step * (i + 1)),
+                }
+                for i, v in enumerate(values)
+            ],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +65,27 @@ def long_run(settings) -> str:
     rng = np.random.default_rng(0)
     loss = 3 * np.exp(-np.arange(STEPS) / 2000) + rng.random(STEPS) * 0.05
     loss[SPIKE - 1], loss[DIP - 1] = 100.0, -50.0
-    values = [{"loss": float(loss[i]), "lr": 0.1, **({"even": float(rng.random())} if (i + 1) % 2 == 0 else {})}
-              for i in range(STEPS)]
+    values = [
+        {"loss": float(loss[i]), "lr": 0.1, **({"even": float(rng.random())} if (i + 1) % 2 == 0 else {})}
+        for i in range(STEPS)
+    ]
     job_id = add_job(settings)
     add_points(settings, job_id, values)
     with session_scope(settings.database_url) as session:
         for epoch in range(1, 61):  # periodic kNN, more evaluations than the points asked for
-            records.record_evaluation(session, job_id, None, {"protocol": "knn", "top1": float(epoch), "epoch": epoch,
-                                                              "dataset": "synthetic", "num_train": 1, "num_test": 1})
+            records.record_evaluation(
+                session,
+                job_id,
+                None,
+                {
+                    "protocol": "knn",
+                    "top1": float(epoch),
+                    "epoch": epoch,
+                    "dataset": "synthetic",
+                    "num_train": 1,
+                    "num_test": 1,
+                },
+            )
     return job_id
 
 
@@ -122,7 +155,8 @@ def test_a_job_not_yet_started_has_no_times(client, alice, settings):
     with session_scope(settings.database_url) as session:
         session.execute(insert(MetricPoint), [{"job_id": job_id, "step": 1, "epoch": 0, "values": {"loss": 1.0}}])
     assert client.get(f"/v1/jobs/{job_id}/metrics", headers=alice).json()["series"]["loss"] == [
-        {"step": 1, "epoch": 0, "value": 1.0, "time": None}]
+        {"step": 1, "epoch": 0, "value": 1.0, "time": None}
+    ]
 
 
 @pytest.mark.skipif(EMBEDDED, reason="the binary read is Postgres's; the embedded backend reads the other way")
@@ -145,23 +179,62 @@ def test_both_ways_of_reading_the_columns_agree(settings, long_run):
 
 def add_checkpoint(settings, job_id: str, *, final: bool = True, epoch: int = 10) -> int:
     with session_scope(settings.database_url) as session:
-        return records.record_checkpoint(session, job_id, f"jobs/{job_id}/epoch{epoch}-{final}.pt", epoch=epoch,
-                                         step=epoch * 10, final=final, size_bytes=1).id
+        return records.record_checkpoint(
+            session,
+            job_id,
+            f"jobs/{job_id}/epoch{epoch}-{final}.pt",
+            epoch=epoch,
+            step=epoch * 10,
+            final=final,
+            size_bytes=1,
+        ).id
 
 
-def add_evaluation(settings, job_id: str, checkpoint_id: int | None, protocol: str, top1: float | None,
-                   dataset: str = "synthetic", top5: float | None = None) -> int:
+def add_evaluation(
+    settings,
+    job_id: str,
+    checkpoint_id: int | None,
+    protocol: str,
+    top1: float | None,
+    dataset: str = "synthetic",
+    top5: float | None = None,
+) -> int:
     with session_scope(settings.database_url) as session:
-        return records.record_evaluation(session, job_id, checkpoint_id, {
-            "protocol": protocol, "top1": top1, "top5": top5, "epoch": 10, "dataset": dataset, "num_train": 1,
-            "num_test": 1}).id
+        return records.record_evaluation(
+            session,
+            job_id,
+            checkpoint_id,
+            {
+                "protocol": protocol,
+                "top1": top1,
+                "top5": top5,
+                "epoch": 10,
+                "dataset": dataset,
+                "num_train": 1,
+                "num_test": 1,
+            },
+        ).id
 
 
-def pretrained(settings, owner: str, method: str, *, status: str = "succeeded", backbone: str = "small",
-               batch_size: int = 256, seconds: float = 100.0) -> tuple[str, int]:
+def pretrained(
+    settings,
+    owner: str,
+    method: str,
+    *,
+    status: str = "succeeded",
+    backbone: str = "small",
+    batch_size: int = 256,
+    seconds: float = 100.0,
+) -> tuple[str, int]:
     """A pretrain job and its final checkpoint."""
-    job_id = add_job(settings, owner, method=method, status=status, config={"backbone": backbone, "batch_size": batch_size},
-                     result={"train_seconds": seconds, "images_per_second": 10 * seconds, "epochs_completed": seconds / 10})
+    job_id = add_job(
+        settings,
+        owner,
+        method=method,
+        status=status,
+        config={"backbone": backbone, "batch_size": batch_size},
+        result={"train_seconds": seconds, "images_per_second": 10 * seconds, "epochs_completed": seconds / 10},
+    )
     return job_id, add_checkpoint(settings, job_id)
 
 
@@ -189,8 +262,9 @@ def leaderboard_owner(settings) -> tuple[dict, dict]:
     later, _ = pretrained(settings, owner, "simclr")
     add_evaluation(settings, later, _, "knn", 55.0)  # a tie: the earlier evaluation stays first
     # An eval job on a's final checkpoint: its result counts for a.
-    a_linear = add_evaluation(settings, add_job(settings, owner, kind="eval", source_checkpoint_id=a_final), a_final,
-                              "linear", 65.0)
+    a_linear = add_evaluation(
+        settings, add_job(settings, owner, kind="eval", source_checkpoint_id=a_final), a_final, "linear", 65.0
+    )
     c_knn = add_evaluation(settings, c, c_final, "knn", 40.0)
     c_cifar = add_evaluation(settings, c, c_final, "knn", 30.0, dataset="cifar10")
     failed, failed_final = pretrained(settings, owner, "simclr", status="failed")
@@ -213,22 +287,42 @@ def test_the_leaderboard_has_each_methods_best_final_result(client, leaderboard_
     for row in rows:
         job_id, checkpoint_id, evaluation_id, top1 = expected[row["dataset"], row["protocol"], row["method"]]
         assert (row["job_id"], row["checkpoint_id"], row["evaluation_id"], row["top1"]) == (
-            job_id, checkpoint_id, evaluation_id, top1)
+            job_id,
+            checkpoint_id,
+            evaluation_id,
+            top1,
+        )
     b = rows[1]
-    assert b == {"method": "simclr", "dataset": "synthetic", "protocol": "knn", "backbone": "small", "top1": 55.0,
-                 "top5": 90.0, "job_id": b["job_id"], "checkpoint_id": b["checkpoint_id"],
-                 "evaluation_id": b["evaluation_id"], "train_seconds": 200.0, "images_per_second": 2000.0,
-                 "epochs": 20.0, "batch_size": 512}
+    assert b == {
+        "method": "simclr",
+        "dataset": "synthetic",
+        "protocol": "knn",
+        "backbone": "small",
+        "top1": 55.0,
+        "top5": 90.0,
+        "job_id": b["job_id"],
+        "checkpoint_id": b["checkpoint_id"],
+        "evaluation_id": b["evaluation_id"],
+        "train_seconds": 200.0,
+        "images_per_second": 2000.0,
+        "epochs": 20.0,
+        "batch_size": 512,
+    }
 
 
-@pytest.mark.parametrize("params, keys", [
-    ({"dataset": "synthetic"}, [("synthetic", "knn", "simclr"), ("synthetic", "knn", "byol"),
-                                ("synthetic", "linear", "simclr")]),
-    ({"protocol": "linear"}, [("synthetic", "linear", "simclr")]),
-    ({"backbone": "resnet18"}, [("cifar10", "knn", "byol"), ("synthetic", "knn", "byol")]),
-    ({"backbone": "small", "protocol": "knn", "dataset": "synthetic"}, [("synthetic", "knn", "simclr")]),
-    ({"dataset": "stl10"}, []),
-])
+@pytest.mark.parametrize(
+    "params, keys",
+    [
+        (
+            {"dataset": "synthetic"},
+            [("synthetic", "knn", "simclr"), ("synthetic", "knn", "byol"), ("synthetic", "linear", "simclr")],
+        ),
+        ({"protocol": "linear"}, [("synthetic", "linear", "simclr")]),
+        ({"backbone": "resnet18"}, [("cifar10", "knn", "byol"), ("synthetic", "knn", "byol")]),
+        ({"backbone": "small", "protocol": "knn", "dataset": "synthetic"}, [("synthetic", "knn", "simclr")]),
+        ({"dataset": "stl10"}, []),
+    ],
+)
 def test_the_leaderboard_filters(client, leaderboard_owner, params, keys):
     headers, _ = leaderboard_owner
     rows = client.get("/v1/leaderboard", params=params, headers=headers).json()
@@ -251,22 +345,35 @@ def test_embeddings_through_the_worker(server, worker, tokens, alice):
         assert response.status_code == 200, response.text
         return response.json()
 
-    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "evaluate": ["knn", "embedding"],
-            "config": {**TINY, "embedding": {"max_points": 50}}}
+    body = {
+        "kind": "pretrain",
+        "method": "simclr",
+        "dataset": {"name": "synthetic"},
+        "evaluate": ["knn", "embedding"],
+        "config": {**TINY, "embedding": {"max_points": 50}},
+    }
     job = httpx.post(f"{server}/v1/jobs", json=body, headers=alice).json()
     events = read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=240)
     assert events[-2]["data"].get("status") == "succeeded", events[-3:]
-    assert [e["data"]["top1"] for e in events if e["event"] == "evaluation" and e["data"]["protocol"] == "embedding"] == [None]
+    assert [
+        e["data"]["top1"] for e in events if e["event"] == "evaluation" and e["data"]["protocol"] == "embedding"
+    ] == [None]
     done = get(f"/v1/jobs/{job['id']}")
     assert "knn_top1" in done["latest_metrics"] and "embedding_top1" not in done["latest_metrics"]
 
     results = {e["protocol"]: e for e in get("/v1/evaluations", job=job["id"])}
     embedding = results["embedding"]
-    assert embedding["top1"] is None and embedding["top5"] is None and embedding["checkpoint_id"] == results["knn"]["checkpoint_id"]
+    assert (
+        embedding["top1"] is None
+        and embedding["top5"] is None
+        and embedding["checkpoint_id"] == results["knn"]["checkpoint_id"]
+    )
     assert embedding["num_test"] == 50 and embedding["parameters"]["max_points"] == 50
     extra = embedding["extra"]
     assert extra["reduction"] == "pca" and extra["classes"][0] == "disk" and len(extra["classes"]) == 10
-    assert len(extra["points"]) == 50 and all(0 <= label < 10 and isinstance(x, float) for x, _, label in extra["points"])
+    assert len(extra["points"]) == 50 and all(
+        0 <= label < 10 and isinstance(x, float) for x, _, label in extra["points"]
+    )
     assert get(f"/v1/evaluations/{embedding['id']}") == embedding
     missing = httpx.get(f"{server}/v1/evaluations/{embedding['id']}", headers=auth(tokens["bob"]))
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
@@ -274,9 +381,16 @@ def test_embeddings_through_the_worker(server, worker, tokens, alice):
     assert all(row["protocol"] != "embedding" for row in get("/v1/leaderboard"))
 
     # As an eval job of its own, with t-SNE.
-    again = httpx.post(f"{server}/v1/jobs", headers=alice, json={
-        "kind": "eval", "job": job["id"], "evaluate": ["embedding"],
-        "config": {"embedding": {"method": "tsne", "max_points": 40, "perplexity": 5, "seed": 1}}}).json()
+    again = httpx.post(
+        f"{server}/v1/jobs",
+        headers=alice,
+        json={
+            "kind": "eval",
+            "job": job["id"],
+            "evaluate": ["embedding"],
+            "config": {"embedding": {"method": "tsne", "max_points": 40, "perplexity": 5, "seed": 1}},
+        },
+    ).json()
     read_events(server, f"/v1/jobs/{again['id']}/events", alice, timeout=240)
     assert get(f"/v1/jobs/{again['id']}")["status"] == "succeeded"
     [tsne] = get("/v1/evaluations", job=again["id"])

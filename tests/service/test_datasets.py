@@ -110,8 +110,12 @@ def image_archive(files: dict[str, bytes] | None = None) -> bytes:
 
 
 def upload(client, headers, body, name: str = "pets"):
-    return client.post("/v1/datasets/uploads", params={"name": name}, content=body,
-                       headers={**headers, "Content-Type": "application/gzip"})
+    return client.post(
+        "/v1/datasets/uploads",
+        params={"name": name},
+        content=body,
+        headers={**headers, "Content-Type": "application/gzip"},
+    )
 
 
 def settled(client, headers, response, timeout: float = 60) -> dict:
@@ -159,11 +163,21 @@ def test_paths_outside_the_data_roots_are_all_refused_with_the_same_words(client
     link_out = DATA_ROOT / f"link-out-{uuid.uuid4().hex[:6]}"
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     link_out.symlink_to(outside, target_is_directory=True)
-    refused = ["/etc", "../../../../etc", str(outside), str(tmp_path / "missing"), link_out.name, "not-there",
-               "uploads", "."]
+    refused = [
+        "/etc",
+        "../../../../etc",
+        str(outside),
+        str(tmp_path / "missing"),
+        link_out.name,
+        "not-there",
+        "uploads",
+        ".",
+    ]
     details = set()
     for path in refused:
-        problem = assert_problem(client.post("/v1/jobs", json=job({"name": "imagefolder", "path": path}), headers=alice), 422)
+        problem = assert_problem(
+            client.post("/v1/jobs", json=job({"name": "imagefolder", "path": path}), headers=alice), 422
+        )
         assert [e["loc"] for e in problem["errors"]] == [["body", "dataset", "path"]], (path, problem)
         details.add(problem["detail"])
     # Whether the path exists, is a folder of the server's or a link out of a root: one message,
@@ -185,8 +199,9 @@ def test_a_path_inside_a_root_is_accepted(client, alice):
         assert response.json()["config"]["data"] == path
     # Inside a root, but not laid out as the data set needs: that may be said.
     (DATA_ROOT / f"{folder}-empty").mkdir()
-    problem = assert_problem(client.post("/v1/jobs", json=job({"name": "imagefolder", "path": f"{folder}-empty"}),
-                                         headers=alice), 422)
+    problem = assert_problem(
+        client.post("/v1/jobs", json=job({"name": "imagefolder", "path": f"{folder}-empty"}), headers=alice), 422
+    )
     assert "not laid out as imagefolder needs" in problem["detail"]
 
 
@@ -212,11 +227,17 @@ def test_upload_an_image_folder_and_name_it_in_a_job(client, alice, settings):
 
     submitted = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice)
     assert submitted.status_code == 202, submitted.text
-    assert submitted.json()["dataset"] == {"name": "imagefolder", "path": f"uploads/{dataset['id']}", "upload": dataset["id"]}
+    assert submitted.json()["dataset"] == {
+        "name": "imagefolder",
+        "path": f"uploads/{dataset['id']}",
+        "upload": dataset["id"],
+    }
     both = job({"name": "imagefolder", "upload": dataset["id"], "path": "mine"})
     assert "not both" in assert_problem(client.post("/v1/jobs", json=both, headers=alice), 422)["detail"]
     # The uploads folder is reached by id only, even by the uploader.
-    by_path = client.post("/v1/jobs", json=job({"name": "imagefolder", "path": f"uploads/{dataset['id']}"}), headers=alice)
+    by_path = client.post(
+        "/v1/jobs", json=job({"name": "imagefolder", "path": f"uploads/{dataset['id']}"}), headers=alice
+    )
     assert assert_problem(by_path, 422)["errors"][0]["loc"] == ["body", "dataset", "path"]
 
 
@@ -234,8 +255,10 @@ BAD_ARCHIVES = {
     "dot-dot": (tar_gz([*GOOD, member("train/../../escaped.png", png(1))]), "'..'"),
     "absolute": (tar_gz([*GOOD, member(ABSOLUTE, png(1))]), "absolute path"),
     "symlink": (tar_gz([*GOOD, member("train/cat/link.png", kind=tarfile.SYMTYPE, linkname="0.png")]), "is a link"),
-    "hard-link": (tar_gz([*GOOD, member("train/cat/hard.png", kind=tarfile.LNKTYPE, linkname="train/cat/0.png")]),
-                  "is a link"),
+    "hard-link": (
+        tar_gz([*GOOD, member("train/cat/hard.png", kind=tarfile.LNKTYPE, linkname="train/cat/0.png")]),
+        "is a link",
+    ),
     "device": (tar_gz([*GOOD, member("train/cat/null", kind=tarfile.CHRTYPE)]), "device"),
     "corrupt-gzip": (corrupt(tar_gz(GOOD)), "not a readable .tar.gz"),
     "cut-short": (tar_gz(GOOD)[: len(tar_gz(GOOD)) * 2 // 3], "not a readable .tar.gz"),
@@ -292,11 +315,12 @@ def test_archives_over_the_limits_get_413_and_leave_nothing(settings, alice):
 
         async def chunks():
             for start in range(0, len(body), 1024):
-                yield body[start:start + 1024]
+                yield body[start : start + 1024]
 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
-            return await http.post("/v1/datasets/uploads", params={"name": "too-big-streamed"}, content=chunks(),
-                                   headers=alice)
+            return await http.post(
+                "/v1/datasets/uploads", params={"name": "too-big-streamed"}, content=chunks(), headers=alice
+            )
 
     assert "4,096 bytes" in assert_problem(asyncio.run(streamed()), 413)["detail"]
     assert everything_under(settings.uploads_folder) == before
@@ -310,10 +334,14 @@ def test_another_owner_can_neither_see_delete_nor_use_an_upload(client, alice, b
     assert_problem(client.get(path, headers=bob), 404)
     assert_problem(client.delete(path, headers=bob), 404)
     assert client.get("/v1/datasets/uploads", headers=bob).json() == []
-    problem = assert_problem(client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=bob), 422)
+    problem = assert_problem(
+        client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=bob), 422
+    )
     assert problem["errors"][0]["loc"] == ["body", "dataset", "upload"] and "no upload" in problem["detail"]
     # Nor by the path it lies at: refused in the same words as any other.
-    by_path = client.post("/v1/jobs", json=job({"name": "imagefolder", "path": f"uploads/{dataset['id']}"}), headers=bob)
+    by_path = client.post(
+        "/v1/jobs", json=job({"name": "imagefolder", "path": f"uploads/{dataset['id']}"}), headers=bob
+    )
     elsewhere = client.post("/v1/jobs", json=job({"name": "imagefolder", "path": "/etc"}), headers=bob)
     assert assert_problem(by_path, 422)["detail"] == assert_problem(elsewhere, 422)["detail"]
     # Still alice's, whole.
@@ -361,8 +389,10 @@ def test_the_worker_checks_the_path_again_when_the_job_runs(client, alice, setti
         assert str(outside) not in text and str(tmp_path) not in text and str(DATA_ROOT) not in text
 
 
-@pytest.mark.parametrize("stored", ["uploads/{id}/.", "uploads/{id}/train/..", "./uploads/{id}",
-                                    "uploads/../uploads/{id}", "uploads/.incoming"])
+@pytest.mark.parametrize(
+    "stored",
+    ["uploads/{id}/.", "uploads/{id}/train/..", "./uploads/{id}", "uploads/../uploads/{id}", "uploads/.incoming"],
+)
 def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, stored):
     """A job's stored data path is ``uploads/<id>`` exactly, or it reaches no upload: the worker
     does not follow any other path into the uploads folder (a row written by something else)."""
@@ -376,8 +406,7 @@ def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, s
     queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
     assert queued["dataset"]["path"] == f"uploads/{dataset['id']}"
     with session_scope(settings.database_url) as session:
-        session.execute(update(Job).where(Job.id == queued["id"])
-                        .values(dataset_path=stored.format(id=dataset["id"])))
+        session.execute(update(Job).where(Job.id == queued["id"]).values(dataset_path=stored.format(id=dataset["id"])))
     assert runner.run_job(settings, queued["id"], "w-check") == "failed"
     failed = client.get(f"/v1/jobs/{queued['id']}", headers=alice).json()
     assert "no longer readable" in failed["error"] and failed["result"] is None
@@ -392,9 +421,11 @@ def test_a_data_set_over_the_decoded_bytes_limit_fails_the_job_before_decoding(c
     assert runner.run_job(settings.with_(max_decoded_bytes=196_607), queued["id"], "w-check") == "failed"
     failed = client.get(f"/v1/jobs/{queued['id']}", headers=alice).json()
     assert failed["result"] is None and failed["progress"] is None
-    assert failed["error"].endswith(": 16 images of 64x64 take 196,608 bytes decoded in memory, more than the 196,607 "
-                                    "bytes allowed (CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, "
-                                    "or raise CSSL_MAX_DECODED_BYTES"), failed["error"]
+    assert failed["error"].endswith(
+        ": 16 images of 64x64 take 196,608 bytes decoded in memory, more than the 196,607 "
+        "bytes allowed (CSSL_MAX_DECODED_BYTES); use fewer images or a smaller image size, "
+        "or raise CSSL_MAX_DECODED_BYTES"
+    ), failed["error"]
 
 
 def test_a_link_inside_a_data_set_to_a_file_outside_the_roots_is_not_read(server, worker, alice, tmp_path):
@@ -408,8 +439,10 @@ def test_a_link_inside_a_data_set_to_a_file_outside_the_roots_is_not_read(server
     read_events(server, f"/v1/jobs/{job_id}/events", alice, timeout=240)
     done = httpx.get(f"{server}/v1/jobs/{job_id}", headers=alice).json()
     assert done["status"] == "failed" and done["result"] is None
-    assert done["error"] == (f"{tree}/test/cat/9.png is a link; links inside an image folder are not followed: "
-                             "put the files themselves in the folder")
+    assert done["error"] == (
+        f"{tree}/test/cat/9.png is a link; links inside an image folder are not followed: "
+        "put the files themselves in the folder"
+    )
 
 
 def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
@@ -419,7 +452,11 @@ def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
         upload_id = settled(http, alice, response)["id"]
     submitted = httpx.post(
         f"{server}/v1/jobs",
-        json={**job({"name": "imagefolder", "upload": upload_id}), "evaluate": ["knn"], "config": {**FEW_STEPS, "knn": {"k": 3}}},
+        json={
+            **job({"name": "imagefolder", "upload": upload_id}),
+            "evaluate": ["knn"],
+            "config": {**FEW_STEPS, "knn": {"k": 3}},
+        },
         headers=alice,
     )
     assert submitted.status_code == 202, submitted.text
@@ -522,8 +559,10 @@ def test_an_owner_quota_counts_unpacked_uploads(app_with, settings):
 
     client = app_with(upload_quota_bytes=used + 20_000)
     noise = tar_gz([member("train/a/x.bin", random.Random(2).randbytes(30_000))])
-    for problem in (assert_problem(upload(client, headers, noise, name="over"), 413),
-                    assert_problem(streamed_upload(client.app, headers, noise, name="over"), 413)):
+    for problem in (
+        assert_problem(upload(client, headers, noise, name="over"), 413),
+        assert_problem(streamed_upload(client.app, headers, noise, name="over"), 413),
+    ):
         assert f"quota of {used + 20_000:,} bytes" in problem["detail"] and f"{used:,} are in use" in problem["detail"]
     # Small as sent, over the quota once inflated: the unpacking stops there.
     zeros = tar_gz([member("train/a/zeros.bin", bytes(65_536))])
@@ -539,7 +578,7 @@ def streamed_upload(app, headers, body: bytes, name: str) -> httpx.Response:
 
     async def chunks():
         for start in range(0, len(body), 1024):
-            yield body[start:start + 1024]
+            yield body[start : start + 1024]
 
     async def post() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http:
@@ -555,8 +594,9 @@ def insert_upload(settings, owner: str, status: str, heartbeat_age: float = 0.0,
 
     upload_id = datasets.new_dataset_id()
     with session_scope(settings.database_url) as session:
-        dataset = datasets.create_dataset(session, id=upload_id, owner=owner, name=status, sha256="0" * 64,
-                                          size_bytes=100, status=status)
+        dataset = datasets.create_dataset(
+            session, id=upload_id, owner=owner, name=status, sha256="0" * 64, size_bytes=100, status=status
+        )
         dataset.error = error
         if status == "unpacking":
             dataset.heartbeat_at = utcnow() - timedelta(seconds=heartbeat_age)
@@ -599,8 +639,11 @@ def test_a_start_fails_lost_unpackings_and_sweeps_what_crashes_left(app_with, se
     # Still unpacking elsewhere: its staging folder is old, its heartbeat fresh.
     alive = insert_upload(settings, owner, "unpacking")
     alive_staging = left(alive, old=True, folder=True)
-    stale = [left(f"{uuid.uuid4().hex}.tar.gz", old=True), left(uuid.uuid4().hex, old=True, folder=True),
-             left(f"{uuid.uuid4().hex}.deleting", old=True, folder=True)]
+    stale = [
+        left(f"{uuid.uuid4().hex}.tar.gz", old=True),
+        left(uuid.uuid4().hex, old=True, folder=True),
+        left(f"{uuid.uuid4().hex}.deleting", old=True, folder=True),
+    ]
     fresh = left(f"{uuid.uuid4().hex}.tar.gz", old=False)
 
     client = app_with(upload_stale_after=600)

@@ -23,8 +23,12 @@ from .support import TINY, Process, auth, needs_servers, read_events, start_api,
 
 
 def submit(base, headers, **body):
-    response = httpx.post(f"{base}/v1/jobs", json={"kind": "pretrain", "dataset": {"name": "synthetic"}, **body},
-                          headers=headers, timeout=30)
+    response = httpx.post(
+        f"{base}/v1/jobs",
+        json={"kind": "pretrain", "dataset": {"name": "synthetic"}, **body},
+        headers=headers,
+        timeout=30,
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -77,18 +81,29 @@ def test_ten_kills_in_a_row_lose_nothing(server, service_env, settings, tmp_path
     try:
         for kill in range(10):
             last = killed_after[-1] if killed_after else 0
-            step = wait_for(lambda: (s := newest_checkpoint_step(settings, job["id"])) > last and s, timeout=120,
-                            interval=0.05, message=f"a checkpoint past step {last}")
+            step = wait_for(
+                lambda last=last: (s := newest_checkpoint_step(settings, job["id"])) > last and s,
+                timeout=120,
+                interval=0.05,
+                message=f"a checkpoint past step {last}",
+            )
             # Mid-epoch: half an epoch past that checkpoint.
-            wait_for(lambda: progress_step(settings, job["id"]) >= step + steps_per_epoch // 2, timeout=60,
-                     interval=0.02, message=f"progress past step {step}")
+            wait_for(
+                lambda step=step: progress_step(settings, job["id"]) >= step + steps_per_epoch // 2,
+                timeout=60,
+                interval=0.02,
+                message=f"progress past step {step}",
+            )
             worker.popen.send_signal(signal.SIGKILL)  # no warm shutdown: the worker is simply gone
             worker.popen.wait()
             killed_after.append(step)
             worker.handle.close()
             worker = start_worker(service_env, tmp_path / f"worker{kill + 1}.log", f"k{kill + 1}")
-        wait_for(lambda: get(server, f"/v1/jobs/{job['id']}", alice)["status"] not in ("queued", "running"),
-                 timeout=180, message="the job to finish")
+        wait_for(
+            lambda: get(server, f"/v1/jobs/{job['id']}", alice)["status"] not in ("queued", "running"),
+            timeout=180,
+            message="the job to finish",
+        )
     finally:
         worker.stop(signal.SIGQUIT)
     wall = time.monotonic() - started
@@ -104,7 +119,10 @@ def test_ten_kills_in_a_row_lose_nothing(server, service_env, settings, tmp_path
     log = get(server, f"/v1/jobs/{job['id']}/logs", alice)
     resumed = [int(epoch) * steps_per_epoch for epoch in re.findall(r"resuming from \S+epoch_(\d+)\.pt", log)]
     assert len(resumed) == 10
-    assert all(r >= k for r, k in zip(resumed, killed_after)) and resumed == sorted(set(resumed)), (resumed, killed_after)
+    assert all(r >= k for r, k in zip(resumed, killed_after)) and resumed == sorted(set(resumed)), (
+        resumed,
+        killed_after,
+    )
     # One metric point per step, although the steps after each checkpoint ran twice.
     series = get(server, f"/v1/jobs/{job['id']}/metrics", alice)["series"]
     assert [p["step"] for p in series["loss"]] == list(range(1, epochs * steps_per_epoch + 1))
@@ -122,8 +140,17 @@ def test_ten_kills_in_a_row_lose_nothing(server, service_env, settings, tmp_path
             furthest = max(furthest, event["data"]["step"])
         elif event["event"] == "state" and event["data"]["status"] == "queued" and event["data"]["attempt"] > 0:
             reached.append(furthest)
-    print(json.dumps({"drill": "kill -9 x10", "wall_seconds": round(wall, 1), "attempts": done["attempt"],
-                      "steps": done["result"]["steps"], "steps_redone": sum(g - r for g, r in zip(reached, resumed))}))
+    print(
+        json.dumps(
+            {
+                "drill": "kill -9 x10",
+                "wall_seconds": round(wall, 1),
+                "attempts": done["attempt"],
+                "steps": done["result"]["steps"],
+                "steps_redone": sum(g - r for g, r in zip(reached, resumed)),
+            }
+        )
+    )
 
 
 @needs_servers("duplicate delivery needs the Redis queue")
@@ -137,8 +164,11 @@ def test_a_message_delivered_twice_runs_once(server, service_env, settings, tmp_
     publish(app, settings, job["id"], 5)  # three messages for one job
     worker = start_worker(service_env, tmp_path / "worker.log", "dup")
     try:
-        wait_for(lambda: get(server, f"/v1/jobs/{job['id']}", alice)["status"] == "succeeded", timeout=120,
-                 message="the job to succeed")
+        wait_for(
+            lambda: get(server, f"/v1/jobs/{job['id']}", alice)["status"] == "succeeded",
+            timeout=120,
+            message="the job to succeed",
+        )
         wait_for(lambda: worker.output().count("nothing to do") >= 2, timeout=30, message="both duplicates taken")
     finally:
         worker.stop(signal.SIGQUIT)
@@ -150,9 +180,24 @@ def test_a_message_delivered_twice_runs_once(server, service_env, settings, tmp_
 def test_a_prefork_worker_shutting_down_gives_its_job_back(server, service_env, tmp_path, alice):
     job = submit(server, alice, method="byol", config={**TINY, "epochs": 200, "checkpoint_every": 0}, evaluate=[])
     worker = Process(
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "-c", "2", "--loglevel=INFO",
-         "--hostname=prefork@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        service_env, tmp_path / "prefork.log",
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--pool=prefork",
+            "-c",
+            "2",
+            "--loglevel=INFO",
+            "--hostname=prefork@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        service_env,
+        tmp_path / "prefork.log",
     )
     try:
         worker.wait_for(" ready.", timeout=90)
@@ -173,7 +218,9 @@ def test_sse_clients_resume_across_an_api_restart_and_see_every_event_once(servi
     api, base = start_api(service_env, tmp_path / "api1.log")
     worker = start_worker(service_env, tmp_path / "worker.log", "sse")
     try:
-        job = submit(base, alice, method="simclr", config={**TINY, "epochs": 6, "checkpoint_every": 1}, evaluate=["knn"])
+        job = submit(
+            base, alice, method="simclr", config={**TINY, "epochs": 6, "checkpoint_every": 1}, evaluate=["knn"]
+        )
         path = f"/v1/jobs/{job['id']}/events"
         clients = [read_events(base, path, alice, until=lambda e: e["event"] == "checkpoint") for _ in range(3)]
         api.stop(signal.SIGKILL)
@@ -203,9 +250,16 @@ def test_broker_and_database_restarts_cost_a_job_nothing(tmp_path):
         migrate.upgrade(postgres.url)
         with session_scope(postgres.url) as session:
             headers = auth(store_tokens.create_token(session, "alice"))
-        env = {"CSSL_DATABASE_URL": postgres.url, "CSSL_BROKER_URL": broker.url, "CSSL_STATE_DIR": str(tmp_path / "state"),
-               "CSSL_QUEUE": "drill", "CSSL_SWEEP_INTERVAL": "1", "CSSL_HEARTBEAT_INTERVAL": "0.5",
-               "CSSL_HEARTBEAT_TIMEOUT": "30", "CSSL_PROGRESS_EVERY": "1"}
+        env = {
+            "CSSL_DATABASE_URL": postgres.url,
+            "CSSL_BROKER_URL": broker.url,
+            "CSSL_STATE_DIR": str(tmp_path / "state"),
+            "CSSL_QUEUE": "drill",
+            "CSSL_SWEEP_INTERVAL": "1",
+            "CSSL_HEARTBEAT_INTERVAL": "0.5",
+            "CSSL_HEARTBEAT_TIMEOUT": "30",
+            "CSSL_PROGRESS_EVERY": "1",
+        }
         api, base = start_api(env, tmp_path / "api.log")
         worker = start_worker(env, tmp_path / "worker.log", "drill")
 
@@ -215,22 +269,31 @@ def test_broker_and_database_restarts_cost_a_job_nothing(tmp_path):
         time.sleep(2)
         assert get(base, f"/v1/jobs/{job['id']}", headers)["status"] == "queued"
         broker.start()
-        wait_for(lambda: get(base, f"/v1/jobs/{job['id']}", headers)["progress"], timeout=90,
-                 message="the job to run once the broker is back")
+        wait_for(
+            lambda: get(base, f"/v1/jobs/{job['id']}", headers)["progress"],
+            timeout=90,
+            message="the job to run once the broker is back",
+        )
 
         # Redis restarted under the running job: it carries on.
         broker.stop()
         broker.start()
         step = get(base, f"/v1/jobs/{job['id']}", headers)["progress"]["step"]
-        wait_for(lambda: get(base, f"/v1/jobs/{job['id']}", headers)["progress"]["step"] > step + 4, timeout=60,
-                 message="progress after the broker's restart")
+        wait_for(
+            lambda: get(base, f"/v1/jobs/{job['id']}", headers)["progress"]["step"] > step + 4,
+            timeout=60,
+            message="progress after the broker's restart",
+        )
 
         # Postgres restarted under the running job: the worker's writes wait and go through.
         postgres.stop()
         time.sleep(3)
         postgres.start()
-        wait_for(lambda: get(base, f"/v1/jobs/{job['id']}", headers)["status"] == "succeeded", timeout=180,
-                 message="the job to succeed after the database's restart")
+        wait_for(
+            lambda: get(base, f"/v1/jobs/{job['id']}", headers)["status"] == "succeeded",
+            timeout=180,
+            message="the job to succeed after the database's restart",
+        )
         done = get(base, f"/v1/jobs/{job['id']}", headers)
         assert done["attempt"] == 1 and done["result"]["steps"] == 30 * 4
         loss = get(base, f"/v1/jobs/{job['id']}/metrics", headers)["series"]["loss"]

@@ -16,9 +16,24 @@ def test_demo_through_http_in_embedded_mode(tmp_path):
     state.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no CSSL_* variables: embedded defaults
     run = subprocess.run(
-        [sys.executable, "-m", "cli.service_demo", "--epochs", "1", "--subset", "256", "--batch-size", "64",
-         "--state-dir", str(state)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "cli.service_demo",
+            "--epochs",
+            "1",
+            "--subset",
+            "256",
+            "--batch-size",
+            "64",
+            "--state-dir",
+            str(state),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert run.returncode == 0, run.stdout + run.stderr + (state / "service.log").read_text()
     assert "state: succeeded" in run.stdout

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from tiny import tiny_heads
 
 from cssl_core.methods import method_names
-from tiny import tiny_heads
 
 from .support import TINY, auth, wait_for
 
@@ -16,10 +16,18 @@ def test_every_method_trains_and_evaluates_as_a_job(server, worker, tokens):
     assert sorted(known) == method_names()
     jobs = {}
     for method in method_names():
-        response = httpx.post(f"{server}/v1/jobs", headers=headers, json={
-            "kind": "pretrain", "method": method, "dataset": {"name": "synthetic"},
-            "config": {**TINY, **tiny_heads(method)}, "evaluate": ["knn"],
-        }, timeout=30)
+        response = httpx.post(
+            f"{server}/v1/jobs",
+            headers=headers,
+            json={
+                "kind": "pretrain",
+                "method": method,
+                "dataset": {"name": "synthetic"},
+                "config": {**TINY, **tiny_heads(method)},
+                "evaluate": ["knn"],
+            },
+            timeout=30,
+        )
         assert response.status_code == 202, (method, response.text)
         jobs[method] = response.json()["id"]
 

@@ -14,7 +14,9 @@ from .support import SHARED_DATA, TINY, needs_servers, read_events, start_worker
 
 
 def submit(base, headers, **body):
-    response = httpx.post(f"{base}/v1/jobs", json={"kind": "pretrain", "dataset": {"name": "synthetic"}, **body}, headers=headers)
+    response = httpx.post(
+        f"{base}/v1/jobs", json={"kind": "pretrain", "dataset": {"name": "synthetic"}, **body}, headers=headers
+    )
     assert response.status_code == 202, response.text
     return response.json()
 
@@ -81,12 +83,22 @@ def test_pretrain_lifecycle(server, worker, alice, bob_headers):
     read_events(server, f"/v1/jobs/{evaluation['id']}/events", alice)
     assert get(server, f"/v1/jobs/{evaluation['id']}", alice).json()["status"] == "succeeded"
     results = get(server, "/v1/evaluations", alice, job=evaluation["id"]).json()
-    assert [(r["protocol"], r["parameters"]["k"], r["checkpoint_id"]) for r in results] == [("knn", 20, checkpoint["id"])]
+    assert [(r["protocol"], r["parameters"]["k"], r["checkpoint_id"]) for r in results] == [
+        ("knn", 20, checkpoint["id"])
+    ]
 
     # The semi-supervised protocols run as evaluations too, and keep what they report beside accuracy.
-    semi = submit(server, alice, kind="eval", job=job["id"], evaluate=["finetune", "distill"], config={
-        "finetune": {"label_fraction": 0.2, "epochs": 1, "batch_size": 16},
-        "distill": {"label_fraction": 0.2, "epochs": 1, "finetune_epochs": 1, "batch_size": 16}})
+    semi = submit(
+        server,
+        alice,
+        kind="eval",
+        job=job["id"],
+        evaluate=["finetune", "distill"],
+        config={
+            "finetune": {"label_fraction": 0.2, "epochs": 1, "batch_size": 16},
+            "distill": {"label_fraction": 0.2, "epochs": 1, "finetune_epochs": 1, "batch_size": 16},
+        },
+    )
     read_events(server, f"/v1/jobs/{semi['id']}/events", alice, timeout=180)
     assert get(server, f"/v1/jobs/{semi['id']}", alice).json()["status"] == "succeeded"
     results = {r["protocol"]: r for r in get(server, "/v1/evaluations", alice, job=semi["id"]).json()}

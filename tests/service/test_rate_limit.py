@@ -61,4 +61,6 @@ def test_rate_0_is_no_limit(settings, tokens):
     from api.main import create_app
 
     with TestClient(create_app(settings.with_(submit_rate=0, queue=settings.queue + "_idle"), sweep=False)) as client:
-        assert [client.post("/v1/jobs", json={}, headers=auth(tokens["bob"])).status_code for _ in range(30)] == [422] * 30
+        assert [client.post("/v1/jobs", json={}, headers=auth(tokens["bob"])).status_code for _ in range(30)] == [
+            422
+        ] * 30

@@ -32,8 +32,12 @@ def fuzz_api(service_env, settings, tmp_path_factory):
     with session_scope(settings.database_url) as session:
         token = tokens.create_token(session, FUZZ_OWNER)
     # Validation, not the submission limit, should answer most of the fuzzer's submissions.
-    env = {**service_env, "CSSL_QUEUE": service_env["CSSL_QUEUE"] + "_fuzz",
-           "CSSL_SUBMIT_RATE": "1200", "CSSL_SUBMIT_BURST": "100"}
+    env = {
+        **service_env,
+        "CSSL_QUEUE": service_env["CSSL_QUEUE"] + "_fuzz",
+        "CSSL_SUBMIT_RATE": "1200",
+        "CSSL_SUBMIT_BURST": "100",
+    }
     process, base = start_api(env, tmp_path_factory.mktemp("fuzz-api") / "api.log")
     headers = auth(token)
     # Jobs for the links to lead to: the fuzzer's own submissions are mostly refused.
@@ -46,7 +50,9 @@ def fuzz_api(service_env, settings, tmp_path_factory):
 
 def cancel_queued(base: str, headers: dict[str, str]) -> int:
     cancelled = 0
-    while page := httpx.get(f"{base}/v1/jobs", params={"status": "queued", "limit": 200}, headers=headers).json()["items"]:
+    while page := httpx.get(f"{base}/v1/jobs", params={"status": "queued", "limit": 200}, headers=headers).json()[
+        "items"
+    ]:
         for job in page:
             httpx.post(f"{base}/v1/jobs/{job['id']}/cancel", headers=headers).raise_for_status()
         cancelled += len(page)
@@ -56,10 +62,29 @@ def cancel_queued(base: str, headers: dict[str, str]) -> int:
 def run_schemathesis(base: str, token: str, report, *args: str) -> subprocess.CompletedProcess:
     """`schemathesis run` with every check and the project's schemathesis.toml."""
     return subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{base}/openapi.json", "--checks", "all",
-         "-H", f"Authorization: Bearer {token}", "--workers", "1", "--report", "json", "--report-json-path", str(report),
-         *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--no-color",
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "all",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "--workers",
+            "1",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -67,8 +92,17 @@ def test_schemathesis_finds_nothing(fuzz_api, tmp_path):
     base, token, process = fuzz_api
     before = len(ACCESS_LINE.findall(process.log.read_bytes()))
     started = time.monotonic()
-    result = run_schemathesis(base, token, tmp_path / "report.json", "--seed", "20261128", "--max-examples", "20",
-                              "--phases", "examples,fuzzing,stateful")
+    result = run_schemathesis(
+        base,
+        token,
+        tmp_path / "report.json",
+        "--seed",
+        "20261128",
+        "--max-examples",
+        "20",
+        "--phases",
+        "examples,fuzzing,stateful",
+    )
     seconds = time.monotonic() - started
     requests = len(ACCESS_LINE.findall(process.log.read_bytes())) - before
     report = json.loads((tmp_path / "report.json").read_text())
@@ -76,7 +110,11 @@ def test_schemathesis_finds_nothing(fuzz_api, tmp_path):
     assert report["failures"] == [] and report["errors"] == [], report
     assert report["phases"]["stateful"]["status"] == "success", report["phases"]
     assert 250 <= requests <= 800, requests
-    print(json.dumps({"requests": requests, "test_cases": report["test_cases"]["generated"], "seconds": round(seconds, 1)}))
+    print(
+        json.dumps(
+            {"requests": requests, "test_cases": report["test_cases"]["generated"], "seconds": round(seconds, 1)}
+        )
+    )
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict:
@@ -85,17 +123,20 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
     return response.json()
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/jobs?offset=80673343755609387827200",
-    "/v1/jobs?offset=2147483648",
-    "/v1/jobs?method=%00",
-    "/v1/jobs/not-a-job-id",
-    "/v1/checkpoints?job=%F0%B7%B1%BE%00v",
-    "/v1/checkpoints/382266863598/download",
-    "/v1/evaluations?checkpoint=99999999999",
-    f"/v1/jobs/{'0' * 32}/events?after=34588823758236090368",
-    f"/v1/jobs/{'0' * 32}/logs?tail=99999999999",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs?offset=80673343755609387827200",
+        "/v1/jobs?offset=2147483648",
+        "/v1/jobs?method=%00",
+        "/v1/jobs/not-a-job-id",
+        "/v1/checkpoints?job=%F0%B7%B1%BE%00v",
+        "/v1/checkpoints/382266863598/download",
+        "/v1/evaluations?checkpoint=99999999999",
+        f"/v1/jobs/{'0' * 32}/events?after=34588823758236090368",
+        f"/v1/jobs/{'0' * 32}/logs?tail=99999999999",
+    ],
+)
 def test_out_of_range_and_malformed_parameters_are_422(fuzz_api, path):
     base, token, _ = fuzz_api
     assert_problem(httpx.get(base + path, headers=auth(token)), 422)
@@ -103,15 +144,19 @@ def test_out_of_range_and_malformed_parameters_are_422(fuzz_api, path):
 
 def test_a_body_that_is_not_utf8_json_is_422_not_400(fuzz_api):
     base, token, _ = fuzz_api
-    response = httpx.post(f"{base}/v1/jobs", content=b'{"kind": "\xff\xfe"}',
-                          headers={**auth(token), "content-type": "application/json"})
+    response = httpx.post(
+        f"{base}/v1/jobs", content=b'{"kind": "\xff\xfe"}', headers={**auth(token), "content-type": "application/json"}
+    )
     assert assert_problem(response, 422)["errors"][0]["loc"] == ["body"]
 
 
-@pytest.mark.parametrize("body, loc", [
-    ({"kind": "eval", "checkpoint": -101039444323827}, ["body", "checkpoint"]),
-    ({**SEED_JOB, "config": {**TINY, "device": "cpu\x00"}}, ["body", "config"]),
-])
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ({"kind": "eval", "checkpoint": -101039444323827}, ["body", "checkpoint"]),
+        ({**SEED_JOB, "config": {**TINY, "device": "cpu\x00"}}, ["body", "config"]),
+    ],
+)
 def test_what_the_database_cannot_hold_is_422(fuzz_api, body, loc):
     base, token, _ = fuzz_api
     response = httpx.post(f"{base}/v1/jobs", json=body, headers=auth(token))

@@ -21,8 +21,11 @@ from .support import TINY, needs_servers
 
 def new_job(settings, owner="alice", kind="pretrain") -> str:
     with session_scope(settings.database_url) as session:
-        job, _ = jobs.create_job(session, owner, jobs.NewJob(kind=kind, method="simclr", dataset="synthetic",
-                                                             dataset_path=None, config={}, evaluate=[]))
+        job, _ = jobs.create_job(
+            session,
+            owner,
+            jobs.NewJob(kind=kind, method="simclr", dataset="synthetic", dataset_path=None, config={}, evaluate=[]),
+        )
         return job.id
 
 
@@ -99,8 +102,19 @@ def test_one_metric_point_per_step_and_resume_drops_what_came_after(settings):
             records.add_metric_point(session, job_id, step, (step - 1) // 4, {"loss": float(step)})
         records.add_metric_point(session, job_id, 8, 1, {"loss": 80.0})  # the same step reported again
         for epoch in (1, 2):
-            records.record_evaluation(session, job_id, None, {"protocol": "knn", "top1": 10.0 * epoch, "epoch": epoch,
-                                                              "dataset": "synthetic", "num_train": 1, "num_test": 1})
+            records.record_evaluation(
+                session,
+                job_id,
+                None,
+                {
+                    "protocol": "knn",
+                    "top1": 10.0 * epoch,
+                    "epoch": epoch,
+                    "dataset": "synthetic",
+                    "num_train": 1,
+                    "num_test": 1,
+                },
+            )
     with session_scope(settings.database_url) as session:
         records.drop_metrics_after(session, job_id, step=4, epoch=1)  # resumed from the end of epoch 1
         records.add_metric_point(session, job_id, 5, 1, {"loss": 5.5})
@@ -132,8 +146,9 @@ def test_a_warm_release_cancels_a_job_whose_cancel_was_requested(settings):
 
 def checkpoint_at(settings, job_id: str, step: int) -> None:
     with session_scope(settings.database_url) as session:
-        records.record_checkpoint(session, job_id, f"jobs/{job_id}/step_{step}.pt", epoch=step, step=step, final=False,
-                                  size_bytes=1)
+        records.record_checkpoint(
+            session, job_id, f"jobs/{job_id}/step_{step}.pt", epoch=step, step=step, final=False, size_bytes=1
+        )
 
 
 def test_only_attempts_without_a_new_checkpoint_count(settings):
@@ -240,8 +255,15 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(settings, tmp_pat
     attempt = claim(settings, job_id)
     with session_scope(settings.database_url) as session:
         for info in (first, second, third):
-            records.record_checkpoint(session, job_id, str(info.path.relative_to(settings.artifact_root)),
-                                      epoch=info.epoch, step=info.step, final=info.final, size_bytes=1)
+            records.record_checkpoint(
+                session,
+                job_id,
+                str(info.path.relative_to(settings.artifact_root)),
+                epoch=info.epoch,
+                step=info.step,
+                final=info.final,
+                size_bytes=1,
+            )
         for step in range(1, third.step + 1):
             records.add_metric_point(session, job_id, step, 0, {"loss": 1.0})
     data = third.path.read_bytes()
