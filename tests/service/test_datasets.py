@@ -402,7 +402,7 @@ def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, s
     from store.models import Job
     from worker import runner
 
-    dataset = upload(client, alice, image_archive()).json()
+    dataset = settled(client, alice, upload(client, alice, image_archive()))
     queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
     assert queued["dataset"]["path"] == f"uploads/{dataset['id']}"
     with session_scope(settings.database_url) as session:
@@ -415,7 +415,7 @@ def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, s
 def test_a_data_set_over_the_decoded_bytes_limit_fails_the_job_before_decoding(client, alice, settings):
     from worker import runner
 
-    dataset = upload(client, alice, image_archive()).json()
+    dataset = settled(client, alice, upload(client, alice, image_archive()))
     queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
     # 16 images at imagefolder's 64 px take 196,608 bytes decoded.
     assert runner.run_job(settings.with_(max_decoded_bytes=196_607), queued["id"], "w-check") == "failed"
