@@ -131,7 +131,7 @@ def service(tmp_path_factory):
 
 @needs_private_servers
 def test_a_database_outage_spends_no_attempt(service):
-    job_id = service.submit(train_seconds=45)
+    job_id = service.submit(train_seconds=150)  # still training when the second outage begins
     wait_for(lambda: service.step(job_id) >= 2, timeout=120, message="the job to start training")
 
     # Longer than the heartbeat timeout, shorter than the retry window: the worker waits, the
