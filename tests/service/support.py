@@ -92,7 +92,9 @@ SERVICE_ENV = {
     "CSSL_SWEEP_INTERVAL": "1",
     "CSSL_HEARTBEAT_INTERVAL": "0.5",
     "CSSL_HEARTBEAT_TIMEOUT": "5",
-    "CSSL_REPUBLISH_AFTER": "600",
+    # Jobs the in-process client leaves queued in the shared test database are never re-sent to
+    # the workers of later test modules, however long the suite runs.
+    "CSSL_REPUBLISH_AFTER": "86400",
     "CSSL_PROGRESS_EVERY": "1",
     # Tests submit jobs faster than a user would; those about the limit set their own.
     "CSSL_SUBMIT_RATE": "0",
