@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
             sweeper.stop()
 
     # /docs comes from api.routes.docs: Swagger UI's files served by the API itself.
-    app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None)
+    app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.sessions = session_factory(settings.database_url)
     app.state.read_sessions = read_session_factory(settings.database_url)

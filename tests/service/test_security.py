@@ -31,7 +31,6 @@ PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
-    ("GET", "/redoc"),
     ("GET", "/ui"),
     ("GET", "/ui/"),
     ("GET", "/ui/jobs/{job_id}"),
