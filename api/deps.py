@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.problems import ProblemError
-from dispatch.sweeper import Publisher
+from dispatch.publisher import Publisher
 from store import tokens
 from store.settings import Settings
 

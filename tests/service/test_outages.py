@@ -277,7 +277,8 @@ def test_the_sweeper_judges_no_worker_lost_until_a_heartbeat_timeout_after_it_re
     from sqlalchemy import update
 
     from dispatch.broker import delete_queue, make_celery
-    from dispatch.sweeper import Publisher, Sweeper
+    from dispatch.publisher import Publisher
+    from dispatch.sweeper import Sweeper
     from store import jobs
     from store.db import session_scope
     from store.models import Job, utcnow
