@@ -101,5 +101,5 @@ def test_cli_db_and_token_commands(empty_database, monkeypatch, capsys):
     rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]]
     assert [row[2] for row in rows] == ["user", "admin"]
     assert rows[0][4].startswith("revoked ") and rows[1][4] == "active"
-    assert main(["db", "downgrade", "--revision", "base"]) == 0
+    assert main(["db", "downgrade", "--revision", "base", "--yes"]) == 0
     assert tables(empty_database) == set()
