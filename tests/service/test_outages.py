@@ -26,7 +26,8 @@ needs_private_servers = pytest.mark.skipif(
 )
 
 HEARTBEAT_TIMEOUT = 5
-RETRY_WINDOW = 10
+# Well past the first outage (two heartbeat timeouts plus the time Postgres takes to start again).
+RETRY_WINDOW = 25
 
 
 @dataclass
