@@ -39,6 +39,7 @@ from cssl_core.evaluation.protocol import (
     require_module,
 )
 from cssl_core.evaluation.result import EvalResult, ProtocolOutput, topk_accuracy
+from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
 
 # Every module of this package is imported, so a protocol defined in a new file here is registered
 # with no line anywhere else. (Those modules import from .protocol and .result, never from here.)
@@ -114,9 +115,6 @@ def evaluate_checkpoint(
     ``random_init=True`` evaluates the same architecture at its random initialisation (same
     seed), the baseline a pretrained backbone should beat.
     """
-    # Not at the top: cssl_core.train imports this package.
-    from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
-
     cls = get_protocol(protocol)
     p = protocol_params(protocol, params)  # bad parameters fail before the data is loaded
     state = load_checkpoint(checkpoint)

@@ -21,6 +21,7 @@ from cssl_core.data import class_balanced_indices
 from cssl_core.device import resolve_device
 from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol, require_backbone
 from cssl_core.evaluation.result import ProtocolOutput
+from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
 
 
 @torch.no_grad()
@@ -38,8 +39,6 @@ def attention_maps(
     evaluation encoder (a DINO checkpoint's teacher) in fp32. Each map is the softmax row of
     the [CLS] query over the patches, so it sums to 1 less the [CLS] token's attention to itself.
     """
-    from cssl_core.train.checkpoint import build_encoder_from_checkpoint, load_checkpoint
-
     state = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
     require_backbone(state["config"]["backbone"], "vit", "attention_maps")
     dev = resolve_device(device)

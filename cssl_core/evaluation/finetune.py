@@ -23,6 +23,7 @@ from cssl_core.errors import TrainingError
 from cssl_core.evaluation.protocol import CheckpointInput, Protocol, register_protocol
 from cssl_core.evaluation.result import ProtocolOutput, topk_accuracy
 from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
+from cssl_core.train.schedules import BudgetFit
 
 # Small labelled sets give few steps per epoch: train for at least this many steps.
 MIN_STEPS = 500
@@ -119,8 +120,6 @@ def train_classifier(
     augmented view at ``temperature`` (SimCLR v2's distillation loss, Eq. 2). The learning rate
     follows a cosine to 0 over ``epochs``, or over what ``time_budget`` seconds allow.
     """
-    from cssl_core.train.schedules import BudgetFit  # not at the top: cssl_core.train imports this package
-
     if (labels is None) == (teacher is None):
         raise ValueError("give either labels or a teacher")
     generator = torch.Generator().manual_seed(seed)
