@@ -214,6 +214,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         bar.n = p.step
         bar.set_description(f"epoch {p.epoch + 1}/{p.epochs}")
         bar.set_postfix(loss=f"{p.loss:.4f}", lr=f"{p.lr:.3g}", img_s=f"{p.images_per_second:.0f}")
+        if p.warning:
+            tqdm.write(f"warning: {p.warning}", file=sys.stderr)
 
     def on_evaluation(r):
         tqdm.write(f"epoch {r.epoch}: kNN top-1 {r.top1:.2f}%", file=sys.stderr)

@@ -192,11 +192,17 @@ class Recorder:
         }
         values = {"loss": progress.loss, "lr": progress.lr, "images_per_second": progress.images_per_second}
         values.update({name: float(value) for name, value in (progress.stats or {}).items()})
+        point.update({name: values[name] for name in ("feature_std", "feature_cosine") if name in values})
+        warning = progress.warning
+        if warning:
+            log.warning("job %s: %s", self.job.id, warning)
 
         def write(session: Session) -> bool:
             if not jobs.record_progress(session, self.job.id, self.job.attempt, point, values):
                 return False
             records.add_metric_point(session, self.job.id, progress.step, progress.epoch, values)
+            if warning:
+                records.add_event(session, self.job.id, "warning", {"step": progress.step, "message": warning})
             return True
 
         self._pending.append(write)

@@ -29,11 +29,14 @@ from cssl_core.evaluation.bank_knn import evaluate_memory_bank
 from cssl_core.evaluation.features import extract_features
 from cssl_core.methods import Batch, StepOutput, TrainingSet, build_method, get_method
 from cssl_core.train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from cssl_core.train.collapse import CollapseGuard
 from cssl_core.train.optim import build_optimizer
 from cssl_core.train.schedules import BudgetFit, warmup_cosine, warmup_steps_for
 
 # Keep the whole uint8 training set on the device when it is at most this large.
 _MAX_DEVICE_DATA_BYTES = 2 << 30
+# Steps between two measurements of the collapse guard (also at every epoch's end).
+COLLAPSE_CHECK_EVERY = 50
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Progress:
     images_per_second: float
     elapsed: float  # training seconds
     stats: dict[str, float] = field(default_factory=dict)
+    # Said once, the first time the collapse guard finds the features collapsed (cssl_core.train.collapse).
+    warning: str | None = None
 
 
 @dataclass
@@ -135,6 +140,7 @@ class Trainer:
             self.images = self.images.to(self.device)
         self.image_size = self.data.image_size
         self.mean, self.std = channel_stats(split.images)
+        self.guard = CollapseGuard(self.images, config.seed, self.mean, self.std, self.device)
         mc = config.method_config
         self.make_views = ViewGenerator(get_method(config.method).view_specs(mc, self.image_size), self.mean, self.std)
         self.augment_rng = torch.Generator()
@@ -276,6 +282,12 @@ class Trainer:
 
     def _report(self, epoch: int, batch: Batch, out: StepOutput) -> None:
         loss = self.meter.mean(self.step, epoch)
+        stats, warning = out.stats, None
+        if self.step % COLLAPSE_CHECK_EVERY == 0 or self.step % self.steps_per_epoch == 0:
+            measured = time.perf_counter()
+            spread = self.guard.measure(self.model.encoder_for_eval())
+            stats, warning = {**stats, **spread}, self.guard.warning(spread, self.step)
+            self.window_start += time.perf_counter() - measured  # images/s counts training alone
         now = time.perf_counter()
         self.images_per_second = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0
@@ -290,7 +302,8 @@ class Trainer:
                     lr=batch.schedules["lr"],
                     images_per_second=self.images_per_second,
                     elapsed=self.elapsed,
-                    stats=out.stats,
+                    stats=stats,
+                    warning=warning,
                 )
             )
 

@@ -180,6 +180,8 @@ def test_download_a_checkpoint(server, page, trained, tmp_path):
     # The charts section stops being busy once its charts are drawn, with every point of the run.
     page.locator('#charts[aria-busy="false"]').wait_for()
     assert int(page.locator("#chart-loss").get_attribute("data-points")) == STEPS
+    # The collapse guard measured at each epoch's end at least.
+    assert int(page.locator("#chart-spread").get_attribute("data-points")) >= 3
     page.locator("#checkpoints tbody tr").first.wait_for()
     [checkpoint_id] = page.locator("#checkpoints tbody tr td:first-child").all_inner_texts()
     for name, check in [

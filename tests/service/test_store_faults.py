@@ -329,3 +329,40 @@ def test_an_attempt_lost_before_it_chose_its_checkpoint_made_no_progress(setting
     claim(settings, job_id)
     lose_worker(settings, job_id)
     assert job_row(settings, job_id).stalled_attempts == 1 and attempt == 2
+
+
+def test_a_collapse_warning_is_a_job_event_and_the_spread_a_metric(settings):
+    from cssl_core.train.loop import Progress
+    from worker import runner
+
+    job_id = new_job(settings)
+    attempt = claim(settings, job_id)
+    job = runner.ClaimedJob(
+        id=job_id,
+        kind="pretrain",
+        method="simclr",
+        dataset="synthetic",
+        dataset_path=None,
+        config={},
+        evaluate=[],
+        attempt=attempt,
+        source_checkpoint=None,
+        source_checkpoint_id=None,
+        resume_from=None,
+        resume_checkpoint_id=None,
+        resume_is_final=False,
+    )
+    recorder = runner.Recorder(settings, job, runner.Heartbeat(settings, job_id, attempt))
+    spread = {"feature_std": 0.001, "feature_cosine": 0.9995}
+    common = {"epoch": 0, "total_steps": 100, "epochs": 1, "loss": 1.0, "lr": 0.1, "images_per_second": 9.0}
+    recorder.on_progress(Progress(step=40, elapsed=1.0, **common))
+    recorder.on_progress(Progress(step=50, elapsed=2.0, stats=spread, warning="the features have collapsed", **common))
+    recorder.flush(within=10)
+    with session_scope(settings.database_url) as session:
+        events = [(e.type, e.data) for e in records.events_after(session, job_id, 0)]
+        series = records.metric_series(session, job_id)
+    warnings = [data for kind, data in events if kind == "warning"]
+    assert warnings == [{"step": 50, "message": "the features have collapsed"}]
+    assert [(p["step"], p["value"]) for p in series["feature_cosine"]] == [(50, 0.9995)]
+    progress = [data for kind, data in events if kind == "progress"]
+    assert progress[-1]["feature_std"] == 0.001 and "feature_std" not in progress[0]

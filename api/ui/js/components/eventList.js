@@ -33,6 +33,8 @@ function describeEvent(type, data) {
         ? `${data.protocol} done${at}`
         : `${data.protocol} top-1 ${percent(data.top1)}${at}`;
     }
+    case "warning":
+      return `warning at step ${data.step}: ${data.message}`;
     case "cancel_requested":
       return "cancel requested";
     default:

@@ -1,5 +1,5 @@
-// A run's training curves: loss, learning rate and images/s by step, and the periodic kNN by
-// epoch. Drawn from GET /v1/jobs/{id}/metrics, then grown from the progress events while it
+// A run's training curves: loss, learning rate and images/s by step, the collapse guard's feature
+// spread, and the periodic kNN by epoch. Drawn from GET /v1/jobs/{id}/metrics, then grown from the progress events while it
 // trains. The section is aria-busy until the charts are drawn (or their request has failed).
 
 import { api } from "../api.js";
@@ -24,6 +24,7 @@ export function trainingCharts(jobId, { signal }) {
     lr: figure("chart-lr", "Learning rate"),
     ips: figure("chart-ips", "Images per second"),
     knn: figure("chart-knn", "kNN top-1 over epochs (periodic kNN)"),
+    spread: figure("chart-spread", "Feature spread of a fixed probe (near cosine 1 and std 0: collapsed)"),
   };
   const problem = h("div");
   const element = h(
@@ -38,6 +39,11 @@ export function trainingCharts(jobId, { signal }) {
     loss: lineChart(figures.loss, { ...byStep, series: [{ label: "loss" }] }),
     lr: lineChart(figures.lr, { ...byStep, series: [{ label: "learning rate" }] }),
     ips: lineChart(figures.ips, { ...byStep, series: [{ label: "images/s" }] }),
+    spread: lineChart(figures.spread, {
+      ...byStep,
+      series: [{ label: "mean pairwise cosine" }, { label: "std per dimension" }],
+      empty: "Measured every 50 steps and at each epoch's end.",
+    }),
     knn: lineChart(figures.knn, {
       xLabel: "epoch",
       series: [{ label: "kNN top-1 %", points: true }],
@@ -74,6 +80,9 @@ export function trainingCharts(jobId, { signal }) {
     charts.loss.set(loss);
     charts.lr.set(stepSeries("lr"));
     charts.ips.set(stepSeries("images_per_second"));
+    // Measured together, so the two series share their steps.
+    const [cosineSteps, cosine] = stepSeries("feature_cosine");
+    charts.spread.set([cosineSteps, cosine, stepSeries("feature_std")[1]]);
     const knn = (series.knn_top1 || []).filter((p) => p.value !== null);
     charts.knn.set([knn.map((p) => p.epoch), knn.map((p) => p.value)]);
     lastStep = Math.max(lastStep, loss[0].length ? loss[0][loss[0].length - 1] : 0);
@@ -96,6 +105,7 @@ export function trainingCharts(jobId, { signal }) {
     charts.loss.append(data.step, data.loss);
     charts.lr.append(data.step, data.lr);
     charts.ips.append(data.step, data.images_per_second);
+    if (data.feature_cosine !== undefined) charts.spread.append(data.step, data.feature_cosine, data.feature_std);
     if (charts.loss.length > 4 * POINTS) refold();
   }
 
