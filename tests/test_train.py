@@ -63,6 +63,28 @@ def test_time_budget_fits_the_schedule(tmp_path, monkeypatch):
     assert seen[-1].total_steps == result.steps
 
 
+@pytest.mark.parametrize(
+    "method, freeze", [("dino", {"freeze_last_layer": 10}), ("swav", {"freeze_prototypes_epochs": 10})]
+)
+def test_a_freeze_keeps_its_share_of_a_budgeted_run(tmp_path, monkeypatch, method, freeze):
+    clock = {"t": 0.0}
+
+    def perf_counter():  # every step takes 50 ms of training time, as above
+        clock["t"] += 0.05
+        return clock["t"]
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=perf_counter))
+    # 10 of 20 planned epochs (5 steps each): half of the ~60 steps the budget allows, not 50 of them.
+    trainer = loop.Trainer(config(method, epochs=20, time_budget=3.0, **freeze), tmp_path, loop.Callbacks(), 10, None)
+    [(params, _)] = trainer.frozen
+    initial = [p.detach().clone() for p in params]
+    result = trainer.run()
+    [(_, until)] = trainer.frozen
+    assert result.stopped == "time_budget" and abs(result.steps - 60) <= 2
+    assert until == round(result.steps / 2)
+    assert not all(torch.equal(a, p) for a, p in zip(initial, params))  # it trained after the freeze
+
+
 def test_cancel_keeps_a_checkpoint(tmp_path):
     infos, seen = [], []
     result = pretrain(

@@ -162,8 +162,10 @@ class Method(nn.Module):
     def after_step(self, batch: Batch) -> None:
         """Called after each optimiser step (EMA updates, centre updates, normalisations)."""
 
-    def frozen_parameters(self, steps_per_epoch: int) -> list[tuple[list[nn.Parameter], int]]:
-        """``(parameters, steps)`` pairs: those parameters get no update for the first ``steps`` steps."""
+    def frozen_parameters(self) -> list[tuple[list[nn.Parameter], float]]:
+        """``(parameters, epochs)`` pairs: those parameters get no update for the first ``epochs``
+        of the run's planned epochs. The trainer keeps that share of the run when a time budget
+        changes its length (1 epoch of 100 freezes the first 1% of the steps the budget allows)."""
         return []
 
     def encoder_for_eval(self) -> nn.Module:

@@ -63,7 +63,11 @@ class DINOConfig(MethodConfig):
     norm_last_layer: bool = option(
         True, "fix the norm of each row of the head's last layer to 1 (more stable; the paper's ViT-S runs use false)"
     )
-    freeze_last_layer: int = option(1, "epochs during which the head's last layer gets no update", ge=0)
+    freeze_last_layer: int = option(
+        1,
+        "planned epochs during which the head's last layer gets no update (the same share of a time-budgeted run)",
+        ge=0,
+    )
     local_crops: int = option(
         8, "local crops per image, seen by the student only (0: the two global crops alone)", ge=0
     )
@@ -254,10 +258,10 @@ class DINO(Method):
             self.center.lerp_(self._teacher_mean.to(self.center.dtype), 1.0 - self.config.center_momentum)
             self._teacher_mean = None
 
-    def frozen_parameters(self, steps_per_epoch: int) -> list[tuple[list[nn.Parameter], int]]:
+    def frozen_parameters(self) -> list[tuple[list[nn.Parameter], float]]:
         # Official: no update of the last layer in the first epoch(s); "helps training".
         last_layer = [p for p in self.head.last_layer.parameters() if p.requires_grad]
-        return [(last_layer, self.config.freeze_last_layer * steps_per_epoch)] if self.config.freeze_last_layer else []
+        return [(last_layer, self.config.freeze_last_layer)] if self.config.freeze_last_layer else []
 
     def encoder_for_eval(self) -> nn.Module:
         return self.teacher[0]  # the teacher's backbone: it outperforms the student (Sec. 5.2, Fig. 6)

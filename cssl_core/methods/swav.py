@@ -53,7 +53,11 @@ class SwAVConfig(MethodConfig):
     projector_hidden_dim: int = option(2048, "projection MLP hidden width", ge=1)
     projector_dim: int = option(128, "embedding dimension (the prototypes' dimension)", ge=1)
     nmb_prototypes: int = option(3000, "number of prototypes K", ge=1)
-    freeze_prototypes_epochs: float = option(1.0, "keep the prototypes fixed for this many epochs from the start", ge=0)
+    freeze_prototypes_epochs: float = option(
+        1.0,
+        "planned epochs with the prototypes fixed from the start (the same share of a time-budgeted run)",
+        ge=0,
+    )
     queue_length: int = option(
         0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)", ge=0
     )
@@ -132,10 +136,10 @@ class SwAV(Method):
                 )
         super().check_config(config, image_size)
 
-    def frozen_parameters(self, steps_per_epoch: int) -> list[tuple[list[nn.Parameter], int]]:
+    def frozen_parameters(self) -> list[tuple[list[nn.Parameter], float]]:
         # Sec. 4 / App. A.1: prototypes fixed during the first epoch (the official freeze_prototypes_niters).
-        steps = round(self.config.freeze_prototypes_epochs * steps_per_epoch)
-        return [([self.prototypes.weight], steps)] if steps else []
+        epochs = self.config.freeze_prototypes_epochs
+        return [([self.prototypes.weight], epochs)] if epochs else []
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:

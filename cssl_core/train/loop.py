@@ -151,7 +151,7 @@ class Trainer:
         self.model = build_method(config, self.image_size, self.num_samples, (self.mean, self.std)).to(self.device)
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model.parameter_groups(), config)
-        self.frozen = self.model.frozen_parameters(self.steps_per_epoch)
+        self.frozen_epochs = self.model.frozen_parameters()
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.training_set = TrainingSet(self.num_samples, self.steps_per_epoch, self._embed)
 
@@ -225,6 +225,10 @@ class Trainer:
             if mc.weight_decay_end is None
             else warmup_cosine(mc.weight_decay, total_steps, 0, final=mc.weight_decay_end)
         )
+        # Each freeze keeps its share of the planned epochs, whatever length a budget gives the run.
+        self.frozen = [
+            (params, round(total_steps * epochs / self.config.epochs)) for params, epochs in self.frozen_epochs
+        ]
         self.schedules = {
             "lr": warmup_cosine(self.config.lr, total_steps, warmup),
             "weight_decay": weight_decay,
