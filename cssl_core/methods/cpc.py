@@ -13,7 +13,10 @@ the context at row i sees rows <= i only. For each offset k a 1x1 convolution of
 predicts a projection of z at row i + k, scored by InfoNCE against every patch of the batch
 (:func:`cssl_core.losses.cpc_loss`). v2 repeats this from below, from the left and from the right
 with separate context networks (``directions``); the losses are summed, as the pseudo-code sums
-its offsets. Evaluation features are the patch features averaged over the grid.
+its offsets. Evaluation features are the patch features averaged over the grid. ``cssl export``
+writes that evaluation encoder's state (:class:`PatchPooledEncoder`: the patch encoder under
+``backbone.*``, with layer norm, sized for the patch, not the image): a torchvision ResNet does not
+load it; build ``PatchPooledEncoder`` around the same backbone to use it.
 
 Patch augmentation (v2, Sec. 4.1): each patch gets a random square sub-crop resized back (v1's
 spatial jitter, 60 of 64 px) and colour dropping (v2: two of the three channels dropped, here set

@@ -66,7 +66,8 @@ class DeepClusterV2Config(MethodConfig):
     # 3,000 would leave ~17 CIFAR images per cluster and make k-means on a CPU ~30x slower. Two
     # local crops of 14 px cost 0.4 of a global crop between them. Global crops from 0.2 and
     # lars_eta 0.05: the values measured best for SimCLR here (same base_lr 0.3), a per-step
-    # relative update of 0.0075 at batch 128 near solo-learn's CIFAR DeepCluster-v2 (lr 0.6, eta 0.02).
+    # relative update of 0.0075 at batch 128 (solo-learn's CIFAR DeepCluster-v2, lr 0.6 and a
+    # clipped eta 0.02, caps it at 0.02 instead; see LARS).
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "nmb_prototypes": (100, 100, 100),

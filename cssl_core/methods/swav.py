@@ -68,10 +68,11 @@ class SwAVConfig(MethodConfig):
     #   10 per class on a 10-class set. With K below the batch the equal partition can be met
     #   by nearly one-hot codes without a queue; at K = 3000 each prototype would get 0.04
     #   samples a batch and every code would be spread over 23 prototypes or more.
-    # - base_lr 0.6 and lars_eta 0.02: the official batch-256 recipe's lr (swav_200ep_bs256)
-    #   and solo-learn's CIFAR SwAV (lr 0.6 at 256, eta 0.02). LARS moves a weight matrix by
-    #   lr x eta of its norm, 0.006 a step at batch 128, near SimCLR's measured best here
-    #   (0.15 x 0.05); eta 0.001 was tuned for batch 4096.
+    # - base_lr 0.6 and lars_eta 0.02: the official batch-256 recipe's lr (swav_200ep_bs256).
+    #   Our LARS moves a weight matrix by lr x eta of its norm, 0.006 a step at batch 128, near
+    #   SimCLR's measured best here (0.15 x 0.05); eta 0.001 was tuned for batch 4096.
+    #   solo-learn's CIFAR SwAV also has eta 0.02, but its LARS clips (clip_lr: a step of at
+    #   most eta of the norm), so the two settings are not the same update.
     # - crop_min_scale 0.2: global crops of (0.2, 1) beat (0.08, 1) for SimCLR here; the local
     #   crops (0.05-0.14 of the area) already give the small-scale views.
     # - local_crops stays 6: 14 px crops cost (14/32)^2 = 0.19 of a 32 px crop each, so the six

@@ -13,6 +13,12 @@ class LARS(torch.optim.Optimizer):
 
     Weight decay is added to the gradient before the trust ratio, as in SimCLR's and BYOL's
     implementations. Groups with ``lars_exclude=True`` (biases, norms) use plain SGD.
+
+    No clipping: a layer moves by ``lr * eta`` of its norm per step (before momentum), as in
+    SimCLR, BYOL and SwAV's official code (apex LARC with ``clip=False``). solo-learn's
+    ``clip_lr=True`` instead takes ``min(eta * ||w|| / (||g|| + wd ||w||) / lr, 1)`` as the
+    ratio, so a layer's step there is at most ``eta`` of its norm whatever the learning rate:
+    an ``eta`` from a solo-learn config is a ceiling, not a value that means the same here.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
