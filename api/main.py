@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from api import problems
 from api.bodylimit import BodyLimit
 from api.deps import TokenCache
+from api.metrics import RequestMetrics
+from api.metrics import router as metrics_router
 from api.ratelimit import Limits
 from api.routes import artifacts, catalog, datasets, docs, health, jobs, leaderboard, ui
 from api.routes.health import AUTH_OFF_WARNING
@@ -58,8 +60,10 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     app.state.unpacker = Unpacker(settings)
     problems.install(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(RequestMetrics)  # outermost: it times and counts every answer, 413s included
     for module in (jobs, artifacts, leaderboard, catalog, datasets, health):
         app.include_router(module.router)
+    app.include_router(metrics_router)
     docs.install(app)
     ui.install(app)
     return app

@@ -61,8 +61,15 @@ def _transport_options(settings: Settings) -> dict:
 
 def queue_size(app: Celery, settings: Settings) -> int:
     """Messages waiting in the job queue (every priority level); raises when the broker is down."""
+    from kombu.exceptions import ChannelError
+
     with app.connection_for_write() as connection:
-        return connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
+        try:
+            return connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
+        except ChannelError as exc:
+            if "NOT_FOUND" in str(exc):  # nothing was ever sent to it: an empty queue
+                return 0
+            raise
 
 
 def delete_queue(broker_url: str, queue: str) -> None:

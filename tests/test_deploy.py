@@ -116,3 +116,13 @@ def test_workers_read_the_data_read_only_and_have_a_gpu_each():
         device_ids += device["device_ids"]
     assert len(set(device_ids)) == len(device_ids)
     assert any(line.startswith("HEALTHCHECK ") for line in dockerfile("Dockerfile.worker"))
+
+
+def test_prometheus_scrapes_the_apis_metrics():
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [scrape] = config["scrape_configs"]
+    api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
+    assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    mount = "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in SERVICES["prometheus"]["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]

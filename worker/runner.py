@@ -192,7 +192,8 @@ class Recorder:
         }
         values = {"loss": progress.loss, "lr": progress.lr, "images_per_second": progress.images_per_second}
         values.update({name: float(value) for name, value in (progress.stats or {}).items()})
-        point.update({name: values[name] for name in ("feature_std", "feature_cosine") if name in values})
+        shown = ("feature_std", "feature_cosine", "gpu_memory_bytes")  # with the progress too: the dashboard, /metrics
+        point.update({name: values[name] for name in shown if name in values})
         warning = progress.warning
         if warning:
             log.warning("job %s: %s", self.job.id, warning)

@@ -292,6 +292,8 @@ class Trainer:
             spread = self.guard.measure(self.model.encoder_for_eval())
             stats, warning = {**stats, **spread}, self.guard.warning(spread, self.step)
             self.window_start += time.perf_counter() - measured  # images/s counts training alone
+        if self.device.type == "cuda":
+            stats = {**stats, "gpu_memory_bytes": float(torch.cuda.max_memory_allocated(self.device))}
         now = time.perf_counter()
         self.images_per_second = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0

@@ -146,8 +146,11 @@ def start_worker(env: dict[str, str], log: Path, name: str) -> Process:
     return worker
 
 
-def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: float = 60) -> tuple[Process, str]:
-    """A real uvicorn process serving the API (its sweeper included); returns it and its base URL."""
+def start_api(
+    env: dict[str, str], log: Path, port: int | None = None, timeout: float = 60, processes: int = 1
+) -> tuple[Process, str]:
+    """A real uvicorn server (``processes`` of them on one port) serving the API, sweeper included;
+    returns it and its base URL."""
     port = port or free_port()
     process = Process(
         [
@@ -160,6 +163,7 @@ def start_api(env: dict[str, str], log: Path, port: int | None = None, timeout: 
             "127.0.0.1",
             "--port",
             str(port),
+            *(["--workers", str(processes)] if processes > 1 else []),
         ],
         env,
         log,
