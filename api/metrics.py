@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -185,7 +186,7 @@ def _aware(moment, now):
     return moment.replace(tzinfo=now.tzinfo) if moment.tzinfo is None else moment
 
 
-@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
 def metrics(request: Request) -> Response:
     registry = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -28,6 +28,7 @@ from .support import TINY, auth, read_events
 PUBLIC = {
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # for Prometheus: counts, and running jobs' progress by job id, no owners
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
