@@ -133,6 +133,8 @@ def _ready_schema(settings) -> None:
 def _run_api(args: argparse.Namespace, settings) -> int:
     import uvicorn
 
+    from store.logs import uvicorn_json_log_config
+
     workers = getattr(args, "workers", 1)
     # Several processes need the app by name; each builds it from the environment set above.
     app = "api.main:create_app" if workers > 1 else _app(settings)
@@ -144,6 +146,7 @@ def _run_api(args: argparse.Namespace, settings) -> int:
         port=args.port,
         access_log=not args.no_access_log,
         log_level="info",
+        **({"log_config": uvicorn_json_log_config()} if settings.log_format == "json" else {}),
     )
     return 0
 
@@ -161,9 +164,13 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def worker_argv(concurrency: int = 1, loglevel: str = "INFO", name: str = "cssl") -> list[str]:
-    """``celery worker``'s arguments; ``name`` makes the worker's name ``name@host``."""
+    """``celery worker``'s arguments; ``name`` makes the worker's name ``name@host``. With JSON
+    log lines, Celery's start-up banner (plain text on stdout) is left out."""
+    from store.settings import get_settings
+
     pool = "solo" if concurrency == 1 else "prefork"
     return [
+        *(["--quiet"] if get_settings().log_format == "json" else []),
         "worker",
         f"--pool={pool}",
         f"--concurrency={concurrency}",

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, model_validator
@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         False, description="switch tokens off; refused unless the database is the embedded SQLite file"
     )
     local_owner: str = Field("local", description="the owner every request acts as when authentication is off")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text, or json: one JSON object per line (time, level, logger, message, and the job, "
+        "attempt, rank and worker of a job's lines) from the API and the workers",
+    )
     queue: str = Field("cssl", min_length=1, description="the Celery queue name")
     heartbeat_timeout: float = Field(
         60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued"

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from store import data_roots, jobs, records
 from store.db import DatabaseUnavailable, is_transient, transaction
+from store.logs import job_context
 from store.models import Job
 from store.settings import Settings
 from worker.run_time import RunTimeLimit
@@ -361,7 +362,11 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
     # cssl_core's decoded-dataset cache goes to the service's own folder, never a user's path.
     os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
     # The heartbeat starts before anything slow (reading checkpoints, the first import of torch).
-    with _job_log(job_dir / "job.log"), Heartbeat(settings, job.id, job.attempt) as heartbeat:
+    with (
+        job_context(job.id, job.attempt, worker_name),
+        _job_log(job_dir / "job.log"),
+        Heartbeat(settings, job.id, job.attempt) as heartbeat,
+    ):
         log.info(
             "job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset
         )
