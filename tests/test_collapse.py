@@ -61,3 +61,33 @@ def test_measuring_leaves_training_unchanged(tmp_path, monkeypatch):
     a = torch.load(measured.checkpoint, weights_only=True)["model"]
     b = torch.load(unmeasured.checkpoint, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nce_posteriors_are_the_losss_h():
+    from cssl_core.losses.nce import nce_posteriors
+
+    torch.manual_seed(0)
+    pos, neg, log_z, num_samples = torch.randn(8), torch.randn(8, 32), torch.tensor(3.0), 1000
+
+    def h(logit):  # h = P / (P + K Pn), P = exp(logit) / Z, Pn = 1 / num_samples (InstDisc, Eq. 6)
+        return (logit.exp() / log_z.exp()) / (logit.exp() / log_z.exp() + 32 / num_samples)
+
+    got = nce_posteriors(pos, neg, log_z, num_samples)
+    assert torch.allclose(got["positive_h"], h(pos).mean())
+    assert torch.allclose(got["noise_h_sum"], h(neg).sum(dim=1).mean())
+
+
+def test_instdisc_reports_its_nce_terms_and_warns_once_when_the_noise_dominates(tmp_path, monkeypatch):
+    from cssl_core.methods import instdisc
+
+    seen = []
+    config = build_config("instdisc", {**TINY, **tiny_heads("instdisc"), "epochs": 2})
+    pretrain(config, tmp_path / "a", on_progress=seen.append)
+    assert all({"positive_h", "noise_h_sum", "log_z_drift"} <= p.stats.keys() for p in seen)
+    assert all(p.warning is None for p in seen)  # 20 tiny steps: the noise term is still small
+
+    monkeypatch.setattr(instdisc, "NOISE_H_SUM_WARNING", -1.0)
+    seen.clear()
+    pretrain(config, tmp_path / "b", on_progress=seen.append)
+    warnings = [p.warning for p in seen if p.warning]
+    assert len(warnings) == 1 and "noise rows' posteriors sum to" in warnings[0]

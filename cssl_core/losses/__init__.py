@@ -6,7 +6,7 @@ from cssl_core.losses.dino import dino_loss
 from cssl_core.losses.info_nce import info_nce
 from cssl_core.losses.invaspread import invaspread_loss
 from cssl_core.losses.mocov3 import mocov3_loss
-from cssl_core.losses.nce import nce_log_z, nce_loss
+from cssl_core.losses.nce import nce_log_z, nce_loss, nce_posteriors
 from cssl_core.losses.nce_softmax import nce_softmax_loss
 from cssl_core.losses.negative_cosine import negative_cosine
 from cssl_core.losses.nt_xent import nt_xent
@@ -22,6 +22,7 @@ __all__ = [
     "mocov3_loss",
     "nce_log_z",
     "nce_loss",
+    "nce_posteriors",
     "nce_softmax_loss",
     "negative_cosine",
     "nt_xent",

@@ -32,6 +32,22 @@ def nce_loss(
 
 
 @torch.no_grad()
+def nce_posteriors(
+    pos_logits: torch.Tensor, neg_logits: torch.Tensor, log_z: float | torch.Tensor, num_samples: int
+) -> dict[str, torch.Tensor]:
+    """What :func:`nce_loss` sees, as 0-d tensors: ``positive_h``, the mean posterior h of the
+    positives (near 1 when the data are told from the noise), and ``noise_h_sum``, the posteriors
+    of one image's K noise rows summed, averaged over the batch. The noise term's gradient scales
+    with it: past ~10 it outweighs the positive's, and pushes every image's feature the same way."""
+    log_noise = math.log(neg_logits.shape[1] / num_samples)
+    log_z = torch.as_tensor(log_z, dtype=torch.float32, device=pos_logits.device)
+    return {
+        "positive_h": torch.sigmoid(pos_logits.float() - log_z - log_noise).mean(),
+        "noise_h_sum": torch.sigmoid(neg_logits.float() - log_z - log_noise).sum(dim=1).mean(),
+    }
+
+
+@torch.no_grad()
 def nce_log_z(pos_logits: torch.Tensor, neg_logits: torch.Tensor, num_samples: int) -> torch.Tensor:
     """log Z, Z = mean(exp(logit)) * num_samples over a batch's N (1 + K) logits (pos (N,), neg
     (N, K)): the normalising constant InstDisc estimates once, from its first batch (Sec. 3.2;

@@ -52,8 +52,9 @@ class StepOutput:
     """What one training step of a method returns."""
 
     loss: torch.Tensor
-    # Scalars worth plotting besides the loss (e.g. ``{"pos_sim": 0.8}``); floats, not tensors.
-    stats: dict[str, float] = field(default_factory=dict)
+    # Scalars worth plotting besides the loss (e.g. ``{"pos_sim": 0.8}``): floats, or 0-d tensors,
+    # which the loop reads only on the steps it reports (no device sync on the others).
+    stats: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +162,11 @@ class Method(nn.Module):
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         """Called after each optimiser step (EMA updates, centre updates, normalisations)."""
+
+    def step_warning(self, stats: dict[str, float]) -> str | None:
+        """A message when a reported step's ``stats`` show the method going wrong (the loop says
+        it once per run); None while they look healthy."""
+        return None
 
     def frozen_parameters(self) -> list[tuple[list[nn.Parameter], float]]:
         """``(parameters, epochs)`` pairs: those parameters get no update for the first ``epochs``

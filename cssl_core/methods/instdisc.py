@@ -9,6 +9,14 @@ once, from the first batch (Sec. 3.2; ``NCEAverage`` in the official code), and 
 step the batch's rows move towards the step's features with momentum 0.5, then are renormalised.
 The bank also gives the paper's cheap kNN (Sec. 3.4): see :meth:`InstDisc.knn_bank`.
 
+The first-batch Z is a hazard the run watches: a new network's features are nearly collinear and
+the bank starts random, so as the bank fills with real features the true log Z climbs well past
+the estimate and the summed noise posteriors grow (hundreds in a 5-minute CIFAR run), until the
+noise term, the same direction for every image, carries nearly all the gradient and features and
+bank collapse together. Each reported step gives ``positive_h``, ``noise_h_sum`` (see
+:func:`cssl_core.losses.nce.nce_posteriors`) and ``log_z_drift`` (this batch's estimate of log Z
+less the one in use), and the run warns once when ``noise_h_sum`` passes 10.
+
 Not implemented: the proximal regularisation (Sec. 3.3), an option of the paper. The official
 step decay of the learning rate (x0.1 at epochs 120 and 160 of 200) is our cosine.
 """
@@ -24,11 +32,14 @@ from torch import nn
 
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
-from cssl_core.losses import nce_log_z, nce_loss
+from cssl_core.losses import nce_log_z, nce_loss, nce_posteriors
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.heads import L2Normalize
 from cssl_core.methods.memory_bank import MemoryBank, bank_logits
 from cssl_core.registry import register
+
+# The summed noise posteriors past which a run says the NCE noise term dominates its gradient.
+NOISE_H_SUM_WARNING = 10.0
 
 
 @dataclass
@@ -95,9 +106,22 @@ class InstDisc(Method):
             self.log_z.copy_(torch.where(self.z_estimated, self.log_z, nce_log_z(pos, neg, self.num_samples)))
             self.z_estimated.fill_(True)
         loss = nce_loss(pos, neg, self.log_z, self.num_samples)
+        with torch.no_grad():
+            stats = nce_posteriors(pos, neg, self.log_z, self.num_samples)
+            stats["log_z_drift"] = nce_log_z(pos, neg, self.num_samples) - self.log_z
         # The bank update sits here rather than in after_step: the step's features are at hand
         # without keeping them outside the state_dict until after the optimiser step. They are
         # the features before the update, as the official code's (written in its backward pass);
         # the rows for this step's logits were gathered above, so the update does not change them.
         self.bank.update(batch.indices, f.detach(), cfg.bank_momentum)
-        return StepOutput(loss=loss)
+        return StepOutput(loss=loss, stats=stats)
+
+    def step_warning(self, stats: dict[str, float]) -> str | None:
+        if stats.get("noise_h_sum", 0.0) <= NOISE_H_SUM_WARNING:
+            return None
+        return (
+            f"the NCE noise term dominates: the {self.config.num_negatives} noise rows' posteriors sum to "
+            f"{stats['noise_h_sum']:.1f} per image (log Z has drifted {stats['log_z_drift']:+.1f} from its "
+            "first-batch estimate), so most of the gradient pushes every image the same way and the features "
+            "may collapse; see the collapse guard's feature_cosine"
+        )

@@ -141,6 +141,7 @@ class Trainer:
         self.image_size = self.data.image_size
         self.mean, self.std = channel_stats(split.images)
         self.guard = CollapseGuard(self.images, config.seed, self.mean, self.std, self.device)
+        self.method_warned = False
         mc = config.method_config
         self.make_views = ViewGenerator(get_method(config.method).view_specs(mc, self.image_size), self.mean, self.std)
         self.augment_rng = torch.Generator()
@@ -286,12 +287,15 @@ class Trainer:
 
     def _report(self, epoch: int, batch: Batch, out: StepOutput) -> None:
         loss = self.meter.mean(self.step, epoch)
-        stats, warning = out.stats, None
+        stats, warning = {name: float(value) for name, value in out.stats.items()}, None
         if self.step % COLLAPSE_CHECK_EVERY == 0 or self.step % self.steps_per_epoch == 0:
             measured = time.perf_counter()
             spread = self.guard.measure(self.model.encoder_for_eval())
             stats, warning = {**stats, **spread}, self.guard.warning(spread, self.step)
             self.window_start += time.perf_counter() - measured  # images/s counts training alone
+        if warning is None and not self.method_warned:
+            warning = self.model.step_warning(stats)
+            self.method_warned = warning is not None
         if self.device.type == "cuda":
             stats = {**stats, "gpu_memory_bytes": float(torch.cuda.max_memory_allocated(self.device))}
         now = time.perf_counter()
