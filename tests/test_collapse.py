@@ -91,3 +91,11 @@ def test_instdisc_reports_its_nce_terms_and_warns_once_when_the_noise_dominates(
     pretrain(config, tmp_path / "b", on_progress=seen.append)
     warnings = [p.warning for p in seen if p.warning]
     assert len(warnings) == 1 and "noise rows' posteriors sum to" in warnings[0]
+
+
+def test_cmc_with_nce_reports_both_directions_terms(tmp_path):
+    seen = []
+    overrides = {"loss": "nce", "negatives": "memory_bank", "epochs": 1}
+    pretrain(build_config("cmc", {**TINY, **tiny_heads("cmc"), **overrides}), tmp_path, on_progress=seen.append)
+    keys = {f"{key}_{side}" for key in ("positive_h", "noise_h_sum", "log_z_drift") for side in ("l", "ab")}
+    assert seen and all(keys <= p.stats.keys() for p in seen)

@@ -40,9 +40,10 @@ from cssl_core.augment import ViewSpec
 from cssl_core.backbones import build_backbone, vit_names
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
-from cssl_core.losses import nce_log_z, nce_loss, nce_softmax_loss
+from cssl_core.losses import nce_log_z, nce_loss, nce_posteriors, nce_softmax_loss
 from cssl_core.losses.precision import full_precision
 from cssl_core.methods.base import Batch, Method, StepOutput
+from cssl_core.methods.instdisc import NOISE_H_SUM_WARNING
 from cssl_core.methods.memory_bank import MemoryBank, bank_logits
 from cssl_core.registry import register
 
@@ -261,6 +262,7 @@ class CMC(Method):
         else:  # the noise: the other view's features of the batch's other images; gradients reach both sides
             logits_l = batch_logits(z_l, z_ab, cfg.temperature)
             logits_ab = batch_logits(z_ab, z_l, cfg.temperature)
+        stats = {}
         if cfg.loss == "softmax":
             loss = nce_softmax_loss(*logits_l) + nce_softmax_loss(*logits_ab)
         else:
@@ -271,4 +273,19 @@ class CMC(Method):
             loss = nce_loss(*logits_l, self.log_z[0], self.num_samples) + nce_loss(
                 *logits_ab, self.log_z[1], self.num_samples
             )
-        return StepOutput(loss=loss)
+            with torch.no_grad():  # InstDisc's hazard, per direction: see cssl_core.methods.instdisc
+                for name, logits, log_z, new in zip(("l", "ab"), (logits_l, logits_ab), self.log_z, estimate):
+                    terms = nce_posteriors(*logits, log_z, self.num_samples)
+                    stats |= {f"{key}_{name}": value for key, value in terms.items()}
+                    stats[f"log_z_drift_{name}"] = new - log_z
+        return StepOutput(loss=loss, stats=stats)
+
+    def step_warning(self, stats: dict[str, float]) -> str | None:
+        worst = max(stats.get("noise_h_sum_l", 0.0), stats.get("noise_h_sum_ab", 0.0))
+        if worst <= NOISE_H_SUM_WARNING:
+            return None
+        return (
+            f"the NCE noise term dominates: the noise rows' posteriors sum to {worst:.1f} per image in one "
+            "direction, so most of the gradient pushes every image the same way and the features may collapse; "
+            "loss=softmax avoids the fixed normalising constant"
+        )
