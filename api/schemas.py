@@ -301,7 +301,10 @@ class DatasetInfo(BaseModel):
     name: str
     description: str
     needs_path: bool
-    image_size: int | None = None
+    image_size: int | None = Field(None, description="The side of its square images (the default where resizable)")
+    resizable: bool = Field(
+        False, description="Images of any size: a job's config.image_size sets the side they are brought to"
+    )
     recipe: Literal["small_images", "paper"] | None = Field(
         None,
         description="The recipe a job's recipe=auto resolves to on these images: small_images (a method's "

@@ -28,6 +28,7 @@ PRETRAIN_OPTIONS = {
     "--backbone": "backbone",
     "--batch-size": "batch_size",
     "--subset": "subset",
+    "--image-size": "image_size",
     "--seed": "seed",
     "--time-budget": "time_budget",
     "--checkpoint-every": "checkpoint_every",

@@ -195,6 +195,13 @@ class PretrainConfig:
         256, "images per optimiser step (contrastive losses need negatives in the batch)", ge=2, le=65_536
     )
     subset: int | None = option(None, "train on a seeded, class-balanced subset of this many images; none: all", ge=1)
+    image_size: int | None = option(
+        None,
+        "side of the square training images for a data set of images of any size (imagefolder): short side "
+        "resized, then centre-cropped; none: the data set's own (64 for imagefolder)",
+        ge=8,
+        le=1024,
+    )
     seed: int = option(0, "seed of the initialisation, data order and augmentation", ge=0, le=2**32 - 1)
     time_budget: float | None = option(
         None, "stop after this many seconds of training; schedules are fitted to it", gt=0
@@ -258,7 +265,8 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
         named = ", ".join(key + did_you_mean(key, valid) for key in unknown)
         raise ConfigError(f"unknown option(s) for method {method!r}: {named}; valid options: {', '.join(valid)}")
     image_size = dataset_image_size(
-        coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default))
+        coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default)),
+        coerce_field(common["image_size"], overrides.get("image_size")),
     )
     recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
     if recipe == "auto":

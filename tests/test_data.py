@@ -100,8 +100,9 @@ def test_registry_lists_every_dataset():
     described = {d["name"]: d for d in describe_datasets()}
     assert set(described) == set(dataset_names())
     for d in described.values():
-        assert set(d) == {"name", "description", "needs_path", "image_size"}
+        assert set(d) == {"name", "description", "needs_path", "image_size", "resizable"}
     assert described["cifar10"]["needs_path"] and not described["digits"]["needs_path"]
+    assert [name for name, d in described.items() if d["resizable"]] == ["imagefolder"]
     assert described["stl10"]["image_size"] == 96 and described["imagefolder"]["image_size"] == 64
 
 
@@ -478,3 +479,26 @@ def test_real_cifar10(cifar10_dataset):
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
     means = data.train.images.float().mean((0, 2, 3)) / 255
     torch.testing.assert_close(means, torch.tensor([0.491, 0.482, 0.447]), atol=0.003, rtol=0)
+
+
+def test_image_size_sets_the_side_of_a_folders_images_and_its_recipe(image_tree, tmp_path):
+    from tiny import tiny_heads
+
+    from cssl_core.config import build_config
+    from cssl_core.evaluation import evaluate_checkpoint
+    from cssl_core.train import load_checkpoint, pretrain
+
+    assert build_config("simclr", {"dataset": "imagefolder", "image_size": 96}).recipe == "paper"
+    assert build_config("simclr", {"dataset": "imagefolder", "image_size": 48}).recipe == "small_images"
+    assert build_config("simclr", {"dataset": "cifar10", "image_size": 32}).image_size == 32
+    with pytest.raises(ConfigError, match="cifar10 images are 32 px; image_size 224 applies to .*imagefolder"):
+        build_config("simclr", {"dataset": "cifar10", "image_size": 224})
+    with pytest.raises(ConfigError, match=r"image_size must be in \[8, 1024\], got 4"):
+        build_config("simclr", {"dataset": "imagefolder", "image_size": 4})
+
+    overrides = {"dataset": "imagefolder", "data": str(image_tree), "image_size": 40, "backbone": "small"}
+    config = build_config("simclr", {**overrides, **tiny_heads("simclr"), "batch_size": 2, "epochs": 1})
+    result = pretrain(config, tmp_path / "run")
+    state = load_checkpoint(result.checkpoint)
+    assert state["image_size"] == 40 and state["config"]["image_size"] == 40
+    assert evaluate_checkpoint(result.checkpoint, "knn", k=3).num_test == 3  # at the checkpoint's 40 px

@@ -501,7 +501,7 @@ def _pretrain(
             resume_from=job.resume_from,
             progress_every=settings.progress_every,
             # From the path checked above, not from the config (a resumed one holds an older path).
-            dataset=load_dataset(config.dataset, data) if data is not None else None,
+            dataset=load_dataset(config.dataset, data, image_size=config.image_size) if data is not None else None,
         )
         checkpoint = Path(outcome.checkpoint).resolve()
         result = {

@@ -94,6 +94,7 @@ class DatasetSource:
     locate: Callable[[Path], Path] | None = None  # a user path -> the source's files; None: needs none
     download: Callable[[Path], None] | None = None
     cached: bool = True
+    resizable: bool = False  # images of any size, brought to the run's image_size
 
     @property
     def needs_path(self) -> bool:
@@ -124,8 +125,8 @@ _SOURCES = {
         DatasetSource(
             "imagefolder",
             "Your own images: a folder train/<class>/<image>, test/<class>/<image>, or a .tar.gz of it; "
-            "resized (short side) and centre-cropped to image_size",
-            64, imagefolder.decode, imagefolder.locate,
+            "resized (short side) and centre-cropped to image_size (default 64)",
+            64, imagefolder.decode, imagefolder.locate, resizable=True,
         ),
         DatasetSource(
             "digits",
@@ -146,17 +147,34 @@ def dataset_names() -> list[str]:
     return list(_SOURCES)
 
 
-def dataset_image_size(name: str) -> int:
-    """The side of the square images ``load_dataset(name)`` gives; an unknown name lists the known ones."""
+def dataset_image_size(name: str, image_size: int | None = None) -> int:
+    """The side of the square images ``load_dataset(name, image_size=image_size)`` gives: a
+    data set of images of any size (``imagefolder``) takes ``image_size``, one of a fixed size
+    refuses another; an unknown name lists the known ones."""
     if name not in _SOURCES:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    return _SOURCES[name].image_size
+    source = _SOURCES[name]
+    if image_size is None or image_size == source.image_size:
+        return source.image_size
+    if not source.resizable:
+        resizable = ", ".join(s.name for s in _SOURCES.values() if s.resizable)
+        raise ConfigError(
+            f"{name} images are {source.image_size} px; image_size {image_size} applies to data sets of "
+            f"images of any size ({resizable}): leave it unset for {name}"
+        )
+    return image_size
 
 
 def describe_datasets() -> list[dict]:
     """One entry per dataset for ``cssl datasets`` and ``GET /v1/datasets``."""
     return [
-        {"name": s.name, "description": s.description, "needs_path": s.needs_path, "image_size": s.image_size}
+        {
+            "name": s.name,
+            "description": s.description,
+            "needs_path": s.needs_path,
+            "image_size": s.image_size,
+            "resizable": s.resizable,
+        }
         for s in _SOURCES.values()
     ]
 

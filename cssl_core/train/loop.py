@@ -124,7 +124,7 @@ class Trainer:
         torch.manual_seed(config.seed)
 
         # Data: uint8 images, on the device when they fit, views made there per batch.
-        self.data = dataset or load_dataset(config.dataset, config.data)
+        self.data = dataset or load_dataset(config.dataset, config.data, image_size=config.image_size)
         split = self.data.pretrain_split()
         if config.subset:
             split = class_balanced_subset(split, config.subset, config.seed)
