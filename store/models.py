@@ -83,6 +83,7 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created_at", "owner", "created_at"),
         Index("ix_jobs_status_published_at", "status", "published_at"),
+        Index("ix_jobs_owner_name", "owner", "name"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
@@ -118,6 +119,22 @@ class Job(Base):
     resumed_from_step: Mapped[int | None]
     # Attempts lost without a new checkpoint; only these count towards CSSL_MAX_ATTEMPTS.
     stalled_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    # A label its owner chose (not unique) and its tags (``JobTag``), both searchable.
+    name: Mapped[str | None] = mapped_column(String(200))
+    # What made the run: code version, libraries, device, determinism flags, host, data
+    # fingerprint; written by the worker when an attempt starts (see worker.provenance).
+    provenance: Mapped[dict[str, Any] | None]
+
+
+class JobTag(Base):
+    """One key/value tag of a job; ``GET /v1/jobs?tag=key:value`` finds jobs by them."""
+
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_key_value", "key", "value"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
 
 
 class JobEvent(Base):
