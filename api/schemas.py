@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
@@ -41,6 +41,22 @@ def _no_nul(value: Any) -> Any:
 
 ConfigValues = Annotated[dict[str, Any], AfterValidator(_no_nul)]
 
+# Names and tag values are one line of printable text; tag keys are identifiers.
+TAG_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+JobName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_ONE_LINE)]
+TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]
+TagValue = Annotated[str, StringConstraints(max_length=200, pattern=_ONE_LINE)]
+MAX_TAGS = 32
+Tags = Annotated[
+    dict[TagKey, TagValue],
+    Field(
+        max_length=MAX_TAGS,
+        description=f"Key/value labels to find the job by (at most {MAX_TAGS})",
+        json_schema_extra={"additionalProperties": False},
+    ),
+]
+
 PRETRAIN_EXAMPLE = {
     "kind": "pretrain",
     "method": "simclr",
@@ -48,6 +64,8 @@ PRETRAIN_EXAMPLE = {
     "config": {"epochs": 200, "backbone": "resnet18", "batch_size": 512},
     "evaluate": ["knn", "linear"],
     "priority": 5,
+    "name": "simclr r18 baseline",
+    "tags": {"project": "pets", "sweep": "lr"},
 }
 # Runs anywhere: generated images, no files needed.
 TRY_EXAMPLE = {
@@ -122,6 +140,8 @@ class JobCreate(BaseModel):
         None, pattern=JOB_ID_PATTERN, description="Eval: a succeeded pretrain job whose final checkpoint to evaluate"
     )
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest)")
+    name: JobName | None = Field(None, description="A label for people; need not be unique")
+    tags: Tags = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> JobCreate:
@@ -134,6 +154,19 @@ class JobCreate(BaseModel):
         elif (self.checkpoint is None) == (self.job is None):
             raise ValueError("an eval job names exactly one of checkpoint (an id) or job (a succeeded pretrain job)")
         return self
+
+
+class JobUpdate(BaseModel):
+    """Rename or retag a job: ``name`` null clears it; ``tags`` merges, a null value removes a key."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"name": "keep", "tags": {"sweep": None, "best": "yes"}}]}
+    )
+
+    name: JobName | None = None
+    tags: Annotated[
+        dict[TagKey, TagValue | None], Field(max_length=MAX_TAGS, json_schema_extra={"additionalProperties": False})
+    ] = Field(default_factory=dict)
 
 
 class Progress(BaseModel):
@@ -175,6 +208,8 @@ class JobPublic(BaseModel):
     id: str
     kind: JobKind
     status: JobStatus
+    name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
     method: str
     dataset: DatasetPublic
     config: dict[str, Any] = Field(description="The full resolved config, enough to reproduce the run")
@@ -199,7 +234,9 @@ class JobPublic(BaseModel):
 
 class JobList(BaseModel):
     items: list[JobPublic]
-    next: str | None = Field(None, description="The next page, or null")
+    next: str | None = Field(
+        None, description="The next page (the same filters and a cursor after this page's last job), or null"
+    )
 
 
 class MetricPoint(BaseModel):

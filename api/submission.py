@@ -103,6 +103,8 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         config={**config.to_dict(), **eval_params},
         evaluate=protocols,
         priority=body.priority,
+        name=body.name,
+        tags=body.tags,
     )
 
 
@@ -269,4 +271,6 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         evaluate=protocols,
         priority=body.priority,
         source_checkpoint_id=checkpoint.id,
+        name=body.name,
+        tags=body.tags,
     )

@@ -24,6 +24,8 @@ def job_public(job: Job) -> JobPublic:
         id=job.id,
         kind=job.kind,
         status=job.status,
+        name=job.name,
+        tags=job.tags,
         method=job.method,
         dataset=DatasetPublic(name=job.dataset, path=job.dataset_path, upload=upload_id(job.dataset_path)),
         config=job.config,

@@ -9,15 +9,15 @@ the API and the sweeper may race without harm. Each change also appends a job ev
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import TERMINAL_STATUSES, Checkpoint, Job, utcnow
+from store.models import TERMINAL_STATUSES, Checkpoint, Job, JobTag, utcnow
 from store.records import add_event
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ class NewJob:
     evaluate: list[str]
     priority: int = 5
     source_checkpoint_id: int | None = None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def create_job(
@@ -74,6 +76,8 @@ def create_job(
         attempt=0,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        name=new.name,
+        tag_rows=[JobTag(key=key, value=value) for key, value in new.tags.items()],
     )
     try:
         with session.begin_nested():
@@ -115,26 +119,84 @@ def get_job(session: Session, job_id: str, owner: str | None = None) -> Job | No
     return session.scalar(query)
 
 
+# What a job list may be sorted by; ties (and the cursor) fall back to the id.
+SORT_KEYS = {"created_at": Job.created_at, "name": func.coalesce(Job.name, "")}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """The jobs of one owner that ``list_jobs`` returns; ``tags`` holds (key, value or None
+    for any value) pairs, all of which a job must have."""
+
+    status: str | None = None
+    kind: str | None = None
+    method: str | None = None
+    dataset: str | None = None
+    name: str | None = None  # a case-insensitive part of the name
+    tags: tuple[tuple[str, str | None], ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
 def list_jobs(
     session: Session,
     owner: str,
+    where: JobFilter = JobFilter(),
     *,
-    status: str | None = None,
-    kind: str | None = None,
-    method: str | None = None,
+    sort: str = "-created_at",
+    after: tuple[Any, str] | None = None,
     limit: int = 50,
-    offset: int = 0,
 ) -> tuple[list[Job], bool]:
-    """Newest first; returns ``(jobs, has_more)``."""
+    """One page of jobs in ``sort`` order (a key of SORT_KEYS, ``-`` for descending), starting
+    after the job whose (sort value, id) is ``after``: pages keyed so, unlike offsets, do not
+    shift while jobs arrive. Returns ``(jobs, has_more)``."""
+    descending = sort.startswith("-")
+    column = SORT_KEYS[sort.removeprefix("-")]
     query = select(Job).where(Job.owner == owner)
-    if status is not None:
-        query = query.where(Job.status == status)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    if method is not None:
-        query = query.where(Job.method == method)
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).offset(offset).limit(limit + 1)))
+    for name in ("status", "kind", "method", "dataset"):
+        if (value := getattr(where, name)) is not None:
+            query = query.where(getattr(Job, name) == value)
+    if where.name:
+        escaped = where.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Job.name.ilike(f"%{escaped}%", escape="\\"))
+    for key, value in where.tags:
+        tag = exists().where(JobTag.job_id == Job.id, JobTag.key == key)
+        query = query.where(tag.where(JobTag.value == value) if value is not None else tag)
+    if where.created_after is not None:
+        query = query.where(Job.created_at >= where.created_after)
+    if where.created_before is not None:
+        query = query.where(Job.created_at < where.created_before)
+    if after is not None:
+        key = tuple_(column, Job.id)
+        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
+    order = (column.desc(), Job.id.desc()) if descending else (column.asc(), Job.id.asc())
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def sort_value(job: Job, sort: str) -> Any:
+    """The value ``list_jobs`` orders ``job`` by under ``sort``: what a cursor after it holds."""
+    key = sort.removeprefix("-")
+    return job.created_at if key == "created_at" else job.name or ""
+
+
+def update_labels(session: Session, job: Job, *, name: str | None, rename: bool, tags: dict[str, str | None]) -> Job:
+    """Set (or with ``rename`` and ``name=None`` clear) the name; merge ``tags``, where a None
+    value removes the key."""
+    if rename:
+        job.name = name
+    rows = {row.key: row for row in job.tag_rows}
+    for key, value in tags.items():
+        if value is None:
+            if key in rows:
+                job.tag_rows.remove(rows.pop(key))
+        elif key in rows:
+            rows[key].value = value
+        else:
+            rows[key] = JobTag(key=key, value=value)
+            job.tag_rows.append(rows[key])
+    session.flush()
+    return job
 
 
 def mark_published(session: Session, job_id: str) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -124,6 +124,13 @@ class Job(Base):
     # What made the run: code version, libraries, device, determinism flags, host, data
     # fingerprint; written by the worker when an attempt starts (see worker.provenance).
     provenance: Mapped[dict[str, Any] | None]
+    tag_rows: Mapped[list[JobTag]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobTag.key"
+    )
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {tag.key: tag.value for tag in self.tag_rows}
 
 
 class JobTag(Base):

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from api import events, submission
 from api.deps import CurrentCaller, CurrentOwner, PublisherDep, ReadSessionDep, SessionDep, SettingsDep
-from api.problems import ProblemError, field_error, problem
+from api.problems import ProblemError, field_error, invalid, problem
 from api.ratelimit import TOO_MANY, holding, limit_submissions, too_many
 from api.routes.artifacts import artifact_file
 from api.schemas import (
     EVAL_EXAMPLE,
     JOB_ID_PATTERN,
     MAX_ROW_ID,
+    MAX_TAGS,
     PRETRAIN_EXAMPLE,
+    TAG_KEY_PATTERN,
     TRY_EXAMPLE,
     JobCreate,
     JobKind,
@@ -25,6 +30,7 @@ from api.schemas import (
     JobMetrics,
     JobPublic,
     JobStatus,
+    JobUpdate,
 )
 from api.views import job_public
 from store import jobs, records
@@ -37,6 +43,8 @@ JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id: 32 he
 # SSE ids are non-negative integers; a Last-Event-ID that is not one is ignored, as the SSE
 # spec has clients ignore an id they cannot use.
 EVENT_ID = re.compile(r"[0-9]{1,10}")
+JobSort = Literal["-created_at", "created_at", "-name", "name"]
+TAG_FILTER_PATTERN = r"^[A-Za-z0-9_.-]{1,64}(:[^\x00]{0,200})?$"
 # Any owner may submit up to this priority; above it takes an admin token.
 DEFAULT_PRIORITY = 5
 
@@ -162,7 +170,7 @@ def submit_job(
     "",
     response_model=JobList,
     responses={200: {"links": job_links("$response.body#/items/0/id")}},
-    summary="List your jobs, newest first",
+    summary="Find your jobs: filter by status, method, data set, name, tags and date; sort; page by cursor",
 )
 def list_jobs(
     request: Request,
@@ -171,12 +179,89 @@ def list_jobs(
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     method: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A method's name")] = None,
+    dataset: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A data set's name")] = None,
+    name: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Jobs whose name contains this (any case)")
+    ] = None,
+    tag: Annotated[
+        list[str],
+        Query(
+            max_length=MAX_TAGS,
+            description="key:value, or key for any value; repeat it for jobs that have every one",
+            json_schema_extra={"items": {"type": "string", "pattern": TAG_FILTER_PATTERN}},
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies a list default per request
+    created_after: Annotated[datetime | None, Query(description="Submitted at or after (ISO 8601; UTC if no zone)")] = (
+        None
+    ),
+    created_before: Annotated[datetime | None, Query(description="Submitted before (ISO 8601; UTC if no zone)")] = (
+        None
+    ),
+    sort: Annotated[JobSort, Query(description="created_at or name; a leading - sorts descending")] = "-created_at",
+    cursor: Annotated[
+        str | None, Query(max_length=400, description="From a previous page's `next`: the jobs after that page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> JobList:
-    rows, more = jobs.list_jobs(session, owner, status=status, kind=kind, method=method, limit=limit, offset=offset)
-    next_page = str(request.url.include_query_params(offset=offset + limit, limit=limit)) if more else None
+    where = jobs.JobFilter(
+        status=status,
+        kind=kind,
+        method=method,
+        dataset=dataset,
+        name=name,
+        tags=tuple(_tag_filter(t) for t in tag),
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+    )
+    after = _read_cursor(cursor, sort) if cursor else None
+    rows, more = jobs.list_jobs(session, owner, where, sort=sort, after=after, limit=limit)
+    next_page = None
+    if more:
+        last = rows[-1]
+        next_page = str(request.url.include_query_params(cursor=_write_cursor(sort, last), limit=limit))
     return JobList(items=[job_public(job) for job in rows], next=next_page)
+
+
+def _tag_filter(text: str) -> tuple[str, str | None]:
+    key, _, value = text.partition(":")
+    if not re.fullmatch(TAG_KEY_PATTERN.strip("^$"), key) or len(value) > 200 or "\x00" in value:
+        raise invalid(
+            [
+                field_error(
+                    ["query", "tag"],
+                    f"{text!r}: write key:value (a key of letters, digits, _ . -; a value up to 200 characters) or key",
+                )
+            ]
+        )
+    return key, value if ":" in text else None
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _write_cursor(sort: str, job: Job) -> str:
+    value = jobs.sort_value(job, sort)
+    payload = [sort, value.isoformat() if isinstance(value, datetime) else value, job.id]
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str, sort: str) -> tuple[object, str]:
+    try:
+        kept_sort, value, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if kept_sort != sort or not isinstance(value, str) or not re.fullmatch(JOB_ID_PATTERN, job_id):
+            raise ValueError(cursor)
+        return (_utc(datetime.fromisoformat(value)) if sort.endswith("created_at") else value), job_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise invalid(
+            [
+                field_error(
+                    ["query", "cursor"],
+                    "not a cursor this service wrote for this sort order: start again without it, "
+                    "and follow each page's `next` link",
+                )
+            ]
+        ) from None
 
 
 @router.get(
@@ -187,6 +272,22 @@ def list_jobs(
 )
 def get_job(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobPublic:
     return job_public(_owned_job(session, job_id, owner))
+
+
+@router.patch(
+    "/{job_id}",
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 200: {"links": job_links("$response.body#/id")}},
+    summary="Rename or retag a job (name null clears it; a tag set to null is removed)",
+)
+def update_job(job_id: JobId, body: JobUpdate, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    job = _owned_job(session, job_id, owner)
+    kept = {key for key in job.tags if key not in body.tags} | {k for k, v in body.tags.items() if v is not None}
+    if len(kept) > MAX_TAGS:
+        message = f"a job has at most {MAX_TAGS} tags; this change would leave {len(kept)}"
+        raise invalid([field_error(["body", "tags"], message)])
+    rename = "name" in body.model_fields_set
+    return job_public(jobs.update_labels(session, job, name=body.name, rename=rename, tags=body.tags))
 
 
 @router.post(

@@ -129,6 +129,8 @@ def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grow
     page.screenshot(path=str(tmp_path / "submit-error.png"), full_page=True)
 
     temperature.fill("")
+    page.fill("#f-name", "form run")
+    page.fill("#f-tags", "source:form, note: a b")
     page.get_by_role("button", name="Submit job").click()
     page.wait_for_url("**/ui/jobs/*")
     job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
@@ -157,6 +159,7 @@ def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grow
     job = httpx.get(f"{server}/v1/jobs/{job_id}", headers=auth(owner_token)).json()
     assert job["evaluate"] == ["knn"] and job["config"]["temperature"] == 0.2  # the small-image recipe's
     assert {k: str(job["config"][k]) for k in FORM_CONFIG} == FORM_CONFIG
+    assert job["name"] == "form run" and job["tags"] == {"source": "form", "note": "a b"}
 
 
 @pytest.fixture()
@@ -169,6 +172,8 @@ def trained(server, worker, owner_token, shared) -> str:
             "dataset": {"name": "synthetic"},
             "config": {**TINY, "epochs": 3},
             "evaluate": ["knn"],
+            "name": "form run",
+            "tags": {"source": "form", "note": "a b"},
         }
         shared["job"] = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
     read_events(server, f"/v1/jobs/{shared['job']}/events", auth(owner_token), timeout=180)
@@ -299,6 +304,23 @@ def test_the_leaderboard_offers_the_protocols_with_an_accuracy(server, page, own
     offered = [o for o in page.locator("#lb-protocol option").evaluate_all("os => os.map(o => o.value)") if o]
     assert sorted(offered) == sorted(p["name"] for p in protocols if p["accuracy"])
     assert "knn" in offered and "embedding" not in offered and "attention" not in offered
+
+
+def test_the_jobs_list_finds_a_run_by_its_tag_and_name(server, page, trained):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/ui/")
+    page.locator("#jobs-table").wait_for()
+    page.fill("#filter-tag", "source:form")
+    page.press("#filter-tag", "Tab")
+    row = page.locator(f'#jobs-table tr[data-job="{trained}"]')
+    row.locator(".job-name").get_by_text("form run").wait_for()
+    assert "source=form" not in page.url and "tag=source%3Aform" in page.url
+    expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+    page.fill("#filter-name", "no such run")
+    page.press("#filter-name", "Tab")
+    page.get_by_text("No jobs match these filters.").wait_for()
+    assert page.locator("#jobs-table tbody tr").count() == 0
 
 
 def test_an_api_error_shows_in_its_part_of_the_page_which_stays_usable(server, page, trained, tmp_path):

@@ -126,8 +126,10 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1/jobs?offset=80673343755609387827200",
-        "/v1/jobs?offset=2147483648",
+        # Cursors: a year past 9999, a NUL for the job id.
+        "/v1/jobs?cursor=WyItY3JlYXRlZF9hdCIsICI5OTk5OS0wMS0wMVQwMDowMDowMCIsICIwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMCJd",
+        "/v1/jobs?cursor=WyItY3JlYXRlZF9hdCIsICIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgIlx1MDAwMCJd",
+        "/v1/jobs?tag=key:%00",
         "/v1/jobs?method=%00",
         "/v1/jobs/not-a-job-id",
         "/v1/checkpoints?job=%F0%B7%B1%BE%00v",

@@ -45,6 +45,7 @@ BODIES = {
         "json": {"kind": "eval", "checkpoint": ids["checkpoint_id"], "evaluate": ["knn"]}
     },
     ("POST", "/v1/jobs/{job_id}/cancel"): lambda ids: {},
+    ("PATCH", "/v1/jobs/{job_id}"): lambda ids: {"json": {"name": "taken", "tags": {"owner": "bob"}}},
     ("POST", "/v1/datasets/uploads"): lambda ids: {
         "content": archive(),
         "headers": {"content-type": "application/gzip"},

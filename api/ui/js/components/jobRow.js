@@ -31,11 +31,14 @@ export function jobRow(job, { selected, onSelect, onCancelled }) {
       signatures[i] = signature;
       clear(cells[i], ...content);
     };
+    const tags = Object.entries(current.tags || {}).map(([k, v]) => `${k}:${v}`).join(" ");
     set(
       1,
-      current.id,
+      `${current.id}${current.name}${tags}`,
       h("a", { href: `/ui/jobs/${current.id}`, class: "mono", title: current.id }, shortId(current.id)),
       current.kind === "eval" ? " (eval)" : "",
+      current.name ? h("div", { class: "job-name" }, current.name) : "",
+      tags ? h("div", { class: "muted tag-list" }, tags) : "",
     );
     set(2, `${current.status}${current.cancel_requested}`, statusBadge(current));
     set(3, current.method, current.method);

@@ -72,7 +72,7 @@ export async function render(main, { query, signal }) {
     const loss = h("figure", { class: "chart", id: "compare-loss" }, h("figcaption", {}, `Loss by ${AXES[axis]}`));
     const knn = h("figure", { class: "chart", id: "compare-knn" }, h("figcaption", {}, `kNN top-1 by ${AXES[axis]}`));
     clear(chartsBox, loss, knn);
-    const series = runs.map((r, i) => ({ label: `${r.job.method} ${shortId(r.job.id)}`, color: PALETTE[i % PALETTE.length] }));
+    const series = runs.map((r, i) => ({ label: r.job.name ? `${r.job.name} (${shortId(r.job.id)})` : `${r.job.method} ${shortId(r.job.id)}`, color: PALETTE[i % PALETTE.length] }));
     lineChart(loss, { xLabel: AXES[axis], series, signal: drawSignal.signal })
       .set(alignSeries(runs.map((r) => curve(r, "loss", axis))));
     lineChart(knn, { xLabel: AXES[axis], series: series.map((s) => ({ ...s, points: true })), signal: drawSignal.signal,

@@ -1,5 +1,5 @@
-// /ui/: your jobs, filtered by status and method, paged, updated live; select runs to compare,
-// cancel a queued or running one.
+// /ui/: your jobs, filtered by status, method, name and tag, paged by cursor, updated live;
+// select runs to compare, cancel a queued or running one.
 
 import { api, settle } from "../api.js";
 import { STATUSES, clear, every, h } from "../dom.js";
@@ -18,13 +18,24 @@ let methodNames = null; // asked for once: the registry does not change while th
 
 export async function render(main, { query, signal }) {
   document.title = "Jobs · cssl";
-  const filters = { status: query.get("status") || "", method: query.get("method") || "", offset: Math.max(0, Number(query.get("offset")) || 0) };
+  const filters = {
+    status: query.get("status") || "",
+    method: query.get("method") || "",
+    name: query.get("name") || "",
+    tag: query.get("tag") || "",
+  };
+  // A page is named by the cursor after the previous page's last job, so it does not shift
+  // while jobs arrive; the cursors of the pages before it let "Previous page" go back.
+  let cursor = query.get("cursor") || "";
+  const before = [];
   const rows = new Map(); // job id -> {tr, job, cells}
   const follow = jobFollower({ max: MAX_FOLLOWED, signal, onEvent });
 
   const statusSelect = h("select", { id: "filter-status", name: "status" },
     h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s, selected: s === filters.status }, s)));
   const methodSelect = h("select", { id: "filter-method", name: "method" }, h("option", { value: "" }, "any"));
+  const nameInput = h("input", { id: "filter-name", name: "name", type: "search", value: filters.name, maxlength: 200, placeholder: "part of a name" });
+  const tagInput = h("input", { id: "filter-tag", name: "tag", value: filters.tag, maxlength: 265, placeholder: "key:value", pattern: "[A-Za-z0-9_.\\-]{1,64}(:.*)?" });
   const compareButton = h("button", { type: "button", class: "secondary", onclick: () => navigate(`/ui/compare?jobs=${[...selected].join(",")}`) });
   const tbody = h("tbody");
   const emptyNote = h("p", { class: "empty", hidden: true });
@@ -39,6 +50,8 @@ export async function render(main, { query, signal }) {
     h("div", { class: "toolbar" },
       h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), statusSelect),
       h("div", { class: "field" }, h("label", { for: "filter-method" }, "Method"), methodSelect),
+      h("div", { class: "field" }, h("label", { for: "filter-name" }, "Name"), nameInput),
+      h("div", { class: "field" }, h("label", { for: "filter-tag" }, "Tag"), tagInput),
       h("span", { class: "spacer" }),
       compareButton,
       h("a", { class: "button", href: "/ui/submit" }, "Submit a job")),
@@ -63,21 +76,35 @@ export async function render(main, { query, signal }) {
   };
   syncCompare();
 
+  const keepInUrl = () => {
+    const q = new URLSearchParams(Object.entries({ ...filters, cursor }).filter(([, v]) => v));
+    history.replaceState({}, "", `/ui/${q.size ? `?${q}` : ""}`);
+  };
   const setFilters = () => {
+    if (!tagInput.checkValidity()) {
+      tagInput.reportValidity();
+      return;
+    }
     filters.status = statusSelect.value;
     filters.method = methodSelect.value;
-    filters.offset = 0;
-    const q = new URLSearchParams(Object.entries(filters).filter(([k, v]) => v && !(k === "offset" && v === 0)));
-    history.replaceState({}, "", `/ui/${q.size ? `?${q}` : ""}`);
+    filters.name = nameInput.value.trim();
+    filters.tag = tagInput.value.trim();
+    cursor = "";
+    before.length = 0;
+    keepInUrl();
     load();
   };
-  statusSelect.addEventListener("change", setFilters);
-  methodSelect.addEventListener("change", setFilters);
+  for (const control of [statusSelect, methodSelect, nameInput, tagInput]) control.addEventListener("change", setFilters);
 
+  let nextCursor = "";
   function page(direction) {
-    filters.offset = Math.max(0, filters.offset + direction * PAGE_SIZE);
-    const q = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
-    history.replaceState({}, "", `/ui/${q.size ? `?${q}` : ""}`);
+    if (direction > 0) {
+      before.push(cursor);
+      cursor = nextCursor;
+    } else {
+      cursor = before.pop() || "";
+    }
+    keepInUrl();
     load();
   }
 
@@ -91,9 +118,9 @@ export async function render(main, { query, signal }) {
   }
 
   async function load() {
-    const params = new URLSearchParams({ limit: PAGE_SIZE, offset: filters.offset });
-    if (filters.status) params.set("status", filters.status);
-    if (filters.method) params.set("method", filters.method);
+    const params = new URLSearchParams({ limit: PAGE_SIZE });
+    for (const key of ["status", "method", "name", "tag"]) if (filters[key]) params.set(key, filters[key]);
+    if (cursor) params.set("cursor", cursor);
     let list;
     try {
       list = await api(`/v1/jobs?${params}`, { signal });
@@ -122,10 +149,12 @@ export async function render(main, { query, signal }) {
       if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] || null);
     });
     emptyNote.hidden = list.items.length > 0;
-    emptyNote.textContent = filters.status || filters.method ? "No jobs match these filters." : "No jobs yet: submit one.";
-    previous.disabled = filters.offset === 0;
-    next.disabled = !list.next;
-    pageNote.textContent = list.items.length ? `Jobs ${filters.offset + 1}–${filters.offset + list.items.length}` : "";
+    const filtered = filters.status || filters.method || filters.name || filters.tag;
+    emptyNote.textContent = filtered ? "No jobs match these filters." : cursor ? "No more jobs." : "No jobs yet: submit one.";
+    nextCursor = list.next ? new URL(list.next, location.origin).searchParams.get("cursor") : "";
+    previous.disabled = !cursor;
+    next.disabled = !nextCursor;
+    pageNote.textContent = list.items.length ? `Page ${before.length + 1}` : "";
     updated.textContent = `Updated ${new Date().toLocaleTimeString("en-GB")}`;
     follow(list.items.filter((job) => job.status === "running").map((job) => job.id));
   }

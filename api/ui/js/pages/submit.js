@@ -48,6 +48,13 @@ export async function render(main, { query, signal }) {
     placeholder: "5",
     "aria-describedby": "f-priority-help f-priority-error",
   });
+  const nameInput = h("input", { id: "f-name", name: "name", maxlength: 200, "aria-describedby": "f-name-help f-name-error" });
+  const tagsInput = h("input", {
+    id: "f-tags",
+    name: "tags",
+    placeholder: "project:pets, sweep:lr",
+    "aria-describedby": "f-tags-help f-tags-error",
+  });
   const submitButton = h("button", { type: "submit" }, "Submit job");
   const status = h("p", { class: "muted", role: "status" });
   const form = h(
@@ -77,6 +84,8 @@ export async function render(main, { query, signal }) {
       "div",
       { class: "form-grid" },
       field("body.priority", "f-priority", "Priority", priorityInput, "0 (lowest) to 9 (highest)"),
+      field("body.name", "f-name", "Name", nameInput, "optional; to find the run again"),
+      field("body.tags", "f-tags", "Tags", tagsInput, "key:value pairs, separated by commas"),
     ),
     h("div", { class: "actions" }, submitButton, status),
   );
@@ -112,6 +121,9 @@ export async function render(main, { query, signal }) {
     };
     if (evaluate) body.evaluate = evaluate.chosen();
     if (priorityInput.value.trim() !== "") body.priority = parse(priorityInput.value, { type: "integer" });
+    if (nameInput.value.trim() !== "") body.name = nameInput.value.trim();
+    const tags = tagsInput.value.split(",").map((t) => t.trim()).filter(Boolean);
+    if (tags.length) body.tags = Object.fromEntries(tags.map((t) => [t.split(":")[0].trim(), t.split(":").slice(1).join(":").trim()]));
     return body;
   }
 
@@ -123,6 +135,7 @@ export async function render(main, { query, signal }) {
     config.set(job.config, new Set(Object.keys(job.evaluation_parameters || {})));
     evaluate?.set(job.evaluate || [], job.evaluation_parameters || {});
     if (job.priority !== 5) priorityInput.value = String(job.priority);
+    tagsInput.value = Object.entries(job.tags || {}).map(([k, v]) => `${k}:${v}`).join(", ");
   }
 
   form.addEventListener("submit", async (event) => {
