@@ -203,7 +203,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     typed_eval_params = {}
     for protocol, params in eval_params.items():
         if not isinstance(params, dict):
-            raise CsslError(f"{protocol} takes an object of its parameters, e.g. {{\"k\": 20}}; got {params!r}")
+            raise CsslError(f'{protocol} takes an object of its parameters, e.g. {{"k": 20}}; got {params!r}')
         typed = dataclasses.asdict(protocol_params(protocol, params))
         typed_eval_params[protocol] = {key: typed[key] for key in params}
     if args.resume:

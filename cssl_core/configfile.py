@@ -22,7 +22,18 @@ from cssl_core.errors import ConfigError
 YAML_SUFFIXES = (".yaml", ".yml")
 # libyaml's parser where it is built in (the wheels have it), else the pure-Python one.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+    """Mappings one key a line; a list of numbers on its line (``local_crop_scale: [0.05, 0.4]``)."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    flat = not any(isinstance(item, (list, dict)) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
 
 
 class YamlSyntaxError(ConfigError):
@@ -42,9 +53,8 @@ def load_yaml(text: str | bytes) -> Any:
         document = yaml.load(text, Loader=_SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "not valid YAML"
-        if exc.problem and exc.context:
-            problem += f" ({exc.context})"
+        # libyaml's context and problem read as one sentence: "while parsing X, did not find Y".
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "not valid YAML"
         if mark is None:
             raise YamlSyntaxError(problem) from None
         raise YamlSyntaxError(problem, mark.line + 1, mark.column + 1) from None
@@ -110,7 +120,7 @@ def _kind(value: Any) -> str:
 def dump_config_yaml(values: Mapping[str, Any]) -> str:
     """A config as YAML, in the order given; :func:`load_yaml` reads back the same values
     (tuples, which JSON and YAML store as lists, come back as lists)."""
-    return yaml.dump(_plain(values), Dumper=_SafeDumper, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return yaml.dump(_plain(values), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def _plain(value: Any) -> Any:
