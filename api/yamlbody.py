@@ -52,12 +52,19 @@ async def _json_of_yaml(body: bytes) -> bytes:
         return body  # no body at all: the same answer as an empty JSON body
     try:
         # A megabyte of YAML takes a while to parse; not on the event loop.
-        document = await run_in_threadpool(load_yaml, body)
+        return await run_in_threadpool(_yaml_to_json, body)
     except YamlSyntaxError as exc:
         raise invalid([field_error(["body"], f"YAML syntax error: {exc}", "yaml_invalid")]) from None
     except ConfigError as exc:
         raise invalid([field_error(["body"], str(exc), "yaml_invalid")]) from None
-    return json.dumps(document).encode()
+
+
+def _yaml_to_json(body: bytes) -> bytes:
+    document = load_yaml(body)
+    try:
+        return json.dumps(document).encode()
+    except RecursionError:  # a few hundred levels can be too many for the encoder's stack
+        raise YamlSyntaxError("nested too deeply") from None
 
 
 class _AsJson(Request):

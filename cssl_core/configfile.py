@@ -51,6 +51,7 @@ def load_yaml(text: str | bytes) -> Any:
     not a string) or an alias raises :class:`ConfigError` naming where it is."""
     try:
         document = yaml.load(text, Loader=_SafeLoader)
+        _check_json_values(document, "", set())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         # libyaml's context and problem read as one sentence: "while parsing X, did not find Y".
@@ -61,8 +62,8 @@ def load_yaml(text: str | bytes) -> Any:
     except yaml.YAMLError as exc:  # a reader error: bytes that are not UTF-8, a control character
         raise YamlSyntaxError(" ".join(str(exc).split())) from None
     except RecursionError:
+        # libyaml stops at 1,000 levels; walking that many in Python may reach the interpreter's limit first.
         raise YamlSyntaxError("nested too deeply") from None
-    _check_json_values(document, "", set())
     return document
 
 

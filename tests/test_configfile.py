@@ -143,6 +143,9 @@ def test_yaml_keeps_to_the_values_json_has():
     for text in ("1: a", "a: !!binary aGk=", "a: !!set {x}"):
         with pytest.raises(ConfigError, match="quote it"):
             load_yaml(text)
+    for depth in (999, 1000, 5000):  # libyaml's limit is 1,000; Python's recursion nearly so
+        with pytest.raises(ConfigError, match="nest"):
+            load_yaml("a: " + "[" * depth + "]" * depth)
     # Ten levels of nine aliases each stand for a billion strings; refused before anything walks them.
     laughs = "a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))
     with pytest.raises(ConfigError, match="aliases"):

@@ -102,6 +102,12 @@ def test_yaml_that_does_not_parse_is_a_422_naming_where(client, alice, text, msg
     assert problem["errors"][0]["msg"].startswith(msg), problem
 
 
+@pytest.mark.parametrize("depth", [990, 5000])
+def test_deep_nesting_is_a_422(client, alice, depth):
+    text = "kind: pretrain\nconfig: {a: " + "[" * depth + "]" * depth + "}\n"
+    assert_problem(post_yaml(client, alice, text), 422)
+
+
 def test_aliases_are_refused_before_they_are_expanded(client, alice):
     # Nine levels of nine aliases: 387 million strings once expanded, a few hundred bytes here.
     levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
