@@ -77,10 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
         "images of 64 px or less (recipe=auto) a method's small-image recipe changes a "
         "few of them, batch_size among them (`cssl methods` lists both).",
     )
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(method_names())}")
+    p.add_argument(
+        "--method", help=f"one of: {', '.join(method_names())}; may come from the --config file's method key"
+    )
     for option, key in PRETRAIN_OPTIONS.items():
         p.add_argument(option, dest=key, default=None, help=config_help(PretrainConfig, key))
-    p.add_argument("--config", type=Path, help="JSON file of config keys (the flat form stored with every run)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML (.yaml, .yml) or JSON file of config keys (the flat form stored with every run; "
+        "configs/ holds each method's paper recipe); options and --set override it",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config as YAML (a --config file) and exit without training",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -178,27 +190,33 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cssl_core.config import build_config
+    from cssl_core.configfile import dump_config_yaml, read_config_file
     from cssl_core.evaluation import evaluate_checkpoint, protocol_names, protocol_params
     from cssl_core.train import load_checkpoint, pretrain
 
-    overrides: dict[str, Any] = {}
-    if args.config:
-        try:
-            overrides.update(json.loads(args.config.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CsslError(f"could not read --config {args.config}: {exc}") from None
+    overrides: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    method = _method(args.method, overrides.get("method"), args.config)
     overrides.update({key: getattr(args, key) for key in PRETRAIN_OPTIONS.values() if getattr(args, key) is not None})
     overrides.update(_key_values(args.overrides))
     # A service job's stored config also holds its evaluations' parameters ({"knn": {"k": 20}}).
     eval_params = {p: overrides.pop(p) for p in protocol_names() if p in overrides}
+    typed_eval_params = {}
     for protocol, params in eval_params.items():
-        protocol_params(protocol, params)
+        if not isinstance(params, dict):
+            raise CsslError(f'{protocol} takes an object of its parameters, e.g. {{"k": 20}}; got {params!r}')
+        typed = dataclasses.asdict(protocol_params(protocol, params))
+        typed_eval_params[protocol] = {key: typed[key] for key in params}
     if args.resume:
         # A resumed run keeps its checkpoint's config (pretrain() rebuilds it from there).
         stored = load_checkpoint(args.resume)["config"]
         config = build_config(stored["method"], stored)
+    elif method is None:
+        raise CsslError("pretrain needs --method, or a --config file with a method key")
     else:
-        config = build_config(args.method, overrides)
+        config = build_config(method, overrides)
+    if args.print_config:
+        print(dump_config_yaml({**config.to_dict(), **typed_eval_params}), end="")
+        return 0
     out = args.out or Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +258,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"{protocol}: {_accuracy(r)}")
     print(next_steps(out, config.method))
     return 0
+
+
+def _method(option: str | None, in_file: Any, config_file: Path | None) -> str | None:
+    """The method --method names, or else the config file's ``method`` key; the two must agree."""
+    if option is not None and in_file is not None and in_file != option:
+        raise CsslError(f"--method {option} differs from the method {in_file!r} of --config {config_file}; give one")
+    return option if option is not None else in_file
 
 
 def _accuracy(r) -> str:

@@ -33,10 +33,11 @@ from api.schemas import (
     JobUpdate,
 )
 from api.views import job_public
+from api.yamlbody import YamlBodyRoute, yaml_request_body
 from store import jobs, records
 from store.models import Job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=YamlBodyRoute)
 
 NOT_FOUND = {404: problem("No such job for this token's owner")}
 JobId = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="A job id: 32 hex digits")]
@@ -96,6 +97,9 @@ def _owned_job(session, job_id: str, owner: str) -> Job:
     },
     dependencies=[Depends(limit_submissions)],
     summary="Submit a pretraining or evaluation job",
+    description="The body is JSON, or the same document as YAML (`Content-Type: application/yaml`; "
+    "`application/x-yaml` and `text/yaml` work too).",
+    openapi_extra=yaml_request_body("#/components/schemas/JobCreate"),
 )
 def submit_job(
     session: SessionDep,
