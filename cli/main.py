@@ -16,26 +16,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from cli.options import PRETRAIN_OPTIONS, add_pretrain_options, key_values, pretrain_overrides
+from cli.remote import add_remote_commands
 from cssl_core.errors import CsslError
 
-# CLI option -> config key; the API's job ``config`` uses the same keys.
-PRETRAIN_OPTIONS = {
-    "--dataset": "dataset",
-    "--data": "data",
-    "--epochs": "epochs",
-    "--backbone": "backbone",
-    "--batch-size": "batch_size",
-    "--subset": "subset",
-    "--image-size": "image_size",
-    "--seed": "seed",
-    "--time-budget": "time_budget",
-    "--checkpoint-every": "checkpoint_every",
-    "--knn-every": "knn_every",
-    "--precision": "precision",
-    "--device": "device",
-}
+__all__ = ["PRETRAIN_OPTIONS", "build_parser", "main"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,23 +35,8 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def config_help(cls: type, key: str) -> str:
-    """A config key's help: its dataclass field's ``metadata["help"]`` (the text the API's
-    schema carries too), its default and, for a number, its valid range."""
-    from cssl_core.config import field_bounds, field_help
-
-    field = {f.name: f for f in dataclasses.fields(cls)}[key]
-    text = field_help(cls, key) or f"config key {key}"
-    default = "none" if field.default is None else field.default
-    bounds = field_bounds(cls, key)
-    limits = f"; {bounds}" if bounds else ""
-    return f"{text} (default: {default}{limits})".replace("%", "%%")  # argparse formats help with %
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from cssl_core.config import PretrainConfig
     from cssl_core.evaluation import get_protocol, protocol_names
-    from cssl_core.methods import method_names
 
     parser = Parser(prog="cssl", description="Self-supervised pretraining and evaluation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -77,33 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         "images of 64 px or less (recipe=auto) a method's small-image recipe changes a "
         "few of them, batch_size among them (`cssl methods` lists both).",
     )
-    p.add_argument(
-        "--method", help=f"one of: {', '.join(method_names())}; may come from the --config file's method key"
-    )
-    for option, key in PRETRAIN_OPTIONS.items():
-        p.add_argument(option, dest=key, default=None, help=config_help(PretrainConfig, key))
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="YAML (.yaml, .yml) or JSON file of config keys (the flat form stored with every run; "
-        "configs/ holds each method's paper recipe); options and --set override it",
-    )
+    add_pretrain_options(p)
     p.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved config as YAML (a --config file) and exit without training",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other config key, e.g. --set temperature=0.2 (see `cssl methods`)",
-    )
     p.add_argument("--out", type=Path, help="run folder (default: runs/<method>-<dataset>-<time>)")
     p.add_argument("--resume", type=Path, help="continue from this checkpoint, with the config stored in it")
-    p.add_argument("--evaluate", default="", help="protocols to run at the end, e.g. knn,linear")
     p.set_defaults(func=cmd_pretrain)
 
     protocols = [get_protocol(name) for name in protocol_names()]
@@ -173,31 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_service_commands(sub)
+    add_remote_commands(sub)
     return parser
-
-
-def _key_values(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CsslError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = value
-    return out
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cssl_core.config import build_config
-    from cssl_core.configfile import dump_config_yaml, read_config_file
+    from cssl_core.configfile import dump_config_yaml
     from cssl_core.evaluation import evaluate_checkpoint, protocol_names, protocol_params
     from cssl_core.train import load_checkpoint, pretrain
 
-    overrides: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    method = _method(args.method, overrides.get("method"), args.config)
-    overrides.update({key: getattr(args, key) for key in PRETRAIN_OPTIONS.values() if getattr(args, key) is not None})
-    overrides.update(_key_values(args.overrides))
+    method, overrides = pretrain_overrides(args)
     # A service job's stored config also holds its evaluations' parameters ({"knn": {"k": 20}}).
     eval_params = {p: overrides.pop(p) for p in protocol_names() if p in overrides}
     typed_eval_params = {}
@@ -260,13 +200,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method(option: str | None, in_file: Any, config_file: Path | None) -> str | None:
-    """The method --method names, or else the config file's ``method`` key; the two must agree."""
-    if option is not None and in_file is not None and in_file != option:
-        raise CsslError(f"--method {option} differs from the method {in_file!r} of --config {config_file}; give one")
-    return option if option is not None else in_file
-
-
 def _accuracy(r) -> str:
     if r.top1 is None:
         return f"{r.num_test} test images, {_payload(r)}"
@@ -306,7 +239,7 @@ def _cssl_command() -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cssl_core.evaluation import evaluate_checkpoint, get_protocol
 
-    params = _key_values(args.overrides)  # typed and checked by the protocol's parameters
+    params = key_values(args.overrides)  # typed and checked by the protocol's parameters
 
     def evaluate(random_init: bool):
         return evaluate_checkpoint(
