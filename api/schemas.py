@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WrapValidator, model_validator
 
 from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
+from store.settings import tracking_uri_problem
 
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -113,6 +114,66 @@ class DatasetSpec(BaseModel):
         return self
 
 
+def _job_tracking_uri(uri: str | None) -> str | None:
+    if uri is not None and (problem := tracking_uri_problem(uri)):
+        raise ValueError(problem)
+    return uri
+
+
+class MlflowTracking(BaseModel):
+    """A job's MLflow run: where, and in which experiment (each left out: the service's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: Annotated[str | None, AfterValidator(_no_nul), AfterValidator(_job_tracking_uri)] = Field(
+        None,
+        max_length=2000,
+        description="An MLflow tracking server, http(s)://host[:port]; default CSSL_MLFLOW_TRACKING_URI. "
+        "Credentials go in the workers' environment, not here",
+        examples=["http://mlflow:5000"],
+    )
+    experiment: Annotated[str | None, AfterValidator(_no_nul)] = Field(
+        None, min_length=1, max_length=500, description="Default CSSL_MLFLOW_EXPERIMENT"
+    )
+
+
+class WandbTracking(BaseModel):
+    """A job's Weights & Biases run (each field left out: the service's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^/\\#?%:\x00]+$",
+        description="Default CSSL_WANDB_PROJECT; no / \\ # ? % or :",
+    )
+    mode: Literal["online", "offline"] | None = Field(None, description="Default CSSL_WANDB_MODE")
+
+
+def _object_or_false(model: type[BaseModel]) -> WrapValidator:
+    # Validated as the object unless false, so that a 422 names the object's field, not a union branch.
+    def validate(value: Any, handler) -> Any:
+        if value is False or value is None or isinstance(value, model):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"an object of {', '.join(model.model_fields)}, or false to turn it off")
+        return model.model_validate(value)
+
+    return WrapValidator(validate)
+
+
+class TrackingSpec(BaseModel):
+    """Per job, overrides of the service's tracking servers: an object changes a sink's fields,
+    false turns it off for this job, left out keeps the service's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mlflow: Annotated[MlflowTracking | Literal[False] | None, _object_or_false(MlflowTracking)] = None
+    wandb: Annotated[WandbTracking | Literal[False] | None, _object_or_false(WandbTracking)] = None
+
+
 class JobCreate(BaseModel):
     """A pretraining job (method + dataset + config), or an evaluation of a checkpoint."""
 
@@ -142,6 +203,11 @@ class JobCreate(BaseModel):
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest)")
     name: JobName | None = Field(None, description="A label for people; need not be unique")
     tags: Tags = Field(default_factory=dict)
+    tracking: TrackingSpec | None = Field(
+        None,
+        description="Where the worker logs the run besides the service, overriding CSSL_MLFLOW_* and "
+        'CSSL_WANDB_*, e.g. {"mlflow": {"experiment": "ablations"}, "wandb": false}',
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> JobCreate:

@@ -18,7 +18,7 @@ from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
 from store import data_roots, datasets, jobs, records
 from store.jobs import NewJob
-from store.models import Dataset
+from store.models import TRACKING_KEY, Dataset
 from store.settings import Settings
 
 DEFAULT_PROTOCOLS = ["knn", "linear"]
@@ -84,6 +84,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         else:
             overrides[key] = value
     _fit_run_time(overrides, settings, errors)
+    tracking = _tracking(body, settings, errors)
     if errors:
         raise invalid(errors)
 
@@ -100,12 +101,36 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         method=method.name,
         dataset=dataset_name,
         dataset_path=dataset_path,
-        config={**config.to_dict(), **eval_params},
+        config={**config.to_dict(), **eval_params, **tracking},
         evaluate=protocols,
         priority=body.priority,
         name=body.name,
         tags=body.tags,
     )
+
+
+def _tracking(body: JobCreate, settings: Settings, errors: list) -> dict[str, dict]:
+    """The job's tracking overrides as its config stores them (``{TRACKING_KEY: {...}}``, or
+    nothing); a sink turned on without a server or project, here or in the settings, is an error."""
+    if body.tracking is None:
+        return {}
+    stored = body.tracking.model_dump(exclude_none=True)
+    mlflow, wandb = stored.get("mlflow"), stored.get("wandb")
+    if isinstance(mlflow, dict) and not (mlflow.get("tracking_uri") or settings.mlflow_tracking_uri):
+        errors.append(
+            field_error(
+                ["body", "tracking", "mlflow", "tracking_uri"],
+                "the service has no MLflow server (CSSL_MLFLOW_TRACKING_URI is unset); name one here",
+            )
+        )
+    if isinstance(wandb, dict) and not (wandb.get("project") or settings.wandb_project):
+        errors.append(
+            field_error(
+                ["body", "tracking", "wandb", "project"],
+                "the service has no W&B project (CSSL_WANDB_PROJECT is unset); name one here",
+            )
+        )
+    return {TRACKING_KEY: stored} if stored else {}
 
 
 def _fit_run_time(overrides: dict, settings: Settings, errors: list) -> None:
@@ -226,6 +251,7 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         if key not in eval_keys:
             errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(eval_keys)}"))
     eval_params = _protocol_params(body.config, errors)
+    tracking = _tracking(body, settings, errors)
 
     if body.checkpoint is not None:
         checkpoint = records.get_checkpoint(session, body.checkpoint, owner)
@@ -267,7 +293,7 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         method=source.method,
         dataset=dataset_name,
         dataset_path=dataset_path,
-        config={"device": body.config["device"], **eval_params} if "device" in body.config else eval_params,
+        config={**({"device": body.config["device"]} if "device" in body.config else {}), **eval_params, **tracking},
         evaluate=protocols,
         priority=body.priority,
         source_checkpoint_id=checkpoint.id,

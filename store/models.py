@@ -27,6 +27,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 JOB_KINDS = ("pretrain", "eval")
+# The key of a job's config that holds its overrides of the service's tracking sinks (MLflow,
+# W&B): never a training option, so the worker takes it out before building the run's config.
+TRACKING_KEY = "tracking"
 
 
 def utcnow() -> datetime:
@@ -93,7 +96,7 @@ class Job(Base):
     dataset: Mapped[str] = mapped_column(String(64))
     dataset_path: Mapped[str | None] = mapped_column(Text)
     # Pretrain: the full flat config (cssl_core's PretrainConfig.to_dict()), enough to rerun.
-    # Eval: per-protocol parameters and the device.
+    # Eval: per-protocol parameters and the device. Either: its tracking overrides (TRACKING_KEY).
     config: Mapped[dict[str, Any]]
     evaluate: Mapped[list[str]]
     source_checkpoint_id: Mapped[int | None]

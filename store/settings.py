@@ -153,6 +153,19 @@ class Settings(BaseSettings):
         description="most memory a job's data set may take decoded "
         "(images x side x side x 3 bytes), checked before a worker decodes it",
     )
+    mlflow_tracking_uri: str = Field(
+        "",
+        description="MLflow tracking server (http://host:5000) the workers log every job's params, metrics "
+        "and final checkpoint to; off when unset. A job's tracking.mlflow overrides it",
+    )
+    mlflow_experiment: str = Field("cssl", min_length=1, description="the MLflow experiment jobs' runs go to")
+    wandb_project: str = Field("", description="Weights & Biases project the workers log every job to; off when unset")
+    wandb_mode: Literal["online", "offline"] = Field(
+        "offline",
+        description="offline: runs are written under CSSL_WANDB_DIR only (upload them with `wandb sync`); "
+        "online: sent to W&B, with the API key from the workers' WANDB_API_KEY",
+    )
+    wandb_dir: Path = Field(Path(), description="the workers' W&B run folders (default: STATE_DIR/wandb)")
 
     @model_validator(mode="before")
     @classmethod
@@ -166,6 +179,7 @@ class Settings(BaseSettings):
         data["database_url"] = _sqlalchemy_url(str(data.get("database_url") or f"sqlite:///{state_dir / 'cssl.db'}"))
         data["artifact_root"] = Path(data.get("artifact_root") or state_dir / "artifacts").resolve()
         data["cache_dir"] = Path(data.get("cache_dir") or state_dir / "cache").resolve()
+        data["wandb_dir"] = Path(data.get("wandb_dir") or state_dir / "wandb").resolve()
         data["data_roots"] = _folders(data.get("data_roots")) or (state_dir / "data",)
         return data
 
@@ -178,6 +192,8 @@ class Settings(BaseSettings):
             )
         if self.heartbeat_interval >= self.heartbeat_timeout:
             raise SettingsError("CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT")
+        if self.mlflow_tracking_uri and (problem := tracking_uri_problem(self.mlflow_tracking_uri, service=True)):
+            raise SettingsError(f"CSSL_MLFLOW_TRACKING_URI {problem}, got {self.mlflow_tracking_uri!r}")
         return self
 
     @property
@@ -216,7 +232,7 @@ class Settings(BaseSettings):
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name.endswith("_url"):
+            if name.endswith(("_url", "_uri")):
                 text = mask_password(value)
             elif isinstance(value, bool):
                 text = str(value).lower()
@@ -247,6 +263,37 @@ def mask_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
 
 
+# What an operator may name: any store the MLflow client reads. A job may name only a server.
+_SERVICE_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+_JOB_SCHEMES = ("http", "https")
+
+
+def tracking_uri_problem(uri: str, *, service: bool = False) -> str | None:
+    """What is wrong with an MLflow tracking URI, or None. A job's may only be an http(s) server
+    without a password in it: a file or database URI would have the worker write where the job's
+    owner chose, and the job's config is stored and shown in clear."""
+    schemes = _SERVICE_SCHEMES if service else _JOB_SCHEMES
+    if service and uri == "databricks":  # the Databricks workspace of the workers' profile
+        return None
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0].lower()
+    if scheme not in schemes:
+        return f"must be a URI whose scheme is one of {', '.join(schemes)}"
+    if scheme in ("http", "https"):
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            return "has a port that is not a number"
+        if not parts.hostname:
+            return "must name a host, e.g. http://mlflow:5000"
+        if not service and parts.password is not None:
+            return (
+                "must not hold a password; give the workers MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD instead"
+            )
+    return None
+
+
 _WANTED = {bool: "a flag (1, true, yes, on or 0, false, no, off)", int: "a whole number", float: "a number"}
 _BOUNDS = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}", "string_too_short": "non-empty"}
 
@@ -255,6 +302,8 @@ def _explain(cls: type[Settings], error: dict) -> str:
     if not error["loc"]:
         return error["msg"]
     field = str(error["loc"][0])
+    if error["type"] == "literal_error":
+        return f"{env_name(field)} must be one of {error['ctx']['expected']}, got {error['input']!r}"
     bound = _BOUNDS.get(error["type"])
     limits = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
     wanted = bound.format(**limits) if bound else _WANTED.get(cls.model_fields[field].annotation, error["msg"])

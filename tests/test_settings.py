@@ -61,6 +61,18 @@ def test_the_environment_sets_every_field(monkeypatch, tmp_path):
         ),
         ("CSSL_SWEEP_INTERVAL", "-1", "CSSL_SWEEP_INTERVAL must be greater than 0, got '-1'"),
         ("CSSL_PROGRESS_EVERY", "0", "CSSL_PROGRESS_EVERY must be at least 1, got '0'"),
+        ("CSSL_WANDB_MODE", "sometimes", "CSSL_WANDB_MODE must be one of 'online' or 'offline', got 'sometimes'"),
+        (
+            "CSSL_MLFLOW_TRACKING_URI",
+            "mlflow:5000",
+            "CSSL_MLFLOW_TRACKING_URI must be a URI whose scheme is one of http, https, file, sqlite, postgresql, "
+            "mysql, mssql, databricks, got 'mlflow:5000'",
+        ),
+        (
+            "CSSL_MLFLOW_TRACKING_URI",
+            "http://:5000",
+            "CSSL_MLFLOW_TRACKING_URI must name a host, e.g. http://mlflow:5000, got 'http://:5000'",
+        ),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_must_be(name, value, message):
@@ -120,3 +132,14 @@ def test_data_roots_upload_limit_and_cache(tmp_path):
     assert settings.public()["CSSL_DATA_ROOTS"] == os.pathsep.join(["/data", str(tmp_path / "more"), "/mnt/shared"])
     with pytest.raises(SettingsError, match="CSSL_MAX_UPLOAD_BYTES must be at least 1, got '0'"):
         Settings.from_env({"CSSL_MAX_UPLOAD_BYTES": "0"})
+
+
+def test_tracking_sinks_are_off_unless_set_and_their_uri_is_masked(tmp_path):
+    settings = Settings.from_env({})
+    assert (settings.mlflow_tracking_uri, settings.mlflow_experiment) == ("", "cssl")
+    assert (settings.wandb_project, settings.wandb_mode) == ("", "offline")
+    assert settings.wandb_dir == tmp_path / ".state" / "wandb"
+    settings = Settings.from_env({"CSSL_MLFLOW_TRACKING_URI": "https://ops:s3cret@mlflow:5000"})
+    assert settings.public()["CSSL_MLFLOW_TRACKING_URI"] == "https://ops:***@mlflow:5000"
+    for uri in ("http://mlflow:5000", "file:///srv/mlruns", "sqlite:///srv/mlflow.db", "databricks"):
+        assert Settings.from_env({"CSSL_MLFLOW_TRACKING_URI": uri}).mlflow_tracking_uri == uri

@@ -24,19 +24,21 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from store import data_roots, jobs, records
 from store.db import DatabaseUnavailable, is_transient, transaction
 from store.logs import job_context
-from store.models import Job
+from store.models import TRACKING_KEY, Job, JobTag
 from store.settings import Settings
 from worker.run_time import RunTimeLimit
+from worker.tracking import Tracking
 
 log = logging.getLogger(__name__)
 # Tracebacks: the worker's own log only, never the job's log that its owner reads.
@@ -105,6 +107,10 @@ class ClaimedJob:
     resume_from: Path | None
     resume_checkpoint_id: int | None
     resume_is_final: bool
+    # For the tracking sinks' tags.
+    owner: str = ""
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class Heartbeat:
@@ -173,8 +179,10 @@ class Recorder:
 
     BATCH = 200  # pending writes per transaction while catching up
 
-    def __init__(self, settings: Settings, job: ClaimedJob, heartbeat: Heartbeat):
+    def __init__(self, settings: Settings, job: ClaimedJob, heartbeat: Heartbeat, tracking: Tracking | None = None):
         self.settings, self.job, self.heartbeat = settings, job, heartbeat
+        self.tracking = tracking or Tracking([])
+        self.last_step = 0  # of the last progress point
         # Each pending write returns False when the job is no longer this attempt's.
         self._pending: deque[Callable[[Session], bool]] = deque()
         self._next_try = 0.0
@@ -195,6 +203,7 @@ class Recorder:
         values.update({name: float(value) for name, value in (progress.stats or {}).items()})
         shown = ("feature_std", "feature_cosine", "gpu_memory_bytes")  # with the progress too: the dashboard, /metrics
         point.update({name: values[name] for name in shown if name in values})
+        self.last_step = progress.step
         warning = progress.warning
         if warning:
             log.warning("job %s: %s", self.job.id, warning)
@@ -208,6 +217,7 @@ class Recorder:
             return True
 
         self._pending.append(write)
+        self.tracking.log_metrics(progress.step, values)
         if len(self._pending) >= self.settings.progress_buffer:
             log.warning("%d progress points wait for the database; training waits with them", len(self._pending))
             self.flush(within=self.settings.database_retry_window)
@@ -217,6 +227,8 @@ class Recorder:
     def on_checkpoint(self, info) -> int:
         path = Path(info.path)
         checkpoint_id = self._write_now("checkpoint", lambda session: self._record_checkpoint(session, info, path))
+        if info.final:
+            self.tracking.log_artifact(path)
         log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
         return checkpoint_id
 
@@ -240,6 +252,7 @@ class Recorder:
 
     def on_evaluation(self, result, checkpoint_id: int | None = None) -> None:
         evaluation = self._write_now("evaluation", lambda s: self._record_evaluation(s, result, checkpoint_id))
+        self.tracking.log_evaluation(result)
         at = "" if evaluation.epoch is None else f" at epoch {evaluation.epoch}"
         if evaluation.top1 is None:  # no accuracy: an embedding
             log.info("%s: %d test images%s", evaluation.protocol, evaluation.num_test, at)
@@ -302,6 +315,7 @@ class Recorder:
         """Writes the pending writes in order, ``BATCH`` per transaction, each batch retried for
         up to ``within`` seconds (None: until the database is back); raises
         :class:`DatabaseUnavailable` with the rest still pending."""
+        self._note_tracking_failures()
         while self._pending:
             batch = list(self._pending)[: self.BATCH]
             written = transaction(
@@ -316,6 +330,17 @@ class Recorder:
                 return
             for _ in batch:
                 self._pending.popleft()
+
+    def _note_tracking_failures(self) -> None:
+        """One warning event for each tracking sink that failed, in order with the other writes."""
+        for sink, message in self.tracking.take_failures():
+            data = {"step": self.last_step, "sink": sink, "message": message}
+
+            def write(session: Session, data=data) -> bool:
+                records.add_event(session, self.job.id, "warning", data)
+                return True
+
+            self._pending.append(write)
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.settings.artifact_root))
@@ -370,8 +395,11 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
         log.info(
             "job %s attempt %d on %s: %s %s on %s", job.id, job.attempt, worker_name, job.kind, job.method, job.dataset
         )
-        recorder = Recorder(settings, job, heartbeat)
+        tracking = Tracking.for_job(settings, job)
+        tracking.start(job)
+        recorder = Recorder(settings, job, heartbeat, tracking)
         outcome = _run(settings, job, candidates, job_dir, recorder, heartbeat)
+        tracking.finish(outcome.ending.value)
         if outcome.ending is Ending.LOST:
             log.warning("job %s was given to another attempt; stopping without recording", job.id)
             return None
@@ -478,7 +506,8 @@ def _pretrain(
     from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
 
-    config = build_config(job.method, {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS})
+    run_keys = {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS and k != TRACKING_KEY}
+    config = build_config(job.method, run_keys)
     result: dict[str, Any] | None = None  # None: keep what the training attempt recorded
     if job.resume_is_final:
         log.info("training had finished before the worker was lost; going on with the evaluations")
@@ -598,6 +627,9 @@ def _claim(
             resume_from=None,
             resume_checkpoint_id=None,
             resume_is_final=False,
+            owner=job.owner,
+            name=job.name,
+            tags={tag.key: tag.value for tag in session.scalars(select(JobTag).where(JobTag.job_id == job.id))},
         )
         return claimed, candidates
 
