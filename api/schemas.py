@@ -193,6 +193,14 @@ class JobPublic(BaseModel):
     progress: Progress | None = None
     latest_metrics: dict[str, float | None] = Field(default_factory=dict)
     result: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="What the latest attempt ran with, recorded by the worker when it started (null before): "
+        "code (git commit or package version; code_source, code_dirty), python, torch, torchvision, cuda and "
+        "cudnn (null on CPU builds), device (GPU name or CPU model) and device_type, determinism (torch's "
+        "deterministic algorithms, cudnn benchmark and deterministic, TF32), host, and data (dataset, path, "
+        "image_size and a fingerprint: a sha256 of a data set's file index, or of a built-in one's name and size)",
+    )
     timings: Timings
     links: JobLinks
 

@@ -122,7 +122,7 @@ class Job(Base):
     # A label its owner chose (not unique) and its tags (``JobTag``), both searchable.
     name: Mapped[str | None] = mapped_column(String(200))
     # What made the run: code version, libraries, device, determinism flags, host, data
-    # fingerprint; written by the worker when an attempt starts (see worker.provenance).
+    # fingerprint; written by the worker when an attempt starts (see cssl_core.provenance).
     provenance: Mapped[dict[str, Any] | None]
 
 
