@@ -10,10 +10,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
+from cssl_core.provenance import GROUP_KEYS
 
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Protocol = Literal[tuple(protocol_names())]  # type: ignore[valid-type]
+ProvenanceGroup = Literal[GROUP_KEYS]  # type: ignore[valid-type]
 
 # Bounds of what a request may name, so that an out-of-range number is a 422 and never reaches
 # the database: checkpoint ids, offsets and event numbers are Postgres `integer`s, job ids uuid4 hex.
@@ -273,6 +275,10 @@ class LeaderboardRow(BaseModel):
     images_per_second: float | None = Field(None, description="Its training throughput")
     epochs: float | None = Field(None, description="Epochs of pretraining completed")
     batch_size: int | None = None
+    group: str | None = Field(
+        None,
+        description="With group_by: the pretrain job's value of that provenance key (null: not recorded)",
+    )
 
 
 class MethodPublic(BaseModel):
