@@ -10,11 +10,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
+from cssl_core.provenance import GROUP_KEYS
 from store.settings import tracking_uri_problem
 
 JobKind = Literal["pretrain", "eval"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Protocol = Literal[tuple(protocol_names())]  # type: ignore[valid-type]
+ProvenanceGroup = Literal[GROUP_KEYS]  # type: ignore[valid-type]
 
 # Bounds of what a request may name, so that an out-of-range number is a 422 and never reaches
 # the database: checkpoint ids, offsets and event numbers are Postgres `integer`s, job ids uuid4 hex.
@@ -294,6 +296,14 @@ class JobPublic(BaseModel):
     progress: Progress | None = None
     latest_metrics: dict[str, float | None] = Field(default_factory=dict)
     result: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="What the latest attempt ran with, recorded by the worker when it started (null before): "
+        "code (git commit or package version; code_source, code_dirty), python, torch, torchvision, cuda and "
+        "cudnn (null on CPU builds), device (GPU name or CPU model) and device_type, determinism (torch's "
+        "deterministic algorithms, cudnn benchmark and deterministic, TF32), host, and data (dataset, path, "
+        "image_size and a fingerprint: a sha256 of a data set's file index, or of a built-in one's name and size)",
+    )
     timings: Timings
     links: JobLinks
 
@@ -368,6 +378,10 @@ class LeaderboardRow(BaseModel):
     images_per_second: float | None = Field(None, description="Its training throughput")
     epochs: float | None = Field(None, description="Epochs of pretraining completed")
     batch_size: int | None = None
+    group: str | None = Field(
+        None,
+        description="With group_by: the pretrain job's value of that provenance key (null: not recorded)",
+    )
 
 
 class MethodPublic(BaseModel):

@@ -40,6 +40,7 @@ def job_public(job: Job) -> JobPublic:
         progress=Progress(**job.progress) if job.progress else None,
         latest_metrics=job.latest_metrics or {},
         result=job.result,
+        provenance=job.provenance,
         timings=Timings(
             created_at=job.created_at,
             started_at=job.started_at,

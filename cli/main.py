@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from cssl_core import provenance
     from cssl_core.config import build_config
     from cssl_core.configfile import dump_config_yaml
+    from cssl_core.data import dataset_image_size
     from cssl_core.evaluation import evaluate_checkpoint, protocol_names, protocol_params
     from cssl_core.train import load_checkpoint, pretrain
 
@@ -180,6 +182,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         tqdm.write(f"epoch {r.epoch}: kNN top-1 {r.top1:.2f}%", file=sys.stderr)
 
     try:
+        # What this start runs with, beside its checkpoints; a resumed run's says where it ran last.
+        image_size = dataset_image_size(config.dataset, config.image_size)
+        found = provenance.collect(config.dataset, config.data, device=config.device, image_size=image_size)
+        (out / "provenance.json").write_text(json.dumps(found, indent=2, sort_keys=True))
         result = pretrain(config, out, on_progress=on_progress, on_evaluation=on_evaluation, resume_from=args.resume)
     except CsslError:
         if created and not any(out.glob("checkpoints/*.pt")):

@@ -330,6 +330,18 @@ def set_resume_point(session: Session, job_id: str, attempt: int, step: int) -> 
     )
 
 
+def record_provenance(session: Session, job_id: str, attempt: int, provenance: dict[str, Any]) -> bool:
+    """What this attempt runs with (``cssl_core.provenance``); each attempt writes its own, so a
+    job resumed on another worker shows where it ran last. False: the job is not this attempt's."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(provenance=provenance)
+        .returning(Job.id)
+    ).first()
+    return done is not None
+
+
 def record_result(session: Session, job_id: str, attempt: int, result: dict[str, Any]) -> None:
     session.execute(
         update(Job).where(Job.id == job_id, Job.status == "running", Job.attempt == attempt).values(result=result)

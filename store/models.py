@@ -125,7 +125,7 @@ class Job(Base):
     # A label its owner chose (not unique) and its tags (``JobTag``), both searchable.
     name: Mapped[str | None] = mapped_column(String(200))
     # What made the run: code version, libraries, device, determinism flags, host, data
-    # fingerprint; written by the worker when an attempt starts (see worker.provenance).
+    # fingerprint; written by the worker when an attempt starts (see cssl_core.provenance).
     provenance: Mapped[dict[str, Any] | None]
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobTag.key"

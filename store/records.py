@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, String, cast, delete, func, null, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Checkpoint, Evaluation, Job, JobEvent, MetricPoint
@@ -196,11 +196,18 @@ def leaderboard(
     dataset: str | None = None,
     protocol: str | None = None,
     backbone: str | None = None,
+    group_by: str | None = None,
 ) -> list[Row]:
     """For each (data set, protocol, method), the best top-1 of the owner's evaluations of a succeeded
     pretrain job's final checkpoint (whichever job ran the evaluation; never the periodic kNN,
     which has no checkpoint), with what that pretraining cost; sorted by data set, protocol and
-    top-1, best first. One query: the ranking is a window over the candidates."""
+    top-1, best first. One query: the ranking is a window over the candidates.
+
+    ``group_by`` names a top-level key of the pretrain job's provenance (``device``, ``torch``,
+    ``code``, ...): each of its values then ranks apart, and a row's ``group`` holds the value
+    (null for a job recorded without one)."""
+    group = Job.provenance[group_by].as_string() if group_by is not None else cast(null(), String)
+    partition = (Evaluation.dataset, Evaluation.protocol, Job.method, *([group] if group_by is not None else []))
     candidates = (
         select(
             Job.method,
@@ -216,9 +223,10 @@ def leaderboard(
             Job.result["images_per_second"].as_float().label("images_per_second"),
             Job.result["epochs_completed"].as_float().label("epochs"),
             Job.config["batch_size"].as_integer().label("batch_size"),
+            group.label("group"),
             func.row_number()
             .over(
-                partition_by=(Evaluation.dataset, Evaluation.protocol, Job.method),
+                partition_by=partition,
                 order_by=(Evaluation.top1.desc(), Evaluation.id),
             )
             .label("rank"),
@@ -241,9 +249,8 @@ def leaderboard(
         candidates = candidates.where(Job.config["backbone"].as_string() == backbone)
     ranked = candidates.subquery()
     best = select(*[c for c in ranked.c if c.name != "rank"]).where(ranked.c.rank == 1)
-    return list(
-        session.execute(best.order_by(ranked.c.dataset, ranked.c.protocol, ranked.c.top1.desc(), ranked.c.method))
-    )
+    order = (ranked.c.dataset, ranked.c.protocol, ranked.c.top1.desc(), ranked.c.method, ranked.c.group)
+    return list(session.execute(best.order_by(*order)))
 
 
 def final_evaluations(session: Session, job_id: str) -> list[Evaluation]:

@@ -141,6 +141,19 @@ def test_pretrain_ends_with_commands_that_work(run, capsys):
     assert (out / "config.json").read_text() == config  # resuming keeps the run's config
 
 
+def test_pretrain_writes_its_provenance_beside_the_checkpoints(run):
+    import torch
+
+    from cssl_core.data import data_fingerprint
+
+    out, _ = run
+    found = json.loads((out / "provenance.json").read_text())
+    assert found["torch"] == torch.__version__
+    assert found["device_type"] == ("cuda" if torch.cuda.is_available() else "cpu") and found["device"]
+    assert found["data"] == data_fingerprint("synthetic")
+    assert found["code"] and found["code_source"] in ("env", "git", "package")
+
+
 def test_eval_prints_an_aligned_table(run, capsys):
     out, _ = run
     last = str(out / "checkpoints" / "last.pt")

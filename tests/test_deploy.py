@@ -126,3 +126,11 @@ def test_prometheus_scrapes_the_apis_metrics():
     mount = "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
     assert mount in SERVICES["prometheus"]["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]
+
+
+def test_our_images_carry_the_commit_they_were_built_from():
+    for name in ("Dockerfile.api", "Dockerfile.worker"):
+        lines = dockerfile(name)
+        assert "ARG CSSL_GIT_COMMIT=" in lines and "ENV CSSL_GIT_COMMIT=$CSSL_GIT_COMMIT" in lines, name
+    for name, service in OURS.items():
+        assert service["build"]["args"]["CSSL_GIT_COMMIT"] == "${CSSL_GIT_COMMIT:-}", name

@@ -441,6 +441,14 @@ def _run(
             job = _resume_point(settings, job, candidates)
             recorder.job = job
         data = _job_data(settings, job)
+        provenance = _provenance(job, data)
+        if not transaction(
+            settings.database_url,
+            lambda s: jobs.record_provenance(s, job.id, job.attempt, provenance),
+            what=f"recording the provenance of job {job.id}",
+            within=window,
+        ):
+            return Outcome.lost()
         with decoded_bytes_limit(settings.max_decoded_bytes, "CSSL_MAX_DECODED_BYTES"):
             if job.kind == "pretrain":
                 return _pretrain(settings, job, data, job_dir, recorder, heartbeat)
@@ -496,6 +504,16 @@ def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
             "folders); submit the job again with a path under them, or an upload"
         )
     return path
+
+
+def _provenance(job: ClaimedJob, data: Path | None) -> dict[str, Any]:
+    """What this attempt runs with. An eval job's image size is its checkpoint's, which is not
+    read yet; a data set of fixed size has its own."""
+    from cssl_core.data import dataset_image_size
+    from cssl_core.provenance import collect
+
+    image_size = dataset_image_size(job.dataset, job.config.get("image_size")) if job.kind == "pretrain" else None
+    return collect(job.dataset, data, device=job.config.get("device", "auto"), image_size=image_size)
 
 
 def _pretrain(

@@ -10,6 +10,8 @@ happen later, per batch.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -28,6 +30,7 @@ __all__ = [
     "ImageSplit",
     "class_balanced_indices",
     "class_balanced_subset",
+    "data_fingerprint",
     "dataset_names",
     "decoded_bytes_limit",
     "describe_datasets",
@@ -232,6 +235,38 @@ def load_dataset(
         log.info("decoded %s from %s in %.1f s; caching at %s", name, located, time.perf_counter() - start, entry)
         cache.save(entry, decoded)
     return _to_dataset(name, decoded)
+
+
+def data_fingerprint(
+    name: str,
+    path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+) -> dict:
+    """What identifies the data ``load_dataset(name, path, ...)`` reads, without reading it.
+
+    For a data set of files: a sha256 of its file index (:func:`cache.index_digest`, the index
+    its cache entry is named by), with the number of files and their bytes; ``fingerprint`` is
+    None when the files are not there. For a built-in one: a sha256 of its name, image size and
+    the cache format. ``image_size`` is None where the run's size is not known here (images of
+    any size, resized by the run)."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    size = image_size if image_size is not None or source.resizable else source.image_size
+    out = {"dataset": name, "path": None if path is None else str(path), "image_size": size}
+    if not source.needs_path:
+        key = {"dataset": name, "image_size": size, "format": cache.CACHE_FORMAT}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return {**out, "fingerprint": digest, "files": None, "bytes": None}
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+    try:
+        located = _locate(source, path, cache_root, download=False)
+    except DataError:
+        return {**out, "fingerprint": None, "files": None, "bytes": None}
+    digest, files, nbytes = cache.index_digest(located.resolve())
+    return {**out, "fingerprint": digest, "files": files, "bytes": nbytes}
 
 
 def class_balanced_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:

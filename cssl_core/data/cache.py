@@ -59,6 +59,18 @@ def fingerprint(source: Path) -> list[tuple[str, int, int]]:
     return entries
 
 
+def index_digest(source: Path) -> tuple[str, int, int]:
+    """A sha256 of the source's file index (:func:`fingerprint`: names, sizes and mtimes, so no
+    file is read), with the number of files and their total bytes. Names are relative to the
+    source, so a copy that keeps mtimes gives the same digest; a file added, removed, resized or
+    rewritten gives another."""
+    entries = fingerprint(source)
+    if source.is_file():
+        entries = [(source.name, size, mtime) for _, size, mtime in entries]
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return digest, len(entries), sum(size for _, size, _ in entries)
+
+
 def cache_file(cache_dir: Path, name: str, source: Path | None, image_size: int) -> Path:
     """The entry's path; any change to the source's files gives a new name."""
     key = {

@@ -153,6 +153,10 @@ def test_submit_from_the_form_shows_errors_beside_fields_and_the_loss_chart_grow
     page.locator("#evaluations").get_by_text("knn").wait_for()
     page.locator("#checkpoints").wait_for()
     page.get_by_text("succeeded (attempt 1)").wait_for()
+    # What the worker recorded as the attempt started: a row per key, data and flags one level down.
+    provenance = page.locator("#provenance")
+    provenance.get_by_role("cell", name=torch.__version__, exact=True).wait_for()
+    provenance.get_by_role("cell", name="data.fingerprint", exact=True).wait_for()
     assert "knn top-1" in page.locator("#log").inner_text() or "succeeded" in page.locator("#log").inner_text()
     page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
 

@@ -307,6 +307,7 @@ def test_the_leaderboard_has_each_methods_best_final_result(client, leaderboard_
         "images_per_second": 2000.0,
         "epochs": 20.0,
         "batch_size": 512,
+        "group": None,
     }
 
 
@@ -327,6 +328,28 @@ def test_the_leaderboard_filters(client, leaderboard_owner, params, keys):
     headers, _ = leaderboard_owner
     rows = client.get("/v1/leaderboard", params=params, headers=headers).json()
     assert [(r["dataset"], r["protocol"], r["method"]) for r in rows] == keys
+
+
+def test_the_leaderboard_ranks_each_device_apart_when_grouped_by_it(client, settings):
+    import uuid
+
+    from store import tokens
+
+    owner = f"board-{uuid.uuid4().hex[:8]}"
+    with session_scope(settings.database_url) as session:
+        headers = auth(tokens.create_token(session, owner))
+    for device, top1 in [("GPU A", 50.0), ("GPU A", 48.0), ("GPU B", 45.0), (None, 40.0)]:
+        provenance = {"device": device, "torch": "2.14.1"} if device else None
+        job_id = add_job(settings, owner, config={"backbone": "small"}, provenance=provenance)
+        add_evaluation(settings, job_id, add_checkpoint(settings, job_id), "knn", top1)
+
+    rows = client.get("/v1/leaderboard", headers=headers).json()
+    assert [(r["top1"], r["group"]) for r in rows] == [(50.0, None)]
+    rows = client.get("/v1/leaderboard", params={"group_by": "device"}, headers=headers).json()
+    assert [(r["top1"], r["group"]) for r in rows] == [(50.0, "GPU A"), (45.0, "GPU B"), (40.0, None)]
+    rows = client.get("/v1/leaderboard", params={"group_by": "torch"}, headers=headers).json()
+    assert [(r["top1"], r["group"]) for r in rows] == [(50.0, "2.14.1"), (40.0, None)]
+    assert client.get("/v1/leaderboard", params={"group_by": "data"}, headers=headers).status_code == 422
 
 
 def test_the_leaderboard_refuses_unknown_protocols(client, leaderboard_owner):

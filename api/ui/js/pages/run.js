@@ -1,8 +1,8 @@
 // /ui/jobs/{id}: one run. Its charts (grown from its progress events while it trains), evaluations,
-// checkpoints with their views (an embedding, a ViT's attention maps), config, events and log;
+// checkpoints with their views (an embedding, a ViT's attention maps), config, provenance, events and log;
 // each part a component of its own, fed here from the job's event stream.
 
-import { api, settle, watchJob } from "../api.js";
+import { api, settle, sleep, watchJob } from "../api.js";
 import { ACTIVE, clear, debounce, every, h, shortId } from "../dom.js";
 import { checkpointsTable } from "../components/checkpointsTable.js";
 import { checkpointView, viewsFor } from "../components/checkpointView.js";
@@ -12,6 +12,7 @@ import { eventList } from "../components/eventList.js";
 import { jobHeader } from "../components/jobHeader.js";
 import { loadError } from "../components/loadError.js";
 import { logTail } from "../components/logTail.js";
+import { provenanceView } from "../components/provenanceView.js";
 import { requestMetrics, trainingCharts } from "../components/trainingCharts.js";
 
 const LOG_POLL_MS = 5000;
@@ -31,6 +32,7 @@ export async function render(main, { params: [jobId], signal }) {
   const evaluations = evaluationsTable(job.id, { signal });
   const showViews = (checkpoint) => views.forEach((view) => view.show(checkpoint));
   const checkpoints = checkpointsTable(job.id, { signal, views: views.map((v) => v.what), onShow: showViews });
+  const provenance = provenanceView(job);
   const events = eventList();
   const log = logTail(job.id, { signal });
   clear(
@@ -44,6 +46,7 @@ export async function render(main, { params: [jobId], signal }) {
       : null,
     views.map((v) => v.element),
     configView(job),
+    provenance.element,
     events.element,
     log.element,
   );
@@ -63,10 +66,25 @@ export async function render(main, { params: [jobId], signal }) {
     try {
       job = await api(`/v1/jobs/${job.id}`, { signal });
       header.update(job);
+      provenance.update(job);
     } catch {
       // the header keeps what the events said; the parts below say what failed
     }
     await Promise.all([evaluations.load(false), loadCheckpoints(), log.load()]);
+  }, 400);
+  // The worker writes an attempt's provenance just after it claims the job: read it then, and
+  // again a few times while the job runs without one.
+  const started = debounce(async () => {
+    for (let tries = 0; tries < 5; tries++) {
+      try {
+        const current = await api(`/v1/jobs/${job.id}`, { signal });
+        provenance.update(current);
+        if (current.provenance || !ACTIVE.has(current.status)) return;
+        await sleep(2000, signal);
+      } catch {
+        return; // shown once the job ends, when the page reads the job again
+      }
+    }
   }, 400);
 
   function onEvent(event) {
@@ -88,6 +106,7 @@ export async function render(main, { params: [jobId], signal }) {
       job.status = data.status;
       if (data.error) job.error = data.error;
       header.update(job);
+      if (data.status === "running") started();
       if (!ACTIVE.has(data.status)) finished();
     } else if (type === "cancel_requested") {
       job.cancel_requested = true;
