@@ -186,6 +186,12 @@ class JobCreate(BaseModel):
         None, description="Pretrain: a name from GET /v1/methods", json_schema_extra={"enum": [*method_names(), None]}
     )
     dataset: DatasetSpec | None = Field(None, description="Pretrain: required. Eval: defaults to the pretraining data")
+    eval_dataset: DatasetSpec | None = Field(
+        None,
+        description="Pretrain: the labelled data set of kNN during training and the final evaluations, brought to "
+        "the training resolution; default: the pretraining data, which then needs labels (train/<class>/, "
+        "test/<class>/). Needed when pretraining on unlabelled images",
+    )
     config: ConfigValues = Field(
         default_factory=dict,
         description="Pretrain: overrides of the method's config, with the CLI's option names (see "
@@ -219,6 +225,8 @@ class JobCreate(BaseModel):
                 raise ValueError(f"a pretrain job needs {' and '.join(missing)}")
             if self.checkpoint is not None or self.job is not None:
                 raise ValueError("checkpoint and job belong to eval jobs; a pretrain job starts from scratch")
+        elif self.eval_dataset is not None:
+            raise ValueError("eval_dataset belongs to pretrain jobs; an eval job names its data set in dataset")
         elif (self.checkpoint is None) == (self.job is None):
             raise ValueError("an eval job names exactly one of checkpoint (an id) or job (a succeeded pretrain job)")
         return self

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.problems import ProblemError, field_error, invalid
 from api.schemas import JobCreate
 from cssl_core.config import build_config, common_field_names, did_you_mean
-from cssl_core.data import describe_datasets, locate_dataset
+from cssl_core.data import dataset_has_labels, describe_datasets, locate_dataset
 from cssl_core.errors import ConfigError, DataError
 from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
@@ -23,7 +23,8 @@ from store.settings import Settings
 
 DEFAULT_PROTOCOLS = ["knn", "linear"]
 # Set through `dataset`, not through `config`.
-DATASET_KEYS = ("dataset", "data")
+DATASET_KEYS = ("dataset", "data", "eval_dataset", "eval_data")
+NO_LABELS = "no train/<class>/ and test/<class>/ folders"
 # An eval job's config keys besides the protocols' parameters ({"knn": {"k": 20}}); a pretrain
 # job's config holds those beside the run's keys.
 EVAL_CONFIG_KEYS = ("device",)
@@ -53,7 +54,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         method = get_method(body.method)
     except ConfigError as exc:
         raise invalid([field_error(["body", "method"], str(exc))]) from None
-    dataset_name, dataset_path = _check_dataset(session, owner, settings, body, errors)
+    dataset_name, dataset_path, labelled = _check_dataset(session, owner, settings, body, errors)
 
     valid_keys = set(common_field_names()) | {f.name for f in dataclasses.fields(method.config_cls)}
     eval_params = _protocol_params(body.config, errors)
@@ -89,6 +90,21 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         raise invalid(errors)
 
     overrides.update(dataset=dataset_name, data=dataset_path)
+    if body.eval_dataset is not None:
+        name, path, eval_labelled = _check_dataset(session, owner, settings, body, errors, "eval_dataset")
+        overrides.update(eval_dataset=name, eval_data=path)
+        if not eval_labelled:
+            errors.append(field_error(["body", "eval_dataset"], f"{NO_LABELS}; name a labelled data set here"))
+    elif not labelled and (protocols or int(overrides.get("knn_every") or 0)):
+        errors.append(
+            field_error(
+                ["body", "eval_dataset"],
+                f"the pretraining images have no labels ({NO_LABELS}), so the evaluations and knn_every need a "
+                "labelled eval_dataset; name one, or set evaluate to [] and knn_every to 0",
+            )
+        )
+    if errors:
+        raise invalid(errors)
     try:
         config = build_config(method.name, overrides)
     except ConfigError as exc:
@@ -177,45 +193,45 @@ def _protocol_params(config: dict, errors: list) -> dict[str, dict]:
 
 
 def _check_dataset(
-    session: Session, owner: str, settings: Settings, body: JobCreate, errors: list
-) -> tuple[str, str | None]:
+    session: Session, owner: str, settings: Settings, body: JobCreate, errors: list, field: str = "dataset"
+) -> tuple[str, str | None, bool]:
     """The data set's name and its data path: the user's path, or ``uploads/<id>`` for an upload
-    of theirs; either must resolve inside the data roots and hold the data set's files."""
+    of theirs; either must resolve inside the data roots and hold the data set's files.
+    ``field``: the body's field that names it (dataset, or eval_dataset). The flag: whether its
+    files hold labels (True where that is not known)."""
     catalog = {d["name"]: d for d in describe_datasets()}
-    spec = body.dataset
+    spec = getattr(body, field)
     info = catalog.get(spec.name)
     if info is None:
         errors.append(
-            field_error(
-                ["body", "dataset", "name"], f"unknown data set {spec.name!r}; known: {', '.join(sorted(catalog))}"
-            )
+            field_error(["body", field, "name"], f"unknown data set {spec.name!r}; known: {', '.join(sorted(catalog))}")
         )
     if spec.upload is not None:
-        loc = ["body", "dataset", "upload"]
+        loc = ["body", field, "upload"]
         upload = datasets.usable_dataset(session, spec.upload, owner)
         if upload is None and (not_ready := datasets.get_dataset(session, spec.upload, owner)) is not None:
             raise ProblemError(409, _not_ready(not_ready))
         if upload is None:
             errors.append(field_error(loc, f"no upload {spec.upload}; list yours with GET /v1/datasets/uploads"))
-            return spec.name, None
+            return spec.name, None, True
         path = upload.path
     elif spec.path:
-        loc, path = ["body", "dataset", "path"], spec.path
+        loc, path = ["body", field, "path"], spec.path
     else:
         if info is not None and info["needs_path"]:
             errors.append(
                 field_error(
-                    ["body", "dataset", "path"],
+                    ["body", field, "path"],
                     f"the data set {spec.name!r} needs a path in the service's "
                     "data folder (e.g. cifar10-jpeg.tar.gz) or an upload",
                 )
             )
-        return spec.name, None
+        return spec.name, None, True
     if info is None:
-        return spec.name, path
+        return spec.name, path, True
     if not info["needs_path"]:
         errors.append(field_error(loc, f"the data set {spec.name!r} takes no files; leave out path and upload"))
-        return spec.name, None
+        return spec.name, None, True
     if spec.upload is not None:
         resolved = data_roots.resolve_upload(settings, spec.upload)
     else:
@@ -223,12 +239,13 @@ def _check_dataset(
     if resolved is None:
         gone = f"upload {spec.upload}'s files are gone; upload it again"
         errors.append(field_error(loc, UNREADABLE_PATH if spec.upload is None else gone))
-        return spec.name, path
+        return spec.name, path, True
+    labelled = True
     try:
-        locate_dataset(spec.name, resolved)
+        labelled = dataset_has_labels(spec.name, locate_dataset(spec.name, resolved))
     except DataError:
         errors.append(field_error(loc, f"the files there are not laid out as {spec.name} needs: {info['description']}"))
-    return spec.name, path
+    return spec.name, path, labelled
 
 
 def _not_ready(upload: Dataset) -> str:
@@ -280,8 +297,12 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
             if checkpoint is None:
                 errors.append(field_error(["body", "job"], f"job {source.id} recorded no checkpoint"))
     dataset_name, dataset_path = (source.dataset, source.dataset_path) if source else ("", None)
+    if source is not None and source.config.get("eval_dataset"):  # the run's own evaluation set
+        dataset_name, dataset_path = source.config["eval_dataset"], source.config.get("eval_data")
     if body.dataset is not None:
-        dataset_name, dataset_path = _check_dataset(session, owner, settings, body, errors)
+        dataset_name, dataset_path, labelled = _check_dataset(session, owner, settings, body, errors)
+        if not labelled:
+            errors.append(field_error(["body", "dataset"], f"{NO_LABELS}; evaluations need a labelled data set"))
     elif (upload := data_roots.upload_id(dataset_path)) and datasets.usable_dataset(session, upload, owner) is None:
         errors.append(
             field_error(["body", "dataset"], f"the pretraining data, upload {upload}, was deleted; name a data set")

@@ -19,6 +19,8 @@ PRETRAIN_OPTIONS = {
     "--batch-size": "batch_size",
     "--subset": "subset",
     "--image-size": "image_size",
+    "--eval-dataset": "eval_dataset",
+    "--eval-data": "eval_data",
     "--seed": "seed",
     "--time-budget": "time_budget",
     "--checkpoint-every": "checkpoint_every",

@@ -233,7 +233,14 @@ def cmd_submit(args: argparse.Namespace, service: Service) -> int:
         dataset["path"] = str(path)
     if args.upload:
         dataset["upload"] = args.upload
+    if (eval_name := config.pop("eval_dataset", None)) is not None:
+        eval_path = config.pop("eval_data", None)
+        body_eval = {"name": eval_name, **({"path": str(eval_path)} if eval_path is not None else {})}
+    else:
+        body_eval = None
     body: dict[str, Any] = {"kind": "pretrain", "method": method, "dataset": dataset, "config": config}
+    if body_eval is not None:
+        body["eval_dataset"] = body_eval
     # As with `cssl pretrain`, no --evaluate runs no final evaluation.
     body["evaluate"] = [p for p in args.evaluate.split(",") if p]
     _labels(body, args)

@@ -202,6 +202,12 @@ class PretrainConfig:
         ge=8,
         le=1024,
     )
+    eval_dataset: str | None = option(
+        None,
+        "the labelled data set of kNN during training and the final evaluations, brought to the training "
+        "resolution; none: the pretraining data set (which then needs labels)",
+    )
+    eval_data: str | None = option(None, "path of eval_dataset's files; none: its default location")
     seed: int = option(0, "seed of the initialisation, data order and augmentation", ge=0, le=2**32 - 1)
     time_budget: float | None = option(
         None, "stop after this many seconds of training; schedules are fitted to it", gt=0
@@ -268,6 +274,8 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
         coerce_field(common["dataset"], overrides.get("dataset", common["dataset"].default)),
         coerce_field(common["image_size"], overrides.get("image_size")),
     )
+    if (eval_dataset := coerce_field(common["eval_dataset"], overrides.get("eval_dataset"))) is not None:
+        dataset_image_size(eval_dataset)  # a known name, or the error that lists them
     recipe = coerce_field(common["recipe"], overrides.get("recipe", "auto"))
     if recipe == "auto":
         recipe = "small_images" if image_size <= SMALL_IMAGE_MAX_SIZE else "paper"

@@ -321,7 +321,7 @@ def test_cifar_counts_its_images_against_the_limit(cifar10_batches):
 
 def test_not_an_image_folder(tmp_path):
     (tmp_path / "stuff").mkdir()
-    with pytest.raises(DataError, match="no image-folder tree"):
+    with pytest.raises(DataError, match="no images at .*a folder of images at any depth"):
         load_dataset("imagefolder", tmp_path / "stuff")
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"not a tar")
@@ -502,3 +502,67 @@ def test_image_size_sets_the_side_of_a_folders_images_and_its_recipe(image_tree,
     state = load_checkpoint(result.checkpoint)
     assert state["image_size"] == 40 and state["config"]["image_size"] == 40
     assert evaluate_checkpoint(result.checkpoint, "knn", k=3).num_test == 3  # at the checkpoint's 40 px
+
+
+@pytest.fixture
+def unlabelled_tree(tmp_path):
+    """Five images of a lab's own, at several depths, with no classes and no test split."""
+    root = tmp_path / "photos"
+    for i, rel in enumerate(["a.png", "2024/b.jpg", "2024/june/c.png", "2025/x/y/z/d.png", "e.webp"]):
+        save_image(root / rel, (40 * i, 10, 10))
+    (root / "README.txt").write_text("not an image")
+    (root / ".cache" / "thumb.png").parent.mkdir()
+    (root / ".cache" / "thumb.png").write_bytes(png_bytes())  # hidden: skipped
+    return root
+
+
+def test_a_folder_of_unlabelled_images_at_any_depth_is_a_pretraining_set(unlabelled_tree, tmp_path):
+    data = load_dataset("imagefolder", unlabelled_tree, image_size=16)
+    assert data.classes == [] and not data.labelled
+    assert len(data.train) == 0 and len(data.test) == 0 and data.image_size == 16
+    assert data.unlabeled.images.shape == (5, 3, 16, 16) and data.unlabeled.labels.tolist() == [-1] * 5
+    # Sorted by path: 2024/b.jpg, 2024/june/c.png, 2025/x/y/z/d.png, a.png, e.webp.
+    reds = data.pretrain_split().images.float().mean((2, 3))[:, 0].round().tolist()
+    assert reds == [40, 80, 120, 0, 160]
+    archive = make_tar(tmp_path / "photos.tar.gz", unlabelled_tree, prefix="photos")
+    assert torch.equal(load_dataset("imagefolder", archive, image_size=16).unlabeled.images, data.unlabeled.images)
+    with pytest.raises(DataError, match="has no labels.*eval_dataset"):
+        data.require_labels("the knn protocol")
+
+
+def test_a_list_of_images_is_a_pretraining_set(unlabelled_tree):
+    listing = unlabelled_tree / "chosen.txt"
+    listing.write_text("# the good ones\n2024/june/c.png\n\na.png\n")
+    data = load_dataset("imagefolder", listing, image_size=8)
+    assert len(data.unlabeled) == 2 and data.unlabeled.images.float().mean((2, 3))[:, 0].round().tolist() == [80, 0]
+    for bad, message in [
+        ("../elsewhere.png", "leaves the list's folder"),
+        ("/etc/x.png", "leaves"),
+        ("notes.md", "not an image"),
+    ]:
+        listing.write_text(bad + "\n")
+        with pytest.raises(DataError, match=message):
+            load_dataset("imagefolder", listing, image_size=8)
+    listing.write_text("# nothing\n")
+    with pytest.raises(DataError, match="names no images"):
+        load_dataset("imagefolder", listing, image_size=8)
+
+
+def test_which_layouts_have_labels(image_tree, unlabelled_tree, tmp_path):
+    from cssl_core.data import dataset_has_labels, locate_dataset
+
+    labelled_tar = make_tar(tmp_path / "l.tar.gz", image_tree, prefix="data")
+    unlabelled_tar = make_tar(tmp_path / "u.tar.gz", unlabelled_tree)
+    (unlabelled_tree / "list.txt").write_text("a.png\n")
+    cases = [(image_tree, True), (labelled_tar, True), (unlabelled_tree, False), (unlabelled_tar, False),
+             (unlabelled_tree / "list.txt", False)]  # fmt: skip
+    for path, labelled in cases:
+        assert dataset_has_labels("imagefolder", locate_dataset("imagefolder", path)) is labelled, path
+    # A labelled tree missing its train/ folder is an error, not a folder of unlabelled images.
+    for image in (image_tree / "train").rglob("*.*"):
+        image.unlink()
+    for folder in sorted((image_tree / "train").rglob("*"), reverse=True):
+        folder.rmdir()
+    (image_tree / "train").rmdir()
+    with pytest.raises(DataError, match="has test/ but no train/"):
+        load_dataset("imagefolder", image_tree)

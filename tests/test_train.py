@@ -188,3 +188,34 @@ def test_gradient_clipping_is_per_tensor_as_in_dino():
     loop.clip_each_gradient([big, small], 1.0)
     torch.testing.assert_close(big.grad, torch.tensor([1.0, 0.0, 0.0, 0.0]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(small.grad, torch.tensor([0.3, 0.4]))  # a global norm would shrink it too
+
+
+def test_pretraining_on_unlabelled_images_evaluates_on_the_named_set(tmp_path):
+    from PIL import Image
+
+    from cssl_core.errors import DataError
+    from cssl_core.evaluation import evaluate_checkpoint
+
+    photos = tmp_path / "photos"
+    generator = torch.Generator().manual_seed(0)
+    for i in range(70):
+        pixels = torch.randint(0, 256, (40, 48, 3), generator=generator, dtype=torch.uint8).numpy()
+        (photos / f"roll{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(photos / f"roll{i % 3}" / f"{i}.png")
+    run = {**TINY, "dataset": "imagefolder", "data": str(photos), "image_size": 32, "subset": None, "batch_size": 32}
+    with pytest.raises(DataError, match="no labels.*kNN during training.*eval_dataset"):
+        pretrain(config(**run, knn_every=1, epochs=1), tmp_path / "refused")
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+    seen = []
+    result = pretrain(
+        config(**run, knn_every=1, epochs=2, eval_dataset="synthetic"), tmp_path / "run", on_evaluation=seen.append
+    )
+    assert [(r.epoch, r.dataset) for r in seen] == [(1, "synthetic"), (2, "synthetic")]
+    # The final evaluations default to the run's evaluation set; the pretraining images have no labels.
+    assert evaluate_checkpoint(result.checkpoint, "knn", k=5).dataset == "synthetic"
+    with pytest.raises(DataError, match="no labels"):
+        evaluate_checkpoint(result.checkpoint, "knn", dataset="imagefolder", data=str(photos))
+    no_eval = pretrain(config(**run, epochs=1), tmp_path / "plain")
+    with pytest.raises(DataError, match="no labels"):
+        evaluate_checkpoint(no_eval.checkpoint, "knn")

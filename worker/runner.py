@@ -493,11 +493,15 @@ def _reason(exc: BaseException) -> str:
 
 def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
     """The job's data path checked again, now: a link may have changed since the API checked it."""
+    return _checked_data(settings, job.dataset_path)
+
+
+def _checked_data(settings: Settings, stored: str | None) -> Path | None:
     from cssl_core.errors import DataError
 
-    if job.dataset_path is None:
+    if stored is None:
         return None
-    path = data_roots.resolve_job_data(settings, job.dataset_path)
+    path = data_roots.resolve_job_data(settings, stored)
     if path is None:
         raise DataError(
             "the job's data is no longer readable by the service (moved, deleted, or now outside its data "
@@ -520,12 +524,16 @@ def _pretrain(
     settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat
 ) -> Outcome:
     from cssl_core.config import build_config
-    from cssl_core.data import load_dataset
+    from cssl_core.data import dataset_image_size, load_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
 
     run_keys = {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS and k != TRACKING_KEY}
     config = build_config(job.method, run_keys)
+    # The evaluation set (kNN during training, the final evaluations), checked like the data.
+    eval_name, eval_data = config.dataset, data
+    if config.eval_dataset:
+        eval_name, eval_data = config.eval_dataset, _checked_data(settings, config.eval_data)
     result: dict[str, Any] | None = None  # None: keep what the training attempt recorded
     if job.resume_is_final:
         log.info("training had finished before the worker was lost; going on with the evaluations")
@@ -549,6 +557,11 @@ def _pretrain(
             progress_every=settings.progress_every,
             # From the path checked above, not from the config (a resumed one holds an older path).
             dataset=load_dataset(config.dataset, data, image_size=config.image_size) if data is not None else None,
+            eval_dataset=(
+                load_dataset(eval_name, eval_data, image_size=dataset_image_size(config.dataset, config.image_size))
+                if config.eval_dataset and eval_data is not None and config.knn_every
+                else None
+            ),
         )
         checkpoint = Path(outcome.checkpoint).resolve()
         result = {
@@ -571,7 +584,7 @@ def _pretrain(
             within=settings.database_retry_window,
         )
         checkpoint_id = checkpoint_ids[checkpoint]  # pretrain reports its last checkpoint
-    plan = EvaluationPlan.for_job(job, checkpoint, checkpoint_id, config.dataset, data, config.device)
+    plan = EvaluationPlan.for_job(job, checkpoint, checkpoint_id, eval_name, eval_data, config.device)
     _run_evaluations(plan, recorder)
     if heartbeat.should_stop():
         return heartbeat.stopped(result)

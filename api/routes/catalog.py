@@ -41,7 +41,7 @@ def _methods() -> list[MethodPublic]:
 
 
 # A job names these through its method and dataset fields, not its config.
-RUN_KEYS_SET_ELSEWHERE = ("method", "method_config", "dataset", "data")
+RUN_KEYS_SET_ELSEWHERE = ("method", "method_config", "dataset", "data", "eval_dataset", "eval_data")
 # Where a number's declared bounds go in a JSON schema.
 BOUND_KEYWORDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}
 

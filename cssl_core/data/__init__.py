@@ -31,6 +31,7 @@ __all__ = [
     "class_balanced_indices",
     "class_balanced_subset",
     "data_fingerprint",
+    "dataset_has_labels",
     "dataset_names",
     "decoded_bytes_limit",
     "describe_datasets",
@@ -77,6 +78,19 @@ class ImageDataset:
     @property
     def image_size(self) -> int:
         return self.train.images.shape[-1]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether it has the labelled train and test splits that kNN and the probes need."""
+        return len(self.train) > 0 and len(self.test) > 0
+
+    def require_labels(self, purpose: str) -> None:
+        if not self.labelled:
+            raise DataError(
+                f"{self.name} has no labels (no train/<class>/ and test/<class>/ folders), so {purpose} needs a "
+                f"labelled data set: name one for the evaluations (eval_dataset / eval_data in a pretraining "
+                f"config, --dataset / --data for cssl eval)"
+            )
 
     def pretrain_split(self) -> ImageSplit:
         """The images self-supervised pretraining sees: train, plus unlabeled when present."""
@@ -127,7 +141,8 @@ _SOURCES = {
         ),
         DatasetSource(
             "imagefolder",
-            "Your own images: a folder train/<class>/<image>, test/<class>/<image>, or a .tar.gz of it; "
+            "Your own images: a folder train/<class>/<image>, test/<class>/<image>; or, for pretraining "
+            "only, a folder of unlabelled images at any depth or a .txt list of them; or a .tar.gz of either; "
             "resized (short side) and centre-cropped to image_size (default 64)",
             64, imagefolder.decode, imagefolder.locate, resizable=True,
         ),
@@ -166,6 +181,13 @@ def dataset_image_size(name: str, image_size: int | None = None) -> int:
             f"images of any size ({resizable}): leave it unset for {name}"
         )
     return image_size
+
+
+def dataset_has_labels(name: str, located: Path) -> bool:
+    """Whether the files :func:`locate_dataset` found hold labels (an image folder may be a
+    folder of unlabelled images); built-in data sets always do."""
+    source = _SOURCES[name]
+    return imagefolder.has_labels(located) if source.resizable else True
 
 
 def describe_datasets() -> list[dict]:

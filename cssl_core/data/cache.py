@@ -46,10 +46,18 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(source: Path) -> list[tuple[str, int, int]]:
-    """``(path, size, mtime_ns)`` of the source file, or of every file under a source folder."""
+    """``(path, size, mtime_ns)`` of the source file, or of every file under a source folder;
+    a ``.txt`` list of images counts the images it names too."""
     if source.is_file():
         st = source.stat()
-        return [(str(source), st.st_size, st.st_mtime_ns)]
+        entries = [(str(source), st.st_size, st.st_mtime_ns)]
+        if source.suffix.lower() == ".txt":
+            for line in source.read_text().splitlines():
+                name = line.strip()
+                if name and not name.startswith("#") and (source.parent / name).is_file():
+                    st = (source.parent / name).stat()
+                    entries.append((name, st.st_size, st.st_mtime_ns))
+        return entries
     entries = []
     for root, dirs, files in os.walk(source, followlinks=True):
         dirs.sort()

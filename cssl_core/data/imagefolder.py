@@ -1,9 +1,14 @@
-"""Image-folder trees, on disk or inside a tar archive.
+"""Image-folder trees, on disk or inside a tar archive, labelled or not.
 
-Layout (torchvision's ``ImageFolder``, one tree per split)::
+Labelled (torchvision's ``ImageFolder``, one tree per split)::
 
     train/<class>/<image>     e.g. train/cat/0001.jpg
     test/<class>/<image>
+
+Unlabelled, for pretraining only: a folder (or archive) without ``train/`` whose images sit
+at any depth, or a ``.txt`` file listing images one per line, relative to the file's folder
+(they must lie inside it). Its images form the ``unlabeled`` split; kNN and the other
+protocols then need a labelled evaluation set.
 
 Class names are the ``train/`` folder names in sorted order. Any format Pillow reads
 is accepted; files whose names start with ``.`` and non-image files are skipped. Links
@@ -42,14 +47,20 @@ def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def find_tree(path: Path) -> Path | None:
-    """The folder holding ``train/``, or the archive, that ``path`` points at; else None.
+def is_image_list(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".txt"
 
-    Accepts the tree itself, a folder holding exactly one such tree, an archive, or a
-    folder holding exactly one archive.
+
+def find_tree(path: Path) -> Path | None:
+    """The folder holding ``train/``, the archive, the list of images, or the folder of
+    unlabelled images that ``path`` points at; else None.
+
+    Accepts the tree itself, a folder holding exactly one such tree, an archive, a folder
+    holding exactly one archive (and nothing else), a ``.txt`` list, or a folder with images
+    at any depth.
     """
     if path.is_file():
-        return path if is_archive(path) else None
+        return path if is_archive(path) or is_image_list(path) else None
     if not path.is_dir():
         return None
     if (path / "train").is_dir():
@@ -59,28 +70,106 @@ def find_tree(path: Path) -> Path | None:
     if len(trees) == 1:
         return trees[0]
     archives = [c for c in children if c.is_file() and is_archive(c)]
-    if not trees and len(archives) == 1:
+    if not trees and len(archives) == 1 and len(children) == 1:
         return archives[0]
+    if not trees and _has_images(path):
+        return path
     return None
+
+
+def _has_images(root: Path) -> bool:
+    for _parent, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(_is_image(n) for n in names):
+            return True
+    return False
+
+
+def has_labels(tree: Path) -> bool:
+    """Whether a located tree (:func:`locate`) is the labelled layout, read from its names only."""
+    if is_image_list(tree):
+        return False
+    if tree.is_dir():
+        return (tree / "train").is_dir()
+    try:
+        with tarfile.open(tree) as tar:
+            names = [_member_path(name, tree) for name in tar.getnames()]
+    except (tarfile.TarError, OSError, EOFError):
+        return True  # decoding will say what is wrong with it
+    return _archive_root(names, tree) is not None
 
 
 def locate(path: Path) -> Path:
     tree = find_tree(path)
     if tree is None:
         raise DataError(
-            f"no image-folder tree at {path}: expected {path}/train/<class>/<image> and "
-            f"{path}/test/<class>/<image>, a folder holding one such tree, or a .tar.gz of it"
+            f"no images at {path}: expected {path}/train/<class>/<image> and {path}/test/<class>/<image> "
+            f"(labelled), a folder of images at any depth (unlabelled, for pretraining), a .tar.gz of "
+            f"either, or a .txt file listing images"
         )
     return tree
 
 
 def decode(source: Path, image_size: int) -> DecodedDataset:
-    """Decode a tree or an archive of one; images come out ``(N, 3, image_size, image_size)``."""
+    """Decode a tree, an archive of one or a list of images; images come out
+    ``(N, 3, image_size, image_size)``."""
+    if is_image_list(source):
+        folder = source.parent
+        read = lambda rel: _read_no_links(folder / rel)  # noqa: E731
+        return _decode_unlabelled(_read_list(source), read, image_size, f"{folder}/")
     if source.is_file():
         files, dirs, root = _read_archive(source)
+        if root is None:
+            return _decode_unlabelled(sorted(files), files.pop, image_size, where=f"{source}:")
         return _decode_tree(list(files), dirs, files.pop, image_size, where=f"{source}:{root}")
+    if not (source / "train").is_dir():
+        if (source / "test").is_dir():
+            raise DataError(f"{source} has test/ but no train/: a labelled image folder needs {LAYOUT}")
+        files = sorted(f for f in _walk_all(source) if _is_image(f))
+        return _decode_unlabelled(files, lambda rel: _read_no_links(source / rel), image_size, where=f"{source}/")
     files, dirs = _walk(source)
     return _decode_tree(files, dirs, lambda rel: _read_no_links(source / rel), image_size, where=f"{source}/")
+
+
+def _walk_all(root: Path) -> list[str]:
+    """Every file under ``root`` (hidden ones and links refused or skipped as in :func:`_walk`)."""
+    files = []
+    for parent, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        rel_parent = Path(parent).relative_to(root).as_posix()
+        for name in subdirs + names:
+            if not name.startswith(".") and os.path.islink(os.path.join(parent, name)):
+                raise _link_error(Path(parent, name))
+        files.extend(n if rel_parent == "." else f"{rel_parent}/{n}" for n in names)
+    return files
+
+
+def _read_list(listing: Path) -> list[str]:
+    """The images a ``.txt`` file names, one per line (blank lines and ``#`` comments skipped),
+    as paths relative to its folder; one that leaves the folder is refused."""
+    names = []
+    for number, line in enumerate(listing.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = [p for p in line.replace("\\", "/").split("/") if p not in ("", ".")]
+        if line.startswith(("/", "\\")) or ".." in parts:
+            raise DataError(f"{listing}:{number}: {line!r} leaves the list's folder; name images in {listing.parent}")
+        if not _is_image(line):
+            raise DataError(f"{listing}:{number}: {line!r} is not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+        names.append("/".join(parts))
+    if not names:
+        raise DataError(f"{listing} names no images: write one image path per line, relative to its folder")
+    return names
+
+
+def _decode_unlabelled(files: list[str], read: Callable[[str], bytes], image_size: int, where: str) -> DecodedDataset:
+    if not files:
+        raise DataError(f"no images in {where}")
+    check_decoded_bytes(len(files), image_size, where)
+    empty = SplitArrays(np.empty((0, 3, image_size, image_size), np.uint8), np.empty(0, np.int64))
+    images = _decode_items([(f, -1) for f in files], read, image_size, where)
+    return DecodedDataset(classes=[], train=empty, test=empty, unlabeled=images)
 
 
 def fit_square(image: Image.Image, size: int) -> Image.Image:
@@ -140,8 +229,9 @@ def _read_no_links(path: Path) -> bytes:
         return f.read()
 
 
-def _read_archive(archive: Path) -> tuple[dict[str, bytes], set[str], str]:
-    """Image bytes by path relative to the tree's root, the folders seen, and that root."""
+def _read_archive(archive: Path) -> tuple[dict[str, bytes], set[str], str | None]:
+    """Image bytes by path relative to the tree's root, the folders seen, and that root (None:
+    no labelled tree; the paths are the archive's own)."""
     entries: dict[str, bytes] = {}
     dirs: set[str] = set()
     try:
@@ -168,8 +258,9 @@ def _member_path(name: str, archive: Path) -> str:
     return "/".join(parts)
 
 
-def _archive_root(names: list[str], archive: Path) -> str:
-    """'' when ``train/`` sits at the top of the archive, else ``'<folder>/'`` holding it."""
+def _archive_root(names: list[str], archive: Path) -> str | None:
+    """'' when ``train/`` sits at the top of the archive, ``'<folder>/'`` when it sits in one
+    folder, None when there is no ``train/`` (unlabelled images)."""
     tops = {n.split("/", 1)[0] for n in names}
     if tops & set(SPLITS):
         return ""
@@ -177,9 +268,7 @@ def _archive_root(names: list[str], archive: Path) -> str:
         (top,) = tops
         if any(n.startswith(f"{top}/train/") for n in names):
             return f"{top}/"
-    raise DataError(
-        f"archive {archive} does not hold an image-folder tree: expected {LAYOUT}, at its top or in one folder"
-    )
+    return None
 
 
 def _is_image(name: str) -> bool:

@@ -120,9 +120,13 @@ def evaluate_checkpoint(
     state = load_checkpoint(checkpoint)
     config = state["config"]
     require_backbone(config["backbone"], cls.backbone, f"the {protocol} protocol")
+    # Named here, else the run's evaluation set, else its pretraining set.
+    if dataset is None and config.get("eval_dataset"):
+        dataset, data = config["eval_dataset"], data or config.get("eval_data")
     name = dataset or config["dataset"]
     path = data if (data or dataset) else config["data"]
     images = load_dataset(name, path, image_size=state["image_size"])
+    images.require_labels(f"the {protocol} protocol")
     if images.image_size != state["image_size"]:
         raise ConfigError(
             f"dataset {name!r} has {images.image_size}px images but the checkpoint was trained on "

@@ -95,14 +95,18 @@ def pretrain(
     resume_from: str | Path | None = None,
     progress_every: int = 10,
     dataset: ImageDataset | None = None,
+    eval_dataset: ImageDataset | None = None,
 ) -> PretrainResult:
-    """Pretrain ``config.method`` and write checkpoints under ``out_dir/checkpoints``."""
+    """Pretrain ``config.method`` and write checkpoints under ``out_dir/checkpoints``.
+
+    ``dataset`` and ``eval_dataset``, when given, are the decoded ``config.dataset`` and
+    ``config.eval_dataset`` (the service checks their paths itself)."""
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed:
         config = build_config(resumed["config"]["method"], resumed["config"])
     config.validate()
     callbacks = Callbacks(on_progress, should_stop, on_checkpoint, on_evaluation)
-    trainer = Trainer(config, Path(out_dir), callbacks, progress_every, dataset)
+    trainer = Trainer(config, Path(out_dir), callbacks, progress_every, dataset, eval_dataset)
     if resumed:
         trainer.restore(resumed)
     return trainer.run()
@@ -118,6 +122,7 @@ class Trainer:
         callbacks: Callbacks,
         progress_every: int,
         dataset: ImageDataset | None,
+        eval_dataset: ImageDataset | None = None,
     ):
         self.config, self.out_dir, self.callbacks, self.progress_every = config, out_dir, callbacks, progress_every
         self.device = resolve_device(config.device)
@@ -139,6 +144,14 @@ class Trainer:
         if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
             self.images = self.images.to(self.device)
         self.image_size = self.data.image_size
+        # kNN during training: on the evaluation set when one is named (at the training resolution).
+        self.eval_data = self.data
+        if config.knn_every and (eval_dataset is not None or config.eval_dataset):
+            self.eval_data = eval_dataset or load_dataset(
+                config.eval_dataset, config.eval_data, image_size=self.image_size
+            )
+        if config.knn_every:
+            self.eval_data.require_labels("kNN during training (knn_every)")
         self.mean, self.std = channel_stats(split.images)
         self.guard = CollapseGuard(self.images, config.seed, self.mean, self.std, self.device)
         self.method_warned = False
@@ -324,10 +337,12 @@ class Trainer:
         if every and epochs_done % every == 0 and self.step < self.total_steps:
             info = self._checkpoint(final=False)
         if self.config.knn_every and epochs_done % self.config.knn_every == 0:
-            bank = self.model.knn_bank()
+            # A memory bank's rows are this training set's features: of use only when it is the evaluation set.
+            bank = self.model.knn_bank() if self.eval_data is self.data else None
             if bank is None:
+                encoder = self.model.encoder_for_eval()
                 result = evaluate_backbone(
-                    self.model.encoder_for_eval(), self.data, "knn", mean=self.mean, std=self.std, device=self.device
+                    encoder, self.eval_data, "knn", mean=self.mean, std=self.std, device=self.device
                 )
             else:  # the bank's rows are the training features: only the test split is embedded
                 features, embed = bank

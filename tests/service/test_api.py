@@ -120,6 +120,14 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"seed": 10**30}}, ["body", "config", "seed"], "seed must be in [0, 4294967295]"),
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
+        # The evaluation set's path is checked against the data roots like the data's: never through config.
+        ({**PRETRAIN, "config": {"eval_data": "/etc"}}, ["body", "config", "eval_data"], "dataset"),
+        (
+            {**PRETRAIN, "eval_dataset": {"name": "cifar10", "path": "/etc"}},
+            ["body", "eval_dataset", "path"],
+            "not a path the service reads data from",
+        ),
+        ({**PRETRAIN, "kind": "eval", "job": "0" * 32, "eval_dataset": {"name": "digits"}}, ["body"], "eval_dataset"),
         ({**PRETRAIN, "dataset": {"name": "cifar10"}}, ["body", "dataset", "path"], "needs a path"),
         (
             {**PRETRAIN, "dataset": {"name": "cifar10", "path": "/nowhere.tar.gz"}},
@@ -294,7 +302,7 @@ def test_config_schemas_carry_every_key_and_its_range_and_protocols_their_parame
     """What the dashboard's submit form is generated from."""
     simclr = {m["name"]: m for m in client.get("/v1/methods", headers=alice).json()}["simclr"]
     properties = simclr["config_schema"]["properties"]
-    assert set(properties) == set(simclr["defaults"]) - {"dataset", "data"}
+    assert set(properties) == set(simclr["defaults"]) - {"dataset", "data", "eval_dataset", "eval_data"}
     assert properties["epochs"]["minimum"] == 1 and properties["epochs"]["maximum"] == 100_000
     assert properties["temperature"]["exclusiveMinimum"] == 0 and properties["sgd_momentum"]["exclusiveMaximum"] == 1
     protocols = {p["name"]: p for p in client.get("/v1/protocols", headers=alice).json()}

@@ -471,6 +471,39 @@ def test_an_uploaded_data_set_trains_on_the_worker(server, worker, alice):
     assert httpx.delete(f"{server}/v1/datasets/uploads/{upload_id}", headers=alice).status_code == 204
 
 
+def test_unlabelled_images_pretrain_and_evaluate_on_a_named_labelled_set(server, worker, alice):
+    folder = f"photos-{uuid.uuid4().hex[:6]}"
+    write_tree(DATA_ROOT / folder, {f"{day}/{i}.png": png(i) for day in ("mon", "tue/evening") for i in range(6)})
+    labelled = f"pets-{uuid.uuid4().hex[:6]}"
+    write_tree(DATA_ROOT / labelled, image_files())
+    body = {
+        **job({"name": "imagefolder", "path": folder}),
+        "evaluate": ["knn"],
+        "config": {**FEW_STEPS, "knn": {"k": 3}},
+    }
+    refused = httpx.post(f"{server}/v1/jobs", json=body, headers=alice)
+    assert refused.status_code == 422 and "eval_dataset" in refused.text and "no labels" in refused.text
+    # Nor may the evaluation set be unlabelled.
+    wrong = httpx.post(
+        f"{server}/v1/jobs", json={**body, "eval_dataset": {"name": "imagefolder", "path": folder}}, headers=alice
+    )
+    assert wrong.status_code == 422 and "name a labelled data set here" in wrong.text, wrong.text
+
+    body["eval_dataset"] = {"name": "imagefolder", "path": labelled}
+    submitted = httpx.post(f"{server}/v1/jobs", json=body, headers=alice)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    read_events(server, f"/v1/jobs/{job_id}/events", alice, timeout=240)
+    done = httpx.get(f"{server}/v1/jobs/{job_id}", headers=alice).json()
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["steps"] == 3 and done["config"]["eval_data"] == labelled  # 12 unlabelled images
+    [knn] = httpx.get(f"{server}/v1/evaluations", params={"job": job_id}, headers=alice).json()
+    assert (knn["num_train"], knn["num_test"]) == (12, 4)  # the labelled set's splits
+    # An evaluation of the run, naming no data set, uses the run's evaluation set.
+    again = httpx.post(f"{server}/v1/jobs", json={"kind": "eval", "job": job_id, "evaluate": ["knn"]}, headers=alice)
+    assert again.status_code == 202 and again.json()["dataset"]["path"] == labelled, again.text
+
+
 @pytest.fixture()
 def app_with(settings):
     """A client of an API of its own with some settings changed; its lifespan runs (the sweep)."""
