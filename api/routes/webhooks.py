@@ -33,6 +33,18 @@ WebhookId = Annotated[str, Path(pattern=WEBHOOK_ID_PATTERN, description="A webho
 NOT_FOUND = {404: problem("No such webhook endpoint for this token's owner")}
 
 
+def webhook_links(webhook_id: str) -> dict:
+    """OpenAPI links from a response that names an endpoint to the routes that take it."""
+    path = {"webhook_id": webhook_id}
+    base = "#/paths/~1v1~1webhooks~1{webhook_id}"
+    return {
+        "GetWebhook": {"operationRef": f"{base}/get", "parameters": path},
+        "DeleteWebhook": {"operationRef": f"{base}/delete", "parameters": path},
+        "WebhookDeliveries": {"operationRef": f"{base}~1deliveries/get", "parameters": path},
+        "PingWebhook": {"operationRef": f"{base}~1test/post", "parameters": path},
+    }
+
+
 def _owned(session, webhook_id: str, owner: str) -> Webhook:
     webhook = webhooks.get_webhook(session, webhook_id, owner)
     if webhook is None:
@@ -50,6 +62,7 @@ def _owned(session, webhook_id: str, owner: str) -> Webhook:
             "headers": {
                 "Location": {"description": "The endpoint's URL", "required": True, "schema": {"type": "string"}}
             },
+            "links": webhook_links("$response.body#/id"),
         },
         422: problem("The URL is not http(s), holds a user or password, or is a private address the service refuses"),
     },
