@@ -159,6 +159,8 @@ class WebhookSender:
         self.settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cssl-webhooks", daemon=True)
+        # httpx logs each request's URL at INFO, and a receiver's URL may hold its token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     def start(self) -> None:
         self._thread.start()
