@@ -13,12 +13,13 @@ from api.deps import TokenCache
 from api.metrics import RequestMetrics
 from api.metrics import router as metrics_router
 from api.ratelimit import Limits
-from api.routes import artifacts, catalog, datasets, docs, health, jobs, leaderboard, ui
+from api.routes import artifacts, catalog, datasets, docs, health, jobs, leaderboard, ui, webhooks
 from api.routes.health import AUTH_OFF_WARNING
 from api.unpacking import Unpacker
 from dispatch.broker import make_celery
 from dispatch.publisher import Publisher
 from dispatch.sweeper import Sweeper
+from dispatch.webhooks import WebhookSender
 from store.db import read_session_factory, session_factory
 from store.settings import Settings, get_settings
 
@@ -40,13 +41,16 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
         if settings.auth_disabled:
             log.warning(AUTH_OFF_WARNING)
         sweeper = Sweeper(app.state.publisher) if sweep else None
-        if sweeper:
-            sweeper.start()
+        sender = WebhookSender(settings) if sweep else None
+        for thread in (sweeper, sender):
+            if thread:
+                thread.start()
         app.state.unpacker.start()
         yield
         app.state.unpacker.stop()
-        if sweeper:
-            sweeper.stop()
+        for thread in (sender, sweeper):
+            if thread:
+                thread.stop()
 
     # /docs comes from api.routes.docs: Swagger UI's files served by the API itself.
     app = FastAPI(title="cssl", version="1", description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None, *, sweep: bool = True) -> FastA
     problems.install(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestMetrics)  # outermost: it times and counts every answer, 413s included
-    for module in (jobs, artifacts, leaderboard, catalog, datasets, health):
+    for module in (jobs, artifacts, leaderboard, catalog, datasets, webhooks, health):
         app.include_router(module.router)
     app.include_router(metrics_router)
     docs.install(app)

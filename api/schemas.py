@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WrapValidator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    WrapValidator,
+    model_validator,
+)
 
 from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
 from cssl_core.provenance import GROUP_KEYS
+from store.models import WEBHOOK_DEFAULT_EVENTS
 from store.settings import tracking_uri_problem
 
 JobKind = Literal["pretrain", "eval"]
@@ -22,6 +34,8 @@ ProvenanceGroup = Literal[GROUP_KEYS]  # type: ignore[valid-type]
 # the database: checkpoint ids, offsets and event numbers are Postgres `integer`s, job ids uuid4 hex.
 MAX_ROW_ID = 2**31 - 1
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+WEBHOOK_ID_PATTERN = r"^[0-9a-f]{32}$"
+MAX_JOB_WEBHOOKS = 8
 
 
 def _each_once(protocols: list[str]) -> list[str]:
@@ -176,6 +190,13 @@ class TrackingSpec(BaseModel):
     wandb: Annotated[WandbTracking | Literal[False] | None, _object_or_false(WandbTracking)] = None
 
 
+WebhookId = Annotated[str, StringConstraints(pattern=WEBHOOK_ID_PATTERN)]
+
+
+def _once_each(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
 class JobCreate(BaseModel):
     """A pretraining job (method + dataset + config), or an evaluation of a checkpoint."""
 
@@ -215,6 +236,12 @@ class JobCreate(BaseModel):
         None,
         description="Where the worker logs the run besides the service, overriding CSSL_MLFLOW_* and "
         'CSSL_WANDB_*, e.g. {"mlflow": {"experiment": "ablations"}, "wandb": false}',
+    )
+    webhooks: Annotated[list[WebhookId], AfterValidator(_once_each)] = Field(
+        default_factory=list,
+        max_length=MAX_JOB_WEBHOOKS,
+        description="Ids of your webhook endpoints (POST /v1/webhooks) that hear of this job's events even "
+        'if they were registered with jobs "named"; those registered with jobs "all" hear of it anyway',
     )
 
     @model_validator(mode="after")
@@ -314,6 +341,7 @@ class JobPublic(BaseModel):
     )
     timings: Timings
     links: JobLinks
+    webhooks: list[str] = Field(default_factory=list, description="The webhook endpoints the job named")
 
 
 class JobList(BaseModel):
@@ -452,6 +480,107 @@ class UploadPublic(BaseModel):
         None,
         description="What its files take on disk once unpacked: this counts "
         "against your quota (the archive's size, until then)",
+    )
+
+
+# What a webhook's URL may be: http(s), a host name or IP address, a port, a path; no user or password.
+WEBHOOK_URL_PATTERN = r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?([/?#][\x21-\x7e]*)?$"
+WEBHOOK_EXAMPLE = {
+    "url": "https://ci.example.org/hooks/cssl",
+    "description": "tell CI",
+    "events": ["succeeded", "failed"],
+}
+
+
+def _webhook_url(url: str) -> str:
+    parts = urlsplit(url)  # a malformed host raises ValueError: a 422
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not hold a user or password: the URL is shown in listings; let the receiver check the signature"
+        )
+    parts.port  # noqa: B018 (raises on a port that is not a number, or past 65535)
+    if not parts.hostname:
+        raise ValueError("must name a host, e.g. https://ci.example.org/hooks/cssl")
+    if not re.fullmatch(WEBHOOK_URL_PATTERN, url):
+        raise ValueError("must be http(s)://host[:port][/path], in printable ASCII with no spaces")
+    return url
+
+
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2000),
+    AfterValidator(_webhook_url),
+    WithJsonSchema({"type": "string", "format": "uri", "maxLength": 2000, "pattern": WEBHOOK_URL_PATTERN}),
+]
+
+
+class WebhookCreate(BaseModel):
+    """An endpoint that hears of job events. ``jobs`` all: every job of yours; named: only the
+    jobs that name it in their ``webhooks``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [WEBHOOK_EXAMPLE]})
+
+    url: WebhookUrl = Field(description="Where events are POSTed; http(s), no user or password in it")
+    description: str | None = Field(None, max_length=500, pattern=_ONE_LINE)
+    events: Annotated[list[JobStatus], AfterValidator(_once_each)] = Field(
+        default_factory=lambda: list(WEBHOOK_DEFAULT_EVENTS),
+        min_length=1,
+        max_length=10,
+        description="The job statuses it hears of (event type job.<status>); default succeeded, failed, cancelled",
+    )
+    jobs: Literal["all", "named"] = Field(
+        "all", description="all: every job of yours; named: only jobs whose `webhooks` name this endpoint"
+    )
+
+
+class WebhookLinks(BaseModel):
+    self: str
+    deliveries: str
+    test: str
+
+
+class WebhookPublic(BaseModel):
+    id: str
+    url: str
+    description: str | None = None
+    events: list[JobStatus]
+    jobs: Literal["all", "named"]
+    created_at: datetime
+    links: WebhookLinks
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(
+        description="whsec_<base64>: the key of the messages' signatures (Standard Webhooks). "
+        "Shown this once; keep it with the receiver"
+    )
+
+
+class WebhookMessagePublic(BaseModel):
+    id: str = Field(description="The webhook-id header: the same on every attempt")
+    type: str = Field(description="job.<status>, or ping")
+    job_id: str | None = None
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: datetime
+
+
+class WebhookDeliveryPublic(BaseModel):
+    """One attempt to deliver a message."""
+
+    id: int
+    message_id: str = Field(description="The webhook-id header sent")
+    type: str = Field(description="job.<status>, or ping")
+    job_id: str | None = None
+    attempt: int = Field(description="1 for the first try")
+    status_code: int | None = Field(None, description="The receiver's answer; null when there was none (see error)")
+    error: str | None = Field(None, description="Why the attempt failed, when it did")
+    duration_ms: int
+    created_at: datetime
+    message_status: Literal["pending", "delivered", "failed"] = Field(
+        description="Where the message stands now: pending (another attempt is due), delivered, or failed (gave up)"
     )
 
 

@@ -16,7 +16,7 @@ from cssl_core.data import dataset_has_labels, describe_datasets, locate_dataset
 from cssl_core.errors import ConfigError, DataError
 from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
-from store import data_roots, datasets, jobs, records
+from store import data_roots, datasets, jobs, records, webhooks
 from store.jobs import NewJob
 from store.models import TRACKING_KEY, Dataset
 from store.settings import Settings
@@ -86,6 +86,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
             overrides[key] = value
     _fit_run_time(overrides, settings, errors)
     tracking = _tracking(body, settings, errors)
+    _check_webhooks(session, owner, body, errors)
     if errors:
         raise invalid(errors)
 
@@ -122,6 +123,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         priority=body.priority,
         name=body.name,
         tags=body.tags,
+        webhooks=tuple(body.webhooks),
     )
 
 
@@ -147,6 +149,17 @@ def _tracking(body: JobCreate, settings: Settings, errors: list) -> dict[str, di
             )
         )
     return {TRACKING_KEY: stored} if stored else {}
+
+
+def _check_webhooks(session: Session, owner: str, body: JobCreate, errors: list) -> None:
+    """Each endpoint the job names must be one of the owner's; another's reads as one that does not exist."""
+    for webhook_id in webhooks.unknown_webhooks(session, owner, body.webhooks):
+        errors.append(
+            field_error(
+                ["body", "webhooks", body.webhooks.index(webhook_id)],
+                f"no webhook {webhook_id}; list yours with GET /v1/webhooks",
+            )
+        )
 
 
 def _fit_run_time(overrides: dict, settings: Settings, errors: list) -> None:
@@ -269,6 +282,7 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
             errors.append(field_error(["body", "config", key], f"an eval job's config takes {', '.join(eval_keys)}"))
     eval_params = _protocol_params(body.config, errors)
     tracking = _tracking(body, settings, errors)
+    _check_webhooks(session, owner, body, errors)
 
     if body.checkpoint is not None:
         checkpoint = records.get_checkpoint(session, body.checkpoint, owner)
@@ -320,4 +334,5 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         source_checkpoint_id=checkpoint.id,
         name=body.name,
         tags=body.tags,
+        webhooks=tuple(body.webhooks),
     )

@@ -11,10 +11,14 @@ from api.schemas import (
     Progress,
     Timings,
     UploadPublic,
+    WebhookDeliveryPublic,
+    WebhookLinks,
+    WebhookMessagePublic,
+    WebhookPublic,
 )
 from cssl_core.evaluation import protocol_names
 from store.data_roots import upload_id
-from store.models import Checkpoint, Dataset, Evaluation, Job, utcnow
+from store.models import Checkpoint, Dataset, Evaluation, Job, Webhook, WebhookDelivery, WebhookMessage, utcnow
 
 
 def job_public(job: Job) -> JobPublic:
@@ -57,6 +61,7 @@ def job_public(job: Job) -> JobPublic:
             checkpoints=f"/v1/checkpoints?job={job.id}",
             evaluations=f"/v1/evaluations?job={job.id}",
         ),
+        webhooks=job.webhooks,
     )
 
 
@@ -79,3 +84,35 @@ def evaluation_public(evaluation: Evaluation) -> EvaluationPublic:
 
 def upload_public(dataset: Dataset) -> UploadPublic:
     return UploadPublic.model_validate(dataset, from_attributes=True)
+
+
+def webhook_public(webhook: Webhook) -> WebhookPublic:
+    base = f"/v1/webhooks/{webhook.id}"
+    return WebhookPublic(
+        id=webhook.id,
+        url=webhook.url,
+        description=webhook.description,
+        events=webhook.events,
+        jobs=webhook.jobs,
+        created_at=webhook.created_at,
+        links=WebhookLinks(self=base, deliveries=f"{base}/deliveries", test=f"{base}/test"),
+    )
+
+
+def webhook_message_public(message: WebhookMessage) -> WebhookMessagePublic:
+    return WebhookMessagePublic.model_validate(message, from_attributes=True)
+
+
+def webhook_delivery_public(delivery: WebhookDelivery, message: WebhookMessage) -> WebhookDeliveryPublic:
+    return WebhookDeliveryPublic(
+        id=delivery.id,
+        message_id=message.id,
+        type=message.type,
+        job_id=message.job_id,
+        attempt=delivery.attempt,
+        status_code=delivery.status_code,
+        error=delivery.error,
+        duration_ms=delivery.duration_ms,
+        created_at=delivery.created_at,
+        message_status=message.status,
+    )

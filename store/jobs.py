@@ -3,7 +3,8 @@
 queued -> running -> succeeded | failed | cancelled, and queued -> cancelled. Every change is
 one UPDATE guarded by the status (and the attempt, for the worker's writes), so a message
 delivered twice runs once, a worker that lost its job cannot write over the next attempt, and
-the API and the sweeper may race without harm. Each change also appends a job event.
+the API and the sweeper may race without harm. Each change also appends a job event and, in
+the same transaction, the webhook messages that tell of it (``store.webhooks``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from sqlalchemy import exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.models import TERMINAL_STATUSES, Checkpoint, Job, JobTag, utcnow
+from store.models import TERMINAL_STATUSES, Checkpoint, Job, JobTag, JobWebhook, utcnow
 from store.records import add_event
+from store.webhooks import enqueue_job_event
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,14 @@ class NewJob:
     source_checkpoint_id: int | None = None
     name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Endpoints of the owner's that hear of this job even if they hear of named jobs only.
+    webhooks: tuple[str, ...] = ()
+
+
+def _state_event(session: Session, job_id: str, data: dict[str, Any]) -> None:
+    """The job event of a state change, and the webhook messages that tell of it."""
+    add_event(session, job_id, "state", data)
+    enqueue_job_event(session, job_id, data["status"])
 
 
 def create_job(
@@ -78,6 +88,7 @@ def create_job(
         request_hash=request_hash,
         name=new.name,
         tag_rows=[JobTag(key=key, value=value) for key, value in new.tags.items()],
+        webhook_rows=[JobWebhook(webhook_id=webhook_id) for webhook_id in new.webhooks],
     )
     try:
         with session.begin_nested():
@@ -89,7 +100,7 @@ def create_job(
         if existing is None:
             raise
         return _same_request(existing, request_hash), False
-    add_event(session, job.id, "state", {"status": "queued", "attempt": 0})
+    _state_event(session, job.id, {"status": "queued", "attempt": 0})
     return job, True
 
 
@@ -214,10 +225,9 @@ def request_cancel(session: Session, job: Job) -> Job:
         .returning(Job.id)
     ).first()
     if cancelled:
-        add_event(
+        _state_event(
             session,
             job.id,
-            "state",
             {"status": "cancelled", "attempt": job.attempt, "message": "cancelled while queued"},
         )
     else:
@@ -262,7 +272,7 @@ def claim_job(session: Session, job_id: str, worker: str, max_running: int = 0) 
     ).first()
     if job is None:
         return None
-    add_event(session, job.id, "state", {"status": "running", "attempt": job.attempt, "worker": worker})
+    _state_event(session, job.id, {"status": "running", "attempt": job.attempt, "worker": worker})
     return job
 
 
@@ -379,7 +389,7 @@ def finish_job(
         event = {"status": status, "attempt": attempt}
         if error:
             event["error"] = error
-        add_event(session, job_id, "state", event)
+        _state_event(session, job_id, event)
     return done is not None
 
 
@@ -395,10 +405,9 @@ def release_job(session: Session, job_id: str, attempt: int, message: str) -> bo
         .returning(Job.id)
     ).first()
     if cancelled:
-        add_event(
+        _state_event(
             session,
             job_id,
-            "state",
             {
                 "status": "cancelled",
                 "attempt": attempt,
@@ -410,7 +419,7 @@ def release_job(session: Session, job_id: str, attempt: int, message: str) -> bo
         update(Job).where(*guard).values(status="queued", worker=None, published_at=None).returning(Job.id)
     ).first()
     if done:
-        add_event(session, job_id, "state", {"status": "queued", "attempt": attempt, "message": message})
+        _state_event(session, job_id, {"status": "queued", "attempt": attempt, "message": message})
     return done is not None
 
 
@@ -464,7 +473,7 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
             event = {"status": "queued", "message": f"{message}, {since}; re-queued to resume from its last checkpoint"}
         values["stalled_attempts"] = stalled
         if session.execute(update(Job).where(*guard).values(**values).returning(Job.id)).first():
-            add_event(session, job_id, "state", {**event, "attempt": attempt})
+            _state_event(session, job_id, {**event, "attempt": attempt})
             if values["status"] == "queued":
                 requeued.append(job_id)
     return requeued

@@ -27,6 +27,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 JOB_KINDS = ("pretrain", "eval")
+# What a webhook endpoint hears of by default: a job's end.
+WEBHOOK_DEFAULT_EVENTS = ("succeeded", "failed", "cancelled")
 # The key of a job's config that holds its overrides of the service's tracking sinks (MLflow,
 # W&B): never a training option, so the worker takes it out before building the run's config.
 TRACKING_KEY = "tracking"
@@ -130,10 +132,17 @@ class Job(Base):
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobTag.key"
     )
+    webhook_rows: Mapped[list[JobWebhook]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobWebhook.webhook_id"
+    )
 
     @property
     def tags(self) -> dict[str, str]:
         return {tag.key: tag.value for tag in self.tag_rows}
+
+    @property
+    def webhooks(self) -> list[str]:
+        return [row.webhook_id for row in self.webhook_rows]
 
 
 class JobTag(Base):
@@ -244,3 +253,72 @@ class Dataset(Base):
     unpacked_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # Written as unpacking goes on: an upload silent for CSSL_HEARTBEAT_TIMEOUT lost its API process.
     heartbeat_at: Mapped[datetime | None]
+
+
+class Webhook(Base):
+    """An owner's webhook endpoint: the job events it hears of (``events``, job statuses) for
+    all the owner's jobs, or (``jobs="named"``) only for the jobs that name it."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_owner_created_at", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500))
+    events: Mapped[list[str]]
+    jobs: Mapped[str] = mapped_column(String(8), default="all")
+    # whsec_<base64>: kept in clear, since signing needs it; shown to the owner once.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobWebhook(Base):
+    """An endpoint a job named at submission: it hears of this job even when it hears of named jobs only."""
+
+    __tablename__ = "job_webhooks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class WebhookMessage(Base):
+    """The outbox: one event for one endpoint, written in the transaction of the state change it
+    tells of, and sent (again, until a 2xx or the last attempt) by the API's webhook sender.
+    ``id`` is the ``webhook-id`` header, the same on every attempt."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        Index("ix_webhook_messages_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_messages_webhook_id_created_at", "webhook_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # job.<status>, or ping
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    # pending until delivered (a 2xx) or failed (the last attempt was not)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Attempts started; one more each time a sender claims it.
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Due then; while a sender holds it, when the sender's claim lapses.
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a message: the receiver's status code, or why there was none."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_message_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -166,6 +166,18 @@ class Settings(BaseSettings):
         "online: sent to W&B, with the API key from the workers' WANDB_API_KEY",
     )
     wandb_dir: Path = Field(Path(), description="the workers' W&B run folders (default: STATE_DIR/wandb)")
+    webhook_retry_seconds: Annotated[tuple[float, ...], NoDecode] = Field(
+        (5.0, 30.0, 120.0, 600.0, 3600.0),
+        description="seconds before each retry of a webhook delivery that got no 2xx, separated by ',' or ':'; "
+        "after the last, the delivery is marked failed",
+    )
+    webhook_timeout: float = Field(10.0, gt=0, description="seconds a webhook receiver has to answer")
+    webhook_interval: float = Field(2.0, gt=0, description="seconds between the API's looks for webhooks to send")
+    webhook_allow_private: bool = Field(
+        True,
+        description="webhooks may go to loopback, private and link-local addresses (a lab's own network); "
+        "false where the service's owners should not reach its network",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -181,6 +193,8 @@ class Settings(BaseSettings):
         data["cache_dir"] = Path(data.get("cache_dir") or state_dir / "cache").resolve()
         data["wandb_dir"] = Path(data.get("wandb_dir") or state_dir / "wandb").resolve()
         data["data_roots"] = _folders(data.get("data_roots")) or (state_dir / "data",)
+        if isinstance(retries := data.get("webhook_retry_seconds"), str):
+            data["webhook_retry_seconds"] = tuple(p.strip() for p in re.split("[,:]", retries) if p.strip())
         return data
 
     @model_validator(mode="after")
@@ -192,6 +206,9 @@ class Settings(BaseSettings):
             )
         if self.heartbeat_interval >= self.heartbeat_timeout:
             raise SettingsError("CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT")
+        if any(not 0 < delay < float("inf") for delay in self.webhook_retry_seconds):
+            delays = ",".join(map(str, self.webhook_retry_seconds))
+            raise SettingsError(f"CSSL_WEBHOOK_RETRY_SECONDS must be positive numbers, got {delays!r}")
         if self.mlflow_tracking_uri and (problem := tracking_uri_problem(self.mlflow_tracking_uri, service=True)):
             raise SettingsError(f"CSSL_MLFLOW_TRACKING_URI {problem}, got {self.mlflow_tracking_uri!r}")
         return self
@@ -236,6 +253,8 @@ class Settings(BaseSettings):
                 text = mask_password(value)
             elif isinstance(value, bool):
                 text = str(value).lower()
+            elif name == "webhook_retry_seconds":
+                text = ",".join(f"{delay:g}" for delay in value)
             elif isinstance(value, tuple):
                 text = os.pathsep.join(map(str, value))
             else:
@@ -294,7 +313,12 @@ def tracking_uri_problem(uri: str, *, service: bool = False) -> str | None:
     return None
 
 
-_WANTED = {bool: "a flag (1, true, yes, on or 0, false, no, off)", int: "a whole number", float: "a number"}
+_WANTED = {
+    bool: "a flag (1, true, yes, on or 0, false, no, off)",
+    int: "a whole number",
+    float: "a number",
+    tuple[float, ...]: "numbers separated by ','",
+}
 _BOUNDS = {"greater_than": "greater than {gt}", "greater_than_equal": "at least {ge}", "string_too_short": "non-empty"}
 
 

@@ -143,3 +143,15 @@ def test_tracking_sinks_are_off_unless_set_and_their_uri_is_masked(tmp_path):
     assert settings.public()["CSSL_MLFLOW_TRACKING_URI"] == "https://ops:***@mlflow:5000"
     for uri in ("http://mlflow:5000", "file:///srv/mlruns", "sqlite:///srv/mlflow.db", "databricks"):
         assert Settings.from_env({"CSSL_MLFLOW_TRACKING_URI": uri}).mlflow_tracking_uri == uri
+
+
+def test_webhook_retries_are_a_list_of_seconds():
+    assert Settings.from_env({}).webhook_retry_seconds == (5, 30, 120, 600, 3600)
+    settings = Settings.from_env({"CSSL_WEBHOOK_RETRY_SECONDS": "0.5, 2,10"})
+    assert settings.webhook_retry_seconds == (0.5, 2, 10)
+    assert settings.public()["CSSL_WEBHOOK_RETRY_SECONDS"] == "0.5,2,10"
+    assert Settings.from_env({"CSSL_WEBHOOK_RETRY_SECONDS": "1:2"}).webhook_retry_seconds == (1, 2)
+    with pytest.raises(SettingsError, match="CSSL_WEBHOOK_RETRY_SECONDS must be numbers separated by ','"):
+        Settings.from_env({"CSSL_WEBHOOK_RETRY_SECONDS": "soon"})
+    with pytest.raises(SettingsError, match="CSSL_WEBHOOK_RETRY_SECONDS must be positive numbers"):
+        Settings.from_env({"CSSL_WEBHOOK_RETRY_SECONDS": "5,-1"})

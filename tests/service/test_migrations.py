@@ -12,7 +12,20 @@ from sqlalchemy import create_engine, inspect, text
 
 from .support import ADMIN_URL, EMBEDDED
 
-TABLES = {"api_tokens", "jobs", "job_tags", "job_events", "metric_points", "checkpoints", "evaluations", "datasets"}
+TABLES = {
+    "api_tokens",
+    "jobs",
+    "job_tags",
+    "job_events",
+    "metric_points",
+    "checkpoints",
+    "evaluations",
+    "datasets",
+    "webhooks",
+    "job_webhooks",
+    "webhook_messages",
+    "webhook_deliveries",
+}
 
 
 @pytest.fixture()

@@ -50,6 +50,9 @@ BODIES = {
         "content": archive(),
         "headers": {"content-type": "application/gzip"},
     },
+    # Port 9 (discard): nothing listens, so bob's endpoint costs a refused connection.
+    ("POST", "/v1/webhooks"): lambda ids: {"json": {"url": "http://127.0.0.1:9/bob"}},
+    ("POST", "/v1/webhooks/{webhook_id}/test"): lambda ids: {},
 }
 # Query parameters that name one of alice's objects, and values for the other required ones.
 NAMING_QUERY = {"job": "job_id", "checkpoint": "checkpoint_id"}
@@ -114,6 +117,9 @@ def alices(server, worker, tokens, routes) -> dict[str, str | int]:
     [evaluation] = httpx.get(f"{server}/v1/evaluations", params={"job": job["id"]}, headers=alice).json()
     assert evaluation["checkpoint_id"] == checkpoint["id"]
     ids = {"job_id": job["id"], "checkpoint_id": checkpoint["id"], "evaluation_id": evaluation["id"]}
+    webhook = httpx.post(f"{server}/v1/webhooks", json={"url": "http://127.0.0.1:9/alice"}, headers=alice)
+    assert webhook.status_code == 201, webhook.text
+    ids["webhook_id"] = webhook.json()["id"]
     if ("POST", "/v1/datasets/uploads") in routes:
         upload = httpx.post(
             f"{server}/v1/datasets/uploads",
@@ -170,7 +176,13 @@ def test_the_public_routes_answer_without_a_token(routes, client):
 
 
 def test_every_other_route_needs_a_token(routes, spec, client):
-    placeholders = {"job_id": uuid.uuid4().hex, "checkpoint_id": 1, "evaluation_id": 1, "upload_id": uuid.uuid4().hex}
+    placeholders = {
+        "job_id": uuid.uuid4().hex,
+        "checkpoint_id": 1,
+        "evaluation_id": 1,
+        "upload_id": uuid.uuid4().hex,
+        "webhook_id": uuid.uuid4().hex,
+    }
     for method, path in sorted(set(routes) - PUBLIC):
         request = request_for(method, path, spec, placeholders)
         for headers in ({}, {"Authorization": "Basic YWxpY2U6c2VjcmV0"}, auth("cssl_not-a-token")):
@@ -213,6 +225,7 @@ def test_another_owner_learns_nothing_of_alices_objects(server, alices, tokens, 
     assert httpx.get(f"{server}/v1/jobs/{alices['job_id']}", headers=alice).json()["status"] == "succeeded"
     if "upload_id" in alices:
         assert httpx.get(f"{server}/v1/datasets/uploads/{alices['upload_id']}", headers=alice).status_code == 200
+    assert httpx.get(f"{server}/v1/webhooks/{alices['webhook_id']}", headers=alice).status_code == 200
 
 
 def test_an_eval_job_cannot_name_another_owners_job_or_checkpoint(server, alices, tokens):
