@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         3, ge=1, description="a job fails after that many lost attempts in a row without a new checkpoint"
     )
     progress_every: int = Field(10, ge=1, description="optimiser steps between progress writes")
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="port of a worker's own Prometheus metrics (0: not served)"
+    )
     database_retry_window: float = Field(
         300.0,
         gt=0,

@@ -118,11 +118,18 @@ def test_workers_read_the_data_read_only_and_have_a_gpu_each():
     assert any(line.startswith("HEALTHCHECK ") for line in dockerfile("Dockerfile.worker"))
 
 
-def test_prometheus_scrapes_the_apis_metrics():
+def test_prometheus_scrapes_the_api_and_every_worker():
     config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
-    [scrape] = config["scrape_configs"]
+    scrape, workers = config["scrape_configs"]
     api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
     assert scrape["metrics_path"] == "/metrics" and scrape["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    # Every worker service, on the port its environment gives it.
+    expected = {
+        f"{name}:{service['environment']['CSSL_WORKER_METRICS_PORT']}"
+        for name, service in SERVICES.items()
+        if name.startswith("worker")
+    }
+    assert set(workers["static_configs"][0]["targets"]) == expected
     mount = "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
     assert mount in SERVICES["prometheus"]["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in SERVICES["prometheus"]["command"]

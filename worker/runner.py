@@ -37,6 +37,7 @@ from store.db import DatabaseUnavailable, is_transient, transaction
 from store.logs import job_context
 from store.models import TRACKING_KEY, Job, JobTag
 from store.settings import Settings
+from worker import metrics
 from worker.run_time import RunTimeLimit
 from worker.tracking import Tracking
 
@@ -204,6 +205,7 @@ class Recorder:
         shown = ("feature_std", "feature_cosine", "gpu_memory_bytes")  # with the progress too: the dashboard, /metrics
         point.update({name: values[name] for name in shown if name in values})
         self.last_step = progress.step
+        metrics.job_progress(self.job.id, self.job.method, {"step": progress.step, **values})
         warning = progress.warning
         if warning:
             log.warning("job %s: %s", self.job.id, warning)
@@ -382,6 +384,16 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
         log.info("job %s is not queued (a duplicate message, or cancelled); nothing to do", job_id)
         return None
     job, candidates = claimed
+    started, ended = time.monotonic(), "error"
+    metrics.job_started(job.id, job.method)
+    try:
+        ended = _run_claimed(settings, job, candidates, worker_name)
+        return ended
+    finally:
+        metrics.job_ended(job.id, job.method, job.kind, ended or "lost", time.monotonic() - started)
+
+
+def _run_claimed(settings: Settings, job: ClaimedJob, candidates: list, worker_name: str) -> str | None:
     job_dir = settings.artifact_root / "jobs" / job.id
     job_dir.mkdir(parents=True, exist_ok=True)
     # cssl_core's decoded-dataset cache goes to the service's own folder, never a user's path.

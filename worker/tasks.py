@@ -17,7 +17,7 @@ from dispatch.publisher import Publisher
 from dispatch.sweeper import sweep
 from store.db import DatabaseUnavailable
 from store.settings import get_settings
-from worker import runner
+from worker import metrics, runner
 from worker.app import app
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,12 @@ def run_job(job_id: str) -> str | None:
     except DatabaseUnavailable as exc:  # the claim could not be written: the job is still queued
         log.warning("%s; the message goes back to the queue", exc)
         raise Reject(str(exc), requeue=True) from exc
+
+
+@worker_ready.connect
+def _serve_metrics(**_) -> None:
+    if port := get_settings().worker_metrics_port:
+        metrics.serve(port)
 
 
 @worker_ready.connect

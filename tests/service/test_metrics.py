@@ -17,8 +17,8 @@ from .support import TINY, needs_servers, start_api, wait_for
 QUEUE = os.environ["CSSL_QUEUE"]  # set by support for every process of the service under test
 
 
-def scrape(base: str) -> dict[tuple[str, frozenset], float]:
-    response = httpx.get(f"{base}/metrics", timeout=30)
+def scrape(base: str, path: str = "/metrics") -> dict[tuple[str, frozenset], float]:
+    response = httpx.get(f"{base}{path}", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -107,3 +107,40 @@ def test_several_api_processes_count_their_requests_together(service_env, tmp_pa
             assert value(figures, "cssl_http_requests_total", **healthz) == started + 40
     finally:
         process.stop()
+
+
+@needs_servers("the worker takes its job from a Redis queue of its own")
+def test_a_worker_serves_its_own_figures(service_env, tokens, tmp_path):
+    from .support import auth, free_port, start_worker
+
+    port = free_port()
+    env = {**service_env, "CSSL_QUEUE": f"{QUEUE}_own_metrics", "CSSL_WORKER_METRICS_PORT": str(port)}
+    api, base = start_api(env, tmp_path / "api.log")
+    worker = start_worker(env, tmp_path / "worker.log", "metered")
+    alice = auth(tokens["alice"])
+    try:
+        idle = scrape(f"http://127.0.0.1:{port}", path="")
+        assert value(idle, "cssl_worker_busy") == 0
+        job = submit(base, alice, {**TINY, "epochs": 100_000, "time_budget": 120})
+
+        def stepping():
+            figures = scrape(f"http://127.0.0.1:{port}", path="")
+            return figures if (job_figures(figures, job).get("cssl_worker_job_step") or 0) >= 2 else None
+
+        running = wait_for(stepping, 90, message="the worker's figures of its running job")
+        assert value(running, "cssl_worker_busy") == 1
+        assert job_figures(running, job)["cssl_worker_job_loss"] > 0
+        assert job_figures(running, job)["cssl_worker_job_images_per_second"] > 0
+        httpx.post(f"{base}/v1/jobs/{job}/cancel", headers=alice)
+        wait_for(lambda: status(base, alice, job) == "cancelled", 60, message="the job to stop")
+        done = wait_for(
+            lambda: (f := scrape(f"http://127.0.0.1:{port}", path="")) and value(f, "cssl_worker_busy") == 0 and f,
+            30,
+            message="the worker to be idle",
+        )
+        assert value(done, "cssl_worker_jobs_total", kind="pretrain", outcome="cancelled") == 1
+        assert value(done, "cssl_worker_job_seconds_count", kind="pretrain") == 1
+        assert job_figures(done, job) == {}
+    finally:
+        worker.stop()
+        api.stop()
