@@ -299,6 +299,10 @@ def test_compare_runs_and_the_leaderboard(server, page, trained, owner_token, sh
     best.get_by_role("link", name=trained[:8]).wait_for()
     assert best.count() == 1 and best.get_by_role("cell", name="simclr").count() == 1
     page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+    # Ranked apart by what the runs' provenance records: here one torch, the tests' own.
+    page.select_option("#lb-group", "torch")
+    page.wait_for_url("**/ui/leaderboard?dataset=synthetic&protocol=knn&group_by=torch")
+    page.locator("#leaderboard caption").get_by_text(f"torch {torch.__version__}").wait_for()
 
 
 def test_the_leaderboard_offers_the_protocols_with_an_accuracy(server, page, owner_token):

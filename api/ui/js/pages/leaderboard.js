@@ -9,7 +9,11 @@ import { withAccuracy } from "../protocols.js";
 
 export async function render(main, { query, signal }) {
   document.title = "Leaderboard · cssl";
-  const chosen = { dataset: query.get("dataset") || "", protocol: query.get("protocol") || "" };
+  const chosen = {
+    dataset: query.get("dataset") || "",
+    protocol: query.get("protocol") || "",
+    group_by: query.get("group_by") || "",
+  };
   const [datasets, protocols] = await Promise.all([
     settle(api("/v1/datasets", { signal })),
     settle(api("/v1/protocols", { signal })),
@@ -23,6 +27,15 @@ export async function render(main, { query, signal }) {
     "lb-protocol",
     withAccuracy(protocols.value || []).map((p) => p.name),
     chosen.protocol,
+  );
+  // What a run's provenance records: rank each value apart (a new torch, another GPU).
+  const groupSelect = h(
+    "select",
+    { id: "lb-group" },
+    h("option", { value: "" }, "nothing"),
+    ["device", "torch", "code", "cuda", "python", "host"].map((key) =>
+      h("option", { value: key, selected: key === chosen.group_by }, key),
+    ),
   );
   const results = h("div", { id: "leaderboard", "aria-live": "polite" });
   clear(
@@ -38,6 +51,7 @@ export async function render(main, { query, signal }) {
       { class: "toolbar" },
       h("div", { class: "field" }, h("label", { for: "lb-dataset" }, "Data set"), datasetSelect),
       h("div", { class: "field" }, h("label", { for: "lb-protocol" }, "Protocol"), protocolSelect),
+      h("div", { class: "field" }, h("label", { for: "lb-group" }, "Group by"), groupSelect),
     ),
     datasets.error ? loadError("the data sets to filter by", datasets.error) : null,
     protocols.error ? loadError("the protocols to filter by", protocols.error) : null,
@@ -53,7 +67,11 @@ export async function render(main, { query, signal }) {
       async () => {
         const rows = await api(`/v1/leaderboard?${params}`, { signal });
         if (!rows.length) return h("p", { class: "empty" }, "No evaluated runs here yet.");
-        const groups = Map.groupBy(rows, (row) => `${row.dataset} · ${row.protocol}`);
+        const groups = Map.groupBy(rows, (row) =>
+          [row.dataset, row.protocol, chosen.group_by && `${chosen.group_by} ${row.group ?? "unknown"}`]
+            .filter(Boolean)
+            .join(" · "),
+        );
         return [...groups].map(([caption, group]) => leaderboardTable(caption, group));
       },
       signal,
@@ -63,6 +81,7 @@ export async function render(main, { query, signal }) {
   for (const [select, key] of [
     [datasetSelect, "dataset"],
     [protocolSelect, "protocol"],
+    [groupSelect, "group_by"],
   ]) {
     select.addEventListener("change", () => {
       chosen[key] = select.value;
