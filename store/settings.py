@@ -20,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from store.artifacts import ArtifactStore, is_url
+
 ENV_PREFIX = "CSSL_"
 
 
@@ -39,8 +41,10 @@ class Settings(BaseSettings):
     broker_url: str = Field(
         "filesystem://", description="file queue in the state folder unless set; redis://host:6379/0 in production"
     )
-    artifact_root: Path = Field(
-        Path(), description="checkpoints and job logs, shared by API and workers (default: STATE_DIR/artifacts)"
+    artifact_root: str = Field(
+        "",
+        description="checkpoints and job logs, shared by API and workers: a folder (default: STATE_DIR/artifacts) "
+        "or an object-store URL such as s3://bucket/prefix",
     )
     auth_disabled: bool = Field(
         False, description="switch tokens off; refused unless the database is the embedded SQLite file"
@@ -192,7 +196,7 @@ class Settings(BaseSettings):
         state_dir = Path(data.get("state_dir") or ".state").resolve()
         data["state_dir"] = state_dir
         data["database_url"] = _sqlalchemy_url(str(data.get("database_url") or f"sqlite:///{state_dir / 'cssl.db'}"))
-        data["artifact_root"] = Path(data.get("artifact_root") or state_dir / "artifacts").resolve()
+        data["artifact_root"] = _artifact_root(str(data.get("artifact_root") or ""), state_dir)
         data["cache_dir"] = Path(data.get("cache_dir") or state_dir / "cache").resolve()
         data["wandb_dir"] = Path(data.get("wandb_dir") or state_dir / "wandb").resolve()
         data["data_roots"] = _folders(data.get("data_roots")) or (state_dir / "data",)
@@ -223,6 +227,13 @@ class Settings(BaseSettings):
     @property
     def queue_folder(self) -> Path:
         return self.state_dir / "queue"
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The artifact root; for a URL root, with the local folder of the files a worker uses."""
+        remote = is_url(self.artifact_root)
+        folder = self.state_dir / "artifact-cache" if remote else Path(self.artifact_root)
+        return ArtifactStore(self.artifact_root, folder)
 
     @property
     def uploads_folder(self) -> Path:
@@ -342,6 +353,14 @@ def _folders(value: Any) -> tuple[Path, ...]:
     if isinstance(value, str):
         value = re.split(f"[,{re.escape(os.pathsep)}]", value)
     return tuple(Path(str(part).strip()).resolve() for part in value or () if str(part).strip())
+
+
+def _artifact_root(root: str, state_dir: Path) -> str:
+    """A URL as given (without a trailing /), else the folder's absolute path."""
+    root = root.removeprefix("file://")
+    if is_url(root):
+        return root.rstrip("/")
+    return str(Path(root or state_dir / "artifacts").resolve())
 
 
 def _sqlalchemy_url(url: str) -> str:

@@ -23,7 +23,7 @@ def test_defaults_are_an_embedded_service_in_the_state_folder(tmp_path):
     assert settings.state_dir == tmp_path / ".state"
     assert settings.database_url == f"sqlite:///{tmp_path / '.state' / 'cssl.db'}"
     assert settings.broker_url == "filesystem://" and settings.embedded
-    assert settings.artifact_root == tmp_path / ".state" / "artifacts"
+    assert settings.artifact_root == str(tmp_path / ".state" / "artifacts")
     assert settings.queue_folder == tmp_path / ".state" / "queue"
     assert (settings.auth_disabled, settings.local_owner, settings.queue) == (False, "local", "cssl")
     assert (
@@ -45,7 +45,7 @@ def test_the_environment_sets_every_field(monkeypatch, tmp_path):
     monkeypatch.setenv("CSSL_QUEUE", "")  # empty is unset
     settings = Settings.from_env()
     assert settings.database_url == "postgresql+psycopg://cssl:pw@db/cssl" and not settings.embedded
-    assert settings.artifact_root == tmp_path / "state" / "artifacts"
+    assert settings.artifact_root == str(tmp_path / "state" / "artifacts")
     assert (settings.heartbeat_timeout, settings.max_attempts, settings.queue) == (30.0, 5, "cssl")
 
 
@@ -87,6 +87,18 @@ def test_the_rules_between_settings():
     assert Settings.from_env({"CSSL_AUTH_DISABLED": "yes"}).auth_disabled
     with pytest.raises(SettingsError, match="CSSL_HEARTBEAT_INTERVAL must be shorter than CSSL_HEARTBEAT_TIMEOUT"):
         Settings.from_env({"CSSL_HEARTBEAT_INTERVAL": "5", "CSSL_HEARTBEAT_TIMEOUT": "5"})
+
+
+def test_the_artifact_root_is_a_folder_or_a_url(tmp_path):
+    local = Settings.from_env({"CSSL_ARTIFACT_ROOT": "models"}).artifacts
+    assert (local.root, local.folder, local.remote) == (str(tmp_path / "models"), tmp_path / "models", False)
+    assert Settings.from_env({"CSSL_ARTIFACT_ROOT": f"file://{tmp_path}/m"}).artifact_root == str(tmp_path / "m")
+    remote = Settings.from_env({"CSSL_ARTIFACT_ROOT": "s3://lab-models/cssl/", "CSSL_STATE_DIR": "st"}).artifacts
+    assert (remote.root, remote.remote) == ("s3://lab-models/cssl", True)
+    # A worker trains in a local folder of the same layout and uploads from there.
+    assert remote.folder == tmp_path / "st" / "artifact-cache"
+    assert remote.relative(remote.folder / "jobs" / "j1" / "checkpoints" / "last.pt") == "jobs/j1/checkpoints/last.pt"
+    assert remote.url("jobs/j1/job.log") == "s3://lab-models/cssl/jobs/j1/job.log"
 
 
 def test_mask_password():

@@ -182,7 +182,9 @@ class Recorder:
 
     def __init__(self, settings: Settings, job: ClaimedJob, heartbeat: Heartbeat, tracking: Tracking | None = None):
         self.settings, self.job, self.heartbeat = settings, job, heartbeat
+        self.artifacts = settings.artifacts
         self.tracking = tracking or Tracking([])
+        self._published: Path | None = None  # the last checkpoint uploaded to a URL root
         self.last_step = 0  # of the last progress point
         # Each pending write returns False when the job is no longer this attempt's.
         self._pending: deque[Callable[[Session], bool]] = deque()
@@ -228,11 +230,24 @@ class Recorder:
 
     def on_checkpoint(self, info) -> int:
         path = Path(info.path)
+        self._publish(path)
         checkpoint_id = self._write_now("checkpoint", lambda session: self._record_checkpoint(session, info, path))
         if info.final:
             self.tracking.log_artifact(path)
         log.info("checkpoint %s (epoch %d, step %d)", path.name, info.epoch, info.step)
         return checkpoint_id
+
+    def _publish(self, path: Path) -> None:
+        """For a URL root: upload the checkpoint (and ``last.pt``, and the log so far) before it is
+        recorded, so that a recorded checkpoint is always in the store. The local copy of the
+        previous one goes: a worker keeps only the checkpoint in use on its disk."""
+        if not self.artifacts.remote:
+            return
+        self.artifacts.publish(path, also_as=self.relative(path.with_name("last.pt")))
+        self.artifacts.publish(path.parents[1] / "job.log")
+        if self._published is not None and self._published != path:
+            self._published.unlink(missing_ok=True)
+        self._published = path
 
     def _record_checkpoint(self, session: Session, info, path: Path) -> int:
         checkpoint = records.record_checkpoint(
@@ -345,7 +360,7 @@ class Recorder:
             self._pending.append(write)
 
     def relative(self, path: Path) -> str:
-        return str(Path(path).resolve().relative_to(self.settings.artifact_root))
+        return self.artifacts.relative(path)
 
 
 def _write_all(session: Session, writes: list[Callable[[Session], bool]]) -> int:
@@ -394,8 +409,11 @@ def run_job(settings: Settings, job_id: str, worker_name: str) -> str | None:
 
 
 def _run_claimed(settings: Settings, job: ClaimedJob, candidates: list, worker_name: str) -> str | None:
-    job_dir = settings.artifact_root / "jobs" / job.id
+    artifacts = settings.artifacts
+    job_dir = artifacts.folder / "jobs" / job.id
     job_dir.mkdir(parents=True, exist_ok=True)
+    if artifacts.remote and not (job_dir / "job.log").exists():
+        _try(f"fetching the log of job {job.id}", artifacts.fetch, f"jobs/{job.id}/job.log")  # earlier attempts'
     # cssl_core's decoded-dataset cache goes to the service's own folder, never a user's path.
     os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
     # The heartbeat starts before anything slow (reading checkpoints, the first import of torch).
@@ -417,7 +435,21 @@ def _run_claimed(settings: Settings, job: ClaimedJob, candidates: list, worker_n
             return None
         _finish(settings, job, recorder, outcome, worker_name)
         log.info("job %s %s%s", job.id, outcome.ending.value, f": {outcome.message}" if outcome.message else "")
-        return outcome.ending.value
+    # For a URL root, the whole log goes up and the local copies go: the next attempt, here or on
+    # another worker, downloads what it needs.
+    if _try(f"uploading the log of job {job.id}", artifacts.publish, job_dir / "job.log"):
+        artifacts.forget(f"jobs/{job.id}")
+    return outcome.ending.value
+
+
+def _try(what: str, action: Callable[..., Any], *args) -> bool:
+    """A copy to or from the artifact store that the job can do without (its log)."""
+    try:
+        action(*args)
+    except Exception as exc:
+        log.warning("%s failed (%s); going on without it", what, _reason(exc))
+        return False
+    return True
 
 
 def _finish(settings: Settings, job: ClaimedJob, recorder: Recorder, outcome: Outcome, worker_name: str) -> None:
@@ -604,6 +636,8 @@ def _pretrain(
 
 
 def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
+    if job.source_checkpoint is not None:
+        recorder.artifacts.fetch(recorder.relative(job.source_checkpoint))
     plan = EvaluationPlan.for_job(
         job, job.source_checkpoint, job.source_checkpoint_id, job.dataset, data, job.config.get("device", "auto")
     )
@@ -665,7 +699,7 @@ def _claim(
             config=dict(job.config),
             evaluate=list(job.evaluate),
             attempt=job.attempt,
-            source_checkpoint=settings.artifact_root / source.path if source else None,
+            source_checkpoint=settings.artifacts.folder / source.path if source else None,
             source_checkpoint_id=source.id if source else None,
             resume_from=None,
             resume_checkpoint_id=None,
@@ -700,20 +734,21 @@ def _resume_point(settings: Settings, job: ClaimedJob, candidates: list[records.
         return job
     return replace(
         job,
-        resume_from=settings.artifact_root / resume.path,
+        resume_from=settings.artifacts.folder / resume.path,
         resume_checkpoint_id=resume.id,
         resume_is_final=resume.final,
     )
 
 
 def _newest_loadable(settings: Settings, candidates: list[records.Checkpoint]) -> records.Checkpoint | None:
-    """The newest checkpoint whose file is there and loads; missing, truncated or corrupt
-    files (a worker killed while writing one, a disk that lost it) are skipped with a warning."""
+    """The newest checkpoint whose file is there and loads (for a URL root, once downloaded);
+    missing, truncated or corrupt files (a worker killed while writing one, a disk that lost it)
+    are skipped with a warning."""
     from cssl_core.train.checkpoint import load_checkpoint
 
     for checkpoint in candidates:
         try:
-            load_checkpoint(settings.artifact_root / checkpoint.path)
+            load_checkpoint(settings.artifacts.fetch(checkpoint.path))
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning(

@@ -387,8 +387,12 @@ def get_logs(
     tail: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID, description="Only the last N lines")] = None,
 ) -> PlainTextResponse:
     job = _owned_job(session, job_id, owner)
-    path = artifact_file(settings.artifact_root, f"jobs/{job.id}/job.log")
-    text = path.read_text(encoding="utf-8", errors="replace") if path else ""
+    relative = f"jobs/{job.id}/job.log"
+    if settings.artifacts.remote:  # uploaded at each checkpoint and when the attempt ends
+        text = settings.artifacts.read_text(relative)
+    else:
+        path = artifact_file(settings.artifacts.folder, relative)
+        text = path.read_text(encoding="utf-8", errors="replace") if path else ""
     if tail is not None:
         text = "".join(text.splitlines(keepends=True)[-tail:])
     return PlainTextResponse(text)

@@ -129,7 +129,7 @@ def test_ten_kills_in_a_row_lose_nothing(server, service_env, settings, tmp_path
     # The same weights as a run that was never interrupted.
     from cssl_core.train.checkpoint import load_checkpoint
 
-    final = load_checkpoint(settings.artifact_root / done["result"]["checkpoint"])["model"]
+    final = load_checkpoint(settings.artifacts.folder / done["result"]["checkpoint"])["model"]
     reference = uninterrupted_weights(done)
     assert final.keys() == reference.keys()
     assert all(torch.equal(final[name], reference[name]) for name in final)

@@ -266,7 +266,7 @@ def test_downloads_never_leave_the_artifact_store(client, settings, tokens, tmp_
     job = client.post("/v1/jobs", json=body, headers=alice).json()
     secret = tmp_path / "secret.pt"
     secret.write_text("root:x:0:0:not for download")
-    folder = settings.artifact_root / "jobs" / job["id"]
+    folder = settings.artifacts.folder / "jobs" / job["id"]
     folder.mkdir(parents=True)
     (folder / "escape.pt").symlink_to(secret)
     (folder / "job.log").symlink_to(secret)

@@ -247,7 +247,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(settings, tmp_pat
     from worker.runner import _claim, _resume_point
 
     job_id = new_job(settings)
-    job_dir = settings.artifact_root / "jobs" / job_id
+    job_dir = settings.artifacts.folder / "jobs" / job_id
     config = build_config("simclr", {**TINY, "dataset": "synthetic", "epochs": 3, "checkpoint_every": 1})
     saved = []
     pretrain(config, job_dir, on_checkpoint=saved.append)
@@ -258,7 +258,7 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_loads(settings, tmp_pat
             records.record_checkpoint(
                 session,
                 job_id,
-                str(info.path.relative_to(settings.artifact_root)),
+                str(info.path.relative_to(settings.artifacts.folder)),
                 epoch=info.epoch,
                 step=info.step,
                 final=info.final,
