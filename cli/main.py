@@ -14,12 +14,17 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.options import PRETRAIN_OPTIONS, add_pretrain_options, key_values, pretrain_overrides
 from cli.remote import add_remote_commands
 from cssl_core.errors import CsslError
+
+if TYPE_CHECKING:
+    from store.artifacts import ArtifactStore
 
 __all__ = ["PRETRAIN_OPTIONS", "build_parser", "main"]
 
@@ -54,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the resolved config as YAML (a --config file) and exit without training",
     )
-    p.add_argument("--out", type=Path, help="run folder (default: runs/<method>-<dataset>-<time>)")
-    p.add_argument("--resume", type=Path, help="continue from this checkpoint, with the config stored in it")
+    p.add_argument(
+        "--out",
+        help="run folder, or an object-store URL (s3://bucket/run) its checkpoints are uploaded to "
+        "(default: runs/<method>-<dataset>-<time>)",
+    )
+    p.add_argument("--resume", help="continue from this checkpoint (a path or a URL), with the config stored in it")
     p.set_defaults(func=cmd_pretrain)
 
     protocols = [get_protocol(name) for name in protocol_names()]
@@ -67,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {cls.name}: {cls.summary}" for cls in protocols),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", help="a path, or an object-store URL (s3://bucket/run/checkpoints/last.pt)")
     p.add_argument("--protocol", choices=protocol_names(), default="knn")
     p.add_argument("--dataset", help="default: the pretraining dataset")
     p.add_argument("--data", help="default: the pretraining data path")
@@ -96,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint's backbone as a plain torchvision state_dict")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("checkpoint", help="a path or an object-store URL")
+    p.add_argument("--out", required=True, help="a path or an object-store URL")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -130,14 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from cli.locations import local_checkpoint
 
-    from cssl_core import provenance
+    if not args.resume:
+        return _pretrain(args, None)
+    with local_checkpoint(args.resume) as resume:
+        return _pretrain(args, resume)
+
+
+def _pretrain(args: argparse.Namespace, resume: Path | None) -> int:
     from cssl_core.config import build_config
     from cssl_core.configfile import dump_config_yaml
-    from cssl_core.data import dataset_image_size
-    from cssl_core.evaluation import evaluate_checkpoint, protocol_names, protocol_params
-    from cssl_core.train import load_checkpoint, pretrain
+    from cssl_core.evaluation import protocol_names, protocol_params
+    from cssl_core.train import load_checkpoint
+    from store.artifacts import ArtifactStore, is_url
 
     method, overrides = pretrain_overrides(args)
     # A service job's stored config also holds its evaluations' parameters ({"knn": {"k": 20}}).
@@ -148,9 +163,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise CsslError(f'{protocol} takes an object of its parameters, e.g. {{"k": 20}}; got {params!r}')
         typed = dataclasses.asdict(protocol_params(protocol, params))
         typed_eval_params[protocol] = {key: typed[key] for key in params}
-    if args.resume:
+    if resume:
         # A resumed run keeps its checkpoint's config (pretrain() rebuilds it from there).
-        stored = load_checkpoint(args.resume)["config"]
+        stored = load_checkpoint(resume)["config"]
         config = build_config(stored["method"], stored)
     elif method is None:
         raise CsslError("pretrain needs --method, or a --config file with a method key")
@@ -159,10 +174,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config_yaml({**config.to_dict(), **typed_eval_params}), end="")
         return 0
-    out = args.out or Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or str(Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if is_url(out):  # trained in a local folder, each file uploaded as soon as it is written
+        with tempfile.TemporaryDirectory(prefix="cssl-run-") as folder:
+            return _train(args, config, eval_params, resume, ArtifactStore(out.rstrip("/"), Path(folder)))
+    return _train(args, config, eval_params, resume, ArtifactStore(out, Path(out)))
+
+
+def _train(args: argparse.Namespace, config, eval_params: dict, resume: Path | None, run: ArtifactStore) -> int:
+    from tqdm import tqdm
+
+    from cssl_core import provenance
+    from cssl_core.data import dataset_image_size
+    from cssl_core.evaluation import evaluate_checkpoint
+    from cssl_core.train import pretrain
+
+    out = run.folder
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    run.publish(out / "config.json")
 
     # The bar appears with the first step, so an error while loading data is all that is printed.
     bar = None
@@ -186,9 +217,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         image_size = dataset_image_size(config.dataset, config.image_size)
         found = provenance.collect(config.dataset, config.data, device=config.device, image_size=image_size)
         (out / "provenance.json").write_text(json.dumps(found, indent=2, sort_keys=True))
-        result = pretrain(config, out, on_progress=on_progress, on_evaluation=on_evaluation, resume_from=args.resume)
+        run.publish(out / "provenance.json")
+        result = pretrain(
+            config,
+            out,
+            on_progress=on_progress,
+            on_evaluation=on_evaluation,
+            on_checkpoint=lambda info: run.publish(Path(info.path), also_as="checkpoints/last.pt"),
+            resume_from=resume,
+        )
     except CsslError:
-        if created and not any(out.glob("checkpoints/*.pt")):
+        if created and not run.remote and not any(out.glob("checkpoints/*.pt")):
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves no folder
         raise
     finally:
@@ -198,11 +237,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"{result.stopped}: {result.steps} steps ({result.epochs_completed:.2f} epochs) in {result.train_seconds:.1f}s "
         f"of training, {result.images_per_second:.0f} images/s, final loss {result.final_loss:.4f}"
     )
-    print(f"checkpoint: {result.checkpoint}")
+    print(f"checkpoint: {run.url(run.relative(result.checkpoint)) if run.remote else result.checkpoint}")
     for protocol in [p for p in args.evaluate.split(",") if p]:
         r = evaluate_checkpoint(result.checkpoint, protocol, **eval_params.get(protocol, {}))
         print(f"{protocol}: {_accuracy(r)}")
-    print(next_steps(out, config.method))
+    print(next_steps(run.root, config.method))
     return 0
 
 
@@ -219,15 +258,18 @@ def _payload(r) -> str:
     return f"no accuracy; cssl eval --json prints its {', '.join(get_protocol(r.protocol).extra)}"
 
 
-def next_steps(out: Path, method: str) -> str:
-    """The run folder and the commands that evaluate, export and resume it, ready to paste."""
-    cssl, last = _cssl_command(), shlex.quote(str(out / "checkpoints" / "last.pt"))
+def next_steps(out: str | Path, method: str) -> str:
+    """The run folder (or URL) and the commands that evaluate, export and resume it, ready to paste."""
+    from cli.locations import join
+
+    out = str(out)
+    cssl, last = _cssl_command(), shlex.quote(join(out, "checkpoints", "last.pt"))
     return "\n".join(
         [
             f"run folder: {out}",
             f"  evaluate: {cssl} eval {last} --protocol knn",
-            f"  export:   {cssl} export {last} --out {shlex.quote(str(out / 'backbone.pt'))}",
-            f"  resume:   {cssl} pretrain --resume {last} --method {method} --out {shlex.quote(str(out))}",
+            f"  export:   {cssl} export {last} --out {shlex.quote(join(out, 'backbone.pt'))}",
+            f"  resume:   {cssl} pretrain --resume {last} --method {method} --out {shlex.quote(out)}",
         ]
     )
 
@@ -243,13 +285,19 @@ def _cssl_command() -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cssl_core.evaluation import evaluate_checkpoint, get_protocol
+    from cli.locations import local_checkpoint
 
     params = key_values(args.overrides)  # typed and checked by the protocol's parameters
+    with local_checkpoint(args.checkpoint) as checkpoint:
+        return _eval(args, checkpoint, params)
+
+
+def _eval(args: argparse.Namespace, checkpoint: Path, params: dict) -> int:
+    from cssl_core.evaluation import evaluate_checkpoint, get_protocol
 
     def evaluate(random_init: bool):
         return evaluate_checkpoint(
-            args.checkpoint,
+            checkpoint,
             args.protocol,
             dataset=args.dataset,
             data=args.data,
@@ -319,9 +367,12 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from cli.locations import local_checkpoint, local_output
     from cssl_core.train import export_backbone
 
-    print(export_backbone(args.checkpoint, args.out))
+    with local_checkpoint(args.checkpoint) as checkpoint, local_output(args.out) as out:
+        export_backbone(checkpoint, out)
+    print(args.out)
     return 0
 
 
