@@ -121,7 +121,9 @@ def download_checkpoint(
     return FileResponse(path, media_type="application/octet-stream", filename=f"{name}.pt")
 
 
-def _stream(artifacts: ArtifactStore, relative: str, size: int, filename: str, byte_range: str | None) -> Response:
+def _stream(
+    artifacts: ArtifactStore, relative: str, size: int, filename: str, byte_range: str | None
+) -> StreamingResponse:
     """The object, or one range of it, read from the store in chunks as the client takes them."""
     headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
     start, end, status = 0, size - 1, 200
@@ -133,7 +135,9 @@ def _stream(artifacts: ArtifactStore, relative: str, size: int, filename: str, b
         else:  # the last N bytes
             start = max(size - int(last), 0)
         if start > end:
-            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            raise ProblemError(
+                416, f"{byte_range} is outside the file's {size} bytes", headers={"Content-Range": f"bytes */{size}"}
+            )
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
