@@ -185,7 +185,11 @@ def list_jobs(
     method: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A method's name")] = None,
     dataset: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A data set's name")] = None,
     name: Annotated[
-        str | None, Query(min_length=1, max_length=200, description="Jobs whose name contains this (any case)")
+        str | None,
+        # Postgres stores no NUL in text: a name holding one can match nothing, and the query would fail.
+        Query(
+            min_length=1, max_length=200, pattern=r"^[^\x00]+$", description="Jobs whose name contains this (any case)"
+        ),
     ] = None,
     tag: Annotated[
         list[str],
