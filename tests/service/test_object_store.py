@@ -174,7 +174,8 @@ def test_the_cli_trains_to_evaluates_exports_and_resumes_from_s3_urls(s3, capsys
     assert f"checkpoint: {run}/checkpoints/epoch_0002.pt" in out
     assert f"eval {run}/checkpoints/last.pt" in out
     stored = objects(s3, "cli")
-    names = {"config.json", "checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt", "checkpoints/last.pt"}
+    names = {"config.json", "provenance.json", "checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt"}
+    names.add("checkpoints/last.pt")
     assert set(stored) == names
     assert stored["checkpoints/last.pt"] == stored["checkpoints/epoch_0002.pt"]
 
