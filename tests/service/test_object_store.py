@@ -199,3 +199,29 @@ def test_the_cli_trains_to_evaluates_exports_and_resumes_from_s3_urls(s3, capsys
 
     assert cssl(["eval", f"{run}/checkpoints/nothing.pt"]) == 2
     assert f"checkpoint not found: {run}/checkpoints/nothing.pt" in capsys.readouterr().err
+
+
+def test_a_recorded_path_never_leads_out_of_the_s3_root(s3, settings, tokens):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from store import records
+    from store.db import session_scope
+
+    from .support import auth
+
+    alice = auth(tokens["alice"])
+    s3.fs.pipe(f"{s3.bucket}/elsewhere/secret.pt", b"not for download")
+    own = settings.with_(artifact_root=f"s3://{s3.bucket}/service", queue=settings.queue + "_idle")
+    with TestClient(create_app(own, sweep=False)) as client:
+        body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY}
+        job = client.post("/v1/jobs", json={**body, "evaluate": []}, headers=alice).json()
+        outside = ["../elsewhere/secret.pt", f"jobs/{job['id']}/../../../elsewhere/secret.pt", "/elsewhere/secret.pt"]
+        with session_scope(settings.database_url) as session:
+            ids = [
+                records.record_checkpoint(session, job["id"], path, epoch=1, step=n, final=False, size_bytes=16).id
+                for n, path in enumerate(outside)
+            ]
+        for checkpoint_id in ids:
+            response = client.get(f"/v1/checkpoints/{checkpoint_id}/download", headers=alice)
+            assert response.status_code == 410 and b"not for download" not in response.content
