@@ -1,0 +1,95 @@
+"""Several processes give one process's numbers: the same losses and the same weights.
+
+Each method that says ``distributed = True`` trains 2 gloo processes at global batch 64 and
+one process at batch 64 from the same seed; the first steps' losses agree to 1e-4 relative and
+the weights after the run to float tolerance. Every other method refuses nproc > 1.
+"""
+
+import pytest
+import torch
+from test_train import config
+from tiny import stop_after
+
+from cssl_core import distributed
+from cssl_core.errors import ConfigError, CsslError
+from cssl_core.methods import get_method, method_names
+from cssl_core.train import load_checkpoint, pretrain
+
+STEPS = 4  # losses compared at every one; weights after the last
+DISTRIBUTED = [name for name in method_names() if get_method(name).distributed]
+# Per-method values that bring its cross-rank mechanism into the few steps run here.
+EXTRAS = {"simclrv2": {"memory_size": 256}}
+
+
+def run_config(method, nproc):
+    return config(method, epochs=1, precision="fp32", checkpoint_every=0, nproc=nproc, **EXTRAS.get(method, {}))
+
+
+def train(method, nproc, out):
+    """(losses of the first STEPS steps, final weights) of a run, as rank 0 reports them."""
+    losses = []
+    result = pretrain(
+        run_config(method, nproc),
+        out,
+        on_progress=lambda p: losses.append(p.loss),
+        should_stop=stop_after(STEPS),
+        progress_every=1,
+    )
+    return losses, load_checkpoint(result.checkpoint)["model"]
+
+
+def _rank(method, out):
+    return train(method, 2, out)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            cache[method] = train(method, 1, tmp_path_factory.mktemp(f"{method}-1"))
+        return cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize("method", DISTRIBUTED)
+def test_two_processes_match_one(tmp_path, method, one_process):
+    losses, weights = distributed.launch(2, _rank, method, tmp_path / "two")
+    ref_losses, ref_weights = one_process(method)
+    assert len(losses) == len(ref_losses) == STEPS
+    assert losses == pytest.approx(ref_losses, rel=1e-4)
+    assert weights.keys() == ref_weights.keys()
+    for key in weights:
+        torch.testing.assert_close(weights[key], ref_weights[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_methods_without_support_refuse_several_processes():
+    unsupported = [name for name in method_names() if name not in DISTRIBUTED]
+    if not unsupported:
+        pytest.skip("every method supports several processes")
+    with pytest.raises(ConfigError, match="methods that run on several are: " + ", ".join(DISTRIBUTED)):
+        run_config(unsupported[0], 2)
+
+
+def test_batch_size_must_split_evenly():
+    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
+        config("simclr", nproc=3)
+
+
+def test_nproc_without_launcher_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="needs its processes started first"):
+        pretrain(run_config("simclr", 2), tmp_path)
+
+
+def _fail_on_rank1():
+    distributed.init_from_env("cpu")
+    if distributed.rank() == 1:
+        raise ValueError("rank one broke")
+    distributed.barrier()
+
+
+def test_a_failing_rank_fails_the_launch():
+    with pytest.raises(CsslError, match="rank 1: ValueError: rank one broke"):
+        distributed.launch(2, _fail_on_rank1)
