@@ -99,7 +99,9 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum of ``tensor`` over ranks, with gradients (the backward sums the gradients too)."""
     if world_size() == 1:
         return tensor
-    return dist_nn.all_reduce(tensor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as in gather()
+        return dist_nn.all_reduce(tensor)
 
 
 @torch.no_grad()
