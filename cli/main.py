@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from cssl_core import provenance
+    from cssl_core import distributed, provenance
     from cssl_core.config import build_config
     from cssl_core.configfile import dump_config_yaml
     from cssl_core.data import dataset_image_size
@@ -159,7 +159,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config_yaml({**config.to_dict(), **typed_eval_params}), end="")
         return 0
+    launched = distributed.env_world_size() > 1  # by torchrun, or by the launch below
+    if launched and args.out is None:
+        raise CsslError("a run on several processes needs --out, the one run folder they all share")
     out = args.out or Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if config.nproc > 1 and not launched:
+        # Each rank runs this same command; rank 0 prints what one process prints.
+        return distributed.launch(config.nproc, run_rank, [*args.argv, "--out", str(out)])
+    if distributed.env_rank() != 0:
+        pretrain(config, out, resume_from=args.resume)
+        return 0
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
@@ -385,9 +394,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_rank(argv: list[str]) -> int:
+    """One launched process of ``cssl pretrain --nproc N``: the same command, whose errors are
+    raised rather than printed, so that the launcher stops the other ranks and reports it."""
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launched process runs again
     try:
         return args.func(args)
     except CsslError as exc:

@@ -40,6 +40,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    """RANK from the environment a launcher sets; 0 when none did."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 

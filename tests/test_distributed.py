@@ -12,6 +12,7 @@ import torch
 from test_train import config
 from tiny import stop_after
 
+from cli.main import main as cssl
 from cssl_core import distributed
 from cssl_core.errors import ConfigError, CsslError
 from cssl_core.methods import get_method, method_names
@@ -116,3 +117,19 @@ def _fail_on_rank1():
 def test_a_failing_rank_fails_the_launch():
     with pytest.raises(CsslError, match="rank 1: ValueError: rank one broke"):
         distributed.launch(2, _fail_on_rank1)
+
+
+def test_cli_runs_several_processes_and_prints_once(tmp_path, capfd):
+    argv = ["--dataset", "synthetic", "--backbone", "small", "--batch-size", "64", "--subset", "128"]
+    argv += ["--epochs", "1", "--precision", "fp32", "--set", "projector_dim=32", "--set", "projector_hidden_dim=32"]
+    assert cssl(["pretrain", "--method", "simclr", "--nproc", "2", *argv, "--out", str(tmp_path / "run")]) == 0
+    out = capfd.readouterr().out
+    assert out.count("completed: 2 steps") == 1, out
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["config"]["nproc"] == 2
+
+
+def test_cli_refuses_nproc_for_a_method_without_support(tmp_path, capfd):
+    unsupported = [name for name in method_names() if name not in DISTRIBUTED][0]
+    argv = ["pretrain", "--method", unsupported, "--dataset", "synthetic", "--nproc", "2"]
+    assert cssl([*argv, "--out", str(tmp_path / "run")]) == 2
+    assert "methods that run on several are: simclr" in capfd.readouterr().err
