@@ -1,8 +1,8 @@
 """Several processes give one process's numbers: the same losses and the same weights.
 
 Each method that says ``distributed = True`` trains 2 gloo processes at global batch 64 and
-one process at batch 64 from the same seed; the first steps' losses agree to 1e-4 relative and
-the weights after the run to float tolerance. Every other method refuses nproc > 1.
+one process at batch 64 from the same seed; the first 3 steps' losses agree to 1e-4 relative and
+the weights after 4 steps to float tolerance. Every other method refuses nproc > 1.
 """
 
 from pathlib import Path
@@ -18,8 +18,11 @@ from cssl_core.errors import ConfigError, CsslError
 from cssl_core.methods import get_method, method_names
 from cssl_core.train import load_checkpoint, loop, pretrain
 
-STEPS = 4  # losses compared at every one; weights after the last
-LOSS_RTOL = 1e-4
+STEPS = 4  # the weights after the last are compared
+# The first 3 steps' losses agree to 1e-4 relative (1e-5 absolute for a loss near 0, as SimSiam's
+# starts). Later ones drift by float noise: MoCo v2 on 1 thread instead of 2 is off by 1.2e-4
+# at step 4.
+LOSS_STEPS, LOSS_RTOL, LOSS_ATOL = 3, 1e-4, 1e-5
 # Float tolerance of the weights, relative to how far training moved each tensor: one process
 # on 1 thread instead of 2 (another summation order in the backward, nothing else) already
 # differs by up to 3e-4 on a BN bias moved by 2e-2; a missing gradient average or gather is off
@@ -77,7 +80,7 @@ def test_two_processes_match_one(tmp_path, method, one_process):
     losses, weights = distributed.launch(2, _rank, method, tmp_path / "two")
     ref_losses, ref_weights = one_process(method)
     assert len(losses) == len(ref_losses) == STEPS
-    assert losses == pytest.approx(ref_losses, rel=LOSS_RTOL)
+    assert losses[:LOSS_STEPS] == pytest.approx(ref_losses[:LOSS_STEPS], rel=LOSS_RTOL, abs=LOSS_ATOL)
     assert weights.keys() == ref_weights.keys()
     initial = initial_weights(method)
     for key, value in weights.items():
@@ -132,4 +135,4 @@ def test_cli_refuses_nproc_for_a_method_without_support(tmp_path, capfd):
     unsupported = [name for name in method_names() if name not in DISTRIBUTED][0]
     argv = ["pretrain", "--method", unsupported, "--dataset", "synthetic", "--nproc", "2"]
     assert cssl([*argv, "--out", str(tmp_path / "run")]) == 2
-    assert "methods that run on several are: simclr" in capfd.readouterr().err
+    assert "methods that run on several are: " + ", ".join(DISTRIBUTED) in capfd.readouterr().err
