@@ -30,7 +30,7 @@ LOSS_STEPS, LOSS_RTOL, LOSS_ATOL = 3, 1e-4, 1e-5
 WEIGHT_RTOL = 0.05
 DISTRIBUTED = [name for name in method_names() if get_method(name).distributed]
 # Per-method values that bring its cross-rank mechanism into the few steps run here.
-EXTRAS = {"simclrv2": {"memory_size": 256}}
+EXTRAS = {"simclrv2": {"memory_size": 256}, "swav": {"queue_length": 128, "epoch_queue_starts": 0}}
 
 
 def run_config(method, nproc):
