@@ -136,3 +136,25 @@ def test_cli_refuses_nproc_for_a_method_without_support(tmp_path, capfd):
     argv = ["pretrain", "--method", unsupported, "--dataset", "synthetic", "--nproc", "2"]
     assert cssl([*argv, "--out", str(tmp_path / "run")]) == 2
     assert "methods that run on several are: " + ", ".join(DISTRIBUTED) in capfd.readouterr().err
+
+
+def _resume_rank(method, out):
+    distributed.init_from_env("cpu")  # one group for the three runs below
+    try:
+        run = run_config(method, 2)
+        first = pretrain(run, out / "split", should_stop=stop_after(2))
+        resumed = pretrain(run, out / "split", resume_from=first.checkpoint, should_stop=stop_after(2))
+        straight = pretrain(run, out / "straight", should_stop=stop_after(4))
+        return first.steps, resumed.steps, straight.steps
+    finally:
+        distributed.teardown()
+
+
+def test_two_processes_resume_exactly(tmp_path):
+    # MoCo v2: a queue and a momentum encoder besides the weights, all in the checkpoint.
+    assert distributed.launch(2, _resume_rank, "mocov2", tmp_path) == (2, 4, 4)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
