@@ -14,6 +14,7 @@ from tiny import stop_after
 
 from cli.main import main as cssl
 from cssl_core import distributed
+from cssl_core.augment import ViewGenerator, preset_names, preset_views
 from cssl_core.errors import ConfigError, CsslError
 from cssl_core.methods import get_method, method_names
 from cssl_core.train import load_checkpoint, loop, pretrain
@@ -90,6 +91,19 @@ def test_two_processes_match_one(tmp_path, method, one_process):
         moved = (ref_weights[key] - initial[key]).norm().item()
         off = (value - ref_weights[key]).norm().item()
         assert off <= WEIGHT_RTOL * moved + 1e-6, f"{key}: off by {off:.2e}, moved {moved:.2e}"
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_a_share_of_the_batch_gets_its_rows_of_the_views(preset):
+    # Every op's draws (crop, flip, jitter, grayscale, blur, solarisation, RandAugment) are the
+    # whole batch's, so rank 1 of 2 makes rows 4-7 of the views one process makes of 8 images.
+    make = ViewGenerator(preset_views(preset, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    whole = make(images, torch.Generator().manual_seed(0))
+    rows = slice(4, 8)
+    share = make(images[rows], torch.Generator().manual_seed(0), (8, rows))
+    for view, part in zip(whole, share, strict=True):
+        torch.testing.assert_close(part, view[rows], rtol=0, atol=1e-5)
 
 
 def test_methods_without_support_refuse_several_processes():

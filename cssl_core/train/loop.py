@@ -6,9 +6,9 @@ is checkpointed, schedules are per-step arrays, and every method keeps its state
 as if it had not stopped. The loop knows no method by name; what a method needs (its views,
 schedules, hooks, frozen parameters) it declares through :class:`cssl_core.methods.Method`.
 
-On several processes (:mod:`cssl_core.distributed`) every rank draws the views of the whole
-global batch from the same generator and keeps its contiguous slice, so views, data order and
-resume are those of one process; gradients are averaged over ranks after the backward, before
+On several processes (:mod:`cssl_core.distributed`) every rank draws the augmentation of the
+whole global batch from the same generator and applies its rows to its contiguous slice, so
+views, data order and resume are those of one process; gradients are averaged over ranks after the backward, before
 the hooks that follow it (freezing, per-tensor clipping, the optimiser, ``after_step``). Rank 0
 alone reports progress, measures collapse, evaluates and writes checkpoints; the others wait.
 """
@@ -297,11 +297,12 @@ class Trainer:
             self._order, self._order_epoch = epoch_permutation(self.config.seed, epoch, self.num_samples), epoch
         size = self.config.batch_size
         idx = self._order[index_in_epoch * size : (index_in_epoch + 1) * size]
+        share = None
+        if self.world > 1:  # this rank's slice, with its rows of the draws one process makes for the batch
+            rows = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
+            idx, share = idx[rows], (size, rows)
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-        views = self.make_views(images, self.augment_rng)
-        if self.world > 1:  # the global batch's views, drawn as one process draws them; this rank's slice
-            share = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
-            views, idx = [v[share] for v in views], idx[share]
+        views = self.make_views(images, self.augment_rng, share)
         views = [v.contiguous(memory_format=self.memory_format) for v in views]
         return Batch(
             views=views,
