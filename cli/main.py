@@ -148,6 +148,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace, resume: Path | None) -> int:
+    from cssl_core import distributed
     from cssl_core.config import build_config
     from cssl_core.configfile import dump_config_yaml
     from cssl_core.evaluation import protocol_names, protocol_params
@@ -174,7 +175,20 @@ def _pretrain(args: argparse.Namespace, resume: Path | None) -> int:
     if args.print_config:
         print(dump_config_yaml({**config.to_dict(), **typed_eval_params}), end="")
         return 0
+    launched = distributed.env_world_size() > 1  # by torchrun, or by the launch below
+    if launched and args.out is None:
+        raise CsslError("a run on several processes needs --out, the one run folder they all share")
     out = args.out or str(Path("runs") / f"{config.method}-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (config.nproc > 1 or launched) and is_url(out):
+        raise CsslError("a run on several processes writes to a local --out folder; copy it to the bucket after")
+    if config.nproc > 1 and not launched:
+        # Each rank runs this same command; rank 0 prints what one process prints.
+        return distributed.launch(config.nproc, run_rank, [*args.argv, "--out", out])
+    if distributed.env_rank() != 0:
+        from cssl_core.train import pretrain
+
+        pretrain(config, Path(out), resume_from=resume)
+        return 0
     if is_url(out):  # trained in a local folder, each file uploaded as soon as it is written
         with tempfile.TemporaryDirectory(prefix="cssl-run-") as folder:
             return _train(args, config, eval_params, resume, ArtifactStore(out.rstrip("/"), Path(folder)))
@@ -436,9 +450,18 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_rank(argv: list[str]) -> int:
+    """One launched process of ``cssl pretrain --nproc N``: the same command, whose errors are
+    raised rather than printed, so that the launcher stops the other ranks and reports it."""
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launched process runs again
     try:
         return args.func(args)
     except CsslError as exc:

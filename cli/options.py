@@ -27,6 +27,7 @@ PRETRAIN_OPTIONS = {
     "--knn-every": "knn_every",
     "--precision": "precision",
     "--device": "device",
+    "--nproc": "nproc",
 }
 
 

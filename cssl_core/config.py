@@ -217,6 +217,13 @@ class PretrainConfig:
     precision: str = option("bf16", "bf16 (autocast where the hardware has native bf16) or fp32")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    nproc: int = option(
+        1,
+        "processes per node, each taking an equal share of batch_size (gloo on a CPU, NCCL on CUDA, "
+        "one GPU each); 1: one process",
+        ge=1,
+        le=1024,
+    )
     recipe: str = option(
         "auto",
         "auto: the method's small-image recipe for images of 64 px or less, else the paper's; "
@@ -230,6 +237,7 @@ class PretrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        check_batch_split(self.batch_size, self.nproc)
         self.method_config.validate()
 
     @property
@@ -249,6 +257,15 @@ class PretrainConfig:
 
 def common_field_names() -> list[str]:
     return [f.name for f in fields(PretrainConfig) if f.name not in ("method", "method_config")]
+
+
+def check_batch_split(batch_size: int, processes: int) -> None:
+    """batch_size is the global batch: each of ``processes`` ranks takes an equal share."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"batch_size {batch_size} does not split evenly over {processes} processes; "
+            f"use a multiple of {processes} (it is the global batch, split across processes)"
+        )
 
 
 def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> PretrainConfig:

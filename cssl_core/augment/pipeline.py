@@ -10,6 +10,7 @@ training loop makes views reproducible by seeding and checkpointing that generat
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,25 +88,35 @@ class ViewSpec:
         return self.blur_kernel if self.blur_kernel is not None else ops.blur_kernel_size(self.size)
 
 
-def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Tensor:
+def make_view(
+    images: Tensor, spec: ViewSpec, generator: torch.Generator, share: tuple[int, slice] | None = None
+) -> Tensor:
     """One view of float images (N, 3, H, W) in [0, 1]: (N, 3, size, size) in [0, 1], not yet
-    normalised. Draws per image from ``generator`` (CPU) in a fixed order."""
-    n = images.shape[0]
-    crop = ops.sample_crop_params(n, tuple(images.shape[-2:]), spec.crop_scale, spec.crop_ratio, generator)
-    flip = ops.sample_mask(n, spec.flip_p, generator)
+    normalised. Draws per image from ``generator`` (CPU) in a fixed order.
+
+    ``share = (batch, rows)``: ``images`` are rows ``rows`` of a batch of ``batch`` images. The
+    draws are the whole batch's, and these images get their rows of them: a rank of a run on
+    several processes makes its slice of the views one process makes of the whole batch."""
+    n = images.shape[0] if share is None else share[0]
+
+    def mine(params):
+        return params if share is None else _rows(params, share[1])
+
+    crop = mine(ops.sample_crop_params(n, tuple(images.shape[-2:]), spec.crop_scale, spec.crop_ratio, generator))
+    flip = mine(ops.sample_mask(n, spec.flip_p, generator))
     # The view is a fresh tensor that this function owns, so the ops below work in place.
     view = ops.resized_crop(images, crop, spec.size, flip)
 
     def grayscale(x: Tensor) -> Tensor:
         if spec.grayscale_p == 0:
             return x
-        return ops.grayscale(x, ops.sample_mask(n, spec.grayscale_p, generator), inplace=True)
+        return ops.grayscale(x, mine(ops.sample_mask(n, spec.grayscale_p, generator)), inplace=True)
 
     if spec.grayscale_before_jitter:
         view = grayscale(view)
     if spec.jitter_p > 0:
-        jitter = sample_jitter_params(
-            n, spec.brightness, spec.contrast, spec.saturation, spec.hue, spec.jitter_p, generator
+        jitter = mine(
+            sample_jitter_params(n, spec.brightness, spec.contrast, spec.saturation, spec.hue, spec.jitter_p, generator)
         )
         view = color_jitter(view, jitter, inplace=True)
     # SimCLR grays before the blur, InfoMin after the blur and RandAugment. Grayscale and blur
@@ -115,25 +126,34 @@ def make_view(images: Tensor, spec: ViewSpec, generator: torch.Generator) -> Ten
     if not spec.grayscale_before_jitter and not grayscale_last:
         view = grayscale(view)
     if spec.blur_p > 0:
-        blurred = ops.sample_mask(n, spec.blur_p, generator)
-        sigma = ops.sample_blur_sigma(n, spec.blur_sigma, generator)
+        blurred = mine(ops.sample_mask(n, spec.blur_p, generator))
+        sigma = mine(ops.sample_blur_sigma(n, spec.blur_sigma, generator))
         view = ops.gaussian_blur(view, sigma, blurred, spec.kernel_size(), inplace=True)
     if spec.randaugment_ops > 0:
-        params = sample_randaugment_params(
-            n,
-            spec.randaugment_ops,
-            spec.randaugment_magnitude,
-            spec.randaugment_magnitude_std,
-            spec.randaugment_p,
-            generator,
+        params = mine(
+            sample_randaugment_params(
+                n,
+                spec.randaugment_ops,
+                spec.randaugment_magnitude,
+                spec.randaugment_magnitude_std,
+                spec.randaugment_p,
+                generator,
+            )
         )
         view = randaugment(view, params, inplace=True)
     if grayscale_last:
         view = grayscale(view)
     if spec.solarize_p > 0:
-        solarized = ops.sample_mask(n, spec.solarize_p, generator)
+        solarized = mine(ops.sample_mask(n, spec.solarize_p, generator))
         view = ops.solarize(view, solarized, spec.solarize_threshold, inplace=True)
     return view
+
+
+def _rows(params, rows: slice):
+    """Rows ``rows`` of per-image draws: a tensor (N, ...) or a dataclass of such tensors."""
+    if isinstance(params, Tensor):
+        return params[rows]
+    return dataclasses.replace(params, **{f.name: getattr(params, f.name)[rows] for f in dataclasses.fields(params)})
 
 
 class ViewGenerator:
@@ -141,7 +161,8 @@ class ViewGenerator:
 
     images: uint8 (N, 3, H, W) on any device; generator: a CPU ``torch.Generator``.
     Returns one float32 tensor (N, 3, size, size) per :class:`ViewSpec`, normalised with
-    ``mean`` and ``std``, on the images' device.
+    ``mean`` and ``std``, on the images' device. ``share = (batch, rows)``: the images are those
+    rows of a batch of ``batch``, and get their rows of the whole batch's draws (:func:`make_view`).
     """
 
     def __init__(self, views: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
@@ -163,12 +184,14 @@ class ViewGenerator:
     def __len__(self) -> int:
         return len(self.views)
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def __call__(
+        self, images: Tensor, generator: torch.Generator, share: tuple[int, slice] | None = None
+    ) -> list[Tensor]:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
         if generator.device.type != "cpu":
             # Draws happen on the CPU so that a seed gives the same views on every device.
             raise ValueError(f"the augmentation generator must be a CPU generator, got {generator.device}")
         unit = ops.to_unit_float(images)
-        views = [make_view(unit, spec, generator) for spec in self.views]
+        views = [make_view(unit, spec, generator, share) for spec in self.views]
         return [ops.normalize(view, self.mean, self.std, inplace=True) for view in views]

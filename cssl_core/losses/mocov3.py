@@ -3,14 +3,16 @@
 import torch
 import torch.nn.functional as F
 
+from cssl_core import distributed
 from cssl_core.losses.precision import full_precision
 
 
 def _contrastive(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
     q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.detach().float(), dim=1)  # no gradient to keys
-    logits = q @ k.T / temperature  # (N, N): positives on the diagonal, the other keys are negatives
-    targets = torch.arange(q.shape[0], device=q.device)
+    # No gradient to keys; on several processes every rank's keys (official concat_all_gather).
+    k = distributed.gather_no_grad(F.normalize(k.detach().float(), dim=1))
+    logits = q @ k.T / temperature  # (n, N): positives where the key is the query's own image
+    targets = torch.arange(q.shape[0], device=q.device) + distributed.rank() * q.shape[0]
     # Alg. 1's factor 2T: the T cancels the 1/T that dividing the logits puts on the gradient.
     return F.cross_entropy(logits, targets) * (2 * temperature)
 

@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 
+from cssl_core import distributed
 from cssl_core.losses.precision import full_precision
 from cssl_core.losses.sinkhorn import sinkhorn
 
@@ -32,9 +33,13 @@ def swav_loss(
     total = 0.0
     for i, scores in enumerate(crops[: len(high_res)]):
         batch = scores.shape[0]
+        # On several processes the codes come from every rank's scores (no gradient flows into
+        # them), in rank order; this rank keeps the rows of its own B samples.
+        scores = distributed.gather_no_grad(scores.detach())
         if queue_scores is not None and queue_scores[i] is not None:
             scores = torch.cat([scores, queue_scores[i].float()])  # (B + Q, K)
-        codes = sinkhorn(scores, epsilon=epsilon, iterations=iterations)[:batch]
+        mine = distributed.rank() * batch
+        codes = sinkhorn(scores, epsilon=epsilon, iterations=iterations)[mine : mine + batch]
         # The swap: crop i's codes are predicted from every crop but i itself.
         others = [lp for v, lp in enumerate(log_probs) if v != i]
         total = total + sum(-(codes * lp).sum(dim=1).mean() for lp in others) / len(others)

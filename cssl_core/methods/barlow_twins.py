@@ -45,6 +45,7 @@ class BarlowTwins(Method):
     paper = "Barlow Twins: Self-Supervised Learning via Redundancy Reduction (Zbontar et al., 2021)"
     arxiv = "2103.03230"
     config_cls = BarlowTwinsConfig
+    distributed = True  # the cross-correlation and its standardisation span the global batch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BarlowTwinsConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

@@ -87,6 +87,9 @@ class Method(nn.Module):
     # Multi-crop methods: the number of global crops the augmentation preset must make (the
     # method adds its local crops); None: the preset makes all the views.
     global_crops: ClassVar[int | None] = None
+    # Whether a run on several processes (config nproc > 1, or torchrun) gives this method's
+    # one-process numbers: tests/test_distributed.py checks each method that says so.
+    distributed: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig, num_samples: int):
         super().__init__()
@@ -137,6 +140,7 @@ class Method(nn.Module):
                     f"and {mc.augmentation!r} makes {made}; use a two-view preset and set local_crops "
                     "for the local ones"
                 )
+        cls.check_processes(config.nproc)
         views = cls.view_specs(mc, image_size)
         low, high = cls.min_views, cls.max_views
         if len(views) < low or (high is not None and len(views) > high):
@@ -147,6 +151,18 @@ class Method(nn.Module):
             )
         for spec in views:
             spec.validate()
+
+    @classmethod
+    def check_processes(cls, processes: int) -> None:
+        """Refuse a run on several processes unless the method supports it."""
+        if processes > 1 and not cls.distributed:
+            from cssl_core.registry import METHODS
+
+            able = [name for name in METHODS.names() if METHODS.get(name).distributed]
+            raise ConfigError(
+                f"{cls.name} runs on one process only (nproc 1); the methods that run on several are: "
+                f"{', '.join(able) or 'none yet'}"
+            )
 
     def forward(self, batch: Batch) -> StepOutput:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -46,6 +46,7 @@ class BYOL(Method):
     paper = "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning (Grill et al., 2020)"
     arxiv = "2006.07733"
     config_cls = BYOLConfig
+    distributed = True  # per-sample loss; BN over the global batch (the paper's synced BN)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: BYOLConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

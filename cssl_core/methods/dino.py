@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
@@ -178,6 +179,7 @@ class DINO(Method):
     paper = "Emerging Properties in Self-Supervised Vision Transformers (Caron et al., 2021)"
     arxiv = "2104.14294"
     config_cls = DINOConfig
+    distributed = True  # the centre follows the global batch's teacher mean
     max_views = None
     global_crops = 2
 
@@ -242,7 +244,8 @@ class DINO(Method):
         loss = dino_loss(
             list(student_out.split(n)), list(teacher_out.split(n)), self.center, self.config.student_temp, teacher_temp
         )
-        self._teacher_mean = teacher_out.float().mean(dim=0, keepdim=True)  # (1, K)
+        # (1, K) over the global batch: the mean of equal shards' means (official: all-reduced).
+        self._teacher_mean = distributed.mean_over_ranks(teacher_out.float().mean(dim=0, keepdim=True))
         return StepOutput(loss=loss, stats={"teacher_temp": teacher_temp})
 
     @torch.no_grad()

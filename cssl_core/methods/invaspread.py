@@ -53,6 +53,7 @@ class InvaSpread(Method):
     paper = "Unsupervised Embedding Learning via Invariant and Spreading Instance Feature (Ye et al., 2019)"
     arxiv = "1904.03436"
     config_cls = InvaSpreadConfig
+    distributed = True  # every rank's features are instances (losses/invaspread.py), BN over the global batch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: InvaSpreadConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

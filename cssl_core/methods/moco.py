@@ -6,7 +6,8 @@ v1 is the linear-head, weak-augmentation variant (``mocov1``).
 
 Shuffling BN (Sec. 3.3) needs several devices; in one process the keys' BN statistics come
 from the key batch alone, which the v2 report shows is the leak-prone case only at large
-batch per device.
+batch per device. On several processes BN spans the global batch (``GlobalBatchNorm``), so
+the keys' statistics are those of one process, not shuffled per device.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import info_nce
 from cssl_core.methods.base import Batch, Method, StepOutput
@@ -65,6 +67,7 @@ class MoCoV2(Method):
     paper = "Improved Baselines with Momentum Contrastive Learning (Chen et al., 2020)"
     arxiv = "2003.04297"
     config_cls = MoCoV2Config
+    distributed = True  # every rank's keys join the queue, in the one-process order
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV2Config, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -94,11 +97,11 @@ class MoCoV2(Method):
                 info_nce(q[:n], k[:n], self.queue, cfg.temperature)
                 + info_nce(q[n:], k[n:], self.queue, cfg.temperature)
             )
-            enqueue(self.queue, self.queue_ptr, k[:n])
+            enqueue(self.queue, self.queue_ptr, distributed.gather_no_grad(k[:n]))
         else:
             q = self.encoder_q(x1)
             loss = info_nce(q, k, self.queue, cfg.temperature)
-            enqueue(self.queue, self.queue_ptr, k)
+            enqueue(self.queue, self.queue_ptr, distributed.gather_no_grad(k))
         return StepOutput(loss=loss)
 
 

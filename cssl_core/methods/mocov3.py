@@ -89,6 +89,7 @@ class MoCoV3(Method):
     paper = "An Empirical Study of Training Self-Supervised Vision Transformers (Chen, Xie & He, 2021)"
     arxiv = "2104.02057"
     config_cls = MoCoV3Config
+    distributed = True  # every rank's keys are negatives (losses/mocov3.py), BN over the global batch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MoCoV3Config, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

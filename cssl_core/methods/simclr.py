@@ -50,6 +50,7 @@ class SimCLR(Method):
     paper = "A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)"
     arxiv = "2002.05709"
     config_cls = SimCLRConfig
+    distributed = True  # negatives gathered across ranks (losses/nt_xent.py), BN over the global batch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimCLRConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.config import option
 from cssl_core.losses import nt_xent
 from cssl_core.methods.base import Batch, StepOutput
@@ -91,5 +92,8 @@ class SimCLRv2(SimCLR):
         # The memory holds earlier batches' keys only: this batch's keys join it after the loss.
         loss = nt_xent(z[:n], z[n:], self.config.temperature, memory=self.memory)
         with torch.no_grad():
-            enqueue(self.memory, self.memory_ptr, F.normalize(self.memory_encoder(torch.cat([x1, x2])).float(), dim=1))
+            keys = F.normalize(self.memory_encoder(torch.cat([x1, x2])).float(), dim=1)  # (2n, D)
+            # Every rank's keys, in the one-process order: all first views, then all second views.
+            keys = torch.cat([distributed.gather_no_grad(keys[:n]), distributed.gather_no_grad(keys[n:])])
+            enqueue(self.memory, self.memory_ptr, keys)
         return StepOutput(loss=loss)

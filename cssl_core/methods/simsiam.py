@@ -42,6 +42,7 @@ class SimSiam(Method):
     paper = "Exploring Simple Siamese Representation Learning (Chen & He, 2020)"
     arxiv = "2011.10566"
     config_cls = SimSiamConfig
+    distributed = True  # per-sample loss; BN over the global batch (the paper's SyncBN, Sec. 4)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SimSiamConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec, local_views, scale_jitter
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
@@ -96,6 +97,7 @@ class SwAV(Method):
     paper = "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments (Caron et al., 2020)"
     arxiv = "2006.09882"
     config_cls = SwAVConfig
+    distributed = True  # codes from the global batch's scores; every rank's embeddings queued
     min_views = GLOBAL_CROPS
     max_views = None
     global_crops = GLOBAL_CROPS
@@ -194,7 +196,10 @@ class SwAV(Method):
             return None
         full = bool(self.queue[:, -1].any())
         queue_scores = [self.prototypes(q) for q in self.queue] if full else None
-        n = z_global.shape[0] // GLOBAL_CROPS
+        z_global = z_global.reshape(GLOBAL_CROPS, z_global.shape[0] // GLOBAL_CROPS, -1)
+        # Every rank's embeddings, in the one-process order: each rank keeps the whole queue.
+        z_global = torch.stack([distributed.gather_no_grad(z) for z in z_global])  # (2, N, D)
+        n = z_global.shape[1]
         self.queue[:, n:] = self.queue[:, :-n].clone()
-        self.queue[:, :n] = z_global.reshape(GLOBAL_CROPS, n, -1).to(self.queue.dtype)
+        self.queue[:, :n] = z_global.to(self.queue.dtype)
         return queue_scores

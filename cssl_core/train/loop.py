@@ -5,6 +5,12 @@ is checkpointed, schedules are per-step arrays, and every method keeps its state
 ``state_dict``: so a run stopped at any step and resumed from its checkpoint continues exactly
 as if it had not stopped. The loop knows no method by name; what a method needs (its views,
 schedules, hooks, frozen parameters) it declares through :class:`cssl_core.methods.Method`.
+
+On several processes (:mod:`cssl_core.distributed`) every rank draws the augmentation of the
+whole global batch from the same generator and applies its rows to its contiguous slice, so
+views, data order and resume are those of one process; gradients are averaged over ranks after the backward, before
+the hooks that follow it (freezing, per-tensor clipping, the optimiser, ``after_step``). Rank 0
+alone reports progress, measures collapse, evaluates and writes checkpoints; the others wait.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cssl_core import distributed
 from cssl_core.augment import ViewGenerator
-from cssl_core.config import PretrainConfig, build_config
+from cssl_core.backbones.global_batch_norm import convert_to_global_batch_norm
+from cssl_core.config import PretrainConfig, build_config, check_batch_split
 from cssl_core.data import ImageDataset, class_balanced_subset, load_dataset
 from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
@@ -37,6 +45,8 @@ from cssl_core.train.schedules import BudgetFit, warmup_cosine, warmup_steps_for
 _MAX_DEVICE_DATA_BYTES = 2 << 30
 # Steps between two measurements of the collapse guard (also at every epoch's end).
 COLLAPSE_CHECK_EVERY = 50
+# What stops a run early, as the ranks agree on it (an index into this tuple).
+STOP_REASONS = (None, "time_budget", "cancelled")
 
 
 @dataclass
@@ -100,16 +110,33 @@ def pretrain(
     """Pretrain ``config.method`` and write checkpoints under ``out_dir/checkpoints``.
 
     ``dataset`` and ``eval_dataset``, when given, are the decoded ``config.dataset`` and
-    ``config.eval_dataset`` (the service checks their paths itself)."""
+    ``config.eval_dataset`` (the service checks their paths itself).
+
+    Started by ``torchrun`` or ``cssl pretrain --nproc`` (``WORLD_SIZE`` > 1 in the environment),
+    it joins that process group, takes its rank's share of each batch and leaves the group at the
+    end; only rank 0 calls the callbacks. ``config.nproc`` > 1 without such a launcher is refused:
+    the processes must exist before the run does."""
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed:
         config = build_config(resumed["config"]["method"], resumed["config"])
     config.validate()
-    callbacks = Callbacks(on_progress, should_stop, on_checkpoint, on_evaluation)
-    trainer = Trainer(config, Path(out_dir), callbacks, progress_every, dataset, eval_dataset)
-    if resumed:
-        trainer.restore(resumed)
-    return trainer.run()
+    joined = distributed.init_from_env(resolve_device(config.device).type)
+    try:
+        if config.nproc > 1 and distributed.world_size() == 1:
+            raise ConfigError(
+                f"nproc {config.nproc} needs its processes started first: use `cssl pretrain --nproc "
+                f"{config.nproc}` or torchrun, or set nproc 1"
+            )
+        callbacks = Callbacks(on_progress, should_stop, on_checkpoint, on_evaluation)
+        if distributed.rank() != 0:
+            callbacks = Callbacks()  # one voice: rank 0 reports, the others train
+        trainer = Trainer(config, Path(out_dir), callbacks, progress_every, dataset, eval_dataset)
+        if resumed:
+            trainer.restore(resumed)
+        return trainer.run()
+    finally:
+        if joined:
+            distributed.teardown()
 
 
 class Trainer:
@@ -125,8 +152,13 @@ class Trainer:
         eval_dataset: ImageDataset | None = None,
     ):
         self.config, self.out_dir, self.callbacks, self.progress_every = config, out_dir, callbacks, progress_every
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        check_batch_split(config.batch_size, self.world)
+        get_method(config.method).check_processes(self.world)
         self.device = resolve_device(config.device)
-        torch.manual_seed(config.seed)
+        if self.device.type == "cuda" and self.world > 1 and self.device.index is None:
+            self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
+        torch.manual_seed(config.seed)  # the same on every rank: the same initial weights
 
         # Data: uint8 images, on the device when they fit, views made there per batch.
         self.data = dataset or load_dataset(config.dataset, config.data, image_size=config.image_size)
@@ -163,6 +195,8 @@ class Trainer:
         # Method and optimiser.
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = build_method(config, self.image_size, self.num_samples, (self.mean, self.std)).to(self.device)
+        if self.world > 1:
+            convert_to_global_batch_norm(self.model)  # statistics over the global batch, as one process has them
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model.parameter_groups(), config)
         self.frozen_epochs = self.model.frozen_parameters()
@@ -204,6 +238,8 @@ class Trainer:
             self.elapsed += time.perf_counter() - step_start
 
             stop = self._stop_reason()
+            if self.world > 1:
+                stop = self._agree_with_rank0(stop)
             new_total = self.budget.observe(self.step, self.elapsed)
             if new_total is not None:
                 self._fit_schedules(new_total)
@@ -228,6 +264,13 @@ class Trainer:
             images_per_second=self.images_per_second,
             final_loss=self.meter.last,
         )
+
+    def _agree_with_rank0(self, stop: str | None) -> str | None:
+        """Rank 0's clock and stop decision on every rank, so that all stop at the same step and a
+        time budget fits the same schedules everywhere."""
+        elapsed, reason = distributed.broadcast_from_rank0([self.elapsed, STOP_REASONS.index(stop)])
+        self.elapsed = elapsed
+        return STOP_REASONS[int(reason)]
 
     def _fit_schedules(self, total_steps: int) -> None:
         """Every per-step schedule for a run of ``total_steps`` steps."""
@@ -254,8 +297,13 @@ class Trainer:
             self._order, self._order_epoch = epoch_permutation(self.config.seed, epoch, self.num_samples), epoch
         size = self.config.batch_size
         idx = self._order[index_in_epoch * size : (index_in_epoch + 1) * size]
+        share = None
+        if self.world > 1:  # this rank's slice, with its rows of the draws one process makes for the batch
+            rows = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
+            idx, share = idx[rows], (size, rows)
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-        views = [v.contiguous(memory_format=self.memory_format) for v in self.make_views(images, self.augment_rng)]
+        views = self.make_views(images, self.augment_rng, share)
+        views = [v.contiguous(memory_format=self.memory_format) for v in views]
         return Batch(
             views=views,
             indices=idx.to(self.device),
@@ -272,6 +320,7 @@ class Trainer:
             out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        distributed.average_gradients(self.trainable)
         for params, until in self.frozen:
             if batch.step < until:
                 for p in params:
@@ -301,7 +350,8 @@ class Trainer:
     def _report(self, epoch: int, batch: Batch, out: StepOutput) -> None:
         loss = self.meter.mean(self.step, epoch)
         stats, warning = {name: float(value) for name, value in out.stats.items()}, None
-        if self.step % COLLAPSE_CHECK_EVERY == 0 or self.step % self.steps_per_epoch == 0:
+        guard_due = self.step % COLLAPSE_CHECK_EVERY == 0 or self.step % self.steps_per_epoch == 0
+        if guard_due and self.rank == 0:
             measured = time.perf_counter()
             spread = self.guard.measure(self.model.encoder_for_eval())
             stats, warning = {**stats, **spread}, self.guard.warning(spread, self.step)
@@ -337,24 +387,27 @@ class Trainer:
         if every and epochs_done % every == 0 and self.step < self.total_steps:
             info = self._checkpoint(final=False)
         if self.config.knn_every and epochs_done % self.config.knn_every == 0:
-            # A memory bank's rows are this training set's features: of use only when it is the evaluation set.
-            bank = self.model.knn_bank() if self.eval_data is self.data else None
-            if bank is None:
-                encoder = self.model.encoder_for_eval()
-                result = evaluate_backbone(
-                    encoder, self.eval_data, "knn", mean=self.mean, std=self.std, device=self.device
-                )
-            else:  # the bank's rows are the training features: only the test split is embedded
-                features, embed = bank
-                result = evaluate_memory_bank(
-                    features, self.labels, embed, self.data, mean=self.mean, std=self.std, device=self.device
-                )
-            result.epoch = epochs_done
-            self.model.train()
-            if self.callbacks.on_evaluation:
-                self.callbacks.on_evaluation(result)
+            if self.rank == 0:
+                self._evaluate_knn(epochs_done)
+            distributed.barrier()  # the other ranks wait for rank 0's evaluation
             self.window_start = time.perf_counter()
         return info
+
+    def _evaluate_knn(self, epochs_done: int) -> None:
+        # A memory bank's rows are this training set's features: of use only when it is the evaluation set.
+        bank = self.model.knn_bank() if self.eval_data is self.data else None
+        if bank is None:
+            encoder = self.model.encoder_for_eval()
+            result = evaluate_backbone(encoder, self.eval_data, "knn", mean=self.mean, std=self.std, device=self.device)
+        else:  # the bank's rows are the training features: only the test split is embedded
+            features, embed = bank
+            result = evaluate_memory_bank(
+                features, self.labels, embed, self.data, mean=self.mean, std=self.std, device=self.device
+            )
+        result.epoch = epochs_done
+        self.model.train()
+        if self.callbacks.on_evaluation:
+            self.callbacks.on_evaluation(result)
 
     def _checkpoint(self, final: bool) -> CheckpointInfo:
         epoch_done, in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -378,8 +431,11 @@ class Trainer:
             "normalization": {"mean": self.mean, "std": self.std},
             "classes": self.data.classes,
         }
-        path = save_checkpoint(state, self.out_dir / "checkpoints" / name)
-        save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+        path = self.out_dir / "checkpoints" / name
+        if self.rank == 0:
+            save_checkpoint(state, path)
+            save_checkpoint(state, self.out_dir / "checkpoints" / "last.pt")
+        distributed.barrier()  # the others go on once the file exists
         info = CheckpointInfo(path=path, epoch=epoch_done, step=self.step, final=final)
         if self.callbacks.on_checkpoint:
             self.callbacks.on_checkpoint(info)
@@ -419,7 +475,7 @@ class LossMeter:
         """The mean loss since the last call; a non-finite one stops training."""
         if self.count == 0:
             return self.last
-        value = self.total.item() / self.count
+        value = distributed.mean_over_ranks(self.total).item() / self.count  # every rank's share
         if not math.isfinite(value):
             raise TrainingError(
                 f"loss became {value} at step {step} (epoch {epoch}); lower base_lr or use precision=fp32"

@@ -1,0 +1,206 @@
+"""Several processes, one run: the process group, and the collectives a loss or a norm asks for.
+
+A process learns its place from the environment ``torchrun`` (or
+``torch.distributed.launcher.api.elastic_launch``) sets: ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Without a process group every helper
+answers as the one process of a run of one (rank 0 of 1, gathers and sums return their input),
+so a loss reads the same with one process as with many.
+
+The run keeps the 1-process numbers: ``batch_size`` is the global batch, each rank takes a
+contiguous slice of it, BatchNorm normalises over the global batch
+(:class:`cssl_core.backbones.norm.GlobalBatchNorm`) and gradients are averaged over ranks
+(:func:`average_gradients`). Each rank's loss is a function whose mean over ranks is the
+1-process loss (a mean over its own anchors, or the global loss itself); the autograd-aware
+gather and sum route every rank's part of the gradient back to the rank that made the input.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+import warnings
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+from cssl_core.errors import CsslError
+
+# No collective waits longer: a rank that died or hangs fails the others after this long.
+# Rank 0's kNN evaluation and checkpoint writes happen while the others wait at a barrier.
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE from the environment a launcher sets; 1 when none did."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """RANK from the environment a launcher sets; 0 when none did."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_from_env(device_type: str) -> bool:
+    """Join the process group the environment describes (gloo on a CPU, NCCL on CUDA); True when
+    this call created it (the caller then tears it down), False when there is none to join or
+    it exists already."""
+    if is_initialized() or env_world_size() <= 1:
+        return False
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    return True
+
+
+def teardown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (N, ...) concatenated in rank order: (world * N, ...), with
+    gradients (the backward sums each rank's gradient for this rank's rows)."""
+    if world_size() == 1:
+        return tensor
+    with warnings.catch_warnings():
+        # torch 2.9+ marks it deprecated in favour of a private module; it is the public autograd gather.
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(tensor), dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`gather` without gradients (keys for a queue, targets)."""
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks, with gradients (the backward sums the gradients too)."""
+    if world_size() == 1:
+        return tensor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # as in gather()
+        return dist_nn.all_reduce(tensor)
+
+
+@torch.no_grad()
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of ``tensor``, no gradient (a reported loss, a centre's update)."""
+    if world_size() == 1:
+        return tensor
+    tensor = tensor.clone()
+    dist.all_reduce(tensor)
+    return tensor.div_(world_size())
+
+
+@torch.no_grad()
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Set each gradient to its mean over ranks, in one flat all-reduce. A parameter that got no
+    gradient on any rank keeps none (the optimiser then skips it, as in one process)."""
+    if world_size() == 1 or not params:
+        return
+    device = params[0].device
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(has_grad)
+    live = [p for p, n in zip(params, has_grad.tolist(), strict=True) if n > 0]
+    if not live:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in live]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world_size())
+    offset = 0
+    for p in live:
+        mean = flat[offset : offset + p.numel()].view_as(p)
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)  # keeps the gradient's memory format
+        offset += p.numel()
+
+
+def broadcast_from_rank0(values: list[float]) -> list[float]:
+    """Rank 0's ``values`` on every rank: decisions that must agree (stop now, elapsed time)."""
+    if world_size() == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.broadcast(tensor, src=0)
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """Run ``entrypoint(*args)`` on ``nproc`` local processes with torch's elastic launcher (the
+    machinery of ``torchrun``), which sets each one's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+    and MASTER_PORT; return rank 0's result. A rank that raises ends them all, and its error
+    becomes a :class:`CsslError` naming the rank."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # As torchrun does: the cores shared out, not every process using all of them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"cssl-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="static",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        rdzv_configs={"rank": 0},
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    try:
+        results = elastic_launch(config, entrypoint)(*args)
+    except ChildFailedError as exc:
+        failed = sorted(exc.failures.items())
+        lines = [f"rank {r}: {_failure_message(f)}" for r, f in failed]
+        raise CsslError(f"a process of the run failed ({'; '.join(lines)})") from None
+    return results[0]
+
+
+def _failure_message(failure: Any) -> str:
+    message = failure.message
+    if isinstance(message, dict):  # the error file's record: {"message": ..., "extraInfo": {...}}
+        message = message.get("message", message)
+    text = str(message or f"exit code {failure.exitcode}").strip()
+    return text.splitlines()[-1] if text else f"exit code {failure.exitcode}"
