@@ -113,6 +113,16 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         key = message.split(" ", 1)[0]
         loc = ["body", "config", key] if key in valid_keys else ["body", "config"]
         raise invalid([field_error(loc, message)]) from None
+    if config.nproc > 1:
+        raise invalid(
+            [
+                field_error(
+                    ["body", "config", "nproc"],
+                    "the service runs a job in one process for now; run several with `cssl pretrain --nproc N` "
+                    "or under torchrun",
+                )
+            ]
+        )
     return NewJob(
         kind="pretrain",
         method=method.name,
