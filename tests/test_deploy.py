@@ -141,3 +141,14 @@ def test_our_images_carry_the_commit_they_were_built_from():
         assert "ARG CSSL_GIT_COMMIT=" in lines and "ENV CSSL_GIT_COMMIT=$CSSL_GIT_COMMIT" in lines, name
     for name, service in OURS.items():
         assert service["build"]["args"]["CSSL_GIT_COMMIT"] == "${CSSL_GIT_COMMIT:-}", name
+
+
+def test_flower_watches_the_broker_behind_basic_auth_on_localhost():
+    flower = SERVICES["flower"]
+    assert flower["profiles"] == ["monitoring"] and flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert flower["environment"]["CELERY_BROKER_URL"] == COMPOSE["x-cssl-env"]["CSSL_BROKER_URL"]
+    script = flower["command"][0]
+    # It refuses to start without credentials rather than serve the queue to anyone.
+    assert script.startswith('test -n "$$FLOWER_BASIC_AUTH" ||') and "exit 1" in script
+    assert '--basic-auth="$$FLOWER_BASIC_AUTH"' in script
+
