@@ -151,4 +151,3 @@ def test_flower_watches_the_broker_behind_basic_auth_on_localhost():
     # It refuses to start without credentials rather than serve the queue to anyone.
     assert script.startswith('test -n "$$FLOWER_BASIC_AUTH" ||') and "exit 1" in script
     assert '--basic-auth="$$FLOWER_BASIC_AUTH"' in script
-
