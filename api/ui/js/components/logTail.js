@@ -8,7 +8,7 @@ import { loadError } from "./loadError.js";
 const LOG_LINES = 200;
 
 export function logTail(jobId, { signal }) {
-  const pre = h("pre", { id: "log", tabindex: "0", "aria-label": `Last ${LOG_LINES} lines of the job's log` });
+  const pre = h("pre", { id: "log", role: "log", "aria-live": "off", tabindex: "0", "aria-label": `Last ${LOG_LINES} lines of the job's log` });
   const problem = h("div");
   const element = h("section", { "aria-labelledby": "log-title" }, h("h2", { id: "log-title" }, "Log"), problem, pre);
 
