@@ -143,6 +143,10 @@ def add_remote_commands(subparsers) -> None:
     p.add_argument("job")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("delete", help="delete finished jobs with their checkpoints, evaluations and files")
+    p.add_argument("jobs", nargs="+", metavar="job")
+    p.set_defaults(func=cmd_delete)
+
     p = sub.add_parser("evaluate", help="evaluate a succeeded job's final checkpoint on the service")
     p.add_argument("job")
     p.add_argument("--protocol", default="knn,linear", help="comma-separated, default knn,linear")
@@ -337,6 +341,14 @@ def cmd_logs(args: argparse.Namespace, service: Service) -> int:
 def cmd_cancel(args: argparse.Namespace, service: Service) -> int:
     job = service.json("POST", f"/v1/jobs/{args.job}/cancel")
     print(f"{job['id']}: {job['status']}" + (" (stops at its next step)" if job["status"] == "running" else ""))
+    return 0
+
+
+@run
+def cmd_delete(args: argparse.Namespace, service: Service) -> int:
+    for job_id in args.jobs:
+        service.request("DELETE", f"/v1/jobs/{job_id}")
+        print(f"{job_id}: deleted")
     return 0
 
 

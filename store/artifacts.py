@@ -21,6 +21,7 @@ configuration files, as for the AWS command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -129,6 +130,21 @@ class ArtifactStore:
                 return f.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+    def remove(self, relative: str) -> None:
+        """Delete the file or folder ``relative`` at the root (and any local copies of it);
+        nothing to do where there is none."""
+        if not safe_relative(relative):
+            raise ValueError(f"not a path inside the artifact store: {relative!r}")
+        if self.remote:
+            fs, path = _filesystem(self.url(relative))
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path, recursive=True)
+        local = self.folder / relative
+        if local.is_dir() and not local.is_symlink():
+            shutil.rmtree(local)
+        else:
+            local.unlink(missing_ok=True)
 
     def forget(self, relative: str) -> None:
         """Remove the local copies under ``relative`` once nothing needs them (URL roots only:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, tuple_, update
+from sqlalchemy import delete, exists, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -244,6 +244,36 @@ def request_cancel(session: Session, job: Job) -> Job:
 
 
 # The worker's side. Each write names the attempt it belongs to.
+
+
+def delete_job(session: Session, job: Job) -> list[str]:
+    """Delete a finished job with its events, metrics, checkpoint and evaluation rows, unless
+    an unfinished evaluation job reads one of its checkpoints: then nothing is deleted and the
+    ids of those jobs come back. Raises :class:`JobNotFinished` for a job that is queued or
+    running (the row is locked and checked in this transaction, so a worker cannot claim it
+    in between). Its files are the caller's to remove once this transaction has committed."""
+    status = session.scalar(select(Job.status).where(Job.id == job.id).with_for_update())
+    if status not in TERMINAL_STATUSES:
+        raise JobNotFinished(job.id, status)
+    readers = session.scalars(
+        select(Job.id)
+        .where(
+            Job.source_checkpoint_id.in_(select(Checkpoint.id).where(Checkpoint.job_id == job.id)),
+            Job.status.not_in(TERMINAL_STATUSES),
+        )
+        .order_by(Job.created_at)
+    ).all()
+    if readers:
+        return list(readers)
+    session.execute(delete(Job).where(Job.id == job.id))
+    session.expunge(job)
+    return []
+
+
+class JobNotFinished(Exception):
+    def __init__(self, job_id: str, status: str | None):
+        super().__init__(f"job {job_id} is {status}")
+        self.status = status
 
 
 def claim_job(session: Session, job_id: str, worker: str, max_running: int = 0) -> Job | None:

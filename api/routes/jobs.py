@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -37,6 +38,7 @@ from api.yamlbody import YamlBodyRoute, yaml_request_body
 from store import jobs, records
 from store.models import Job
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=YamlBodyRoute)
 
 NOT_FOUND = {404: problem("No such job for this token's owner")}
@@ -314,6 +316,38 @@ def cancel_job(job_id: JobId, session: SessionDep, owner: CurrentOwner) -> JobPu
     if job.status in ("succeeded", "failed"):
         raise ProblemError(409, f"job {job_id} has already {job.status}; there is nothing to cancel")
     return job_public(jobs.request_cancel(session, job))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        409: problem("The job is queued or running, or an unfinished evaluation job reads its checkpoints"),
+    },
+    summary="Delete a finished job: its record, events, metrics, checkpoints, evaluations and files",
+)
+def delete_job(job_id: JobId, session: SessionDep, owner: CurrentOwner, settings: SettingsDep) -> Response:
+    job = _owned_job(session, job_id, owner)
+    try:
+        readers = jobs.delete_job(session, job)
+    except jobs.JobNotFinished as exc:
+        raise ProblemError(
+            409, f"job {job_id} is {exc.status}; cancel it (POST /v1/jobs/{job_id}/cancel) and wait for it to end"
+        ) from None
+    if readers:
+        raise ProblemError(
+            409,
+            f"evaluation jobs that have not finished read checkpoints of job {job_id} ({', '.join(readers)}); "
+            "cancel them or let them finish, then delete it",
+        )
+    session.commit()  # the rows are gone before the files: no record is left pointing at nothing
+    try:
+        settings.artifacts.remove(f"jobs/{job_id}")
+    except OSError:
+        log.exception("job %s is deleted but its files under jobs/%s could not be removed", job_id, job_id)
+    return Response(status_code=204)
 
 
 @router.get(

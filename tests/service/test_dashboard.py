@@ -305,6 +305,20 @@ def test_compare_runs_and_the_leaderboard(server, page, trained, owner_token, sh
     page.locator("#leaderboard caption").get_by_text(f"torch {torch.__version__}").wait_for()
 
 
+def test_delete_a_finished_job_from_its_page(server, worker, page, owner_token):
+    body = {"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": []}
+    job_id = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
+    read_events(server, f"/v1/jobs/{job_id}/events", auth(owner_token), timeout=180)
+    page.goto(f"{server}/ui/jobs/{job_id}")
+    page.get_by_role("button", name="Delete job").click()
+    # The first click only arms it.
+    assert httpx.get(f"{server}/v1/jobs/{job_id}", headers=auth(owner_token)).status_code == 200
+    page.get_by_role("button", name="Confirm delete: checkpoints and results too").click()
+    page.wait_for_url(f"{server}/ui/")
+    assert httpx.get(f"{server}/v1/jobs/{job_id}", headers=auth(owner_token)).status_code == 404
+    assert page.locator(f'#jobs-table tr[data-job="{job_id}"]').count() == 0
+
+
 def test_the_leaderboard_offers_the_protocols_with_an_accuracy(server, page, owner_token):
     protocols = httpx.get(f"{server}/v1/protocols", headers=auth(owner_token)).json()
     page.goto(f"{server}/ui/leaderboard")

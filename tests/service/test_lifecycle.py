@@ -202,3 +202,46 @@ def test_cifar10_subset_job(server, worker, alice):
     [checkpoint] = get(server, "/v1/checkpoints", alice, job=job["id"]).json()
     full = torch.load(io.BytesIO(get(server, checkpoint["download"], alice).content), weights_only=False)
     assert full["config"]["dataset"] == "cifar10" and full["image_size"] == 32
+
+
+def test_delete_a_finished_job_with_its_rows_and_files(server, worker, client, settings, alice, bob_headers):
+    job = submit(server, alice, method="simclr", config={**TINY, "checkpoint_every": 1}, name="to delete")
+    keep = submit(server, alice, method="simclr", config=TINY, evaluate=[])
+    read_events(server, f"/v1/jobs/{job['id']}/events", alice, timeout=180)
+    read_events(server, f"/v1/jobs/{keep['id']}/events", alice, timeout=180)
+    files = settings.artifacts.folder / "jobs" / job["id"]
+    assert get(server, "/v1/checkpoints", alice, job=job["id"]).json()
+    assert any((files / "checkpoints").glob("*.pt")) and (files / "job.log").is_file()
+    assert get(server, "/v1/evaluations", alice, job=job["id"]).json()
+
+    # A queued job is not deleted, nor one whose checkpoint a queued evaluation job reads
+    # (``client`` is an API whose queue no worker reads, on the same database).
+    queued = client.post(
+        "/v1/jobs", json={"kind": "pretrain", "method": "simclr", "dataset": {"name": "synthetic"}}, headers=alice
+    ).json()
+    refused = httpx.delete(f"{server}/v1/jobs/{queued['id']}", headers=alice)
+    assert refused.status_code == 409 and "queued" in refused.json()["detail"]
+    reader = client.post("/v1/jobs", json={"kind": "eval", "job": job["id"], "evaluate": ["knn"]}, headers=alice)
+    assert reader.status_code == 202, reader.text
+    refused = httpx.delete(f"{server}/v1/jobs/{job['id']}", headers=alice)
+    assert refused.status_code == 409 and reader.json()["id"] in refused.json()["detail"]
+    # Another owner cannot see it, let alone delete it.
+    assert httpx.delete(f"{server}/v1/jobs/{job['id']}", headers=bob_headers).status_code == 404
+    assert files.is_dir() and get(server, f"/v1/jobs/{job['id']}", alice).json()["status"] == "succeeded"
+
+    assert client.post(f"/v1/jobs/{reader.json()['id']}/cancel", headers=alice).status_code == 202
+    assert client.post(f"/v1/jobs/{queued['id']}/cancel", headers=alice).status_code == 202
+    deleted = httpx.delete(f"{server}/v1/jobs/{job['id']}", headers=alice)
+    assert deleted.status_code == 204, deleted.text
+    assert httpx.get(f"{server}/v1/jobs/{job['id']}", headers=alice).status_code == 404
+    assert httpx.get(f"{server}/v1/jobs/{job['id']}/metrics", headers=alice).status_code == 404
+    assert get(server, "/v1/checkpoints", alice, job=job["id"]).json() == []
+    assert get(server, "/v1/evaluations", alice, job=job["id"]).json() == []
+    assert get(server, "/v1/jobs", alice, name="to delete").json()["items"] == []
+    assert not files.exists()
+    assert httpx.delete(f"{server}/v1/jobs/{job['id']}", headers=alice).status_code == 404
+    # Nothing else went with it.
+    assert get(server, f"/v1/jobs/{keep['id']}", alice).json()["status"] == "succeeded"
+    assert get(server, "/v1/checkpoints", alice, job=keep["id"]).json()
+    assert (settings.artifacts.folder / "jobs" / keep["id"]).is_dir()
+    assert get(server, f"/v1/jobs/{reader.json()['id']}", alice).json()["status"] == "cancelled"

@@ -107,6 +107,12 @@ def test_a_jobs_checkpoints_land_in_the_bucket_and_download_through_the_api(s3, 
     missing = httpx.get(f"{base}/v1/checkpoints/{first['id']}/download", headers=alice, timeout=30)
     assert missing.status_code == 410
 
+    # Deleting the job deletes its objects, and only its.
+    s3.fs.pipe(f"{s3.bucket}/service/jobs/{job['id']}0/kept", b"another job's file")
+    assert httpx.delete(f"{base}/v1/jobs/{job['id']}", headers=alice, timeout=60).status_code == 204
+    assert objects(s3, prefix) == {}
+    assert s3.fs.cat(f"{s3.bucket}/service/jobs/{job['id']}0/kept") == b"another job's file"
+
 
 @needs_servers("a lost worker's message is redelivered differently on the file queue")
 def test_a_job_resumes_from_its_s3_checkpoint_after_its_worker_is_killed(s3, s3_service, alice, settings):

@@ -118,6 +118,12 @@ def test_download_resumes_where_it_stopped(server, worker, signed_in, tokens, tm
     got = out.read_bytes()
     assert got[1:] == whole[1:] and got[0] == whole[0] ^ 0xFF and not part.exists()
 
+    deleted = cssl("jobs", "delete", job, env=signed_in)
+    assert deleted.returncode == 0 and f"{job}: deleted" in deleted.stdout, deleted.stderr
+    assert httpx.get(server + final["download"], headers=auth(tokens["alice"])).status_code == 404
+    again = cssl("jobs", "delete", job, env=signed_in)
+    assert again.returncode == 2 and "404" in again.stderr
+
 
 def test_exit_codes_say_how_it_ended(server, worker, signed_in):
     long_run = job_id(cssl("jobs", "submit", *RUN, "--epochs", "100000", "--time-budget", "120", env=signed_in))

@@ -1,5 +1,5 @@
 // The top of a run's page: its method, data set and status, ids, actions (cancel, run again,
-// compare), progress with the latest metrics, and why it failed.
+// compare, delete), progress with the latest metrics, and why it failed.
 
 import { api } from "../api.js";
 import { ACTIVE, clear, h, number, progressCell, statusBadge, toast, when } from "../dom.js";
@@ -53,7 +53,34 @@ export function jobHeader(job, { onCancelled }) {
         ? h("a", { class: "button", href: `/ui/submit?from=${job.id}` }, "Run again with changes")
         : null,
       h("a", { class: "button secondary", href: `/ui/compare?jobs=${job.id}` }, "Compare…"),
+      ACTIVE.has(job.status) ? null : deleteButton(),
     );
+  }
+
+  // Two clicks: the first arms it for five seconds, the second deletes the job and its files.
+  function deleteButton() {
+    const button = h("button", { type: "button", class: "danger" }, "Delete job");
+    let armed = null;
+    button.addEventListener("click", async () => {
+      if (!armed) {
+        button.textContent = "Confirm delete: checkpoints and results too";
+        armed = setTimeout(() => {
+          armed = null;
+          button.textContent = "Delete job";
+        }, 5000);
+        return;
+      }
+      clearTimeout(armed);
+      button.disabled = true;
+      try {
+        await api(`/v1/jobs/${job.id}`, { method: "DELETE" });
+        window.location.assign("/ui/");
+      } catch (error) {
+        toast(`Could not delete: ${error.message}`);
+        update(job);
+      }
+    });
+    return button;
   }
 
   async function cancel(event) {
