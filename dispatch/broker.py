@@ -36,6 +36,8 @@ def make_celery(settings: Settings, include: tuple[str, ...] = (), queues: list[
         broker_connection_timeout=3,
         broker_transport_options=_transport_options(settings),
     )
+    if settings.broker_url.startswith("filesystem://"):
+        app.conf.broker_transport = "dispatch.fsqueue:Transport"  # serves by priority
     return app
 
 
