@@ -22,6 +22,7 @@ from cssl_core.data import dataset_names
 from cssl_core.evaluation import protocol_names
 from cssl_core.methods import method_names
 from cssl_core.provenance import GROUP_KEYS
+from dispatch.routing import MAX_DEVICES, POOL_PATTERN
 from store.models import WEBHOOK_DEFAULT_EVENTS
 from store.settings import tracking_uri_problem
 
@@ -197,6 +198,44 @@ def _once_each(values: list) -> list:
     return list(dict.fromkeys(values))
 
 
+def _pool_name(pool: str | None) -> str | None:
+    if pool is not None and not re.fullmatch(POOL_PATTERN, pool):
+        raise ValueError(
+            f"a pool is 1 to 32 lower-case letters, digits, _ and -, starting with a letter or digit, got {pool!r}"
+        )
+    return pool
+
+
+class ResourcesSpec(BaseModel):
+    """What a job needs of a worker; it picks the job's queue (README.md, "Run a fleet of workers")."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"device": "gpu", "devices": 2}]})
+
+    device: Literal["cpu", "gpu"] | None = Field(
+        None, description="cpu or gpu; default: cpu when config.device is cpu, else gpu"
+    )
+    devices: int | None = Field(
+        None, ge=1, le=MAX_DEVICES, description="GPUs (or CPU processes) per node; default: config.nproc"
+    )
+    nodes: int = Field(1, ge=1, description="Nodes; a job runs on one node for now")
+    memory_gib: float | None = Field(
+        None, gt=0, le=1_000_000, description="Host memory the job needs, GiB; a worker that offers less does not fit"
+    )
+    pool: Annotated[str | None, AfterValidator(_pool_name)] = Field(
+        None,
+        description="A named pool of workers (their --queues gpu-<pool> or cpu-<pool>), e.g. a100",
+        json_schema_extra={"pattern": POOL_PATTERN},
+    )
+
+
+class ResourcesPublic(BaseModel):
+    device: Literal["cpu", "gpu"]
+    devices: int
+    nodes: int
+    memory_gib: float | None = None
+    pool: str | None = None
+
+
 class JobCreate(BaseModel):
     """A pretraining job (method + dataset + config), or an evaluation of a checkpoint."""
 
@@ -242,6 +281,11 @@ class JobCreate(BaseModel):
         max_length=MAX_JOB_WEBHOOKS,
         description="Ids of your webhook endpoints (POST /v1/webhooks) that hear of this job's events even "
         'if they were registered with jobs "named"; those registered with jobs "all" hear of it anyway',
+    )
+    resources: ResourcesSpec | None = Field(
+        None,
+        description="What the job needs of a worker, which picks its queue: cpu or gpu, GPUs per node, memory, a "
+        "pool. Absent: the default queue, which workers started without --queues take",
     )
 
     @model_validator(mode="after")
@@ -342,6 +386,12 @@ class JobPublic(BaseModel):
     timings: Timings
     links: JobLinks
     webhooks: list[str] = Field(default_factory=list, description="The webhook endpoints the job named")
+    resources: ResourcesPublic | None = Field(None, description="What the job asked for; null: the default queue")
+    waiting_reason: str | None = Field(
+        None,
+        description="A queued job that no running worker can take says why, e.g. `waiting for a worker with 4 "
+        "GPUs; none of the 2 running workers fits`; null when a worker that fits is running (or the job is not queued)",
+    )
 
 
 class JobList(BaseModel):

@@ -16,6 +16,7 @@ from cssl_core.data import dataset_has_labels, describe_datasets, locate_dataset
 from cssl_core.errors import ConfigError, DataError
 from cssl_core.evaluation import protocol_names, protocol_params
 from cssl_core.methods import get_method
+from dispatch.routing import Resources
 from store import data_roots, datasets, jobs, records, webhooks
 from store.jobs import NewJob
 from store.models import TRACKING_KEY, Dataset
@@ -123,6 +124,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
                 )
             ]
         )
+    resources = _resources(body, config.device, config.nproc)
     return NewJob(
         kind="pretrain",
         method=method.name,
@@ -134,7 +136,49 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         name=body.name,
         tags=body.tags,
         webhooks=tuple(body.webhooks),
+        resources=resources,
     )
+
+
+def _resources(body: JobCreate, device: str, nproc: int) -> dict | None:
+    """What the job asks of a worker, as its row stores it (``dispatch.routing``), or None for
+    the default queue; ``device`` and ``nproc`` are the run's config values."""
+    spec = body.resources
+    if spec is None:
+        return None
+    errors = []
+    wanted = spec.device or ("cpu" if device == "cpu" else "gpu")
+    if wanted == "cpu" and device.startswith("cuda"):
+        errors.append(
+            field_error(
+                ["body", "resources", "device"],
+                f"cpu conflicts with config.device {device!r}; ask for gpu, or set config.device to cpu or auto",
+            )
+        )
+    if wanted == "gpu" and device == "cpu":
+        errors.append(
+            field_error(
+                ["body", "resources", "device"],
+                "gpu conflicts with config.device 'cpu'; ask for cpu, or set config.device to cuda or auto",
+            )
+        )
+    devices = spec.devices or nproc
+    if wanted == "gpu" and devices < nproc:
+        errors.append(
+            field_error(
+                ["body", "resources", "devices"],
+                f"config.nproc {nproc} runs one process per GPU, so the job needs at least {nproc} devices",
+            )
+        )
+    if spec.nodes > 1:
+        errors.append(
+            field_error(
+                ["body", "resources", "nodes"], "a job runs on one node for now; leave nodes out or set it to 1"
+            )
+        )
+    if errors:
+        raise invalid(errors)
+    return Resources(wanted, devices, spec.nodes, spec.memory_gib, spec.pool).stored()
 
 
 def _tracking(body: JobCreate, settings: Settings, errors: list) -> dict[str, dict]:
@@ -345,4 +389,5 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         name=body.name,
         tags=body.tags,
         webhooks=tuple(body.webhooks),
+        resources=_resources(body, str(body.config.get("device", "auto")), 1),
     )

@@ -21,7 +21,7 @@ from store.data_roots import upload_id
 from store.models import Checkpoint, Dataset, Evaluation, Job, Webhook, WebhookDelivery, WebhookMessage, utcnow
 
 
-def job_public(job: Job) -> JobPublic:
+def job_public(job: Job, waiting_reason: str | None = None) -> JobPublic:
     base = f"/v1/jobs/{job.id}"
     end = job.finished_at or (utcnow() if job.started_at else None)
     return JobPublic(
@@ -62,6 +62,8 @@ def job_public(job: Job) -> JobPublic:
             evaluations=f"/v1/evaluations?job={job.id}",
         ),
         webhooks=job.webhooks,
+        resources=job.resources,
+        waiting_reason=waiting_reason,
     )
 
 

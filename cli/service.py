@@ -37,6 +37,21 @@ def add_service_commands(subparsers) -> None:
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--state-dir", help="sets CSSL_STATE_DIR")
     p.add_argument(
+        "--queues",
+        help="kinds of jobs it takes, separated by ',': default (jobs without resources), cpu, gpu, cpu-<pool>, "
+        "gpu-<pool>; sets CSSL_WORKER_QUEUES (default: default)",
+    )
+    p.add_argument(
+        "--devices",
+        help="its GPUs' indices, e.g. 0,1: it takes GPU jobs that need at most that many, and its jobs see "
+        "only these (CUDA_VISIBLE_DEVICES); sets CSSL_WORKER_DEVICES",
+    )
+    p.add_argument(
+        "--memory-gib",
+        type=float,
+        help="host memory it offers, GiB: jobs asking for more do not fit; sets CSSL_WORKER_MEMORY_GIB",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="only check that the database and the broker answer (a container's healthcheck); exit 1 if not",
@@ -189,7 +204,17 @@ def worker_command(name: str = "cssl", concurrency: int = 1) -> list[str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    for flag, name in (("queues", "QUEUES"), ("devices", "DEVICES"), ("memory_gib", "MEMORY_GIB")):
+        if getattr(args, flag, None) is not None:
+            os.environ[f"CSSL_WORKER_{name}"] = str(getattr(args, flag))
     settings = _settings(args)
+    from dispatch.routing import Offer
+
+    try:
+        Offer.parse(settings.worker_queues, settings.worker_devices, settings.worker_memory_gib or None)
+    except ValueError as exc:
+        print(f"cssl: error: {exc}", file=sys.stderr)
+        return 2
     if args.check:
         return _check_worker(settings)
     _ready_schema(settings)

@@ -5,6 +5,7 @@ publish (``dispatch.publisher``) without importing the worker."""
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 
 from store.settings import Settings
 
@@ -13,9 +14,12 @@ RUN_JOB = "cssl.run_job"
 MAX_PRIORITY = 9
 
 
-def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
-    """The app as both sides configure it; the worker passes its task modules in ``include``."""
+def make_celery(settings: Settings, include: tuple[str, ...] = (), queues: list[str] | None = None) -> Celery:
+    """The app as both sides configure it; the worker passes its task modules in ``include``
+    and the queues it consumes in ``queues`` (default: the queue of jobs without resources)."""
     app = Celery("cssl", broker=settings.broker_url, include=list(include))
+    if queues and queues != [settings.queue]:
+        app.conf.task_queues = [Queue(name, routing_key=name) for name in queues]
     app.conf.update(
         # The job row is the record; Celery only carries the job id and keeps no results.
         task_ignore_result=True,
@@ -32,6 +36,8 @@ def make_celery(settings: Settings, include: tuple[str, ...] = ()) -> Celery:
         broker_connection_timeout=3,
         broker_transport_options=_transport_options(settings),
     )
+    if settings.broker_url.startswith("filesystem://"):
+        app.conf.broker_transport = "dispatch.fsqueue:Transport"  # serves by priority
     return app
 
 
@@ -59,13 +65,14 @@ def _transport_options(settings: Settings) -> dict:
     return {}
 
 
-def queue_size(app: Celery, settings: Settings) -> int:
-    """Messages waiting in the job queue (every priority level); raises when the broker is down."""
+def queue_size(app: Celery, settings: Settings, queue: str | None = None) -> int:
+    """Messages waiting in a job queue (default: the queue of jobs without resources; every
+    priority level); raises when the broker is down."""
     from kombu.exceptions import ChannelError
 
     with app.connection_for_write() as connection:
         try:
-            return connection.default_channel.queue_declare(queue=settings.queue, passive=True).message_count
+            return connection.default_channel.queue_declare(queue=queue or settings.queue, passive=True).message_count
         except ChannelError as exc:
             if "NOT_FOUND" in str(exc):  # nothing was ever sent to it: an empty queue
                 return 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from celery import Celery
 
 from dispatch.broker import MAX_PRIORITY, RUN_JOB
+from dispatch.routing import Resources, job_queue
 from store import jobs
 from store.db import session_scope
 from store.settings import Settings
@@ -17,12 +19,15 @@ from store.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def publish(app: Celery, settings: Settings, job_id: str, priority: int) -> None:
-    """Send the job id to the queue; raises when the broker cannot be reached."""
+def publish(
+    app: Celery, settings: Settings, job_id: str, priority: int, resources: dict[str, Any] | None = None
+) -> None:
+    """Send the job id to the queue its resources pick (``dispatch.routing``); raises when the
+    broker cannot be reached."""
     app.send_task(
         RUN_JOB,
         args=[job_id],
-        queue=settings.queue,
+        queue=job_queue(settings.queue, Resources.from_stored(resources)),
         priority=MAX_PRIORITY - priority,
         retry=False,
     )
@@ -40,11 +45,11 @@ class Publisher:
         self.app, self.settings = app, settings
         self._down_until = 0.0
 
-    def send(self, job_id: str, priority: int, *, force: bool = False) -> bool:
+    def send(self, job_id: str, priority: int, resources: dict[str, Any] | None = None, *, force: bool = False) -> bool:
         if not force and time.monotonic() < self._down_until:
             return False
         try:
-            publish(self.app, self.settings, job_id, priority)
+            publish(self.app, self.settings, job_id, priority, resources)
         except Exception as exc:  # any broker error
             self._down_until = time.monotonic() + self.settings.sweep_interval
             log.warning("could not publish job %s (%s); it stays queued and will be published again", job_id, exc)
@@ -52,8 +57,10 @@ class Publisher:
         self._down_until = 0.0
         return True
 
-    def send_and_record(self, job_id: str, priority: int, *, force: bool = False) -> bool:
-        if not self.send(job_id, priority, force=force):
+    def send_and_record(
+        self, job_id: str, priority: int, resources: dict[str, Any] | None = None, *, force: bool = False
+    ) -> bool:
+        if not self.send(job_id, priority, resources, force=force):
             return False
         with session_scope(self.settings.database_url) as session:
             jobs.mark_published(session, job_id)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from dispatch.broker import queue_size
 from dispatch.publisher import Publisher
+from dispatch.routing import Resources, job_queue
 from store import jobs
 from store.db import exclusive, is_transient, session_scope
 
@@ -40,9 +41,16 @@ def sweep(publisher: Publisher, *, judge_lost: bool = True) -> dict[str, int] | 
             log.warning("job %s lost its worker; re-queued", job_id)
         with session_scope(settings.database_url) as session:
             pending = jobs.unpublished_jobs(session, settings.republish_after)
-        if any(sent_before for _, _, sent_before in pending) and _queue_busy(publisher):
-            pending = [(job_id, priority, sent) for job_id, priority, sent in pending if not sent]
-        published = sum(publisher.send_and_record(job_id, priority, force=True) for job_id, priority, _ in pending)
+        published = 0
+        busy: dict[str, bool] = {}  # queue -> whether messages wait in it
+        for job_id, priority, sent_before, resources in pending:
+            if sent_before:
+                queue = job_queue(settings.queue, Resources.from_stored(resources))
+                if queue not in busy:
+                    busy[queue] = _queue_busy(publisher, queue)
+                if busy[queue]:
+                    continue
+            published += publisher.send_and_record(job_id, priority, resources, force=True)
     return {"requeued": len(requeued), "published": published}
 
 
@@ -54,10 +62,10 @@ def _server_just_started(session: Session, within: float) -> bool:
     return float(up) < within
 
 
-def _queue_busy(publisher: Publisher) -> bool:
-    """Messages wait in the queue: a job not taken yet is most likely among them."""
+def _queue_busy(publisher: Publisher, queue: str) -> bool:
+    """Messages wait in the job's queue: a job not taken yet is most likely among them."""
     try:
-        return queue_size(publisher.app, publisher.settings) > 0
+        return queue_size(publisher.app, publisher.settings, queue) > 0
     except Exception as exc:  # the broker is down: sending fails as well, and says so
         log.debug("could not read the queue's length: %s", exc)
         return False

@@ -49,6 +49,8 @@ class NewJob:
     tags: dict[str, str] = field(default_factory=dict)
     # Endpoints of the owner's that hear of this job even if they hear of named jobs only.
     webhooks: tuple[str, ...] = ()
+    # What it asked for (``dispatch.routing.Resources.stored()``); None: the default queue.
+    resources: dict[str, Any] | None = None
 
 
 def _state_event(session: Session, job_id: str, data: dict[str, Any]) -> None:
@@ -87,6 +89,7 @@ def create_job(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
         name=new.name,
+        resources=new.resources,
         tag_rows=[JobTag(key=key, value=value) for key, value in new.tags.items()],
         webhook_rows=[JobWebhook(webhook_id=webhook_id) for webhook_id in new.webhooks],
     )
@@ -212,6 +215,11 @@ def update_labels(session: Session, job: Job, *, name: str | None, rename: bool,
 
 def mark_published(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=utcnow()))
+
+
+def mark_unpublished(session: Session, job_id: str) -> None:
+    """The job's message was dropped: the sweeper publishes it again at its next pass."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=None))
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -509,13 +517,15 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     return requeued
 
 
-def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.0) -> list[tuple[str, int, bool]]:
+def unpublished_jobs(
+    session: Session, republish_after: float, grace: float = 5.0
+) -> list[tuple[str, int, bool, dict[str, Any] | None]]:
     """Queued jobs with no message sent (the broker was down, or the job was re-queued), or
     whose message went out ``republish_after`` seconds ago and was never taken, as
-    ``(id, priority, sent_before)``."""
+    ``(id, priority, sent_before, resources)``."""
     now = utcnow()
     rows = session.execute(
-        select(Job.id, Job.priority, Job.published_at).where(
+        select(Job.id, Job.priority, Job.published_at, Job.resources).where(
             Job.status == "queued",
             or_(
                 (Job.published_at.is_(None)) & (Job.created_at < now - timedelta(seconds=grace)),
@@ -523,4 +533,6 @@ def unpublished_jobs(session: Session, republish_after: float, grace: float = 5.
             ),
         )
     ).all()
-    return [(job_id, priority, published_at is not None) for job_id, priority, published_at in rows]
+    return [
+        (job_id, priority, published_at is not None, resources) for job_id, priority, published_at, resources in rows
+    ]

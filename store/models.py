@@ -129,6 +129,9 @@ class Job(Base):
     # What made the run: code version, libraries, device, determinism flags, host, data
     # fingerprint; written by the worker when an attempt starts (see cssl_core.provenance).
     provenance: Mapped[dict[str, Any] | None]
+    # What the job asked for (device, devices, nodes, memory_gib, pool; ``dispatch.routing``),
+    # which picks its queue; null: the default queue, which any default worker takes.
+    resources: Mapped[dict[str, Any] | None]
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobTag.key"
     )
@@ -322,3 +325,21 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A running worker and what it offers (``cssl worker --queues --devices --memory-gib``):
+    written when it starts, its heartbeat renewed while it runs, removed when it stops. The
+    API reads the live ones to say why a queued job waits."""
+
+    __tablename__ = "workers"
+
+    # Celery's name of the worker (name@host), as jobs.worker names it.
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The kinds it takes (default, cpu, gpu, gpu-<pool>).
+    queues: Mapped[list[str]]
+    # Its GPUs' indices on its host.
+    devices: Mapped[list[str]]
+    memory_gib: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

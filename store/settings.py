@@ -55,7 +55,22 @@ class Settings(BaseSettings):
         description="text, or json: one JSON object per line (time, level, logger, message, and the job, "
         "attempt, rank and worker of a job's lines) from the API and the workers",
     )
-    queue: str = Field("cssl", min_length=1, description="the Celery queue name")
+    queue: str = Field(
+        "cssl",
+        min_length=1,
+        description="the Celery queue of jobs without resources, and the prefix of the others' (cssl.gpu.2)",
+    )
+    worker_queues: str = Field(
+        "",
+        description="a worker's kinds of jobs, separated by ',': default (jobs without resources), cpu, gpu, "
+        "cpu-<pool>, gpu-<pool>; empty: default (`cssl worker --queues`)",
+    )
+    worker_devices: str = Field(
+        "", description="a worker's GPU indices, separated by ',', which its jobs see (`cssl worker --devices`)"
+    )
+    worker_memory_gib: float = Field(
+        0, ge=0, description="host memory a worker offers its jobs, GiB; 0: not stated (`cssl worker --memory-gib`)"
+    )
     heartbeat_timeout: float = Field(
         60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued"
     )

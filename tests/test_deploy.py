@@ -17,6 +17,8 @@ import pytest
 import torch
 import yaml
 
+from dispatch.routing import Offer, Resources, fits
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -105,17 +107,41 @@ def test_only_the_tls_proxy_publishes_beyond_localhost():
     assert SERVICES["caddy"]["profiles"] == ["tls"]
 
 
-def test_workers_read_the_data_read_only_and_have_a_gpu_each():
+def test_workers_read_the_data_read_only_and_use_the_gpus_they_reserve():
     assert WORKERS
     device_ids = []
     for name, worker in WORKERS.items():
         volumes = worker["volumes"]
         assert "data:/data:ro" in volumes and "artifacts:/artifacts" in volumes, name
-        [device] = worker["deploy"]["resources"]["reservations"]["devices"]
-        assert "count" not in device and len(device["device_ids"]) == 1, name
+        env = worker["environment"]
+        offer = Offer.parse(env.get("CSSL_WORKER_QUEUES", ""), env.get("CSSL_WORKER_DEVICES", ""))
+        reserved = worker.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        if not reserved:
+            assert not offer.devices and not any(kind.startswith("gpu") for kind in offer.kinds), name
+            continue
+        [device] = reserved
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
+        assert "count" not in device and device["device_ids"], name
+        # Inside the container its GPUs are numbered 0, 1, ...: the worker offers each of them.
+        assert list(offer.devices) == [str(i) for i in range(len(device["device_ids"]))], name
         device_ids += device["device_ids"]
     assert len(set(device_ids)) == len(device_ids)
     assert any(line.startswith("HEALTHCHECK ") for line in dockerfile("Dockerfile.worker"))
+
+
+def test_the_fleet_profile_has_two_workers_of_different_resources():
+    fleet = {name: w for name, w in WORKERS.items() if "fleet" in w.get("profiles", [])}
+    offers = {
+        name: Offer.parse(
+            w["environment"].get("CSSL_WORKER_QUEUES", ""), w["environment"].get("CSSL_WORKER_DEVICES", "")
+        )
+        for name, w in fleet.items()
+    }
+    assert len(offers) == 2 and len(set(offers.values())) == 2, offers
+    # Between them and the default worker, a CPU job, a 1-GPU and a 2-GPU job each have a worker.
+    everyone = [*offers.values(), Offer.parse(WORKERS["worker-gpu0"]["environment"]["CSSL_WORKER_QUEUES"], "0")]
+    for resources in (Resources("cpu"), Resources("gpu", 1), Resources("gpu", 2), None):
+        assert any(fits(offer, resources) for offer in everyone), resources
 
 
 def test_prometheus_scrapes_the_api_and_every_worker():

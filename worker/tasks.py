@@ -18,7 +18,8 @@ from dispatch.sweeper import sweep
 from store.db import DatabaseUnavailable
 from store.settings import get_settings
 from worker import metrics, runner
-from worker.app import app
+from worker.app import OFFER, app
+from worker.presence import Presence, declines
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ def run_job(job_id: str) -> str | None:
     """The message carries only the job id; the job row holds everything else."""
     worker_name = run_job.request.hostname or socket.gethostname()
     try:
+        if declines(get_settings(), OFFER, job_id):
+            return None
         return runner.run_job(get_settings(), job_id, worker_name)
     except DatabaseUnavailable as exc:  # the claim could not be written: the job is still queued
         log.warning("%s; the message goes back to the queue", exc)
@@ -38,6 +41,23 @@ def run_job(job_id: str) -> str | None:
 def _serve_metrics(**_) -> None:
     if port := get_settings().worker_metrics_port:
         metrics.serve(port)
+
+
+PRESENCE: list[Presence] = []
+
+
+@worker_ready.connect
+def _offer(sender=None, **_) -> None:
+    # What this worker takes, where the API reads it to say why a job waits.
+    name = getattr(sender, "hostname", None) or socket.gethostname()
+    PRESENCE.append(Presence(get_settings(), name, OFFER))
+    PRESENCE[-1].start()
+
+
+@worker_shutting_down.connect
+def _withdraw_offer(**_) -> None:
+    while PRESENCE:
+        PRESENCE.pop().stop()
 
 
 @worker_ready.connect

@@ -35,7 +35,8 @@ from api.schemas import (
 )
 from api.views import job_public
 from api.yamlbody import YamlBodyRoute, yaml_request_body
-from store import jobs, records
+from dispatch.routing import Offer, Resources, waiting_reason
+from store import jobs, records, workers
 from store.models import Job
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def submit_job(
     # The row must be committed before a worker can claim it.
     session.commit()
     if created:
-        if publisher.send(job.id, job.priority):
+        if publisher.send(job.id, job.priority, job.resources):
             jobs.mark_published(session, job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
@@ -280,8 +281,20 @@ def _read_cursor(cursor: str, sort: str) -> tuple[object, str]:
     responses={**NOT_FOUND, 200: {"links": job_links("$response.body#/id")}},
     summary="A job's status, progress and latest metrics",
 )
-def get_job(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner) -> JobPublic:
-    return job_public(_owned_job(session, job_id, owner))
+def get_job(job_id: JobId, session: ReadSessionDep, owner: CurrentOwner, settings: SettingsDep) -> JobPublic:
+    job = _owned_job(session, job_id, owner)
+    return job_public(job, _waiting_reason(session, job, settings))
+
+
+def _waiting_reason(session, job: Job, settings) -> str | None:
+    """Why a queued job waits, when no live worker's offer fits it (``dispatch.routing``)."""
+    if job.status != "queued":
+        return None
+    live = [
+        Offer(tuple(w.queues), tuple(w.devices), w.memory_gib)
+        for w in workers.live_workers(session, settings.heartbeat_timeout)
+    ]
+    return waiting_reason(Resources.from_stored(job.resources), live)
 
 
 @router.patch(

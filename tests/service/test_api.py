@@ -162,6 +162,21 @@ def test_dataset_options_are_config_keys(client, alice):
         ({"kind": "eval", "checkpoint": 999999}, ["body", "checkpoint"], "no checkpoint"),
         ({"kind": "eval", "job": "0" * 32}, ["body", "job"], "no job"),
         ({**PRETRAIN, "colour": "red"}, ["body", "colour"], "Extra inputs"),
+        ({**PRETRAIN, "resources": {"device": "tpu"}}, ["body", "resources", "device"], "'cpu' or 'gpu'"),
+        ({**PRETRAIN, "resources": {"devices": 0}}, ["body", "resources", "devices"], "greater than or equal to 1"),
+        ({**PRETRAIN, "resources": {"pool": "A100!"}}, ["body", "resources", "pool"], "lower-case letters"),
+        ({**PRETRAIN, "resources": {"nodes": 2}}, ["body", "resources", "nodes"], "one node for now"),
+        ({**PRETRAIN, "resources": {"memory_gib": -1}}, ["body", "resources", "memory_gib"], "greater than 0"),
+        (
+            {**PRETRAIN, "config": {**PRETRAIN["config"], "device": "cuda"}, "resources": {"device": "cpu"}},
+            ["body", "resources", "device"],
+            "cpu conflicts with config.device 'cuda'",
+        ),
+        (
+            {**PRETRAIN, "config": {**PRETRAIN["config"], "device": "cpu"}, "resources": {"device": "gpu"}},
+            ["body", "resources", "device"],
+            "gpu conflicts with config.device 'cpu'",
+        ),
     ],
 )
 def test_validation_errors_name_the_field(client, alice, body, loc, words):
@@ -441,3 +456,15 @@ def test_a_job_submitted_while_the_broker_is_down_is_published_later(settings, t
     assert counts["published"] >= 2
     with session_scope(settings.database_url) as session:
         assert all(jobs.get_job(session, job_id).published_at is not None for job_id in job_ids)
+
+
+def test_resources_are_stored_with_their_defaults_and_a_job_without_stays_as_it_was(client, alice):
+    gpu = submit(client, alice, {**PRETRAIN, "resources": {"memory_gib": 40, "pool": "a100"}}).json()
+    assert gpu["resources"] == {"device": "gpu", "devices": 1, "nodes": 1, "memory_gib": 40.0, "pool": "a100"}
+    config = {**PRETRAIN.get("config", {}), "device": "cpu"}
+    cpu = submit(client, alice, {**PRETRAIN, "config": config, "resources": {}}).json()
+    assert cpu["resources"] == {"device": "cpu", "devices": 1, "nodes": 1, "memory_gib": None, "pool": None}
+    plain = submit(client, alice, PRETRAIN).json()
+    assert plain["resources"] is None and plain["waiting_reason"] is None  # not computed on submission
+    # No worker of the test session takes pool a100 jobs.
+    assert "in pool a100 and 40 GiB" in client.get(f"/v1/jobs/{gpu['id']}", headers=alice).json()["waiting_reason"]

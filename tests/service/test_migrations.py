@@ -25,6 +25,7 @@ TABLES = {
     "job_webhooks",
     "webhook_messages",
     "webhook_deliveries",
+    "workers",
 }
 
 
