@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
@@ -37,7 +38,9 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatch.broker import queue_size
+from dispatch.routing import Offer, Resources, job_queue, worker_queues
 from store.models import Job, utcnow
+from store.workers import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class ServiceState:
 
     def collect(self) -> Iterator[Metric]:
         settings = self.state.settings
+        # The default queue, and those of the queued jobs and the live workers (dispatch.routing).
+        self.queues = {settings.queue}
         up = GaugeMetricFamily("cssl_up", "1 when the scrape could read the database, 0 when not", labels=["source"])
         try:
             yield from self._database(settings)
@@ -106,7 +111,8 @@ class ServiceState:
             up.add_metric(["database"], 0)
         depth = GaugeMetricFamily("cssl_queue_messages", "Messages waiting in the broker's queue", labels=["queue"])
         try:
-            depth.add_metric([settings.queue], queue_size(self.state.celery, settings))
+            for queue in sorted(self.queues):
+                depth.add_metric([queue], queue_size(self.state.celery, settings, queue))
             up.add_metric(["broker"], 1)
             yield depth
         except Exception as exc:
@@ -118,7 +124,10 @@ class ServiceState:
         now = utcnow()
         with self.state.read_sessions() as session:
             by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+            queued = session.execute(
+                select(Job.resources, func.min(Job.created_at)).where(Job.status == "queued").group_by(Job.resources)
+            ).all()
+            live = live_workers(session, settings.heartbeat_timeout)
             running = session.execute(
                 select(Job.id, Job.method, Job.worker, Job.config, Job.progress, Job.heartbeat_at).where(
                     Job.status == "running"
@@ -132,8 +141,20 @@ class ServiceState:
         age = GaugeMetricFamily(
             "cssl_queue_oldest_job_age_seconds", "Age of the oldest queued job (0: none queued)", labels=["queue"]
         )
-        age.add_metric([settings.queue], (now - _aware(oldest, now)).total_seconds() if oldest else 0.0)
+        oldest: dict[str, datetime] = {}
+        for resources, created in queued:
+            queue = job_queue(settings.queue, Resources.from_stored(resources))
+            oldest[queue] = min(_aware(created, now), oldest.get(queue, _aware(created, now)))
+        offers = [Offer(tuple(w.queues), tuple(w.devices), w.memory_gib) for w in live]
+        self.queues |= set(oldest) | {q for offer in offers for q in worker_queues(settings.queue, offer)}
+        for queue in sorted(self.queues):
+            age.add_metric([queue], (now - oldest[queue]).total_seconds() if queue in oldest else 0.0)
         yield age
+        registered = GaugeMetricFamily("cssl_workers", "Running workers by the kind of jobs they take", labels=["kind"])
+        kinds = sorted({kind for offer in offers for kind in offer.kinds})
+        for kind in kinds:
+            registered.add_metric([kind], sum(kind in offer.kinds for offer in offers))
+        yield registered
 
         labels = ["job", "method", "worker"]
         families = {

@@ -319,6 +319,15 @@ def test_delete_a_finished_job_from_its_page(server, worker, page, owner_token):
     assert page.locator(f'#jobs-table tr[data-job="{job_id}"]').count() == 0
 
 
+def test_a_job_no_worker_fits_says_why_on_its_page(server, worker, page, owner_token):
+    body = {"method": "simclr", "dataset": {"name": "synthetic"}, "config": TINY, "evaluate": []}
+    body["resources"] = {"device": "gpu", "devices": 4}  # this module's worker takes no GPU jobs
+    job_id = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
+    page.goto(f"{server}/ui/jobs/{job_id}")
+    page.get_by_role("status").filter(has_text="Not started: waiting for a worker with 4 GPUs").wait_for()
+    httpx.post(f"{server}/v1/jobs/{job_id}/cancel", headers=auth(owner_token))
+
+
 def test_the_leaderboard_offers_the_protocols_with_an_accuracy(server, page, owner_token):
     protocols = httpx.get(f"{server}/v1/protocols", headers=auth(owner_token)).json()
     page.goto(f"{server}/ui/leaderboard")

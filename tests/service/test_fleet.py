@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from .support import SERVICE_ENV, TINY, needs_servers, start_api, start_worker, wait_for
+from .test_metrics import scrape, value
 
 pytestmark = needs_servers("two workers sharing Redis queues")
 
@@ -97,10 +98,19 @@ def test_a_job_no_worker_fits_says_why_it_waits(fleet, alice):
         "waiting for a worker that takes jobs without resources (started without --queues, or with default "
         "among them); none of the 2 running workers fits": None,
     }
+    waiting = []
     for reason, resources in reasons.items():
         job_id = submit(fleet, alice, resources)
         seen = job(fleet, alice, job_id)
         assert (seen["status"], seen["waiting_reason"]) == ("queued", reason)
+        waiting.append(job_id)
+    # Prometheus sees each queue: the 4-GPU job's message waits in its own, and the workers by kind.
+    queue = SERVICE_ENV["CSSL_QUEUE"] + "_fleet"
+    figures = scrape(fleet)
+    assert value(figures, "cssl_queue_messages", queue=f"{queue}.gpu.4") == 1
+    assert value(figures, "cssl_queue_oldest_job_age_seconds", queue=f"{queue}.gpu.4") > 0
+    assert value(figures, "cssl_workers", kind="gpu") == 2 and value(figures, "cssl_workers", kind="cpu") == 1
+    for job_id in waiting:
         httpx.post(f"{fleet}/v1/jobs/{job_id}/cancel", headers=alice, timeout=30)
     # 2 GPUs and 64 GiB: big fits.
     fits = submit(fleet, alice, {"device": "gpu", "devices": 2, "memory_gib": 64})

@@ -34,6 +34,9 @@ export function jobHeader(job, { onCancelled }) {
     clear(
       progressBox,
       progressCell(job),
+      job.status === "queued" && job.waiting_reason
+        ? h("p", { class: "muted", role: "status" }, `Not started: ${job.waiting_reason}.`)
+        : null,
       latest?.loss !== undefined
         ? h(
             "small",
