@@ -114,13 +114,13 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
         key = message.split(" ", 1)[0]
         loc = ["body", "config", key] if key in valid_keys else ["body", "config"]
         raise invalid([field_error(loc, message)]) from None
-    if config.nproc > 1:
+    if config.nproc > settings.max_nproc:
         raise invalid(
             [
                 field_error(
                     ["body", "config", "nproc"],
-                    "the service runs a job in one process for now; run several with `cssl pretrain --nproc N` "
-                    "or under torchrun",
+                    f"nproc must be at most {settings.max_nproc}, the processes a worker of this service runs "
+                    f"one job on (CSSL_MAX_NPROC), got {config.nproc}",
                 )
             ]
         )

@@ -31,8 +31,23 @@ import torch.distributed.nn.functional as dist_nn
 from cssl_core.errors import CsslError
 
 # No collective waits longer: a rank that died or hangs fails the others after this long.
-# Rank 0's kNN evaluation and checkpoint writes happen while the others wait at a barrier.
-COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+# Rank 0's kNN evaluation and checkpoint writes happen while the others wait at a barrier, so
+# the default leaves room for them; CSSL_COLLECTIVE_TIMEOUT (seconds) sets another.
+DEFAULT_COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for the other ranks: CSSL_COLLECTIVE_TIMEOUT seconds, else 30 minutes."""
+    value = os.environ.get("CSSL_COLLECTIVE_TIMEOUT", "").strip()
+    if not value:
+        return DEFAULT_COLLECTIVE_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise CsslError(f"CSSL_COLLECTIVE_TIMEOUT must be a number of seconds greater than 0, got {value!r}")
+    return timedelta(seconds=seconds)
 
 
 def env_world_size() -> int:
@@ -70,7 +85,7 @@ def init_from_env(device_type: str) -> bool:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(backend, timeout=collective_timeout())
     return True
 
 
@@ -167,11 +182,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LaunchFailed(CsslError):
+    """A process of a launched run failed, and the launcher stopped the others. ``lost``: a rank
+    was killed by a signal or a collective failed (a peer died or hung past
+    :func:`collective_timeout`), rather than a rank raising an error of its own; trying again
+    from the last checkpoint may well succeed."""
+
+    def __init__(self, message: str, lost: bool):
+        super().__init__(message)
+        self.lost = lost
+
+
+# What a rank raises when a collective loses its peers (gloo's and NCCL's words, and c10d's types).
+_COLLECTIVE_FAILURES = (
+    "Timed out waiting",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "DistBackendError",
+    "DistNetworkError",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+)
+
+
 def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
     """Run ``entrypoint(*args)`` on ``nproc`` local processes with torch's elastic launcher (the
     machinery of ``torchrun``), which sets each one's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
-    and MASTER_PORT; return rank 0's result. A rank that raises ends them all, and its error
-    becomes a :class:`CsslError` naming the rank."""
+    and MASTER_PORT; return rank 0's result. A rank that raises or dies ends them all (the agent
+    watches them every 0.1 s), and its error becomes a :class:`LaunchFailed` naming the rank."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -193,8 +231,12 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
         results = elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as exc:
         failed = sorted(exc.failures.items())
-        lines = [f"rank {r}: {_failure_message(f)}" for r, f in failed]
-        raise CsslError(f"a process of the run failed ({'; '.join(lines)})") from None
+        messages = [(r, _failure_message(f)) for r, f in failed]
+        lost = any(f.exitcode < 0 for _, f in failed) or any(
+            marker in message for _, message in messages for marker in _COLLECTIVE_FAILURES
+        )
+        lines = [f"rank {r}: {message}" for r, message in messages]
+        raise LaunchFailed(f"a process of the run failed ({'; '.join(lines)})", lost) from None
     return results[0]
 
 

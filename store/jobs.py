@@ -471,50 +471,59 @@ def requeue_lost(session: Session, heartbeat_timeout: float, max_attempts: int) 
     after ``max_attempts`` lost attempts in a row without one, the job fails. Returns the ids
     to publish."""
     cutoff = utcnow() - timedelta(seconds=heartbeat_timeout)
-    newest_step = _newest_checkpoint_step()
     lost = session.execute(
-        select(
-            Job.id,
-            Job.attempt,
-            Job.cancel_requested,
-            Job.worker,
-            Job.resumed_from_step,
-            Job.stalled_attempts,
-            newest_step,
-        ).where(Job.status == "running", Job.heartbeat_at < cutoff)
+        select(Job.id, Job.attempt, Job.worker).where(Job.status == "running", Job.heartbeat_at < cutoff)
     ).all()
     requeued = []
-    for job_id, attempt, cancel_requested, worker, resumed_from, stalled, newest in lost:
-        guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+    for job_id, attempt, worker in lost:
         message = f"worker {worker} stopped sending heartbeats during attempt {attempt}"
-        progressed = newest > (resumed_from or 0)
-        stalled = 0 if progressed else stalled + 1
-        if cancel_requested:
-            values, event = (
-                {"status": "cancelled", "finished_at": utcnow()},
-                {"status": "cancelled", "message": message},
-            )
-        elif stalled >= max_attempts:
-            error = (
-                f"{message}; gave up: {stalled} attempts in a row were lost without writing a new checkpoint "
-                f"(CSSL_MAX_ATTEMPTS={max_attempts}); the last one started from step {resumed_from or 0}"
-            )
-            values, event = (
-                {"status": "failed", "error": error, "finished_at": utcnow()},
-                {"status": "failed", "error": error},
-            )
-        else:
-            since = (
-                "after a new checkpoint" if progressed else f"without a new checkpoint ({stalled} of {max_attempts})"
-            )
-            values = {"status": "queued", "worker": None, "published_at": None}
-            event = {"status": "queued", "message": f"{message}, {since}; re-queued to resume from its last checkpoint"}
-        values["stalled_attempts"] = stalled
-        if session.execute(update(Job).where(*guard).values(**values).returning(Job.id)).first():
-            _state_event(session, job_id, {**event, "attempt": attempt})
-            if values["status"] == "queued":
-                requeued.append(job_id)
+        if _give_back_lost(session, job_id, attempt, message, max_attempts) == "queued":
+            requeued.append(job_id)
     return requeued
+
+
+def requeue_failed_attempt(session: Session, job_id: str, attempt: int, message: str, max_attempts: int) -> str | None:
+    """This attempt lost part of itself (a process of a run on several died or hung): the job is
+    given back as if its worker had been lost, under the same ``max_attempts`` policy. Returns
+    the job's new status, None when the job is no longer this attempt's."""
+    return _give_back_lost(session, job_id, attempt, message, max_attempts)
+
+
+def _give_back_lost(session: Session, job_id: str, attempt: int, message: str, max_attempts: int) -> str | None:
+    guard = (Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+    row = session.execute(
+        select(Job.cancel_requested, Job.resumed_from_step, Job.stalled_attempts, _newest_checkpoint_step()).where(
+            *guard
+        )
+    ).first()
+    if row is None:
+        return None
+    cancel_requested, resumed_from, stalled, newest = row
+    progressed = newest > (resumed_from or 0)
+    stalled = 0 if progressed else stalled + 1
+    if cancel_requested:
+        values, event = (
+            {"status": "cancelled", "finished_at": utcnow()},
+            {"status": "cancelled", "message": message},
+        )
+    elif stalled >= max_attempts:
+        error = (
+            f"{message}; gave up: {stalled} attempts in a row were lost without writing a new checkpoint "
+            f"(CSSL_MAX_ATTEMPTS={max_attempts}); the last one started from step {resumed_from or 0}"
+        )
+        values, event = (
+            {"status": "failed", "error": error, "finished_at": utcnow()},
+            {"status": "failed", "error": error},
+        )
+    else:
+        since = "after a new checkpoint" if progressed else f"without a new checkpoint ({stalled} of {max_attempts})"
+        values = {"status": "queued", "worker": None, "published_at": None}
+        event = {"status": "queued", "message": f"{message}, {since}; re-queued to resume from its last checkpoint"}
+    values["stalled_attempts"] = stalled
+    if not session.execute(update(Job).where(*guard).values(**values).returning(Job.id)).first():
+        return None
+    _state_event(session, job_id, {**event, "attempt": attempt})
+    return values["status"]
 
 
 def unpublished_jobs(

@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         ge=0,
         description="jobs of one owner that run at once; the others wait in the queue until one ends; 0: no limit",
     )
+    max_nproc: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="the most processes (config.nproc) one job runs on, on one worker: one per GPU, or "
+        "gloo processes sharing a CPU",
+    )
     max_run_seconds: float = Field(
         86400.0,
         ge=0,

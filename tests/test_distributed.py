@@ -172,3 +172,24 @@ def test_two_processes_resume_exactly(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _two_steps_on_two_ranks(out):
+    return pretrain(run_config("simclr", 2), out, should_stop=stop_after(2)).checkpoint
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_one(tmp_path, one_process):
+    # Written by rank 0 of two, resumed by one process for the last 2 of STEPS steps: the weights
+    # are those of one process all along. Its config keeps nproc 2 only for the world it ran on.
+    checkpoint = distributed.launch(2, _two_steps_on_two_ranks, tmp_path / "two")
+    assert load_checkpoint(checkpoint)["config"]["nproc"] == 2
+    resumed = pretrain(run_config("simclr", 1), tmp_path / "two", resume_from=checkpoint, should_stop=stop_after(2))
+    assert resumed.steps == STEPS
+    weights = load_checkpoint(resumed.checkpoint)["model"]
+    _, ref_weights = one_process("simclr")
+    initial = initial_weights("simclr")
+    for key, value in weights.items():
+        if value.is_floating_point():
+            moved = (ref_weights[key] - initial[key]).norm().item()
+            off = (value - ref_weights[key]).norm().item()
+            assert off <= WEIGHT_RTOL * moved + 1e-6, f"{key}: off by {off:.2e}, moved {moved:.2e}"

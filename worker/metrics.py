@@ -60,7 +60,7 @@ def job_progress(job_id: str, method: str, values: dict) -> None:
 
 
 def job_ended(job_id: str, method: str, kind: str, outcome: str, seconds: float) -> None:
-    """``outcome``: succeeded, failed, cancelled, released (back to the queue) or lost."""
+    """``outcome``: succeeded, failed, cancelled, released (back to the queue), retried (a rank lost) or lost."""
     BUSY.dec()
     JOBS.labels(kind, outcome).inc()
     JOB_SECONDS.labels(kind).observe(seconds)

@@ -57,6 +57,9 @@ class Ending(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RELEASED = "released"  # back to the queue; the next attempt resumes from the last checkpoint
+    # Part of the attempt was lost (a rank of a run on several processes died or hung): back to
+    # the queue like a lost worker's job, counted against CSSL_MAX_ATTEMPTS like one.
+    RETRIED = "retried"
     LOST = "lost"  # the sweeper gave the job to another attempt: nothing more is written
 
 
@@ -81,6 +84,10 @@ class Outcome:
     @classmethod
     def released(cls, why: str, result: dict[str, Any] | None = None) -> Outcome:
         return cls(Ending.RELEASED, why, result)
+
+    @classmethod
+    def retried(cls, why: str) -> Outcome:
+        return cls(Ending.RETRIED, why)
 
     @classmethod
     def lost(cls) -> Outcome:
@@ -460,6 +467,9 @@ def _finish(settings: Settings, job: ClaimedJob, recorder: Recorder, outcome: Ou
     def write(session: Session) -> None:
         if outcome.ending is Ending.RELEASED:
             jobs.release_job(session, job.id, job.attempt, f"worker {worker_name} {outcome.message}")
+        elif outcome.ending is Ending.RETRIED:
+            message = f"worker {worker_name} lost a process of attempt {job.attempt} ({outcome.message})"
+            jobs.requeue_failed_attempt(session, job.id, job.attempt, message, settings.max_attempts)
         else:
             jobs.finish_job(
                 session, job.id, job.attempt, outcome.ending.value, error=outcome.message, result=outcome.result
@@ -477,6 +487,7 @@ def _run(
     heartbeat: Heartbeat,
 ) -> Outcome:
     from cssl_core.data import decoded_bytes_limit
+    from cssl_core.distributed import LaunchFailed
     from cssl_core.errors import CsslError
 
     window = settings.database_retry_window
@@ -509,6 +520,12 @@ def _run(
             return _internal_error(job, exc)
         log.warning("the database went away (%s); the job goes back to the queue once it answers", _reason(exc))
         return Outcome.released("lost the database; the job resumes from its last checkpoint")
+    except LaunchFailed as exc:
+        if not exc.lost:
+            log.error("%s", exc)
+            return Outcome.failed(str(exc))
+        log.warning("%s; the job resumes from its last checkpoint", exc)
+        return Outcome.retried(str(exc))
     except CsslError as exc:
         log.error("%s", exc)
         return Outcome.failed(str(exc))
@@ -568,9 +585,9 @@ def _pretrain(
     settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat
 ) -> Outcome:
     from cssl_core.config import build_config
-    from cssl_core.data import dataset_image_size, load_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
+    from worker.ranks import load_datasets
 
     run_keys = {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS and k != TRACKING_KEY}
     config = build_config(job.method, run_keys)
@@ -590,23 +607,42 @@ def _pretrain(
         def on_checkpoint(info) -> None:
             checkpoint_ids[Path(info.path).resolve()] = recorder.on_checkpoint(info)
 
-        outcome = pretrain(
-            config,
-            job_dir,
-            on_progress=recorder.on_progress,
-            should_stop=heartbeat.should_stop,
-            on_checkpoint=on_checkpoint,
-            on_evaluation=recorder.on_evaluation,
-            resume_from=job.resume_from,
-            progress_every=settings.progress_every,
-            # From the path checked above, not from the config (a resumed one holds an older path).
-            dataset=load_dataset(config.dataset, data, image_size=config.image_size) if data is not None else None,
-            eval_dataset=(
-                load_dataset(eval_name, eval_data, image_size=dataset_image_size(config.dataset, config.image_size))
-                if config.eval_dataset and eval_data is not None and config.knn_every
-                else None
-            ),
-        )
+        if config.nproc > 1:
+            from worker.ranks import RankRun, run_ranks
+
+            run = RankRun(
+                method=job.method,
+                config=run_keys,
+                job_dir=job_dir,
+                resume_from=job.resume_from,
+                progress_every=settings.progress_every,
+                data=data,
+                eval_name=eval_name,
+                eval_data=eval_data,
+                max_decoded_bytes=settings.max_decoded_bytes,
+                parent_pid=os.getpid(),
+            )
+            outcome = run_ranks(
+                run,
+                on_progress=recorder.on_progress,
+                should_stop=heartbeat.should_stop,
+                on_checkpoint=on_checkpoint,
+                on_evaluation=recorder.on_evaluation,
+            )
+        else:
+            dataset, eval_dataset = load_datasets(config, data, eval_name, eval_data)
+            outcome = pretrain(
+                config,
+                job_dir,
+                on_progress=recorder.on_progress,
+                should_stop=heartbeat.should_stop,
+                on_checkpoint=on_checkpoint,
+                on_evaluation=recorder.on_evaluation,
+                resume_from=job.resume_from,
+                progress_every=settings.progress_every,
+                dataset=dataset,
+                eval_dataset=eval_dataset,
+            )
         checkpoint = Path(outcome.checkpoint).resolve()
         result = {
             "checkpoint": recorder.relative(checkpoint),

@@ -160,7 +160,7 @@ class Method(nn.Module):
 
             able = [name for name in METHODS.names() if METHODS.get(name).distributed]
             raise ConfigError(
-                f"{cls.name} runs on one process only (nproc 1); the methods that run on several are: "
+                f"nproc must be 1 for {cls.name}, which runs on one process only; the methods that run on several are: "
                 f"{', '.join(able) or 'none yet'}"
             )
 

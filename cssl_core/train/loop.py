@@ -118,7 +118,9 @@ def pretrain(
     the processes must exist before the run does."""
     resumed = load_checkpoint(resume_from) if resume_from else None
     if resumed:
-        config = build_config(resumed["config"]["method"], resumed["config"])
+        # The checkpoint's run on this call's processes: a run resumes on another world size
+        # (the global batch, the data order and the weights do not depend on it).
+        config = build_config(resumed["config"]["method"], {**resumed["config"], "nproc": config.nproc})
     config.validate()
     joined = distributed.init_from_env(resolve_device(config.device).type)
     try:

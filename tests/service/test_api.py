@@ -120,7 +120,12 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"seed": 10**30}}, ["body", "config", "seed"], "seed must be in [0, 4294967295]"),
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
-        ({**PRETRAIN, "config": {**TINY, "nproc": 2}}, ["body", "config", "nproc"], "cssl pretrain --nproc"),
+        ({**PRETRAIN, "config": {**TINY, "batch_size": 36, "nproc": 9}}, ["body", "config", "nproc"], "at most 8"),
+        (
+            {**PRETRAIN, "method": "cmc", "config": {**TINY, "nproc": 2}},
+            ["body", "config", "nproc"],
+            "nproc must be 1 for cmc, which runs on one process only; the methods that run on several are: ",
+        ),
         # The evaluation set's path is checked against the data roots like the data's: never through config.
         ({**PRETRAIN, "config": {"eval_data": "/etc"}}, ["body", "config", "eval_data"], "dataset"),
         (
