@@ -21,6 +21,7 @@ import socket
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -176,10 +177,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of a run on several hosts meet: torch's c10d rendezvous, served by the
+    first node at ``endpoint`` (host:port), under ``run_id``. ``first``: this is that node, whose
+    rank 0 is the run's rank 0. ``address``: this node's own address, the one the others reach it
+    by. ``timeout``: seconds to wait for all ``nodes`` to come."""
+
+    nodes: int
+    endpoint: str
+    run_id: str
+    first: bool
+    address: str
+    timeout: float
 
 
 class LaunchFailed(CsslError):
@@ -205,27 +221,44 @@ _COLLECTIVE_FAILURES = (
 )
 
 
-def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
+def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any, rendezvous: Rendezvous | None = None) -> Any:
     """Run ``entrypoint(*args)`` on ``nproc`` local processes with torch's elastic launcher (the
     machinery of ``torchrun``), which sets each one's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
-    and MASTER_PORT; return rank 0's result. A rank that raises or dies ends them all (the agent
-    watches them every 0.1 s), and its error becomes a :class:`LaunchFailed` naming the rank."""
+    and MASTER_PORT; return this node's lowest rank's result (rank 0's on the first node). A rank
+    that raises or dies ends them all (the agent watches them every 0.1 s), and its error becomes
+    a :class:`LaunchFailed` naming the rank.
+
+    With a ``rendezvous`` the run spans ``rendezvous.nodes`` hosts of ``nproc`` processes each, as
+    ``torchrun --nnodes`` does: each host calls this, and the launcher starts the processes once
+    all of them have met (or raises :class:`LaunchFailed` when they do not within its timeout)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # As torchrun does: the cores shared out, not every process using all of them.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if rendezvous is None:
+        nodes, run_id, backend, endpoint = 1, f"cssl-{uuid.uuid4().hex[:8]}", "static", f"127.0.0.1:{free_port()}"
+        rdzv_configs: dict[str, Any] = {"rank": 0}
+        local_addr = None
+    else:
+        nodes, run_id, backend, endpoint = rendezvous.nodes, rendezvous.run_id, "c10d", rendezvous.endpoint
+        rdzv_configs = {"join_timeout": rendezvous.timeout, "is_host": rendezvous.first}
+        local_addr = rendezvous.address
+        args = (rendezvous.first, entrypoint, *args)
+        entrypoint = _first_node_first
     config = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
+        min_nodes=nodes,
+        max_nodes=nodes,
         nproc_per_node=nproc,
-        run_id=f"cssl-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="static",
-        rdzv_endpoint=f"127.0.0.1:{free_port()}",
-        rdzv_configs={"rank": 0},
+        run_id=run_id,
+        rdzv_backend=backend,
+        rdzv_endpoint=endpoint,
+        rdzv_configs=rdzv_configs,
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
+        local_addr=local_addr,
     )
     try:
         results = elastic_launch(config, entrypoint)(*args)
@@ -237,7 +270,36 @@ def launch(nproc: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
         )
         lines = [f"rank {r}: {message}" for r, message in messages]
         raise LaunchFailed(f"a process of the run failed ({'; '.join(lines)})", lost) from None
-    return results[0]
+    except RendezvousError as exc:
+        # A node that did not come (or the first node gone): trying again may find them all.
+        assert rendezvous is not None
+        text = str(exc).strip()
+        reason = type(exc).__name__ + (f": {text.splitlines()[0]}" if text and text != type(exc).__name__ else "")
+        raise LaunchFailed(
+            f"the {rendezvous.nodes} nodes of the run did not all meet at {rendezvous.endpoint} within "
+            f"{rendezvous.timeout:g} s ({reason})",
+            lost=True,
+        ) from None
+    return results[min(results)]
+
+
+def _first_node_first(first: bool, entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """One process of a run on several nodes. c10d's rendezvous numbers the nodes in the order of
+    their addresses, whichever served it; the run's first node must hold ranks 0..nproc-1 (its rank
+    0 reports and writes the checkpoints), so every process shifts its RANK by that node's number,
+    which the first node's local rank 0 posts in the launcher's store."""
+    per_node, world = int(os.environ["LOCAL_WORLD_SIZE"]), env_world_size()
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=collective_timeout()
+    )
+    key = f"cssl/first_node/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    if first and local_rank() == 0:
+        store.set(key, os.environ["GROUP_RANK"])
+    first_group = int(store.get(key))
+    os.environ["RANK"] = str((env_rank() - first_group * per_node) % world)
+    os.environ["GROUP_RANK"] = str((int(os.environ["GROUP_RANK"]) - first_group) % (world // per_node))
+    del store
+    return entrypoint(*args)
 
 
 def _failure_message(failure: Any) -> str:

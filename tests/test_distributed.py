@@ -5,6 +5,8 @@ one process at batch 64 from the same seed; the first 3 steps' losses agree to 1
 the weights after 4 steps to float tolerance. Every other method refuses nproc > 1.
 """
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,38 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one(tmp_path, one_process):
             moved = (ref_weights[key] - initial[key]).norm().item()
             off = (value - ref_weights[key]).norm().item()
             assert off <= WEIGHT_RTOL * moved + 1e-6, f"{key}: off by {off:.2e}, moved {moved:.2e}"
+
+
+def _place():
+    """(RANK, GROUP_RANK, every rank's RANK in rank order) in a run of 2 nodes."""
+    distributed.init_from_env("cpu")
+    ranks = distributed.gather_no_grad(torch.tensor([float(distributed.rank())])).tolist()
+    return distributed.rank(), int(os.environ["GROUP_RANK"]), ranks
+
+
+def test_two_nodes_meet_and_the_first_node_holds_rank_0():
+    # Two hosts on loopback, each its own launcher. c10d's rendezvous orders nodes by address, so
+    # the first node, at 127.0.0.2, would be node 1; it must hold rank 0 all the same (its rank 0
+    # is the one that reports).
+    endpoint = f"127.0.0.2:{distributed.free_port('127.0.0.2')}"
+    places = {}
+
+    def node(first: bool, address: str) -> None:
+        meet = distributed.Rendezvous(2, endpoint, "two-nodes", first, address, timeout=60)
+        places[first] = distributed.launch(1, _place, rendezvous=meet)
+
+    other = threading.Thread(target=node, args=(False, "127.0.0.1"))
+    other.start()
+    node(True, "127.0.0.2")
+    other.join()
+    assert places == {True: (0, 0, [0.0, 1.0]), False: (1, 1, [0.0, 1.0])}
+
+
+def test_a_node_that_does_not_come_fails_the_launch_as_lost():
+    endpoint = f"127.0.0.1:{distributed.free_port()}"
+    alone = distributed.Rendezvous(2, endpoint, "one-of-two", True, "127.0.0.1", timeout=3)
+    with pytest.raises(
+        distributed.LaunchFailed, match=f"the 2 nodes of the run did not all meet at {endpoint} within 3 s"
+    ) as failed:
+        distributed.launch(1, _place, rendezvous=alone)
+    assert failed.value.lost
