@@ -301,6 +301,7 @@ def claim_job(session: Session, job_id: str, worker: str, max_running: int = 0) 
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
             error=None,
+            rendezvous=None,  # the last attempt's nodes met there
             # Where this attempt starts, until the runner says otherwise (an older checkpoint,
             # if the newest does not load): progress is a checkpoint past it.
             resumed_from_step=_newest_checkpoint_step(),
@@ -335,6 +336,28 @@ def _newest_checkpoint_step():
         .where(Checkpoint.job_id == Job.id)
         .correlate(Job)
         .scalar_subquery()
+    )
+
+
+def record_rendezvous(session: Session, job_id: str, attempt: int, rendezvous: dict[str, Any]) -> bool:
+    """Where the other nodes of this attempt meet its first node (the claiming worker); False
+    when the job is no longer this attempt's."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.attempt == attempt)
+        .values(rendezvous=rendezvous)
+        .returning(Job.id)
+    ).first()
+    return row is not None
+
+
+def joinable(session: Session, job_id: str, attempt: int) -> Job | None:
+    """The job, when ``attempt`` runs now and its first node has said where to meet; else None (a
+    join message of an attempt that has ended)."""
+    return session.scalar(
+        select(Job).where(
+            Job.id == job_id, Job.status == "running", Job.attempt == attempt, Job.rendezvous.is_not(None)
+        )
     )
 
 

@@ -132,6 +132,10 @@ class Job(Base):
     # What the job asked for (device, devices, nodes, memory_gib, pool; ``dispatch.routing``),
     # which picks its queue; null: the default queue, which any default worker takes.
     resources: Mapped[dict[str, Any] | None]
+    # Where the running attempt's nodes meet, for a job on several nodes: its first node's c10d
+    # rendezvous endpoint ("host:port"), the number of nodes, and the checkpoint every node resumes
+    # from (``store.jobs.record_rendezvous``); cleared by each claim.
+    rendezvous: Mapped[dict[str, Any] | None]
     tag_rows: Mapped[list[JobTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="JobTag.key"
     )

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     worker_memory_gib: float = Field(
         0, ge=0, description="host memory a worker offers its jobs, GiB; 0: not stated (`cssl worker --memory-gib`)"
     )
+    node_address: str = Field(
+        "",
+        description="the address other hosts reach this worker at, where a job on several nodes meets "
+        "(torch's c10d rendezvous); empty: the address of the host's default route",
+    )
+    rendezvous_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds the nodes of a job on several nodes wait for each other; past it the attempt "
+        "is given back to the queue like a lost worker's",
+    )
+    max_nodes: int = Field(
+        8, ge=1, le=1024, description="the most nodes (resources.nodes, workers at once) one job runs on"
+    )
     heartbeat_timeout: float = Field(
         60.0, gt=0, description="seconds: a running job whose worker is silent this long is re-queued"
     )
