@@ -10,6 +10,8 @@ from kombu import Queue
 from store.settings import Settings
 
 RUN_JOB = "cssl.run_job"
+# A job on several nodes: "run your ranks as node k of this attempt" (``worker.runner.join_job``).
+JOIN_JOB = "cssl.join_job"
 # API priorities run 0 (lowest) to 9 (highest); Redis serves its priority 0 first.
 MAX_PRIORITY = 9
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from dispatch.broker import MAX_PRIORITY, RUN_JOB
+from dispatch.broker import JOIN_JOB, MAX_PRIORITY, RUN_JOB
 from dispatch.routing import Resources, job_queue
 from store import jobs
 from store.db import session_scope
@@ -31,6 +31,16 @@ def publish(
         priority=MAX_PRIORITY - priority,
         retry=False,
     )
+
+
+def publish_joins(app: Celery, settings: Settings, job_id: str, attempt: int, resources: dict[str, Any]) -> None:
+    """Ask ``nodes - 1`` more workers to join the attempt, on the job's queue at the highest
+    priority: a job on several nodes starts only when all of them are there. Raises when the
+    broker cannot be reached."""
+    stored = Resources.from_stored(resources)
+    assert stored is not None
+    for node in range(1, stored.nodes):
+        app.send_task(JOIN_JOB, args=[job_id, attempt, node], queue=job_queue(settings.queue, stored), priority=0)
 
 
 class Publisher:

@@ -15,6 +15,12 @@ the other ranks and :class:`~cssl_core.distributed.LaunchFailed` says the rank w
 runner then gives the job back as it would after a worker loss. Each rank writes its pid to
 ``<job folder>/ranks/<rank>.pid`` while it runs, and ends itself when the runner's process is
 gone, so that no rank outlives its worker.
+
+A job on several nodes (``resources.nodes``) runs its ranks on that many workers at once, which
+meet through torch's c10d rendezvous (:class:`cssl_core.distributed.Rendezvous`): the worker
+that claimed the job is the first node, serves the rendezvous and holds rank 0; each of the
+others runs the same ranks with no callbacks of its own (``worker.runner.join_job``). A node
+that dies ends the others' collectives, and with them the attempt.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import multiprocessing
 import os
 import queue
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -47,10 +54,24 @@ class RankRun:
     eval_data: Path | None
     max_decoded_bytes: int | None
     parent_pid: int
+    node: int = 0  # of a job on several nodes: 0 on the worker that claimed it
 
     @property
     def pid_dir(self) -> Path:
-        return self.job_dir / "ranks"
+        return self.job_dir / "ranks" / (f"node-{self.node}" if self.node else "")
+
+
+def node_address(configured: str) -> str:
+    """The address the other nodes reach this worker at: CSSL_NODE_ADDRESS, else the address of
+    the host's default route (no packet is sent), else the one its name resolves to."""
+    if configured.strip():
+        return configured.strip()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+            return probe.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
 
 
 def load_datasets(config, data: Path | None, eval_name: str, eval_data: Path | None):
@@ -74,11 +95,15 @@ def run_ranks(
     should_stop: Callable[[], bool],
     on_checkpoint: Callable[[Any], None],
     on_evaluation: Callable[[Any], None],
+    rendezvous=None,
 ):
     """Train ``run`` on ``config.nproc`` ranks and return rank 0's ``PretrainResult``; the
     callbacks are called here, in this process and thread, in the order rank 0 made them. An
     error of a callback (the database gone for too long, the job given to another attempt)
-    stops the ranks at their next step and is raised once they have ended."""
+    stops the ranks at their next step and is raised once they have ended. With a
+    ``rendezvous`` (a :class:`cssl_core.distributed.Rendezvous`) they are this node's ranks of a
+    run on several; on a node other than the first, no callback is called and the result is
+    that of this node's lowest rank."""
     from cssl_core import distributed
     from cssl_core.config import build_config
 
@@ -90,7 +115,7 @@ def run_ranks(
 
     def launch() -> None:
         try:
-            ended["result"] = distributed.launch(nproc, train_rank, run, reports, replies, stop)
+            ended["result"] = distributed.launch(nproc, train_rank, run, reports, replies, stop, rendezvous=rendezvous)
         except BaseException as exc:  # raised below, in the runner's thread
             ended["error"] = exc
 

@@ -115,6 +115,7 @@ class ClaimedJob:
     resume_from: Path | None
     resume_checkpoint_id: int | None
     resume_is_final: bool
+    resources: dict[str, Any] | None = None  # what the job asked for (``dispatch.routing``)
     # For the tracking sinks' tags.
     owner: str = ""
     name: str | None = None
@@ -584,17 +585,11 @@ def _provenance(job: ClaimedJob, data: Path | None) -> dict[str, Any]:
 def _pretrain(
     settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat
 ) -> Outcome:
-    from cssl_core.config import build_config
-    from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
     from worker.ranks import load_datasets
 
-    run_keys = {k: v for k, v in job.config.items() if k not in PROTOCOL_PARAMS and k != TRACKING_KEY}
-    config = build_config(job.method, run_keys)
-    # The evaluation set (kNN during training, the final evaluations), checked like the data.
-    eval_name, eval_data = config.dataset, data
-    if config.eval_dataset:
-        eval_name, eval_data = config.eval_dataset, _checked_data(settings, config.eval_data)
+    config, run_keys, eval_name, eval_data = _run_plan(settings, job.method, job.config, data)
+    nodes = _nodes(job.resources)
     result: dict[str, Any] | None = None  # None: keep what the training attempt recorded
     if job.resume_is_final:
         log.info("training had finished before the worker was lost; going on with the evaluations")
@@ -607,8 +602,14 @@ def _pretrain(
         def on_checkpoint(info) -> None:
             checkpoint_ids[Path(info.path).resolve()] = recorder.on_checkpoint(info)
 
-        if config.nproc > 1:
+        if config.nproc > 1 or nodes > 1:
             from worker.ranks import RankRun, run_ranks
+
+            rendezvous = None
+            if nodes > 1:
+                rendezvous = _gather_nodes(settings, job, nodes, recorder)
+                if rendezvous is None:
+                    return Outcome.released("could not reach the broker to ask for the job's other nodes")
 
             run = RankRun(
                 method=job.method,
@@ -628,6 +629,7 @@ def _pretrain(
                 should_stop=heartbeat.should_stop,
                 on_checkpoint=on_checkpoint,
                 on_evaluation=recorder.on_evaluation,
+                rendezvous=rendezvous,
             )
         else:
             dataset, eval_dataset = load_datasets(config, data, eval_name, eval_data)
@@ -669,6 +671,136 @@ def _pretrain(
     if heartbeat.should_stop():
         return heartbeat.stopped(result)
     return Outcome.succeeded(result)
+
+
+def _run_plan(
+    settings: Settings, method: str, stored: dict[str, Any], data: Path | None
+) -> tuple[Any, dict[str, Any], str, Path | None]:
+    """(config, the run's keys, the evaluation set's name and checked path) of a pretraining job."""
+    from cssl_core.config import build_config
+    from cssl_core.evaluation import PROTOCOL_PARAMS
+
+    run_keys = {k: v for k, v in stored.items() if k not in PROTOCOL_PARAMS and k != TRACKING_KEY}
+    config = build_config(method, run_keys)
+    # The evaluation set (kNN during training, the final evaluations), checked like the data.
+    eval_name, eval_data = config.dataset, data
+    if config.eval_dataset:
+        eval_name, eval_data = config.eval_dataset, _checked_data(settings, config.eval_data)
+    return config, run_keys, eval_name, eval_data
+
+
+def _nodes(resources: dict[str, Any] | None) -> int:
+    return int((resources or {}).get("nodes") or 1)
+
+
+def _gather_nodes(settings: Settings, job: ClaimedJob, nodes: int, recorder: Recorder):
+    """This worker is the first node of a job on several: it notes on the job where the others
+    meet it (its address, a free port) and which checkpoint they all resume from, then asks for
+    them with ``nodes - 1`` join messages. Their ranks start when all have come, within
+    CSSL_RENDEZVOUS_TIMEOUT. None when the broker cannot be reached."""
+    from cssl_core.distributed import Rendezvous, free_port
+    from dispatch.publisher import publish_joins
+    from worker.app import app
+    from worker.ranks import node_address
+
+    address = node_address(settings.node_address)
+    endpoint = f"{address}:{free_port(address)}"
+    meeting = {
+        "endpoint": endpoint,
+        "nodes": nodes,
+        "resume_from": recorder.relative(job.resume_from) if job.resume_from else None,
+    }
+    if not transaction(
+        settings.database_url,
+        lambda s: jobs.record_rendezvous(s, job.id, job.attempt, meeting),
+        what=f"recording where the nodes of job {job.id} meet",
+        within=settings.database_retry_window,
+    ):
+        raise LeaseLost(job.id)
+    try:
+        publish_joins(app, settings, job.id, job.attempt, job.resources or {})
+    except Exception as exc:  # any broker error
+        log.warning("could not ask for the other nodes of job %s (%s)", job.id, _reason(exc))
+        return None
+    log.info(
+        "job %s waits for %d more nodes at %s (at most %g s)", job.id, nodes - 1, endpoint, settings.rendezvous_timeout
+    )
+    return Rendezvous(nodes, endpoint, f"{job.id}-{job.attempt}", True, address, settings.rendezvous_timeout)
+
+
+def join_job(settings: Settings, job_id: str, attempt: int, node: int, worker_name: str) -> str | None:
+    """Run node ``node`` of ``attempt`` of a job on several nodes: this worker's ranks, met with
+    the first node's at the rendezvous it noted on the job. Nothing is recorded here: the first
+    node's rank 0 reports for the whole run, and a failure here ends the attempt there (its
+    collectives lose their peers), which gives the job back. Returns how this node's part ended,
+    or None when the attempt is no longer running (a late message)."""
+    from cssl_core.distributed import LaunchFailed, Rendezvous
+    from cssl_core.errors import CsslError
+    from worker.ranks import RankRun, node_address, run_ranks
+
+    def read(session: Session) -> tuple[str, dict[str, Any], str | None, dict[str, Any]] | None:
+        job = jobs.joinable(session, job_id, attempt)
+        return None if job is None else (job.method, dict(job.config), job.dataset_path, dict(job.rendezvous))
+
+    found = transaction(
+        settings.database_url,
+        read,
+        what=f"reading where the nodes of job {job_id} meet",
+        within=settings.database_retry_window,
+    )
+    if found is None:
+        log.info("attempt %d of job %s is not running; not joining it as node %d", attempt, job_id, node)
+        return None
+    method, stored, dataset_path, meeting = found
+    os.environ["CSSL_CACHE_DIR"] = str(settings.cache_dir)
+    with job_context(job_id, attempt, worker_name):
+        log.info("job %s attempt %d: joining as node %d at %s", job_id, attempt, node, meeting["endpoint"])
+        try:
+            data = _checked_data(settings, dataset_path)
+            _, run_keys, eval_name, eval_data = _run_plan(settings, method, stored, data)
+            resume = meeting.get("resume_from")
+            run = RankRun(
+                method=method,
+                config=run_keys,
+                job_dir=settings.artifacts.folder / "jobs" / job_id,
+                resume_from=settings.artifacts.fetch(resume) if resume else None,
+                progress_every=settings.progress_every,
+                data=data,
+                eval_name=eval_name,
+                eval_data=eval_data,
+                max_decoded_bytes=settings.max_decoded_bytes,
+                parent_pid=os.getpid(),
+                node=node,
+            )
+            address = node_address(settings.node_address)
+            rendezvous = Rendezvous(
+                meeting["nodes"],
+                meeting["endpoint"],
+                f"{job_id}-{attempt}",
+                False,
+                address,
+                settings.rendezvous_timeout,
+            )
+            run_ranks(
+                run,
+                on_progress=_ignore,
+                should_stop=lambda: False,  # rank 0, on the first node, decides for all
+                on_checkpoint=_ignore,
+                on_evaluation=_ignore,
+                rendezvous=rendezvous,
+            )
+        except (LaunchFailed, CsslError) as exc:
+            log.warning("node %d of job %s attempt %d ended: %s", node, job_id, attempt, exc)
+            return "failed"
+        except Exception:
+            internal_log.exception("node %d of job %s attempt %d failed", node, job_id, attempt)
+            return "failed"
+    log.info("node %d of job %s attempt %d finished", node, job_id, attempt)
+    return "finished"
+
+
+def _ignore(_) -> None:
+    pass
 
 
 def _evaluate_only(job: ClaimedJob, data: Path | None, recorder: Recorder, heartbeat: Heartbeat) -> Outcome:
@@ -740,6 +872,7 @@ def _claim(
             resume_from=None,
             resume_checkpoint_id=None,
             resume_is_final=False,
+            resources=dict(job.resources) if job.resources else None,
             owner=job.owner,
             name=job.name,
             tags={tag.key: tag.value for tag in session.scalars(select(JobTag).where(JobTag.job_id == job.id))},

@@ -12,7 +12,7 @@ from billiard.process import active_children
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from dispatch.broker import RUN_JOB
+from dispatch.broker import JOIN_JOB, RUN_JOB
 from dispatch.publisher import Publisher
 from dispatch.sweeper import sweep
 from store.db import DatabaseUnavailable
@@ -35,6 +35,18 @@ def run_job(job_id: str) -> str | None:
     except DatabaseUnavailable as exc:  # the claim could not be written: the job is still queued
         log.warning("%s; the message goes back to the queue", exc)
         raise Reject(str(exc), requeue=True) from exc
+
+
+@app.task(name=JOIN_JOB, acks_late=False)
+def join_job(job_id: str, attempt: int, node: int) -> str | None:
+    """Node ``node`` of a job on several nodes. Acknowledged on receipt: a node lost with its
+    worker ends the attempt, whose next one asks for its nodes again."""
+    worker_name = join_job.request.hostname or socket.gethostname()
+    try:
+        return runner.join_job(get_settings(), job_id, attempt, node, worker_name)
+    except DatabaseUnavailable as exc:  # the first node waits for this one in vain, then gives the job back
+        log.warning("%s; not joining job %s", exc, job_id)
+        return None
 
 
 @worker_ready.connect
