@@ -217,7 +217,13 @@ class ResourcesSpec(BaseModel):
     devices: int | None = Field(
         None, ge=1, le=MAX_DEVICES, description="GPUs (or CPU processes) per node; default: config.nproc"
     )
-    nodes: int = Field(1, ge=1, description="Nodes; a job runs on one node for now")
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Workers (hosts) the job runs on at once, each with its config.nproc processes; more than 1 "
+        "for the methods that run on several processes, at most CSSL_MAX_NODES",
+    )
     memory_gib: float | None = Field(
         None, gt=0, le=1_000_000, description="Host memory the job needs, GiB; a worker that offers less does not fit"
     )

@@ -15,7 +15,7 @@ from cssl_core.config import build_config, common_field_names, did_you_mean
 from cssl_core.data import dataset_has_labels, describe_datasets, locate_dataset
 from cssl_core.errors import ConfigError, DataError
 from cssl_core.evaluation import protocol_names, protocol_params
-from cssl_core.methods import get_method
+from cssl_core.methods import get_method, method_names
 from dispatch.routing import Resources
 from store import data_roots, datasets, jobs, records, webhooks
 from store.jobs import NewJob
@@ -124,7 +124,7 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
                 )
             ]
         )
-    resources = _resources(body, config.device, config.nproc)
+    resources = _resources(body, settings, config.device, config.nproc, config)
     return NewJob(
         kind="pretrain",
         method=method.name,
@@ -140,9 +140,10 @@ def _pretrain(session: Session, owner: str, settings: Settings, body: JobCreate,
     )
 
 
-def _resources(body: JobCreate, device: str, nproc: int) -> dict | None:
+def _resources(body: JobCreate, settings: Settings, device: str, nproc: int, config=None) -> dict | None:
     """What the job asks of a worker, as its row stores it (``dispatch.routing``), or None for
-    the default queue; ``device`` and ``nproc`` are the run's config values."""
+    the default queue; ``device`` and ``nproc`` are the run's config values, ``config`` the
+    pretraining run's (None: an evaluation)."""
     spec = body.resources
     if spec is None:
         return None
@@ -171,14 +172,38 @@ def _resources(body: JobCreate, device: str, nproc: int) -> dict | None:
             )
         )
     if spec.nodes > 1:
-        errors.append(
-            field_error(
-                ["body", "resources", "nodes"], "a job runs on one node for now; leave nodes out or set it to 1"
-            )
-        )
+        errors.extend(_nodes_errors(spec.nodes, settings, nproc, config))
     if errors:
         raise invalid(errors)
     return Resources(wanted, devices, spec.nodes, spec.memory_gib, spec.pool).stored()
+
+
+def _nodes_errors(nodes: int, settings: Settings, nproc: int, config) -> list:
+    """Why a job cannot run on ``nodes`` workers at once, if it cannot."""
+    loc = ["body", "resources", "nodes"]
+    if nodes > settings.max_nodes:
+        return [field_error(loc, f"nodes must be at most {settings.max_nodes} (CSSL_MAX_NODES), got {nodes}")]
+    if config is None:
+        return [field_error(loc, "an evaluation runs on one node; leave nodes out or set it to 1")]
+    if not get_method(config.method).distributed:
+        able = [name for name in method_names() if get_method(name).distributed]
+        return [
+            field_error(
+                loc,
+                f"{config.method} runs on one process only, so on one node; leave nodes out or set it to 1 "
+                f"(the methods that run on several are: {', '.join(able) or 'none yet'})",
+            )
+        ]
+    processes = nodes * nproc
+    if config.batch_size % processes:
+        return [
+            field_error(
+                loc,
+                f"batch_size {config.batch_size} (the global batch) does not split evenly over {nodes} nodes of "
+                f"{nproc} process{'es' if nproc > 1 else ''}; use a multiple of {processes}",
+            )
+        ]
+    return []
 
 
 def _tracking(body: JobCreate, settings: Settings, errors: list) -> dict[str, dict]:
@@ -389,5 +414,5 @@ def _eval(session: Session, owner: str, settings: Settings, body: JobCreate, pro
         name=body.name,
         tags=body.tags,
         webhooks=tuple(body.webhooks),
-        resources=_resources(body, str(body.config.get("device", "auto")), 1),
+        resources=_resources(body, settings, str(body.config.get("device", "auto")), 1),
     )

@@ -126,25 +126,35 @@ def fits(offer: Offer, resources: Resources | None) -> bool:
 
 
 def describe(resources: Resources | None) -> str:
-    """``a worker with 4 GPUs in pool a100 and 80 GiB of memory``."""
+    """``a worker with 4 GPUs in pool a100 and 80 GiB of memory``; for a job on several nodes,
+    ``2 workers with ...``."""
     if resources is None:
         return "a worker that takes jobs without resources (started without --queues, or with default among them)"
+    workers = "a worker" if resources.nodes == 1 else f"{resources.nodes} workers"
     if resources.device == "gpu":
-        text = f"a worker with {resources.devices} GPU{'s' if resources.devices > 1 else ''}"
+        text = f"{workers} with {resources.devices} GPU{'s' if resources.devices > 1 else ''}"
     else:
-        text = "a CPU worker"
+        text = "a CPU worker" if resources.nodes == 1 else f"{resources.nodes} CPU workers"
     if resources.pool:
         text += f" in pool {resources.pool}"
     if resources.memory_gib:
-        text += f" {'with' if text == 'a CPU worker' else 'and'} {resources.memory_gib:g} GiB of memory"
+        text += f" {'and' if ' with ' in text else 'with'} {resources.memory_gib:g} GiB of memory"
     return text
 
 
 def waiting_reason(resources: Resources | None, live: Iterable[Offer]) -> str | None:
-    """Why a queued job cannot start: no live worker fits it. None when one does (the job waits
-    its turn, or a worker is about to take it)."""
+    """Why a queued job cannot start: fewer live workers fit it than it needs at once (its
+    ``nodes``, else one). None when enough do (the job waits its turn, or workers are about to
+    take it)."""
     live = list(live)
-    if any(fits(offer, resources) for offer in live):
+    needed = resources.nodes if resources is not None else 1
+    fitting = sum(fits(offer, resources) for offer in live)
+    if fitting >= needed:
         return None
-    running = f"none of the {len(live)} running workers fits" if live else "no worker is running"
+    if not live:
+        running = "no worker is running"
+    elif fitting:
+        running = f"{fitting} of the {len(live)} running workers fit{'s' if fitting == 1 else ''}"
+    else:
+        running = f"none of the {len(live)} running workers fits"
     return f"waiting for {describe(resources)}; {running}"

@@ -170,7 +170,17 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "resources": {"device": "tpu"}}, ["body", "resources", "device"], "'cpu' or 'gpu'"),
         ({**PRETRAIN, "resources": {"devices": 0}}, ["body", "resources", "devices"], "greater than or equal to 1"),
         ({**PRETRAIN, "resources": {"pool": "A100!"}}, ["body", "resources", "pool"], "lower-case letters"),
-        ({**PRETRAIN, "resources": {"nodes": 2}}, ["body", "resources", "nodes"], "one node for now"),
+        ({**PRETRAIN, "resources": {"nodes": 9}}, ["body", "resources", "nodes"], "at most 8 (CSSL_MAX_NODES)"),
+        (
+            {**PRETRAIN, "method": "cpc", "resources": {"nodes": 2}},
+            ["body", "resources", "nodes"],
+            "cpc runs on one process only, so on one node",
+        ),
+        (
+            {**PRETRAIN, "config": {**TINY, "nproc": 2}, "resources": {"device": "cpu", "nodes": 3}},
+            ["body", "resources", "nodes"],
+            "batch_size 32 (the global batch) does not split evenly over 3 nodes of 2 processes; use a multiple of 6",
+        ),
         ({**PRETRAIN, "resources": {"memory_gib": -1}}, ["body", "resources", "memory_gib"], "greater than 0"),
         (
             {**PRETRAIN, "config": {**PRETRAIN["config"], "device": "cuda"}, "resources": {"device": "cpu"}},
@@ -473,3 +483,19 @@ def test_resources_are_stored_with_their_defaults_and_a_job_without_stays_as_it_
     assert plain["resources"] is None and plain["waiting_reason"] is None  # not computed on submission
     # No worker of the test session takes pool a100 jobs.
     assert "in pool a100 and 40 GiB" in client.get(f"/v1/jobs/{gpu['id']}", headers=alice).json()["waiting_reason"]
+
+
+def test_a_job_on_several_nodes_is_accepted_and_waits_for_as_many_workers(client, alice):
+    from dispatch.routing import Offer, Resources, waiting_reason
+
+    body = {**PRETRAIN, "config": {**TINY, "device": "cpu"}, "resources": {"nodes": 2, "pool": "nowhere"}}
+    job = submit(client, alice, body).json()
+    assert job["resources"] == {"device": "cpu", "devices": 1, "nodes": 2, "memory_gib": None, "pool": "nowhere"}
+    seen = client.get(f"/v1/jobs/{job['id']}", headers=alice).json()["waiting_reason"]
+    assert seen.startswith("waiting for 2 CPU workers in pool nowhere; "), seen
+    # One worker that fits is not enough for a job on two nodes; two are.
+    two = Resources("cpu", nodes=2)
+    cpu, gpu = Offer(("cpu",)), Offer(("gpu",), ("0",))
+    assert waiting_reason(two, [cpu, gpu]) == "waiting for 2 CPU workers; 1 of the 2 running workers fits"
+    assert waiting_reason(two, [cpu, cpu, gpu]) is None
+    assert waiting_reason(Resources("gpu", 2, nodes=3), []) == "waiting for 3 workers with 2 GPUs; no worker is running"
