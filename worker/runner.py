@@ -568,7 +568,7 @@ def _pretrain(
     settings: Settings, job: ClaimedJob, data: Path | None, job_dir: Path, recorder: Recorder, heartbeat: Heartbeat
 ) -> Outcome:
     from cssl_core.config import build_config
-    from cssl_core.data import dataset_image_size, load_dataset
+    from cssl_core.data import FileIndex, dataset_image_size, load_eval_dataset, open_dataset
     from cssl_core.evaluation import PROTOCOL_PARAMS
     from cssl_core.train import pretrain
 
@@ -590,6 +590,9 @@ def _pretrain(
         def on_checkpoint(info) -> None:
             checkpoint_ids[Path(info.path).resolve()] = recorder.on_checkpoint(info)
 
+        dataset = None  # from the path checked above, not from the config (a resumed one holds an older path)
+        if data is not None:
+            dataset = open_dataset(config.dataset, data, data_mode=config.data_mode, image_size=config.image_size)
         outcome = pretrain(
             config,
             job_dir,
@@ -599,10 +602,14 @@ def _pretrain(
             on_evaluation=recorder.on_evaluation,
             resume_from=job.resume_from,
             progress_every=settings.progress_every,
-            # From the path checked above, not from the config (a resumed one holds an older path).
-            dataset=load_dataset(config.dataset, data, image_size=config.image_size) if data is not None else None,
+            dataset=dataset,
             eval_dataset=(
-                load_dataset(eval_name, eval_data, image_size=dataset_image_size(config.dataset, config.image_size))
+                load_eval_dataset(
+                    eval_name,
+                    eval_data,
+                    image_size=dataset_image_size(config.dataset, config.image_size),
+                    streamed=isinstance(dataset, FileIndex),
+                )
                 if config.eval_dataset and eval_data is not None and config.knn_every
                 else None
             ),
