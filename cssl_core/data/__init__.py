@@ -337,8 +337,11 @@ def load_eval_dataset(
     if located is None or not streamed or (located.is_file() and not imagefolder.is_image_list(located)):
         return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
     index = build_index(located, cache_root)
-    if not index.labelled:
-        return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)  # says what is missing
+    if not index.labelled:  # require_labels says what to name instead
+        empty = ImageSplit(
+            torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        )
+        return ImageDataset(name, [], empty, empty)
     check_decoded_bytes(len(index) + len(index.test_paths), image_size, located)
     workers = default_workers() if workers is None else workers
 

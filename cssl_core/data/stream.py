@@ -18,6 +18,7 @@ Evaluations see images the standard way (:func:`eval_image`): the short side res
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -60,6 +61,13 @@ class FileIndex:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @functools.cached_property
+    def packed_paths(self) -> np.ndarray:
+        """``paths`` as one bytes array: loader processes read it without touching a Python object
+        per file, so the pages that fork shared with them stay shared (a list of 1.28 M strings
+        would be copied into each, as reading a string updates its reference count)."""
+        return np.array([p.encode() for p in self.paths])
 
     @property
     def labelled(self) -> bool:
@@ -211,7 +219,7 @@ class StreamBatches(torch.utils.data.Dataset):
         epoch: int,
         rows: slice,
     ):
-        self.root, self.paths = index.root, index.paths
+        self.root, self.paths = index.root, index.packed_paths
         self.order, self.batch_size, self.specs = order, batch_size, tuple(specs)
         self.seed, self.epoch, self.rows = seed, epoch, rows
 
@@ -221,7 +229,7 @@ class StreamBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         indices = self.order[k * self.batch_size : (k + 1) * self.batch_size]
         mine = range(self.batch_size)[self.rows]
-        images = [read_image(self.root / self.paths[i]) for i in indices[self.rows].tolist()]
+        images = [read_image(self.root / self.paths[i].decode()) for i in indices[self.rows].tolist()]
         # The draws do not depend on the sizes: other ranks' rows get a stand-in size of 1 x 1.
         sizes = torch.ones(self.batch_size, 2, dtype=torch.float64)
         sizes[self.rows] = torch.tensor([image.shape[-2:] for image in images], dtype=torch.float64)

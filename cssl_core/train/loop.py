@@ -210,7 +210,7 @@ class Trainer:
         if config.knn_every and (eval_dataset is not None or config.eval_dataset or self.stream is not None):
             self.eval_data = eval_dataset or load_eval_dataset(
                 config.eval_dataset or config.dataset,
-                config.eval_data if config.eval_dataset else config.data,
+                config.eval_data if config.eval_dataset else self.stream.root,  # the folder streamed from
                 image_size=self.image_size,
                 streamed=self.stream is not None,
                 workers=self.workers,
