@@ -19,6 +19,7 @@ PRETRAIN_OPTIONS = {
     "--batch-size": "batch_size",
     "--subset": "subset",
     "--image-size": "image_size",
+    "--data-mode": "data_mode",
     "--eval-dataset": "eval_dataset",
     "--eval-data": "eval_data",
     "--seed": "seed",

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from cssl_core.augment import preset_names
 from cssl_core.backbones import NORMS, vit_names
-from cssl_core.data import dataset_image_size
+from cssl_core.data import check_data_mode, dataset_image_size
 from cssl_core.errors import ConfigError, did_you_mean
 from cssl_core.registry import METHODS
 from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
@@ -202,6 +202,15 @@ class PretrainConfig:
         ge=8,
         le=1024,
     )
+    data_mode: str = option(
+        "auto",
+        "memory: decode the data set once into memory; stream: read an image folder from disk each epoch, "
+        "cropping at the images' own resolution (for folders too big for memory); auto: stream an image "
+        "folder whose decoded images would exceed the memory limit",
+    )
+    data_workers: int | None = option(
+        None, "data-loading processes of a streamed data set; none: one per CPU core less one, at most 8", ge=0, le=64
+    )
     eval_dataset: str | None = option(
         None,
         "the labelled data set of kNN during training and the final evaluations, brought to the training "
@@ -237,6 +246,7 @@ class PretrainConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        check_data_mode(self.dataset, self.data_mode)
         check_batch_split(self.batch_size, self.nproc)
         self.method_config.validate()
 

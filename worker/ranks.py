@@ -77,11 +77,18 @@ def node_address(configured: str) -> str:
 def load_datasets(config, data: Path | None, eval_name: str, eval_data: Path | None):
     """(dataset, eval_dataset) for ``pretrain``: read from the checked paths, not from the config
     (a resumed job's config may hold an older path); None where the core reads its own."""
-    from cssl_core.data import dataset_image_size, load_dataset
+    from cssl_core.data import FileIndex, dataset_image_size, load_eval_dataset, open_dataset
 
-    dataset = load_dataset(config.dataset, data, image_size=config.image_size) if data is not None else None
+    dataset = None
+    if data is not None:
+        dataset = open_dataset(config.dataset, data, data_mode=config.data_mode, image_size=config.image_size)
     eval_dataset = (
-        load_dataset(eval_name, eval_data, image_size=dataset_image_size(config.dataset, config.image_size))
+        load_eval_dataset(
+            eval_name,
+            eval_data,
+            image_size=dataset_image_size(config.dataset, config.image_size),
+            streamed=isinstance(dataset, FileIndex),
+        )
         if config.eval_dataset and eval_data is not None and config.knn_every
         else None
     )

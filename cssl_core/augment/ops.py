@@ -53,12 +53,14 @@ class CropParams:
 
 def sample_crop_params(
     n: int,
-    image_size: tuple[int, int],
+    image_size: tuple[int, int] | Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator,
 ) -> CropParams:
-    """Random-resized-crop boxes for ``n`` images of size ``image_size = (H, W)``.
+    """Random-resized-crop boxes for ``n`` images of size ``image_size = (H, W)``, or of sizes
+    ``image_size`` (N, 2) (H, W) each: images of different sizes, as a folder's are at full
+    resolution. The draws do not depend on the sizes, only the boxes made of them do.
 
     Vectorised ``RandomResizedCrop.get_params`` (Szegedy et al. 2015, used by SimCLR, arXiv
     2002.05709 App. A.1): up to 10 tries of an area fraction uniform in ``scale`` and a
@@ -66,29 +68,27 @@ def sample_crop_params(
     10 tries all fail gets the centre crop with the aspect ratio clamped to ``ratio``. All
     tries are drawn at once, so the draws do not depend on which try succeeds.
     """
-    height, width = image_size
-    area = height * width
+    sizes = torch.as_tensor(image_size, dtype=torch.float64).reshape(-1, 2).expand(n, 2)
+    height, width = sizes[:, 0], sizes[:, 1]
+    area = (height * width).unsqueeze(1)
     target_area = area * torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*scale, generator=generator)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     aspect = torch.empty(n, CROP_TRIES, dtype=torch.float64).uniform_(*log_ratio, generator=generator).exp_()
     w = torch.round(torch.sqrt(target_area * aspect))
     h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= width.unsqueeze(1)) & (h > 0) & (h <= height.unsqueeze(1))
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
     w = w.gather(1, first).squeeze(1)
     h = h.gather(1, first).squeeze(1)
 
     # torchvision's fallback: the largest centred box whose aspect ratio lies in ``ratio``.
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = round(height * max(ratio)), height
-    else:
-        fallback_w, fallback_h = width, height
+    too_tall, too_wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fallback_w = torch.where(too_wide, torch.round(height * max(ratio)), width)
+    fallback_h = torch.where(too_tall, torch.round(width / min(ratio)), height)
     failed = ~fits.any(dim=1)
-    w = torch.where(failed, float(fallback_w), w)
-    h = torch.where(failed, float(fallback_h), h)
+    w = torch.where(failed, fallback_w, w)
+    h = torch.where(failed, fallback_h, h)
 
     # Offsets uniform over whole pixels in [0, H - h] and [0, W - w], like ``torch.randint``.
     offsets = torch.rand(n, 2, generator=generator, dtype=torch.float64)
@@ -148,6 +148,19 @@ def resized_crop(images: Tensor, crop: CropParams, size: int, flip: Tensor | Non
     # "border" clamps the half-pixel overshoot at a box on the image's edge, as resizing the
     # cropped image would; inside the image the sampler may read the neighbouring pixel.
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def crop_resize_image(image: Tensor, box: tuple[int, int, int, int], size: int, flip: bool) -> Tensor:
+    """One uint8 image (3, H, W) at its own resolution -> its box ``(top, left, height, width)``
+    resized to uint8 (3, size, size), mirrored if ``flip``: torchvision's ``RandomResizedCrop``
+    on a tensor (crop, then bilinear resize with antialiasing, which matters here: a box of a
+    full-resolution image is often several times the view's side)."""
+    top, left, height, width = box
+    region = image[:, top : top + height, left : left + width].unsqueeze(0).float()
+    view = F.interpolate(region, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if flip:
+        view = view.flip(-1)
+    return view.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def apply_selected(

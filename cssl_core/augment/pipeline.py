@@ -98,14 +98,32 @@ def make_view(
     draws are the whole batch's, and these images get their rows of them: a rank of a run on
     several processes makes its slice of the views one process makes of the whole batch."""
     n = images.shape[0] if share is None else share[0]
+    crop, flip = sample_crop_flip(n, tuple(images.shape[-2:]), spec, generator)
+    if share is not None:
+        crop, flip = _rows(crop, share[1]), flip[share[1]]
+    # The view is a fresh tensor that this function owns, so the ops after the crop work in place.
+    return finish_view(ops.resized_crop(images, crop, spec.size, flip), spec, generator, share)
+
+
+def sample_crop_flip(
+    n: int, image_size: tuple[int, int] | Tensor, spec: ViewSpec, generator: torch.Generator
+) -> tuple[ops.CropParams, Tensor]:
+    """The first stage's draws for ``n`` images of size ``image_size`` ((H, W), or (N, 2) for
+    images of different sizes): crop boxes in input pixels and flips, bool (N,)."""
+    crop = ops.sample_crop_params(n, image_size, spec.crop_scale, spec.crop_ratio, generator)
+    return crop, ops.sample_mask(n, spec.flip_p, generator)
+
+
+def finish_view(
+    view: Tensor, spec: ViewSpec, generator: torch.Generator, share: tuple[int, slice] | None = None
+) -> Tensor:
+    """The stages after crop and flip, on cropped views (N, 3, size, size) in [0, 1], in place:
+    colour jitter, grayscale, blur, RandAugment, solarisation, drawn from ``generator`` in
+    :func:`make_view`'s order. ``share`` as for :func:`make_view`."""
+    n = view.shape[0] if share is None else share[0]
 
     def mine(params):
         return params if share is None else _rows(params, share[1])
-
-    crop = mine(ops.sample_crop_params(n, tuple(images.shape[-2:]), spec.crop_scale, spec.crop_ratio, generator))
-    flip = mine(ops.sample_mask(n, spec.flip_p, generator))
-    # The view is a fresh tensor that this function owns, so the ops below work in place.
-    view = ops.resized_crop(images, crop, spec.size, flip)
 
     def grayscale(x: Tensor) -> Tensor:
         if spec.grayscale_p == 0:
@@ -194,4 +212,15 @@ class ViewGenerator:
             raise ValueError(f"the augmentation generator must be a CPU generator, got {generator.device}")
         unit = ops.to_unit_float(images)
         views = [make_view(unit, spec, generator, share) for spec in self.views]
+        return [ops.normalize(view, self.mean, self.std, inplace=True) for view in views]
+
+    def finish(
+        self, crops: Sequence[Tensor], generator: torch.Generator, share: tuple[int, slice] | None = None
+    ) -> list[Tensor]:
+        """The views of a batch whose crop and flip are done (:func:`sample_crop_flip`, per image
+        at full resolution, e.g. in data-loading processes): ``crops`` holds one uint8 tensor
+        (N, 3, size, size) per view; the other stages draw from ``generator`` as in ``__call__``."""
+        if [tuple(c.shape[-2:]) for c in crops] != [(s, s) for s in self.sizes]:
+            raise ValueError(f"expected one crop per view of sides {self.sizes}, got {[tuple(c.shape) for c in crops]}")
+        views = [finish_view(ops.to_unit_float(c), spec, generator, share) for c, spec in zip(crops, self.views)]
         return [ops.normalize(view, self.mean, self.std, inplace=True) for view in views]

@@ -22,13 +22,17 @@ from pathlib import Path
 import torch
 
 from cssl_core.data import cache, cifar, digits, imagefolder, stl10, synthetic
-from cssl_core.data.budget import check_cached_bytes, decoded_bytes_limit
+from cssl_core.data.budget import check_cached_bytes, check_decoded_bytes, decoded_bytes_limit, memory_limit
+from cssl_core.data.stream import DATA_MODES, FileIndex, build_index, default_workers, eval_images
 from cssl_core.errors import ConfigError, DataError
 
 __all__ = [
+    "DATA_MODES",
+    "FileIndex",
     "ImageDataset",
     "ImageSplit",
     "class_balanced_indices",
+    "check_data_mode",
     "class_balanced_subset",
     "data_fingerprint",
     "dataset_has_labels",
@@ -36,7 +40,9 @@ __all__ = [
     "decoded_bytes_limit",
     "describe_datasets",
     "load_dataset",
+    "load_eval_dataset",
     "locate_dataset",
+    "open_dataset",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,6 +263,94 @@ def load_dataset(
         log.info("decoded %s from %s in %.1f s; caching at %s", name, located, time.perf_counter() - start, entry)
         cache.save(entry, decoded)
     return _to_dataset(name, decoded)
+
+
+def check_data_mode(name: str, data_mode: str) -> None:
+    """:class:`ConfigError` unless ``data_mode`` is one of :data:`DATA_MODES` that data set
+    ``name`` takes: ``stream`` reads image folders only."""
+    if data_mode not in DATA_MODES:
+        raise ConfigError(f"data_mode must be one of {', '.join(DATA_MODES)}, got {data_mode!r}")
+    source = _SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    if data_mode == "stream" and not source.resizable:
+        resizable = ", ".join(s.name for s in _SOURCES.values() if s.resizable)
+        raise ConfigError(
+            f"data_mode stream reads folders of images of any size ({resizable}); {name} is a built-in data "
+            f"set of {source.image_size} px images, small enough to decode: use data_mode memory or auto"
+        )
+
+
+def open_dataset(
+    name: str,
+    path: str | os.PathLike | None = None,
+    *,
+    data_mode: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+) -> ImageDataset | FileIndex:
+    """A pretraining data set: decoded in memory (:func:`load_dataset`) or, for an image folder,
+    its :class:`FileIndex` to stream from (:mod:`cssl_core.data.stream`).
+
+    ``data_mode`` ``memory`` or ``stream`` chooses; ``auto`` streams an image folder whose images
+    at ``image_size`` would take more than :func:`memory_limit` decoded. Built-in data sets of
+    fixed-size images are always in memory; ``stream`` refuses them."""
+    check_data_mode(name, data_mode)
+    source = _SOURCES[name]
+    size = dataset_image_size(name, image_size)
+    if data_mode == "memory" or not source.resizable:
+        return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+    located = _locate(source, path, cache_root, download=False)
+    if data_mode == "auto" and located.is_file() and not imagefolder.is_image_list(located):
+        return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)  # an archive
+    index = build_index(located, cache_root)
+    if data_mode == "auto":
+        need = (len(index) + len(index.test_paths)) * size * size * 3
+        limit, setting = memory_limit()
+        if need <= limit:
+            return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
+        log.info("%s: %s bytes decoded, over %s (%s): streaming", located, f"{need:,}", f"{limit:,}", setting)
+    return index
+
+
+def load_eval_dataset(
+    name: str,
+    path: str | os.PathLike | None = None,
+    *,
+    image_size: int,
+    streamed: bool,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> ImageDataset:
+    """The labelled data set that evaluates a run trained at ``image_size``, in memory.
+
+    For a ``streamed`` run an image folder's images are brought to ``image_size`` the standard
+    way (short side to ``image_size * 256 / 224``, centre crop: :func:`stream.eval_image`),
+    decoded by ``workers`` loader processes and checked against the decoded-bytes limit; an
+    in-memory run's, and built-in data sets, are :func:`load_dataset`'s (cached) images."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
+    located = _locate(source, path, cache_root, download=False) if source.resizable else None
+    if located is None or not streamed or (located.is_file() and not imagefolder.is_image_list(located)):
+        return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
+    index = build_index(located, cache_root)
+    if not index.labelled:  # require_labels says what to name instead
+        empty = ImageSplit(
+            torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        )
+        return ImageDataset(name, [], empty, empty)
+    check_decoded_bytes(len(index) + len(index.test_paths), image_size, located)
+    workers = default_workers() if workers is None else workers
+
+    def split(paths: list[str], labels: torch.Tensor) -> ImageSplit:
+        return ImageSplit(torch.cat(list(eval_images(index.root, paths, image_size, workers))), labels)
+
+    return ImageDataset(
+        name, index.classes, split(index.paths, index.labels), split(index.test_paths, index.test_labels)
+    )
 
 
 def data_fingerprint(

@@ -3,10 +3,14 @@
 Every image is held decoded in memory (``N x 3 x H x W`` bytes), so a large folder or a large
 ``image_size`` could take all of a machine's memory. A process that runs other people's jobs
 sets a limit around its work with :func:`decoded_bytes_limit`; without one nothing is checked.
+The same limit (or, without one, half the machine's memory: :func:`memory_limit`) decides
+whether ``data_mode auto`` streams an image folder rather than decode it
+(:mod:`cssl_core.data.stream`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -26,6 +30,15 @@ def decoded_bytes_limit(limit: int | None, setting: str = "the limit") -> Iterat
         yield
     finally:
         _LIMIT.reset(token)
+
+
+def memory_limit() -> tuple[int, str]:
+    """The decoded bytes a data set may take in memory and where that is set: the limit in
+    effect, else half of this machine's physical memory."""
+    current = _LIMIT.get()
+    if current is not None:
+        return current
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2, "half of this machine's memory"
 
 
 def check_decoded_bytes(num_images: int, image_size: int, where: object) -> None:

@@ -278,6 +278,15 @@ def _is_image(name: str) -> bool:
 def _decode_tree(
     files: list[str], dirs: set[str], read: Callable[[str], bytes], image_size: int, where: str
 ) -> DecodedDataset:
+    classes, items = split_items(files, dirs, where)
+    check_decoded_bytes(sum(map(len, items.values())), image_size, where)
+    splits = {split: _decode_items(items[split], read, image_size, where) for split in SPLITS}
+    return DecodedDataset(classes=classes, train=splits["train"], test=splits["test"])
+
+
+def split_items(files: list[str], dirs: set[str], where: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """The class names of a labelled tree's files and folders, and each split's images as
+    ``(path, label)`` in class order, then name order; a tree out of :data:`LAYOUT` is refused."""
     by_split: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
     for d in dirs:
         parts = d.split("/")
@@ -303,9 +312,7 @@ def _decode_tree(
         split: [(f, label) for label, cls in enumerate(classes) for f in sorted(by_split[split].get(cls, []))]
         for split in SPLITS
     }
-    check_decoded_bytes(sum(map(len, items.values())), image_size, where)
-    splits = {split: _decode_items(items[split], read, image_size, where) for split in SPLITS}
-    return DecodedDataset(classes=classes, train=splits["train"], test=splits["test"])
+    return classes, items
 
 
 def _decode_items(items: list[tuple[str, int]], read: Callable[[str], bytes], size: int, where: str) -> SplitArrays:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cssl_core.data import load_dataset
+from cssl_core.data import load_eval_dataset
 from cssl_core.device import resolve_device
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.attention import AttentionParams, AttentionProtocol
@@ -125,7 +125,8 @@ def evaluate_checkpoint(
         dataset, data = config["eval_dataset"], data or config.get("eval_data")
     name = dataset or config["dataset"]
     path = data if (data or dataset) else config["data"]
-    images = load_dataset(name, path, image_size=state["image_size"])
+    # A streamed run's images are brought to its size the standard way (load_eval_dataset).
+    images = load_eval_dataset(name, path, image_size=state["image_size"], streamed=state.get("streamed", False))
     images.require_labels(f"the {protocol} protocol")
     if images.image_size != state["image_size"]:
         raise ConfigError(

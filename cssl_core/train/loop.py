@@ -29,7 +29,16 @@ from cssl_core import distributed
 from cssl_core.augment import ViewGenerator
 from cssl_core.backbones.global_batch_norm import convert_to_global_batch_norm
 from cssl_core.config import PretrainConfig, build_config, check_batch_split
-from cssl_core.data import ImageDataset, class_balanced_subset, load_dataset
+from cssl_core.data import (
+    FileIndex,
+    ImageDataset,
+    class_balanced_indices,
+    class_balanced_subset,
+    dataset_image_size,
+    load_eval_dataset,
+    open_dataset,
+)
+from cssl_core.data.stream import StreamBatches, default_workers, eval_images, stream_batches
 from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
@@ -43,6 +52,8 @@ from cssl_core.train.schedules import BudgetFit, warmup_cosine, warmup_steps_for
 
 # Keep the whole uint8 training set on the device when it is at most this large.
 _MAX_DEVICE_DATA_BYTES = 2 << 30
+# Images of a streamed data set decoded up front for its channel statistics and the collapse probe.
+STREAM_SAMPLE_IMAGES = 1024
 # Steps between two measurements of the collapse guard (also at every epoch's end).
 COLLAPSE_CHECK_EVERY = 50
 # What stops a run early, as the ranks agree on it (an index into this tuple).
@@ -104,13 +115,14 @@ def pretrain(
     on_evaluation: Callable[[EvalResult], None] | None = None,
     resume_from: str | Path | None = None,
     progress_every: int = 10,
-    dataset: ImageDataset | None = None,
+    dataset: ImageDataset | FileIndex | None = None,
     eval_dataset: ImageDataset | None = None,
 ) -> PretrainResult:
     """Pretrain ``config.method`` and write checkpoints under ``out_dir/checkpoints``.
 
-    ``dataset`` and ``eval_dataset``, when given, are the decoded ``config.dataset`` and
-    ``config.eval_dataset`` (the service checks their paths itself).
+    ``dataset`` and ``eval_dataset``, when given, are :func:`open_dataset`'s ``config.dataset`` (decoded,
+    or the file index of a streamed folder) and the decoded ``config.eval_dataset`` (the service checks
+    their paths itself).
 
     Started by ``torchrun`` or ``cssl pretrain --nproc`` (``WORLD_SIZE`` > 1 in the environment),
     it joins that process group, takes its rank's share of each batch and leaves the group at the
@@ -150,7 +162,7 @@ class Trainer:
         out_dir: Path,
         callbacks: Callbacks,
         progress_every: int,
-        dataset: ImageDataset | None,
+        dataset: ImageDataset | FileIndex | None,
         eval_dataset: ImageDataset | None = None,
     ):
         self.config, self.out_dir, self.callbacks, self.progress_every = config, out_dir, callbacks, progress_every
@@ -162,32 +174,55 @@ class Trainer:
             self.device = torch.device("cuda", distributed.local_rank())  # one GPU per process
         torch.manual_seed(config.seed)  # the same on every rank: the same initial weights
 
-        # Data: uint8 images, on the device when they fit, views made there per batch.
-        self.data = dataset or load_dataset(config.dataset, config.data, image_size=config.image_size)
-        split = self.data.pretrain_split()
-        if config.subset:
-            split = class_balanced_subset(split, config.subset, config.seed)
-        self.num_samples = len(split)
+        # Data: uint8 images in memory (on the device when they fit), or an image folder streamed from
+        # disk (cssl_core.data.stream) when config.data_mode says so; views made per batch.
+        data = dataset or open_dataset(
+            config.dataset, config.data, data_mode=config.data_mode, image_size=config.image_size
+        )
+        self.stream = data if isinstance(data, FileIndex) else None
+        self.data = None if self.stream is not None else data
+        self.workers = config.data_workers if config.data_workers is not None else default_workers()
+        if self.stream is not None:
+            self.image_size = dataset_image_size(config.dataset, config.image_size)
+            self.classes = self.stream.classes
+            if config.subset:
+                self.stream = self.stream.subset(class_balanced_indices(self.stream.labels, config.subset, config.seed))
+            self.labels, self.images = self.stream.labels, None
+            # A fixed sample at the evaluation transform: channel statistics and the collapse probe.
+            picked = torch.randperm(len(self.stream), generator=torch.Generator().manual_seed(config.seed))
+            paths = [self.stream.paths[i] for i in picked[:STREAM_SAMPLE_IMAGES].tolist()]
+            sample = torch.cat(list(eval_images(self.stream.root, paths, self.image_size, self.workers)))
+        else:
+            split = self.data.pretrain_split()
+            if config.subset:
+                split = class_balanced_subset(split, config.subset, config.seed)
+            self.images = split.images
+            self.labels = split.labels  # in index order, -1 where unlabelled: a memory bank's kNN labels
+            if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
+                self.images = self.images.to(self.device)
+            self.image_size, self.classes, sample = self.data.image_size, self.data.classes, split.images
+        self.num_samples = len(self.labels)
         self.steps_per_epoch = self.num_samples // config.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(
                 f"batch_size {config.batch_size} is larger than the training set ({self.num_samples} images); lower it"
             )
-        self.images = split.images
-        self.labels = split.labels  # in index order, -1 where unlabelled: a memory bank's kNN labels
-        if self.images.numel() <= _MAX_DEVICE_DATA_BYTES:
-            self.images = self.images.to(self.device)
-        self.image_size = self.data.image_size
         # kNN during training: on the evaluation set when one is named (at the training resolution).
         self.eval_data = self.data
-        if config.knn_every and (eval_dataset is not None or config.eval_dataset):
-            self.eval_data = eval_dataset or load_dataset(
-                config.eval_dataset, config.eval_data, image_size=self.image_size
+        if config.knn_every and (eval_dataset is not None or config.eval_dataset or self.stream is not None):
+            self.eval_data = eval_dataset or load_eval_dataset(
+                config.eval_dataset or config.dataset,
+                config.eval_data if config.eval_dataset else self.stream.root,  # the folder streamed from
+                image_size=self.image_size,
+                streamed=self.stream is not None,
+                workers=self.workers,
             )
         if config.knn_every:
             self.eval_data.require_labels("kNN during training (knn_every)")
-        self.mean, self.std = channel_stats(split.images)
-        self.guard = CollapseGuard(self.images, config.seed, self.mean, self.std, self.device)
+        self.mean, self.std = channel_stats(sample)
+        self.guard = CollapseGuard(
+            sample if self.images is None else self.images, config.seed, self.mean, self.std, self.device
+        )
         self.method_warned = False
         mc = config.method_config
         self.make_views = ViewGenerator(get_method(config.method).view_specs(mc, self.image_size), self.mean, self.std)
@@ -207,6 +242,7 @@ class Trainer:
 
         self.step, self.elapsed = 0, 0.0
         self._order, self._order_epoch = torch.empty(0, dtype=torch.long), -1
+        self._batches, self._batches_at = None, None  # a streamed data set's loader, and where it stands
         self.nominal_steps = config.epochs * self.steps_per_epoch
         self.budget = BudgetFit(config.time_budget, self.nominal_steps)
         self._fit_schedules(self.nominal_steps)
@@ -253,6 +289,7 @@ class Trainer:
                 stopped = stop
                 break
 
+        self._batches = None  # stops the loader processes
         if stopped == "completed" and self.total_steps < self.nominal_steps:
             stopped = "time_budget"  # the budget, not the epoch count, set the run's length
         if last_info is None or last_info.step != self.step:
@@ -298,13 +335,17 @@ class Trainer:
         if self._order_epoch != epoch:
             self._order, self._order_epoch = epoch_permutation(self.config.seed, epoch, self.num_samples), epoch
         size = self.config.batch_size
-        idx = self._order[index_in_epoch * size : (index_in_epoch + 1) * size]
-        share = None
-        if self.world > 1:  # this rank's slice, with its rows of the draws one process makes for the batch
-            rows = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
-            idx, share = idx[rows], (size, rows)
-        images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
-        views = self.make_views(images, self.augment_rng, share)
+        rows = slice(self.rank * size // self.world, (self.rank + 1) * size // self.world)
+        # On several processes: this rank's slice, with its rows of the draws one process makes for the batch.
+        share = (size, rows) if self.world > 1 else None
+        if self.stream is not None:
+            idx, crops = self._streamed(epoch, index_in_epoch, rows)
+            crops = [c.to(self.device, non_blocking=True) for c in crops]
+            views = self.make_views.finish(crops, self.augment_rng, share)
+        else:
+            idx = self._order[index_in_epoch * size : (index_in_epoch + 1) * size][rows]
+            images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+            views = self.make_views(images, self.augment_rng, share)
         views = [v.contiguous(memory_format=self.memory_format) for v in views]
         return Batch(
             views=views,
@@ -313,6 +354,18 @@ class Trainer:
             epoch=epoch,
             schedules={name: float(values[self.step]) for name, values in self.schedules.items()},
         )
+
+    def _streamed(self, epoch: int, index_in_epoch: int, rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Batch ``index_in_epoch`` of the epoch from the loader processes, whose crops are a function
+        of (seed, epoch, batch): a loader starts at the batch asked for (a resumed run's, a new epoch's)."""
+        if self._batches is None or self._batches_at != (epoch, index_in_epoch):
+            specs = self.make_views.views
+            batches = StreamBatches(
+                self.stream, self._order, self.config.batch_size, specs, self.config.seed, epoch, rows
+            )
+            self._batches = stream_batches(batches, index_in_epoch, self.workers, self.device.type == "cuda")
+        self._batches_at = (epoch, index_in_epoch + 1)
+        return next(self._batches)
 
     def _train_step(self, batch: Batch) -> StepOutput:
         for group in self.optimizer.param_groups:
@@ -431,7 +484,8 @@ class Trainer:
             "image_size": self.image_size,
             "feature_dim": self.model.feature_dim,
             "normalization": {"mean": self.mean, "std": self.std},
-            "classes": self.data.classes,
+            "classes": self.classes,
+            "streamed": self.stream is not None,  # evaluations bring images to image_size the standard way
         }
         path = self.out_dir / "checkpoints" / name
         if self.rank == 0:
@@ -444,10 +498,15 @@ class Trainer:
         return info
 
     def _embed(self, module: torch.nn.Module) -> torch.Tensor:
-        features = extract_features(
-            module, self.images, self.mean, self.std, self.device, precision=self.config.precision
-        )
-        return features.to(self.device)
+        if self.stream is None:
+            chunks = [self.images]
+        else:  # streamed: every training image at the evaluation transform, a chunk at a time
+            chunks = eval_images(self.stream.root, self.stream.paths, self.image_size, self.workers, batch_size=1024)
+        features = [
+            extract_features(module, images, self.mean, self.std, self.device, precision=self.config.precision)
+            for images in chunks
+        ]
+        return torch.cat(features).to(self.device)
 
 
 @torch.no_grad()

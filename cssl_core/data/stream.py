@@ -1,0 +1,287 @@
+"""Image folders too big for memory: a file index, and batches decoded in loader processes.
+
+An image folder (:mod:`.imagefolder`'s layouts, not archives) is read as a :class:`FileIndex`:
+its image paths and labels, built by one walk of the tree and cached under
+``<cache_dir>/index/`` (keyed by the folder and the mtimes of its top folders, so a second run
+does not walk 1.28 M files again). Training reads batch ``k`` of an epoch through
+:class:`StreamBatches`, a ``torch.utils.data.Dataset`` whose item ``k`` is that batch: its
+``DataLoader`` worker processes decode the files and make each view's random resized crop and
+flip at the image's own resolution, drawing from a generator seeded by (seed, epoch, k). So the
+crops do not depend on how many workers there are or on which one makes a batch, and a run
+resumed at step k starts its loader at batch k. The other stages (jitter, blur, ...) run on the
+batch of crops in the training process (:meth:`ViewGenerator.finish`), from its checkpointed
+generator, as the in-memory path does.
+
+Evaluations see images the standard way (:func:`eval_image`): the short side resized to
+``size * 256 / 224``, then the centre ``size`` x ``size``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image
+
+from cssl_core.augment import ViewSpec, ops, sample_crop_flip
+from cssl_core.data import imagefolder
+from cssl_core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DATA_MODES = ("auto", "memory", "stream")
+# Bump when the index's contents change, so old cached indices are not reused.
+INDEX_FORMAT = 1
+# Formats torchvision's decoder reads (the fastest here); others go through Pillow.
+_TORCHVISION_FORMATS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass
+class FileIndex:
+    """The images of a folder, for streaming: ``paths`` relative to ``root``, ``labels`` int64
+    (N,) (-1 where unlabelled), and the held-out ``test`` images of a labelled tree."""
+
+    root: Path
+    classes: list[str]
+    paths: list[str]
+    labels: torch.Tensor
+    test_paths: list[str]
+    test_labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @functools.cached_property
+    def packed_paths(self) -> np.ndarray:
+        """``paths`` as one bytes array: loader processes read it without touching a Python object
+        per file, so the pages that fork shared with them stay shared (a list of 1.28 M strings
+        would be copied into each, as reading a string updates its reference count)."""
+        return np.array([p.encode() for p in self.paths])
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes) and len(self.test_paths) > 0
+
+    def subset(self, indices: torch.Tensor) -> FileIndex:
+        """The training images at ``indices``, in that order; the test images unchanged."""
+        keep = indices.tolist()
+        return FileIndex(
+            self.root,
+            self.classes,
+            [self.paths[i] for i in keep],
+            self.labels[indices],
+            self.test_paths,
+            self.test_labels,
+        )
+
+
+def build_index(source: Path, cache_dir: Path) -> FileIndex:
+    """The :class:`FileIndex` of a located image folder or ``.txt`` list, from the cache when the
+    folder looks unchanged (the same mtimes of the folder and its folders two levels down: a file
+    added or removed in a class folder changes its mtime); otherwise walked and cached."""
+    if source.is_file() and not imagefolder.is_image_list(source):
+        raise ConfigError(
+            f"data_mode stream reads a folder of images or a .txt list, not an archive ({source}): extract it "
+            f"and pass the folder, or use data_mode memory"
+        )
+    entry = _index_file(cache_dir, source.resolve())
+    if entry.is_file():
+        try:
+            return _from_json(json.loads(entry.read_text()), source)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable file index %s (%s); walking %s again", entry, exc, source)
+    index = _walk(source)
+    _save(entry, index)
+    return index
+
+
+def _index_file(cache_dir: Path, source: Path) -> Path:
+    stamps = []
+    if source.is_dir():
+        for first in sorted(os.scandir(source), key=lambda e: e.name):
+            if first.is_dir(follow_symlinks=False):
+                stamps.append((first.name, first.stat().st_mtime_ns))
+                for second in sorted(os.scandir(first.path), key=lambda e: e.name):
+                    if second.is_dir(follow_symlinks=False):
+                        stamps.append((f"{first.name}/{second.name}", second.stat().st_mtime_ns))
+    key = {"format": INDEX_FORMAT, "source": str(source), "mtime": source.stat().st_mtime_ns, "folders": stamps}
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:20]
+    return Path(cache_dir) / "index" / f"{source.name}-{digest}.json"
+
+
+def _walk(source: Path) -> FileIndex:
+    empty = torch.empty(0, dtype=torch.int64)
+    if imagefolder.is_image_list(source):
+        paths = imagefolder._read_list(source)
+        return FileIndex(source.parent, [], paths, torch.full((len(paths),), -1), [], empty)
+    if not imagefolder.has_labels(source):
+        paths = sorted(p for p in imagefolder._walk_all(source) if imagefolder._is_image(p))
+        if not paths:
+            raise DataError(f"no images in {source}")
+        return FileIndex(source, [], paths, torch.full((len(paths),), -1), [], empty)
+    files, dirs = imagefolder._walk(source)
+    classes, items = imagefolder.split_items(files, dirs, f"{source}/")
+    split = {name: ([f for f, _ in pairs], torch.tensor([c for _, c in pairs], dtype=torch.int64))
+             for name, pairs in items.items()}  # fmt: skip
+    return FileIndex(source, classes, *split["train"], *split["test"])
+
+
+def _save(entry: Path, index: FileIndex) -> None:
+    body = {
+        "format": INDEX_FORMAT,
+        "classes": index.classes,
+        "paths": index.paths,
+        "labels": index.labels.tolist(),
+        "test_paths": index.test_paths,
+        "test_labels": index.test_labels.tolist(),
+    }
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=entry.parent, suffix=".tmp", delete=False) as f:
+            json.dump(body, f)
+        os.chmod(f.name, 0o644)
+        os.replace(f.name, entry)
+    except OSError as exc:
+        log.warning("could not write file index %s (%s); the next run walks the folder again", entry, exc)
+
+
+def _from_json(body: dict, source: Path) -> FileIndex:
+    if body["format"] != INDEX_FORMAT:
+        raise ValueError(f"format {body['format']}")
+    root = source.parent if source.is_file() else source
+    labels, test_labels = (torch.tensor(body[k], dtype=torch.int64) for k in ("labels", "test_labels"))
+    return FileIndex(root, body["classes"], body["paths"], labels, body["test_paths"], test_labels)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """A file as uint8 RGB (3, H, W) at its own resolution: torchvision's decoder for JPEG and
+    PNG, Pillow for the other formats and for files torchvision's decoder refuses."""
+    try:
+        data = imagefolder._read_no_links(path)
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}; the folder changed since it was indexed?") from exc
+    if path.suffix.lower() in _TORCHVISION_FORMATS:
+        try:
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # e.g. a CMYK JPEG: Pillow reads it
+    try:
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}; replace or remove the file") from exc
+
+
+def eval_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> uint8 (3, size, size): the short side resized to ``size * 256 / 224``
+    (antialiased bilinear), then the centre square: the standard evaluation transform."""
+    height, width = image.shape[-2:]
+    short = round(size * 256 / 224)
+    scale = short / min(height, width)
+    new = (max(short, round(height * scale)), max(short, round(width * scale)))
+    resized = F.interpolate(image[None].float(), size=new, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    return resized[0, :, top : top + size, left : left + size].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The generator of batch ``batch``'s crops in epoch ``epoch``: a function of the three alone."""
+    key = hashlib.sha256(f"crops {seed} {epoch} {batch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+class StreamBatches(torch.utils.data.Dataset):
+    """Item ``k``: batch ``k`` of an epoch, as ``(indices, crops)``: this process's rows of the
+    batch (int64 indices into the index) and one uint8 tensor (rows, 3, size, size) per view.
+
+    ``order`` is the epoch's permutation; ``rows`` this rank's slice of each batch of
+    ``batch_size``. The crop and flip draws are the whole batch's, from
+    :func:`batch_generator`, so a rank's crops are its rows of those one process makes."""
+
+    def __init__(
+        self,
+        index: FileIndex,
+        order: torch.Tensor,
+        batch_size: int,
+        specs: Sequence[ViewSpec],
+        seed: int,
+        epoch: int,
+        rows: slice,
+    ):
+        self.root, self.paths = index.root, index.packed_paths
+        self.order, self.batch_size, self.specs = order, batch_size, tuple(specs)
+        self.seed, self.epoch, self.rows = seed, epoch, rows
+
+    def __len__(self) -> int:
+        return len(self.order) // self.batch_size
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        indices = self.order[k * self.batch_size : (k + 1) * self.batch_size]
+        mine = range(self.batch_size)[self.rows]
+        images = [read_image(self.root / self.paths[i].decode()) for i in indices[self.rows].tolist()]
+        # The draws do not depend on the sizes: other ranks' rows get a stand-in size of 1 x 1.
+        sizes = torch.ones(self.batch_size, 2, dtype=torch.float64)
+        sizes[self.rows] = torch.tensor([image.shape[-2:] for image in images], dtype=torch.float64)
+        generator = batch_generator(self.seed, self.epoch, k)
+        crops = []
+        for spec in self.specs:
+            box, flip = sample_crop_flip(self.batch_size, sizes, spec, generator)
+            boxes = torch.stack([box.top, box.left, box.height, box.width], dim=1).long()
+            crops.append(
+                torch.stack([
+                    ops.crop_resize_image(image, tuple(boxes[row].tolist()), spec.size, bool(flip[row]))
+                    for image, row in zip(images, mine)
+                ])
+            )  # fmt: skip
+        return indices[self.rows], crops
+
+
+def stream_batches(dataset: StreamBatches, start: int, workers: int, pin_memory: bool) -> Iterator:
+    """Batches ``start``, ``start + 1``, ... of ``dataset`` from ``workers`` loader processes (0:
+    in this process), a few batches ahead of training."""
+    return iter(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            sampler=range(start, len(dataset)),
+            num_workers=workers,
+            pin_memory=pin_memory,
+            prefetch_factor=2 if workers else None,
+        )
+    )
+
+
+class _EvalImages(torch.utils.data.Dataset):
+    def __init__(self, root: Path, paths: Sequence[str], size: int):
+        self.root, self.paths, self.size = root, paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return eval_image(read_image(self.root / self.paths[i]), self.size)
+
+
+def eval_images(
+    root: Path, paths: Sequence[str], size: int, workers: int, batch_size: int = 256
+) -> Iterator[torch.Tensor]:
+    """The images at ``paths`` through :func:`eval_image`, as uint8 batches (B, 3, size, size) in order."""
+    loader = torch.utils.data.DataLoader(_EvalImages(root, paths, size), batch_size=batch_size, num_workers=workers)
+    yield from loader
+
+
+def default_workers() -> int:
+    """One loader process per CPU core this process may use, less one for training, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
