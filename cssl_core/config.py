@@ -137,11 +137,14 @@ class MethodConfig:
     instead of LARS); they apply whenever the backbone is a ViT and the key is not given.
     ``tiny_test_values`` holds values for a quick test step on 32-px images where the generic
     shrinking of widths, crops, blocks and counts (``tests/tiny.py``) leaves the step slow.
+    ``unrecorded_defaults`` holds, for a key added after runs were stored, the value a stored
+    config without it ran with (:func:`rebuild_config`), where today's default differs.
     """
 
     small_image_recipe: ClassVar[dict[str, Any]] = {}
     vit_defaults: ClassVar[dict[str, Any]] = {}
     tiny_test_values: ClassVar[dict[str, Any]] = {}
+    unrecorded_defaults: ClassVar[dict[str, Any]] = {}
 
     optimizer: str = option("sgd", f"optimiser: {', '.join(OPTIMIZERS)}")
     base_lr: float = option(0.05, "peak learning rate for a batch of 256 (scaled linearly with batch_size)", gt=0)
@@ -322,6 +325,15 @@ def build_config(method: str, overrides: Mapping[str, Any] | None = None) -> Pre
     config.validate()
     spec.check_config(config, image_size)
     return config
+
+
+def rebuild_config(stored: Mapping[str, Any]) -> PretrainConfig:
+    """The config of a stored run (:meth:`PretrainConfig.to_dict`, e.g. a checkpoint's
+    ``"config"``): keys it lacks, added since, take the value it ran with (the method config's
+    ``unrecorded_defaults``) rather than today's default, so that a checkpoint rebuilds the
+    network it holds."""
+    spec = METHODS.get(stored["method"])
+    return build_config(stored["method"], {**spec.config_cls.unrecorded_defaults, **stored})
 
 
 def coerce_field(f: dataclasses.Field, value: Any) -> Any:

@@ -14,13 +14,16 @@ from cssl_core.backbones import (
     CIFAR_STEM_MAX_SIZE,
     BackboneSpec,
     SmallConvNet,
+    ViTOptions,
     backbone_names,
     build_backbone,
     convert_to_gn_ws,
+    disable_drop_path,
     has_batch_norm,
     vit_patch_size,
 )
 from cssl_core.backbones.norm import GN_GROUPS, WSConv2d, group_count
+from cssl_core.backbones.vit import DropPath
 from cssl_core.errors import ConfigError
 
 
@@ -361,3 +364,57 @@ def test_state_dict_round_trip(name, norm):
         assert not torch.allclose(net.eval()(x), copy.eval()(x))
         copy.load_state_dict(net.state_dict())
         torch.testing.assert_close(copy(x), net(x), rtol=0, atol=0)
+
+
+def official_sincos(h, w, embed_dim, temperature=10000.0):
+    """MoCo v3's build_2d_sincos_position_embedding (vits.py), transcribed."""
+    grid_w = torch.arange(w, dtype=torch.float32)
+    grid_h = torch.arange(h, dtype=torch.float32)
+    grid_w, grid_h = torch.meshgrid(grid_w, grid_h, indexing="ij")
+    pos_dim = embed_dim // 4
+    omega = torch.arange(pos_dim, dtype=torch.float32) / pos_dim
+    omega = 1.0 / (temperature**omega)
+    out_w = torch.einsum("m,d->md", [grid_w.flatten(), omega])
+    out_h = torch.einsum("m,d->md", [grid_h.flatten(), omega])
+    pos_emb = torch.cat([torch.sin(out_w), torch.cos(out_w), torch.sin(out_h), torch.cos(out_h)], dim=1)[None, :, :]
+    return torch.cat([torch.zeros([1, 1, embed_dim]), pos_emb], dim=1)
+
+
+def test_sincos_position_embedding_is_moco_v3s_and_fixed():
+    net = _vit("vit_small", vit=ViTOptions(num_heads=12, position_embedding="sincos")).train()
+    assert net.num_heads == 12 and net.blocks[0].attn.num_heads == 12
+    torch.testing.assert_close(net.pos_embed, official_sincos(8, 8, 384), rtol=0, atol=1e-6)
+    assert "pos_embed" not in dict(net.named_parameters()) and "pos_embed" in net.state_dict()
+    net(_images(2, 32)).square().sum().backward()
+    assert all(p.grad is not None for p in net.parameters())  # everything else trains
+    # Another grid gets the embedding of that grid, not a resampling of the 8 x 8 one.
+    torch.testing.assert_close(net.interpolate_pos_embed(4, 4), official_sincos(4, 4, 384), rtol=0, atol=1e-6)
+    learned = _vit("vit_small")
+    assert learned.num_heads == 6 and isinstance(learned.pos_embed, nn.Parameter)
+
+
+def test_vit_options_are_checked():
+    with pytest.raises(ConfigError, match="its number of heads must divide 192, got 5"):
+        build_backbone("vit_tiny", 32, vit=ViTOptions(num_heads=5))
+    with pytest.raises(ConfigError, match="unknown position embedding 'rope'"):
+        build_backbone("vit_tiny", 32, vit=ViTOptions(position_embedding="rope"))
+    with pytest.raises(ConfigError, match="apply to ViTs only"):
+        build_backbone("resnet18", 32, vit=ViTOptions(drop_path_rate=0.1))
+    build_backbone("resnet18", 32, vit=ViTOptions())  # the defaults are every backbone's
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    drop = DropPath(0.25).train()
+    x = torch.ones(4000, 3, 5)
+    out = drop(x)
+    per_sample = out.flatten(1)
+    kept = per_sample[:, 0] != 0
+    assert torch.all(per_sample[kept] == 1 / 0.75) and torch.all(per_sample[~kept] == 0)  # a sample is all or nothing
+    assert abs(kept.float().mean().item() - 0.75) < 0.03
+    assert abs(out.mean().item() - 1.0) < 0.05
+    assert drop.eval()(x) is x
+    net = _vit(vit=ViTOptions(drop_path_rate=0.1))
+    assert [b.drop_path.p for b in net.blocks] == pytest.approx(torch.linspace(0, 0.1, 12).tolist())
+    disable_drop_path(net)
+    assert all(b.drop_path.p == 0 for b in net.blocks)

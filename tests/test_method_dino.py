@@ -13,7 +13,7 @@ from PIL import Image
 from tiny import stop_after, tiny_heads
 
 import cssl_core.methods.dino  # noqa: F401 (registers it)
-from cssl_core.config import build_config
+from cssl_core.config import build_config, rebuild_config
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation import evaluate_checkpoint
 from cssl_core.evaluation.attention import attention_maps
@@ -146,12 +146,19 @@ def test_no_gradient_into_the_teacher_which_follows_the_student_by_ema():
 
 
 def test_multi_crop_views_and_the_teacher_sees_the_global_crops_only():
-    config = build_config("dino", {"dataset": "stl10"}).method_config  # 96 px: the paper's recipe
-    specs = DINO.view_specs(config, 224)
+    # 96 px: the paper's recipe. Official crop scales: main_dino.py's defaults for a ViT, its
+    # README's ResNet-50 command for a convnet.
+    vit = build_config("dino", {"dataset": "stl10", "backbone": "vit_small"}).method_config
+    specs = DINO.view_specs(vit, 224)
     assert [s.size for s in specs] == [224, 224] + [96] * 8
     assert [s.crop_scale for s in specs] == [(0.4, 1.0)] * 2 + [(0.05, 0.4)] * 8
     assert [(s.blur_p, s.solarize_p) for s in specs[:3]] == [(1.0, 0.0), (0.1, 0.2), (0.5, 0.0)]
     assert all((s.brightness, s.contrast, s.saturation, s.hue) == (0.4, 0.4, 0.2, 0.1) for s in specs)
+    for backbone in ("resnet50", "small"):
+        for dataset in ("stl10", "cifar10"):  # the small-image recipe keeps the official scales
+            convnet = build_config("dino", {"dataset": dataset, "backbone": backbone}).method_config
+            specs = DINO.view_specs(convnet, 224)
+            assert [s.crop_scale for s in specs] == [(0.14, 1.0)] * 2 + [(0.05, 0.14)] * convnet.local_crops
     model = make()
     seen = []
     model.teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
@@ -318,3 +325,44 @@ def test_attention_protocol_on_a_few_test_images(tmp_path, small_run):
         evaluate_checkpoint(small.checkpoint, "attention", device="cpu")
     with pytest.raises(ConfigError, match="num_images"):
         evaluate_checkpoint(checkpoint, "attention", num_images=33)
+
+
+def test_vit_local_crops_are_whole_patches():
+    # 96 px at 224 in patches of 16 (6 x 6); at 32 px the 14 px a convnet gets would be 3.5
+    # patches of 4, so a ViT gets 12 (3 x 3), and a config that would cut patches is refused.
+    for dataset, size, patch, local in (("cifar10", 32, 4, 12), ("stl10", 96, 12, 36)):
+        vit = build_config("dino", {"dataset": dataset, "backbone": "vit_tiny"}).method_config
+        assert vit.local_crops_in_patches
+        assert [s.size for s in DINO.view_specs(vit, size)[2:]] == [local] * vit.local_crops
+        assert local % patch == 0
+    assert [s.size for s in DINO.view_specs(vit, 224)[2:]] == [96] * vit.local_crops
+    convnet = build_config("dino", {"dataset": "cifar10", "backbone": "small"}).method_config
+    assert [s.size for s in DINO.view_specs(convnet, 32)[2:]] == [14] * convnet.local_crops
+    with pytest.raises(ConfigError, match="local crops of 14 px are not a whole number of its 4 px patches"):
+        build_config("dino", {"dataset": "cifar10", "backbone": "vit_tiny", "local_crops_in_patches": False})
+    build_config(
+        "dino", {"dataset": "cifar10", "backbone": "vit_tiny", "local_crops": 0, "local_crops_in_patches": False}
+    )
+
+
+def test_vit_student_has_drop_path_and_the_teacher_none():
+    from cssl_core.backbones.vit import DropPath
+
+    model = make(backbone="vit_tiny").train()
+    student_rates = [m.p for m in model.backbone.modules() if isinstance(m, DropPath)]
+    # Official: linspace(0, 0.1, depth) over the blocks, one DropPath per block for both branches.
+    assert student_rates == pytest.approx(np.linspace(0, 0.1, 12).tolist())
+    assert all(m.p == 0 for m in model.teacher.modules() if isinstance(m, DropPath))
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(model.backbone(x), model.backbone(x))  # a sample's drops differ per pass
+        torch.testing.assert_close(model.teacher[0](x), model.teacher[0](x))
+        model.eval()
+        torch.testing.assert_close(model.backbone(x), model.backbone(x))
+    off = make(backbone="vit_tiny", drop_path_rate=0).train()
+    with torch.no_grad():
+        torch.testing.assert_close(off.backbone(x), off.backbone(x))
+    # A checkpoint from before the key existed trained its student without drop path.
+    stored = build_config("dino", {"dataset": "synthetic", "backbone": "vit_tiny"}).to_dict()
+    del stored["drop_path_rate"]
+    assert rebuild_config(stored).method_config.drop_path_rate == 0.0

@@ -7,14 +7,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_heads
+from tiny import stop_after, tiny_heads
 
 import cssl_core.methods.mocov3  # noqa: F401 (registers it)
 from cssl_core.backbones import VisionTransformer
-from cssl_core.config import build_config
+from cssl_core.backbones.vit import sincos_position_embedding
+from cssl_core.config import build_config, rebuild_config
 from cssl_core.errors import ConfigError
 from cssl_core.losses import mocov3_loss
 from cssl_core.methods import Batch, build_method
+from cssl_core.train import load_checkpoint, pretrain
+from cssl_core.train.checkpoint import build_encoder_from_checkpoint, export_backbone
 from cssl_core.train.optim import build_optimizer
 
 TINY_HEADS = tiny_heads("mocov3")
@@ -180,8 +183,60 @@ def test_vit_tiny_uses_adamw_and_the_frozen_patch_projection():
 def test_config_is_checked():
     with pytest.raises(ConfigError, match="frozen_patch_embed applies to ViT backbones"):
         build_config("mocov3", {"backbone": "resnet18", "frozen_patch_embed": True})
+    with pytest.raises(ConfigError, match="position_embedding applies to ViT backbones"):
+        build_config("mocov3", {"backbone": "resnet18", "position_embedding": "sincos"})
+    with pytest.raises(ConfigError, match="vit_num_heads applies to ViT backbones"):
+        build_config("mocov3", {"backbone": "resnet18", "vit_num_heads": 12})
+    with pytest.raises(ConfigError, match="position_embedding must be one of learned, sincos, got 'rope'"):
+        build_config("mocov3", {"backbone": "vit_tiny", "position_embedding": "rope"})
+    with pytest.raises(ConfigError, match="its number of heads must divide 192, got 7"):
+        build_config("mocov3", {"backbone": "vit_tiny", "vit_num_heads": 7})
     with pytest.raises(ConfigError, match="temperature must be greater than 0, got 0.0"):
         build_config("mocov3", {"temperature": 0})
     small = build_config("mocov3", {"dataset": "cifar10"})
     assert small.recipe == "small_images" and small.batch_size == 128 and small.method_config.temperature == 0.2
     assert build_config("mocov3", small.to_dict()) == small
+
+
+def test_vit_is_the_official_vits():
+    # vits.py: fixed 2-D sin-cos position embedding, 12 heads (vit_small: 384 wide, 12 deep).
+    config = build_config("mocov3", {"dataset": "synthetic", "backbone": "vit_small", **TINY_HEADS})
+    assert (config.method_config.vit_num_heads, config.method_config.position_embedding) == (12, "sincos")
+    model = build_method(config, 32, 64).train()
+    vit = model.backbone
+    assert (vit.embed_dim, len(vit.blocks), vit.num_heads) == (384, 12, 12)
+    assert "backbone.pos_embed" not in dict(model.named_parameters())
+    torch.testing.assert_close(vit.pos_embed, sincos_position_embedding(8, 8, 384))
+    assert torch.equal(model.momentum_encoder[0].pos_embed, vit.pos_embed)
+    # The learned embedding and DeiT's heads stay available.
+    deit = build_config(
+        "mocov3",
+        {"dataset": "synthetic", "backbone": "vit_small", "vit_num_heads": None, "position_embedding": "learned"},
+    )
+    vit = build_method(deit, 32, 64).backbone
+    assert vit.num_heads == 6 and isinstance(vit.pos_embed, torch.nn.Parameter)
+
+
+def test_vit_checkpoint_rebuilds_its_heads_and_position_embedding(tmp_path):
+    config = build_config(
+        "mocov3",
+        {"dataset": "synthetic", "backbone": "vit_tiny", "batch_size": 8, "subset": 16, "epochs": 1, **TINY_HEADS},
+    )
+    result = pretrain(config, tmp_path, should_stop=stop_after(1))
+    state = load_checkpoint(result.checkpoint)
+    encoder = build_encoder_from_checkpoint(state).eval()
+    assert (encoder.num_heads, encoder.position_embedding) == (12, "sincos")
+    torch.manual_seed(0)
+    model = build_method(config, 32, 16)
+    model.load_state_dict(state["model"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), model.encoder_for_eval().eval()(x))
+    exported = torch.load(export_backbone(result.checkpoint, tmp_path / "vit.pt"), weights_only=True)
+    torch.testing.assert_close(exported["pos_embed"], sincos_position_embedding(8, 8, 192))
+    # A checkpoint from before these keys existed holds DeiT's ViT: learned embedding, 3 heads.
+    old = {k: v for k, v in state["config"].items() if k not in ("vit_num_heads", "position_embedding")}
+    assert (rebuild_config(old).method_config.vit_num_heads, rebuild_config(old).method_config.position_embedding) == (
+        None,
+        "learned",
+    )

@@ -94,15 +94,14 @@ def test_simsiam_stops_the_gradient_at_the_targets():
     model = make("simsiam")
     batch = batch_for(model)
     grads = backbone_grads(model, model(batch).loss)
-    z = model.projector(model.backbone(torch.cat(batch.views)))
-    p = model.predictor(z)
-    n = batch.views[0].shape[0]
-    with_stop = 0.5 * negative_cosine(p[:n], z[n:]) + 0.5 * negative_cosine(p[n:], z[:n])
+    z1, z2 = (model.projector(model.backbone(x)) for x in batch.views)
+    p1, p2 = model.predictor(z1), model.predictor(z2)
+    with_stop = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
 
     def cos(a, b):  # no stop-gradient
         return -F.cosine_similarity(a, b, dim=-1).mean()
 
-    without_stop = 0.5 * cos(p[:n], z[n:]) + 0.5 * cos(p[n:], z[:n])
+    without_stop = 0.5 * cos(p1, z2) + 0.5 * cos(p2, z1)
     assert_grads_equal(grads, backbone_grads(model, with_stop))
     assert grads_differ(grads, backbone_grads(model, without_stop))
 
@@ -114,13 +113,11 @@ def test_byol_predicts_the_target_projection_of_the_other_view():
             p.add_(0.05 * torch.randn_like(p))
     batch = batch_for(model)
     loss = model(batch).loss
-    n = batch.views[0].shape[0]
-    x = torch.cat(batch.views)
-    p = model.predictor(model.online(x))
+    p1, p2 = (model.predictor(model.online(x)) for x in batch.views)
     with torch.no_grad():
-        z = model.target(x)
-    crossed = 4 + 2 * negative_cosine(p[:n], z[n:]) + 2 * negative_cosine(p[n:], z[:n])
-    same_view = 4 + 2 * negative_cosine(p[:n], z[:n]) + 2 * negative_cosine(p[n:], z[n:])
+        z1, z2 = (model.target(x) for x in batch.views)
+    crossed = 4 + 2 * negative_cosine(p1, z2) + 2 * negative_cosine(p2, z1)
+    same_view = 4 + 2 * negative_cosine(p1, z1) + 2 * negative_cosine(p2, z2)
     torch.testing.assert_close(loss, crossed)
     assert not torch.allclose(loss, same_view)
     loss.backward()
@@ -251,3 +248,37 @@ def test_enqueue_keeps_the_newest_keys_when_a_batch_outnumbers_the_queue():
     assert queue.view(-1).tolist() == [3.0, 4.0, 5.0, 2.0] and int(ptr) == 3
     enqueue(queue, ptr, torch.tensor([[9.0]]))
     assert queue.view(-1).tolist() == [3.0, 4.0, 5.0, 9.0] and int(ptr) == 0
+
+
+def _online_outputs(name, model, x):
+    """(prediction, target) of one view alone, through the model's own submodules."""
+    if name == "byol":
+        with torch.no_grad():
+            target = model.target(x)
+        return model.predictor(model.online(x)), target
+    z = model.projector(model.backbone(x))
+    return model.predictor(z), z.detach()
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam"])
+def test_each_view_has_its_own_batch_norm_statistics(name):
+    # Official BYOL and SimSiam run the encoder once per view: the loss equals the one from each
+    # view alone in train mode, and the BN running statistics took two updates, one per view.
+    # A concatenated 2N batch normalises both views with their shared statistics.
+    model = make(name).train()
+    reference = copy.deepcopy(model)
+    batch = batch_for(model, n=8)
+    x1, x2 = batch.views
+    x2 = x2 * 3 + 1  # views of other statistics, as two augmentations give
+    batch.views[1] = x2
+    loss = model(batch).loss
+    p1, z1 = _online_outputs(name, reference, x1)
+    p2, z2 = _online_outputs(name, reference, x2)
+    if name == "byol":
+        expected = 4 + 2 * negative_cosine(p1, z2) + 2 * negative_cosine(p2, z1)
+    else:
+        expected = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
+    torch.testing.assert_close(loss, expected)
+    for key, value in model.state_dict().items():
+        if "running" in key:
+            torch.testing.assert_close(value, reference.state_dict()[key], msg=key)

@@ -14,6 +14,7 @@ Small images (64 px or less, :data:`SMALL_IMAGE_MAX_SIZE`) get the papers' CIFAR
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 from cssl_core.augment.pipeline import ViewGenerator, ViewSpec
@@ -127,18 +128,23 @@ def infomin(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:
     return [spec, spec]
 
 
-def local_crop_size(image_size: int) -> int:
-    """SwAV's local side scaled to the image: 96 px at 224, rounded to an even number."""
-    return max(2, 2 * round(image_size * 96 / 224 / 2))
+def local_crop_size(image_size: int, multiple: int = 2) -> int:
+    """SwAV's local side scaled to the image, 96 px at 224, rounded to the nearest ``multiple``
+    (halves up): even by default, 14 px at 32; a ViT's patch side for a ViT (96 at 224 in
+    patches of 16, 16 at 32 in patches of 4), so that a local crop is a whole patch grid."""
+    if multiple < 1:
+        raise ConfigError(f"a local crop's side must be a multiple of a positive number, got {multiple}")
+    return multiple * max(1, math.floor(image_size * 96 / 224 / multiple + 0.5))
 
 
 LOCAL_CROP_SCALE = (0.05, 0.14)
 
 
-def local_views(image_size: int, count: int, scale: Scale = LOCAL_CROP_SCALE) -> list[ViewSpec]:
-    """``count`` local crops for multi-crop methods (SwAV, DINO): side :func:`local_crop_size`,
-    area ``scale`` of the image (SwAV's (0.05, 0.14)), SimCLR's colour pipeline."""
-    return [_simclr_spec(local_crop_size(image_size), image_size, scale)] * count
+def local_views(image_size: int, count: int, scale: Scale = LOCAL_CROP_SCALE, multiple: int = 2) -> list[ViewSpec]:
+    """``count`` local crops for multi-crop methods (SwAV, DINO): side :func:`local_crop_size`
+    (a multiple of ``multiple``), area ``scale`` of the image (SwAV's (0.05, 0.14)), SimCLR's
+    colour pipeline."""
+    return [_simclr_spec(local_crop_size(image_size, multiple), image_size, scale)] * count
 
 
 def multicrop(image_size: int, crop_scale: Scale | None) -> list[ViewSpec]:

@@ -3,6 +3,10 @@
 An online network (backbone, projector, predictor) predicts a target network's projection of
 the other view; the target is an EMA of the online backbone and projector (Sec. 3.1), its
 momentum raised from ``momentum`` to 1 along a cosine (Sec. 3.2).
+
+Each view goes through the online and target networks on its own, as the official JAX code
+(``byol_experiment.py`` applies the network to ``view1`` and to ``view2`` in turn): BatchNorm
+normalises each view with its own batch statistics (over every rank's share of that view).
 """
 
 from __future__ import annotations
@@ -64,11 +68,12 @@ class BYOL(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = batch.views
-        n = x1.shape[0]
-        x = torch.cat([x1, x2])
-        p = self.predictor(self.online(x))  # (2N, projector_dim)
-        with torch.no_grad():
-            z = self.target(x)  # (2N, projector_dim), no gradient to the target
+        # One pass per view: each view's BN statistics are its own.
+        p1 = self.predictor(self.online(x1))  # (N, projector_dim)
+        p2 = self.predictor(self.online(x2))
+        with torch.no_grad():  # no gradient to the target
+            z1 = self.target(x1)  # (N, projector_dim)
+            z2 = self.target(x2)
         # Eq. 2 symmetrised: ||p1 - z2||^2 + ||p2 - z1||^2 on unit vectors = 4 - 2 cos - 2 cos.
-        loss = 4 + 2 * negative_cosine(p[:n], z[n:]) + 2 * negative_cosine(p[n:], z[:n])
+        loss = 4 + 2 * negative_cosine(p1, z2) + 2 * negative_cosine(p2, z1)
         return StepOutput(loss=loss)

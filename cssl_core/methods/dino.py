@@ -7,6 +7,13 @@ batch outputs) and sharpened (a low temperature): centring and sharpening togeth
 collapse (Sec. 3.1, 5.3). Multi-crop: 2 global crops, seen by both, and ``local_crops`` small
 crops, seen by the student only. The teacher is the network evaluated (Sec. 5.2).
 Where the paper is silent the values are the official repository's (``main_dino.py``).
+
+Crop scales as the official code: ``main_dino.py``'s defaults for ViTs, global crops (0.4, 1) and
+local crops (0.05, 0.4); its README's ResNet-50 command for convnets, ``--global_crops_scale 0.14
+1 --local_crops_scale 0.05 0.14``. A ViT student has stochastic depth (``drop_path_rate``, 0.1
+as the official ViT-S; the teacher has none, as ``main_dino.py`` builds it without), and a ViT's
+local crops are a whole number of patches (96 px in patches of 16 at 224 px; 12 px in patches of
+4 at 32 px, the 3 x 3 grid of the even 14 px a convnet gets).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +30,7 @@ from torch import nn
 
 from cssl_core import distributed
 from cssl_core.augment import ViewSpec, local_views
+from cssl_core.backbones import ViTOptions, build_backbone, disable_drop_path, vit_names, vit_patch_size
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import dino_loss
@@ -31,24 +39,33 @@ from cssl_core.methods.heads import momentum_copy
 from cssl_core.registry import register
 from cssl_core.train.schedules import momentum_schedule
 
+if TYPE_CHECKING:
+    from cssl_core.config import PretrainConfig
+
 # The teacher-temperature warm-up takes at most this share of a run: 30 epochs are 30% of the
 # official 100-epoch run, so a short or time-budgeted run still ends at ``teacher_temp``.
 TEACHER_TEMP_WARMUP_SHARE = 0.3
 
-# AdamW with a cosine weight decay (Sec. 3.2): the paper's ViT optimiser.
-_VIT_OPTIMISATION: dict[str, Any] = {
+# AdamW with a cosine weight decay (Sec. 3.2): the paper's ViT optimiser; main_dino.py's crop
+# scales for ViTs, and local crops of whole patches.
+_VIT_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw",
     "base_lr": 0.0005,
     "weight_decay": 0.04,
     "weight_decay_end": 0.4,
+    "crop_min_scale": 0.4,
+    "local_crop_scale": (0.05, 0.4),
+    "local_crops_in_patches": True,
 }
 
 
 @dataclass
 class DINOConfig(MethodConfig):
     # Sec. 3.2: AdamW, lr 0.0005 x batch/256 after a 10-epoch linear warmup, then cosine; weight
-    # decay 0.04 -> 0.4 along a cosine. Official main_dino.py: gradient clip 3.0, global crops
-    # (0.4, 1) in BYOL's asymmetric pair (blur 1.0 / blur 0.1 + solarisation 0.2).
+    # decay 0.04 -> 0.4 along a cosine. Official main_dino.py: gradient clip 3.0, BYOL's
+    # asymmetric pair (blur 1.0 / blur 0.1 + solarisation 0.2) for the global crops. Crops: the
+    # official README's ResNet-50 command (global 0.14-1, local 0.05-0.14); ViTs get main_dino.py's
+    # defaults (global 0.4-1, local 0.05-0.4) from vit_defaults.
     optimizer: str = "adamw"
     base_lr: float = 0.0005
     weight_decay: float = 0.04
@@ -56,7 +73,7 @@ class DINOConfig(MethodConfig):
     warmup_epochs: float = 10.0
     grad_clip: float | None = 3.0
     augmentation: str = "byol"
-    crop_min_scale: float | None = 0.4
+    crop_min_scale: float | None = 0.14
     out_dim: int = option(65536, "DINO head output dimension K (prototypes)", ge=1)
     hidden_dim: int = option(2048, "hidden width of the DINO head's MLP", ge=1)
     bottleneck_dim: int = option(256, "DINO head bottleneck, L2-normalised before the last layer", ge=1)
@@ -72,7 +89,17 @@ class DINOConfig(MethodConfig):
     local_crops: int = option(
         8, "local crops per image, seen by the student only (0: the two global crops alone)", ge=0
     )
-    local_crop_scale: tuple[float, float] = option((0.05, 0.4), "area range of the local crops (min,max)", gt=0, le=1)
+    local_crop_scale: tuple[float, float] = option(
+        (0.05, 0.14), "area range of the local crops (min,max); ViTs: (0.05, 0.4)", gt=0, le=1
+    )
+    local_crops_in_patches: bool = option(
+        False,
+        "round the local crops' side to a multiple of the ViT patch (vit_patch_size), a whole patch grid; "
+        "on for ViTs, which refuse local crops of partial patches",
+    )
+    drop_path_rate: float = option(
+        0.1, "ViTs: the student's stochastic depth at its last block (the teacher has none)", ge=0, lt=1
+    )
     student_temp: float = option(0.1, "student softmax temperature", gt=0)
     teacher_temp: float = option(0.07, "teacher softmax temperature after its warm-up", gt=0)
     warmup_teacher_temp: float = option(0.04, "teacher softmax temperature at the start of its linear warm-up", gt=0)
@@ -84,7 +111,7 @@ class DINOConfig(MethodConfig):
 
     # ViTs keep the paper's AdamW whatever the image size (the small-image recipe's SGD is the
     # official convnet optimiser).
-    vit_defaults: ClassVar[dict[str, Any]] = _VIT_OPTIMISATION
+    vit_defaults: ClassVar[dict[str, Any]] = _VIT_DEFAULTS
     # Not yet measured. For a 5-minute CPU run on 32 px images (about 1,000 steps of 128):
     # - out_dim 4096: 65,536 prototypes are for ImageNet's 1.28M images; the 256 x 65,536 last
     #   layer would cost more than the small convnet itself (4096: solo-learn's CIFAR value);
@@ -97,6 +124,7 @@ class DINOConfig(MethodConfig):
     #   0.7% at 0.99;
     # - SGD, lr 0.03 x batch/256, constant weight decay 1e-4: the official ResNet-50 settings
     #   (README), for the convnet; a ViT keeps AdamW (vit_defaults).
+    # The crop scales are the official ones (ResNet's for the convnet, ViT's for a ViT), not tuned.
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "out_dim": 4096,
@@ -110,6 +138,9 @@ class DINOConfig(MethodConfig):
         "weight_decay": 1e-4,
         "weight_decay_end": None,
     }
+
+    # A checkpoint from before drop_path_rate existed trained its student without it.
+    unrecorded_defaults: ClassVar[dict[str, Any]] = {"drop_path_rate": 0.0}
 
     def validate(self) -> None:
         super().validate()
@@ -195,17 +226,41 @@ class DINO(Method):
         )
         self.student = nn.Sequential(self.backbone, self.head)
         self.teacher = momentum_copy(self.student)
+        disable_drop_path(self.teacher)  # official: the teacher ViT is built without drop path
         self.register_buffer("center", torch.zeros(1, config.out_dim))  # (1, K), Eq. 4
         # The teacher's batch mean from this step's forward, for after_step; none between steps.
         self._teacher_mean: torch.Tensor | None = None
+
+    @classmethod
+    def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[nn.Module, int]:
+        """The configured backbone; a ViT with the student's stochastic depth (``drop_path_rate``)."""
+        mc = config.method_config
+        vit = ViTOptions(drop_path_rate=mc.drop_path_rate) if config.backbone in vit_names() else None
+        return build_backbone(
+            config.backbone, image_size, norm=mc.norm, frozen_patch_embed=mc.frozen_patch_embed, vit=vit
+        )
+
+    @classmethod
+    def check_config(cls, config: PretrainConfig, image_size: int) -> None:
+        super().check_config(config, image_size)
+        mc = config.method_config
+        if config.backbone in vit_names() and mc.local_crops:
+            patch, size = vit_patch_size(image_size), cls.view_specs(mc, image_size)[-1].size
+            if size % patch:
+                raise ConfigError(
+                    f"{config.backbone}'s local crops of {size} px are not a whole number of its {patch} px "
+                    "patches; set local_crops_in_patches to true"
+                )
 
     @classmethod
     def view_specs(cls, config: DINOConfig, image_size: int) -> list[ViewSpec]:
         """The preset's two global crops, then ``local_crops`` local crops (Sec. 3.1, multi-crop).
 
         The local crops take the globals' flip-and-colour pipeline and blur with p = 0.5, as
-        the official ``DataAugmentationDINO`` (local_views gives the blur).
+        the official ``DataAugmentationDINO`` (local_views gives the blur); with
+        ``local_crops_in_patches`` their side is a multiple of the ViT patch.
         """
+        multiple = vit_patch_size(image_size) if config.local_crops_in_patches else 2
         global_crops = cls.preset_specs(config, image_size)
         g = global_crops[0]
         local_crops = [
@@ -218,7 +273,7 @@ class DINO(Method):
                 jitter_p=g.jitter_p,
                 grayscale_p=g.grayscale_p,
             )
-            for spec in local_views(image_size, config.local_crops, tuple(config.local_crop_scale))
+            for spec in local_views(image_size, config.local_crops, tuple(config.local_crop_scale), multiple)
         ]
         return global_crops + local_crops
 

@@ -5,7 +5,14 @@ No queue: the keys of the batch are the negatives. A base encoder (backbone + pr
 predictor give queries; a momentum encoder, an EMA copy of the base encoder without the
 predictor, gives keys. Both views act as query and key: ``ctr(q1, k2) + ctr(q2, k1)``, each an
 InfoNCE over the batch scaled by 2T. The momentum rises from ``momentum`` to 1 along a cosine
-(official code's ``--moco-m-cos``). ViTs keep their patch projection at its random init (Sec. 4.2).
+(official code's ``--moco-m-cos``).
+
+ViTs as the official ``vits.py``: a fixed 2-D sin-cos position embedding, not learned
+(``build_2d_sincos_position_embedding``; ``position_embedding="sincos"``), the patch
+projection kept at its random init (Sec. 4.2, "random patch projection"; ``--stop-grad-conv1``),
+itself Xavier-uniform on the flattened (3 p^2 -> D) weight, and 12 heads (``vit_small``: embed
+384, depth 12, heads 12; ``vit_num_heads``). The rest of ``vits.py``'s initialisation (Xavier
+linear layers, CLS token std 1e-6) is not reproduced: the blocks start as DINO's.
 
 Heads as in the official ``moco/builder.py``: for ResNets a 2-layer projector and a predictor
 without an output BN (``MoCo_ResNet``); for ViTs a 3-layer projector and a predictor with one
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cssl_core.backbones import vit_names
+from cssl_core.backbones import POSITION_EMBEDDINGS, ViTOptions, build_backbone, vit_names
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
 from cssl_core.losses import mocov3_loss
@@ -55,9 +62,16 @@ class MoCoV3Config(MethodConfig):
     projector_dim: int = option(256, "projection (query and key) dimension", ge=1)
     predictor_hidden_dim: int = option(4096, "predictor width", ge=1)
     predictor_last_bn: bool = option(False, "BN without affine on the predictor's output (official ViT heads)")
+    vit_num_heads: int | None = option(
+        None, "ViTs: attention heads; none: the backbone's own (DeiT's); the official MoCo v3 ViTs have 12", ge=1
+    )
+    position_embedding: str = option(
+        "learned", f"ViTs: position embedding, {' or '.join(POSITION_EMBEDDINGS)} (MoCo v3's fixed 2-D sin-cos)"
+    )
 
     # ViT-S/B (official CONFIG.md): AdamW, lr 1.5e-4 x batch/256, weight decay 0.1, 40 warmup epochs,
-    # T 0.2, crop (0.08, 1), --stop-grad-conv1 (the frozen random patch projection), MoCo_ViT's heads.
+    # T 0.2, crop (0.08, 1), --stop-grad-conv1 (the frozen random patch projection), MoCo_ViT's heads;
+    # vits.py: fixed 2-D sin-cos position embedding, 12 heads.
     vit_defaults: ClassVar[dict[str, Any]] = {
         "optimizer": "adamw",
         "base_lr": 1.5e-4,
@@ -68,6 +82,8 @@ class MoCoV3Config(MethodConfig):
         "frozen_patch_embed": True,
         "projector_layers": 3,
         "predictor_last_bn": True,
+        "vit_num_heads": 12,
+        "position_embedding": "sincos",
     }
     # Not yet measured. T 0.2: against 127 in-batch negatives (4095 at the paper's batch 4096) T 1.0
     # leaves the softmax nearly flat; solo-learn's CIFAR MoCo v3 uses 0.2, and 0.2 beat 0.5 for SimCLR
@@ -81,6 +97,16 @@ class MoCoV3Config(MethodConfig):
         "projector_hidden_dim": 2048,
         "predictor_hidden_dim": 2048,
     }
+
+    # What a checkpoint written before these keys existed ran with.
+    unrecorded_defaults: ClassVar[dict[str, Any]] = {"vit_num_heads": None, "position_embedding": "learned"}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(
+                f"position_embedding must be one of {', '.join(POSITION_EMBEDDINGS)}, got {self.position_embedding!r}"
+            )
 
 
 @register
@@ -114,14 +140,32 @@ class MoCoV3(Method):
         self.momentum_encoder = momentum_copy(self.base_encoder)  # no predictor: keys are projections
 
     @classmethod
+    def build_backbone(cls, config: PretrainConfig, image_size: int) -> tuple[nn.Module, int]:
+        """The configured backbone; a ViT with ``vit_num_heads`` heads and ``position_embedding``."""
+        mc = config.method_config
+        vit = ViTOptions(mc.vit_num_heads, mc.position_embedding) if config.backbone in vit_names() else None
+        return build_backbone(
+            config.backbone, image_size, norm=mc.norm, frozen_patch_embed=mc.frozen_patch_embed, vit=vit
+        )
+
+    @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:
         super().check_config(config, image_size)
         mc = config.method_config
-        if mc.frozen_patch_embed and config.backbone not in vit_names():
-            raise ConfigError(
-                f"frozen_patch_embed applies to ViT backbones ({', '.join(vit_names())}); "
-                f"set it to false for {config.backbone!r}"
-            )
+        if config.backbone in vit_names():
+            ViTOptions(mc.vit_num_heads, mc.position_embedding).validate(config.backbone)
+            return
+        vit_only = {
+            "frozen_patch_embed": (mc.frozen_patch_embed, False),
+            "vit_num_heads": (mc.vit_num_heads, None),
+            "position_embedding": (mc.position_embedding, "learned"),
+        }
+        for key, (value, off) in vit_only.items():
+            if value != off:
+                raise ConfigError(
+                    f"{key} applies to ViT backbones ({', '.join(vit_names())}); "
+                    f"set it to {'none' if off is None else str(off).lower()} for {config.backbone!r}"
+                )
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
         return {"momentum": momentum_schedule(self.config.momentum, total_steps, self.config.momentum_cosine)}

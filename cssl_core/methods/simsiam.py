@@ -1,6 +1,10 @@
 """SimSiam: Siamese networks without negatives or momentum (Chen & He, arXiv 2011.10566).
 
 ``D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2`` with D the negative cosine (Alg. 1).
+
+Each view goes through the encoder on its own, as Alg. 1 (``z1, z2 = f(x1), f(x2)``) and the
+official ``SimSiam.forward(x1, x2)``: BatchNorm normalises each view with its own batch
+statistics (SyncBN: over every rank's share of that view).
 """
 
 from __future__ import annotations
@@ -68,11 +72,12 @@ class SimSiam(Method):
 
     def forward(self, batch: Batch) -> StepOutput:
         x1, x2 = batch.views
-        n = x1.shape[0]
-        z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2N, projector_dim)
-        p = self.predictor(z)
-        z1, z2 = z[:n].detach(), z[n:].detach()  # stop-gradient on the targets
-        loss = 0.5 * negative_cosine(p[:n], z2) + 0.5 * negative_cosine(p[n:], z1)
+        # One pass per view: each view's BN statistics are its own.
+        z1 = self.projector(self.backbone(x1))  # (N, projector_dim)
+        z2 = self.projector(self.backbone(x2))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        z1, z2 = z1.detach(), z2.detach()  # stop-gradient on the targets
+        loss = 0.5 * negative_cosine(p1, z2) + 0.5 * negative_cosine(p2, z1)
         return StepOutput(
             loss=loss, stats={"z_std": float(torch.nn.functional.normalize(z1.float(), dim=1).std(0).mean())}
         )

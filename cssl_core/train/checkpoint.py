@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cssl_core.config import build_config
+from cssl_core.config import rebuild_config
 from cssl_core.errors import CheckpointError
 from cssl_core.methods import build_method
 
@@ -111,7 +111,7 @@ def build_encoder_from_checkpoint(
     ``random_init=True`` gives the same architecture at the run's initialisation (same seed)
     instead of the trained weights: the baseline a pretrained encoder should beat.
     """
-    config = build_config(state["config"]["method"], state["config"])
+    config = rebuild_config(state["config"])
     if random_init:
         torch.manual_seed(config.seed)
     norm = state.get("normalization")  # the images' normalisation, for a method that undoes it

@@ -28,7 +28,7 @@ import torch
 from cssl_core import distributed
 from cssl_core.augment import ViewGenerator
 from cssl_core.backbones.global_batch_norm import convert_to_global_batch_norm
-from cssl_core.config import PretrainConfig, build_config, check_batch_split
+from cssl_core.config import PretrainConfig, check_batch_split, rebuild_config
 from cssl_core.data import (
     FileIndex,
     ImageDataset,
@@ -132,7 +132,7 @@ def pretrain(
     if resumed:
         # The checkpoint's run on this call's processes: a run resumes on another world size
         # (the global batch, the data order and the weights do not depend on it).
-        config = build_config(resumed["config"]["method"], {**resumed["config"], "nproc": config.nproc})
+        config = rebuild_config({**resumed["config"], "nproc": config.nproc})
     config.validate()
     joined = distributed.init_from_env(resolve_device(config.device).type)
     try:
