@@ -346,7 +346,7 @@ def load_eval_dataset(
     workers = default_workers() if workers is None else workers
 
     def split(paths: list[str], labels: torch.Tensor) -> ImageSplit:
-        return ImageSplit(torch.cat(list(eval_images(index.root, paths, image_size, workers))), labels)
+        return ImageSplit(torch.cat(list(eval_images(index.reader, paths, image_size, workers))), labels)
 
     return ImageDataset(
         name, index.classes, split(index.paths, index.labels), split(index.test_paths, index.test_labels)
