@@ -172,7 +172,7 @@ def test_bad_shard_inputs_are_clear_errors(tmp_path, folder, shards, capsys):
         open_dataset("webdataset", tmp_path)
     with pytest.raises(ConfigError, match="streamed, never decoded into memory"):
         open_dataset("webdataset", shards, data_mode="memory")
-    with pytest.raises(ConfigError, match="reads local files, not s3://bucket/x"):
+    with pytest.raises(DataError, match="reads local files, not s3://bucket/x"):
         open_dataset("imagefolder", "s3://bucket/x", data_mode="stream")
     assert cssl(["data", "shard", str(folder), str(shards)]) == 2
     assert "already holds shards" in capsys.readouterr().err

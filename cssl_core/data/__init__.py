@@ -459,7 +459,7 @@ def _user_path(source: DatasetSource, path: str | os.PathLike) -> Path | str:
     """``path`` as its source reads it: a URL (``s3://...``) as given, for WebDataset shards only."""
     if shards.is_url(path):
         if not source.streamed_only:
-            raise ConfigError(
+            raise DataError(
                 f"dataset {source.name} reads local files, not {path}: write the images as WebDataset shards "
                 f"(cssl data shard SRC {path}) and name dataset webdataset"
             )
