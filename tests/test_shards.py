@@ -213,6 +213,7 @@ def test_shards_in_a_bucket_train_and_evaluate(tmp_path, folder, shards, bucket)
     url = "s3://lab-data/cifar-like"
     assert cssl(["data", "shard", str(folder), url, "--max-count", "10"]) == 0
     assert sorted(p.rsplit("/", 1)[1] for p in bucket.ls(url)) == sorted(os.listdir(shards))
+    assert cssl(["data", "shard", str(folder), url + "/"]) == 2  # nothing written over them
     index = open_dataset("webdataset", url, image_size=32)
     assert isinstance(index, FileIndex) and index.paths == build_index(shards, tmp_path).paths
     from_bucket = stream(index, workers=2)

@@ -266,12 +266,12 @@ def write_shards(source: Path, dest: str, *, max_size: int, max_count: int, cach
     located = imagefolder.locate(Path(source))
     index = stream.build_index(located, Path(cache_dir))
     remote = is_url(dest)
+    if any(n.endswith(".tar") or n == MANIFEST for n in _listing(dest.rstrip("/") if remote else Path(dest))):
+        raise ConfigError(f"{dest} already holds shards; write to an empty folder or prefix")
     if remote:
         fs, base = _filesystem(dest)
     else:
         Path(dest).mkdir(parents=True, exist_ok=True)
-        if any(n.endswith(".tar") or n == MANIFEST for n in os.listdir(dest)):
-            raise ConfigError(f"{dest} already holds shards; write to an empty folder")
     labelled = bool(index.classes)
     manifest = {"format": MANIFEST_FORMAT, "classes": index.classes, "splits": {}}
     with tempfile.TemporaryDirectory(prefix="cssl-shards-", dir=None if remote else dest) as tmp:
