@@ -110,7 +110,8 @@ class DatasetSpec(BaseModel):
     path: str | None = Field(
         None,
         description="For data sets that need files: a file or folder under the service's data roots; "
-        "a relative path is relative to the first root",
+        "a relative path is relative to the first root; webdataset shards may be a URL (s3://bucket/prefix) "
+        "under a data root that is a bucket prefix",
         examples=["cifar10-jpeg.tar.gz"],
     )
     upload: str | None = Field(

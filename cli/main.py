@@ -128,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list datasets")
     p.set_defaults(func=cmd_datasets)
 
+    p = sub.add_parser("data", help="prepare data sets: write WebDataset tar shards")
+    data = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    p = data.add_parser(
+        "shard",
+        help="write an image folder as WebDataset tar shards, to a folder or a bucket",
+        description="Write an image folder (train/<class>/ and test/<class>/, or unlabelled images) as "
+        "WebDataset tar shards train-000000.tar, ..., test-000000.tar, ... with cssl-shards.json, which "
+        "dataset webdataset streams. Each sample holds the file's own bytes (not re-encoded) and its class.",
+    )
+    p.add_argument("src", help="the image folder (or a .txt list of images)")
+    p.add_argument("dest", help="an empty folder, or an object-store URL (s3://bucket/prefix)")
+    limit = p.add_mutually_exclusive_group()
+    limit.add_argument("--shard-size", default="1GB", help="start a new shard past this size (default 1GB)")
+    limit.add_argument("--max-count", type=int, help="at most this many samples per shard")
+    p.set_defaults(func=cmd_data_shard)
+
     try:
         from cli.service import add_service_commands
     except ImportError:
@@ -447,6 +463,23 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for d in describe_datasets():
         need = "needs --data PATH" if d["needs_path"] else "built in"
         print(f"{d['name']}: {d['description']} ({need})")
+    return 0
+
+
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from cssl_core.data import cache
+    from cssl_core.data.shards import parse_size, write_shards
+    from cssl_core.errors import ConfigError
+
+    if args.max_count is not None and args.max_count < 1:
+        raise ConfigError(f"--max-count must be a positive integer, got {args.max_count}")
+    max_count, max_size = (args.max_count, float("inf")) if args.max_count else (10**12, parse_size(args.shard_size))
+    manifest = write_shards(
+        Path(args.src), args.dest, max_size=max_size, max_count=max_count, cache_dir=cache.default_cache_dir()
+    )
+    for split, part in manifest["splits"].items():
+        print(f"{split}: {len(part['samples']['name'])} samples in {len(part['shards'])} shards")
+    print(f"wrote {args.dest}; train on it with --dataset webdataset --data {args.dest}")
     return 0
 
 

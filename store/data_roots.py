@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from store.artifacts import is_url
 from store.settings import Settings
 
 UPLOADS = "uploads"
@@ -72,24 +73,46 @@ class Unpacked:
     num_bytes: int
 
 
-def resolve_data_path(settings: Settings, path: str) -> Path | None:
+def resolve_data_path(settings: Settings, path: str) -> Path | str | None:
     """``path`` with every symlink resolved, if it exists inside a data root and outside the
     uploads folder; else None.
 
     A relative path is taken relative to the first root. The uploads folder, anything in it
     and anything holding it are refused: uploads are reached by id (:func:`resolve_upload`).
     None says nothing about why, so that a refusal tells a user nothing about the server's files.
+    A URL is :func:`resolve_data_url`'s.
     """
+    if is_url(path):
+        return resolve_data_url(settings, path)
     try:
-        resolved = (settings.data_roots[0] / path).resolve(strict=True)
+        resolved = (settings.data_folders[0] / path).resolve(strict=True)
     except (OSError, RuntimeError, ValueError):  # missing, unreadable, a link loop, a NUL byte
         return None
-    if not any(resolved.is_relative_to(root.resolve()) for root in settings.data_roots):
+    if not any(resolved.is_relative_to(root.resolve()) for root in settings.data_folders):
         return None
     reserved = settings.uploads_folder.resolve()
     if resolved.is_relative_to(reserved) or reserved.is_relative_to(resolved):
         return None
     return resolved
+
+
+def resolve_data_url(settings: Settings, url: str) -> str | None:
+    """``url`` without a trailing /, if it lies under a data root that is a bucket prefix (the
+    same scheme and bucket, the root's key a leading part of its key); else None. It must be
+    written in its normal form: no ``.`` or ``..`` parts, no empty parts, no query or fragment,
+    so the text compared is the object key that is read. Whether objects are there, the data
+    set's reader says."""
+    scheme, sep, rest = url.partition("://")
+    rest = rest.rstrip("/")
+    parts = rest.split("/")
+    if not sep or not scheme or not rest or any(c in url for c in "?#\\\0") or any(p in ("", ".", "..") for p in parts):
+        return None
+    for root in settings.data_urls:
+        root_scheme, _, root_rest = root.partition("://")
+        root_parts = root_rest.split("/")
+        if scheme == root_scheme and parts[: len(root_parts)] == root_parts:
+            return f"{scheme}://{rest}"
+    return None
 
 
 def resolve_upload(settings: Settings, upload_id: str) -> Path | None:
@@ -104,7 +127,7 @@ def resolve_upload(settings: Settings, upload_id: str) -> Path | None:
     return folder.resolve()
 
 
-def resolve_job_data(settings: Settings, path: str) -> Path | None:
+def resolve_job_data(settings: Settings, path: str) -> Path | str | None:
     """A job's stored data path resolved: ``uploads/<id>`` by :func:`resolve_upload`, any
     other path by :func:`resolve_data_path` (so never into the uploads folder)."""
     upload = upload_id(path)

@@ -157,10 +157,11 @@ class Settings(BaseSettings):
         description="seconds one attempt of a job may run on a worker, its "
         "evaluations included; a job with no time_budget gets this one; 0: no limit",
     )
-    data_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+    data_roots: Annotated[tuple[Path | str, ...], NoDecode] = Field(
         (),
-        description="folders jobs may read data from, separated by ':' or ','; relative job paths and "
-        "uploads (uploads/<id>) go under the first (default: STATE_DIR/data)",
+        description="folders, or bucket prefixes (s3://bucket/prefix), jobs may read data from, separated by "
+        "':' or ','; relative job paths and uploads (uploads/<id>) go under the first folder (default: "
+        "STATE_DIR/data)",
     )
     max_upload_bytes: int = Field(
         2 * 1024**3,
@@ -235,7 +236,7 @@ class Settings(BaseSettings):
         data["artifact_root"] = _artifact_root(str(data.get("artifact_root") or ""), state_dir)
         data["cache_dir"] = Path(data.get("cache_dir") or state_dir / "cache").resolve()
         data["wandb_dir"] = Path(data.get("wandb_dir") or state_dir / "wandb").resolve()
-        data["data_roots"] = _folders(data.get("data_roots")) or (state_dir / "data",)
+        data["data_roots"] = _data_roots(data.get("data_roots"), state_dir)
         if isinstance(retries := data.get("webhook_retry_seconds"), str):
             data["webhook_retry_seconds"] = tuple(p.strip() for p in re.split("[,:]", retries) if p.strip())
         return data
@@ -272,8 +273,18 @@ class Settings(BaseSettings):
         return ArtifactStore(self.artifact_root, folder)
 
     @property
+    def data_folders(self) -> tuple[Path, ...]:
+        """The data roots that are folders; the first holds relative paths and uploads."""
+        return tuple(root for root in self.data_roots if isinstance(root, Path))
+
+    @property
+    def data_urls(self) -> tuple[str, ...]:
+        """The data roots that are bucket prefixes (fsspec URLs, without a trailing /)."""
+        return tuple(root for root in self.data_roots if isinstance(root, str))
+
+    @property
     def uploads_folder(self) -> Path:
-        return self.data_roots[0] / "uploads"
+        return self.data_folders[0] / "uploads"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -382,6 +393,16 @@ def _explain(cls: type[Settings], error: dict) -> str:
     limits = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
     wanted = bound.format(**limits) if bound else _WANTED.get(cls.model_fields[field].annotation, error["msg"])
     return f"{env_name(field)} must be {wanted}, got {error['input']!r}"
+
+
+def _data_roots(value: Any, state_dir: Path) -> tuple[Path | str, ...]:
+    """Folders (absolute paths, in order, at least one: STATE_DIR/data when none is named), then
+    bucket prefixes (URLs as given, without a trailing /). ``:`` separates roots except in ``://``."""
+    if isinstance(value, str):
+        value = re.split(f"(?:,|{re.escape(os.pathsep)}(?!//))", value)
+    parts = [str(part).strip() for part in value or () if str(part).strip()]
+    urls = tuple(part.rstrip("/") for part in parts if is_url(part))
+    return (_folders([p for p in parts if not is_url(p)]) or (state_dir / "data",)) + urls
 
 
 def _folders(value: Any) -> tuple[Path, ...]:

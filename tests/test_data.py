@@ -96,18 +96,20 @@ def png_bytes(colour=(1, 2, 3), size=(8, 8)) -> bytes:
 
 
 def test_registry_lists_every_dataset():
-    assert dataset_names() == ["cifar10", "cifar100", "stl10", "imagefolder", "digits", "synthetic"]
+    assert dataset_names() == ["cifar10", "cifar100", "stl10", "imagefolder", "webdataset", "digits", "synthetic"]
     described = {d["name"]: d for d in describe_datasets()}
     assert set(described) == set(dataset_names())
     for d in described.values():
         assert set(d) == {"name", "description", "needs_path", "image_size", "resizable"}
     assert described["cifar10"]["needs_path"] and not described["digits"]["needs_path"]
-    assert [name for name, d in described.items() if d["resizable"]] == ["imagefolder"]
+    assert [name for name, d in described.items() if d["resizable"]] == ["imagefolder", "webdataset"]
     assert described["stl10"]["image_size"] == 96 and described["imagefolder"]["image_size"] == 64
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(ConfigError, match="known datasets: cifar10, cifar100, stl10, imagefolder, digits, synthetic"):
+    with pytest.raises(
+        ConfigError, match="known datasets: cifar10, cifar100, stl10, imagefolder, webdataset, digits, synthetic"
+    ):
         load_dataset("imagenet")
 
 

@@ -146,6 +146,29 @@ def test_data_roots_upload_limit_and_cache(tmp_path):
         Settings.from_env({"CSSL_MAX_UPLOAD_BYTES": "0"})
 
 
+def test_a_data_root_may_be_a_bucket_prefix_and_a_url_must_lie_under_one(tmp_path):
+    from store.data_roots import resolve_data_path
+
+    settings = Settings.from_env({"CSSL_DATA_ROOTS": f"s3://lab-data/cssl/{os.pathsep}/data,gs://other/p"})
+    assert settings.data_roots == (Path("/data"), "s3://lab-data/cssl", "gs://other/p")
+    assert settings.uploads_folder == Path("/data/uploads")
+    assert Settings.from_env({"CSSL_DATA_ROOTS": "s3://lab-data/cssl"}).data_folders == (tmp_path / ".state" / "data",)
+    assert resolve_data_path(settings, "s3://lab-data/cssl/imagenet/") == "s3://lab-data/cssl/imagenet"
+    assert resolve_data_path(settings, "s3://lab-data/cssl") == "s3://lab-data/cssl"
+    assert resolve_data_path(settings, "gs://other/p/x") == "gs://other/p/x"
+    for outside in (
+        "s3://lab-data/cssl-private/x",  # a longer name, not a folder of the root
+        "s3://lab-data/cssl/../private",
+        "s3://lab-data/cssl/./x",
+        "s3://lab-data/cssl//x",
+        "s3://lab-data/cssl/x?versionId=1",
+        "gs://lab-data/cssl/x",  # another scheme
+        "s3://other/p/x",
+        "s3://lab-data",
+    ):
+        assert resolve_data_path(settings, outside) is None, outside
+
+
 def test_tracking_sinks_are_off_unless_set_and_their_uri_is_masked(tmp_path):
     settings = Settings.from_env({})
     assert (settings.mlflow_tracking_uri, settings.mlflow_experiment) == ("", "cssl")

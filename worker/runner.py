@@ -553,12 +553,12 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _job_data(settings: Settings, job: ClaimedJob) -> Path | None:
+def _job_data(settings: Settings, job: ClaimedJob) -> Path | str | None:
     """The job's data path checked again, now: a link may have changed since the API checked it."""
     return _checked_data(settings, job.dataset_path)
 
 
-def _checked_data(settings: Settings, stored: str | None) -> Path | None:
+def _checked_data(settings: Settings, stored: str | None) -> Path | str | None:
     from cssl_core.errors import DataError
 
     if stored is None:

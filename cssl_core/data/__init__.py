@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cssl_core.data import cache, cifar, digits, imagefolder, stl10, synthetic
+from cssl_core.data import cache, cifar, digits, imagefolder, shards, stl10, synthetic
 from cssl_core.data.budget import check_cached_bytes, check_decoded_bytes, decoded_bytes_limit, memory_limit
 from cssl_core.data.stream import DATA_MODES, FileIndex, build_index, default_workers, eval_images
 from cssl_core.errors import ConfigError, DataError
@@ -108,16 +108,27 @@ class ImageDataset:
         )
 
 
+def _no_decode(located: Path | str, size: int) -> cache.DecodedDataset:
+    raise ConfigError(
+        f"WebDataset shards ({located}) are streamed, not decoded into memory: use data_mode auto or stream"
+    )
+
+
+def _build_index(source: DatasetSource, located: Path | str, cache_root: Path) -> FileIndex:
+    return shards.build_index(located, cache_root) if source.streamed_only else build_index(located, cache_root)
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     name: str
     description: str
     image_size: int  # default side of the square images
     decode: Callable[[Path | None, int], cache.DecodedDataset]  # (located source, image size)
-    locate: Callable[[Path], Path] | None = None  # a user path -> the source's files; None: needs none
+    locate: Callable[[Path | str], Path | str] | None = None  # a user path or URL -> the files; None: needs none
     download: Callable[[Path], None] | None = None
     cached: bool = True
     resizable: bool = False  # images of any size, brought to the run's image_size
+    streamed_only: bool = False  # never decoded into memory: read by byte range (WebDataset shards)
 
     @property
     def needs_path(self) -> bool:
@@ -151,6 +162,13 @@ _SOURCES = {
             "only, a folder of unlabelled images at any depth or a .txt list of them; or a .tar.gz of either; "
             "resized (short side) and centre-cropped to image_size (default 64)",
             64, imagefolder.decode, imagefolder.locate, resizable=True,
+        ),
+        DatasetSource(
+            "webdataset",
+            "WebDataset tar shards (cssl data shard writes them from an image folder): a folder or an "
+            "fsspec URL (s3://bucket/prefix) holding cssl-shards.json or train-*.tar (and test-*.tar for "
+            "labels); always streamed, at image_size (default 64)",
+            64, _no_decode, shards.locate, resizable=True, cached=False, streamed_only=True,
         ),
         DatasetSource(
             "digits",
@@ -193,6 +211,8 @@ def dataset_has_labels(name: str, located: Path) -> bool:
     """Whether the files :func:`locate_dataset` found hold labels (an image folder may be a
     folder of unlabelled images); built-in data sets always do."""
     source = _SOURCES[name]
+    if source.streamed_only:
+        return shards.has_labels(located)
     return imagefolder.has_labels(located) if source.resizable else True
 
 
@@ -210,7 +230,7 @@ def describe_datasets() -> list[dict]:
     ]
 
 
-def locate_dataset(name: str, path: str | os.PathLike) -> Path:
+def locate_dataset(name: str, path: str | os.PathLike) -> Path | str:
     """The files of dataset ``name`` at ``path`` (its folder or archive), without reading them;
     :class:`DataError` when they are not there or not laid out as the dataset expects."""
     source = _SOURCES.get(name)
@@ -218,7 +238,7 @@ def locate_dataset(name: str, path: str | os.PathLike) -> Path:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
     if not source.needs_path:
         raise ConfigError(f"dataset {name} takes no files")
-    return source.locate(Path(path))
+    return source.locate(_user_path(source, path))
 
 
 def load_dataset(
@@ -273,6 +293,8 @@ def check_data_mode(name: str, data_mode: str) -> None:
     source = _SOURCES.get(name)
     if source is None:
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
+    if data_mode == "memory" and source.streamed_only:
+        raise ConfigError(f"{name} data sets are streamed, never decoded into memory: use data_mode auto or stream")
     if data_mode == "stream" and not source.resizable:
         resizable = ", ".join(s.name for s in _SOURCES.values() if s.resizable)
         raise ConfigError(
@@ -302,6 +324,8 @@ def open_dataset(
         return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
     located = _locate(source, path, cache_root, download=False)
+    if source.streamed_only:
+        return _build_index(source, located, cache_root)
     if data_mode == "auto" and located.is_file() and not imagefolder.is_image_list(located):
         return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)  # an archive
     index = build_index(located, cache_root)
@@ -334,9 +358,10 @@ def load_eval_dataset(
         raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(_SOURCES)}")
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else cache.default_cache_dir()
     located = _locate(source, path, cache_root, download=False) if source.resizable else None
-    if located is None or not streamed or (located.is_file() and not imagefolder.is_image_list(located)):
+    streamed = streamed or source.streamed_only
+    if located is None or not streamed or (_is_local_file(located) and not imagefolder.is_image_list(located)):
         return load_dataset(name, path, cache_dir=cache_dir, image_size=image_size)
-    index = build_index(located, cache_root)
+    index = _build_index(source, located, cache_root)
     if not index.labelled:  # require_labels says what to name instead
         empty = ImageSplit(
             torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
@@ -346,7 +371,7 @@ def load_eval_dataset(
     workers = default_workers() if workers is None else workers
 
     def split(paths: list[str], labels: torch.Tensor) -> ImageSplit:
-        return ImageSplit(torch.cat(list(eval_images(index.root, paths, image_size, workers))), labels)
+        return ImageSplit(torch.cat(list(eval_images(index.reader, paths, image_size, workers))), labels)
 
     return ImageDataset(
         name, index.classes, split(index.paths, index.labels), split(index.test_paths, index.test_labels)
@@ -381,6 +406,12 @@ def data_fingerprint(
         located = _locate(source, path, cache_root, download=False)
     except DataError:
         return {**out, "fingerprint": None, "files": None, "bytes": None}
+    if source.streamed_only:
+        index = shards.build_index(located, cache_root)
+        entries = "\n".join([*index.paths, *index.test_paths])
+        digest = hashlib.sha256(entries.encode()).hexdigest()
+        nbytes = sum(int(e.split("\t")[2]) for e in [*index.paths, *index.test_paths])
+        return {**out, "fingerprint": digest, "files": len(index) + len(index.test_paths), "bytes": nbytes}
     digest, files, nbytes = cache.index_digest(located.resolve())
     return {**out, "fingerprint": digest, "files": files, "bytes": nbytes}
 
@@ -420,8 +451,24 @@ def class_balanced_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Ten
     return picked.sort().values
 
 
-def _locate(source: DatasetSource, path: str | os.PathLike | None, cache_root: Path, download: bool) -> Path:
-    root = Path(path).expanduser() if path is not None else cache_root / "downloads" / source.name
+def _is_local_file(located: Path | str) -> bool:
+    return isinstance(located, Path) and located.is_file()
+
+
+def _user_path(source: DatasetSource, path: str | os.PathLike) -> Path | str:
+    """``path`` as its source reads it: a URL (``s3://...``) as given, for WebDataset shards only."""
+    if shards.is_url(path):
+        if not source.streamed_only:
+            raise DataError(
+                f"dataset {source.name} reads local files, not {path}: write the images as WebDataset shards "
+                f"(cssl data shard SRC {path}) and name dataset webdataset"
+            )
+        return str(path)
+    return Path(path).expanduser()
+
+
+def _locate(source: DatasetSource, path: str | os.PathLike | None, cache_root: Path, download: bool) -> Path | str:
+    root = _user_path(source, path) if path is not None else cache_root / "downloads" / source.name
     if download:
         if source.download is None:
             raise ConfigError(f"dataset {source.name} cannot be downloaded; pass the path of your files")

@@ -1,7 +1,8 @@
 """Image folders too big for memory: a file index, and batches decoded in loader processes.
 
 An image folder (:mod:`.imagefolder`'s layouts, not archives) is read as a :class:`FileIndex`:
-its image paths and labels, built by one walk of the tree and cached under
+its image paths and labels (or, for WebDataset tar shards, :mod:`.shards`' byte ranges, read by the
+index's ``reader``), built by one walk of the tree and cached under
 ``<cache_dir>/index/`` (keyed by the folder and the mtimes of its top folders, so a second run
 does not walk 1.28 M files again). Training reads batch ``k`` of an epoch through
 :class:`StreamBatches`, a ``torch.utils.data.Dataset`` whose item ``k`` is that batch: its
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,17 +49,41 @@ INDEX_FORMAT = 1
 _TORCHVISION_FORMATS = (".jpg", ".jpeg", ".png")
 
 
+class FolderReader:
+    """The encoded bytes of an image file, by its path relative to ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __call__(self, entry: str) -> bytes:
+        try:
+            return imagefolder._read_no_links(self.root / entry)
+        except OSError as exc:
+            raise DataError(
+                f"cannot read image {self.root / entry}: {exc}; the folder changed since it was indexed?"
+            ) from exc
+
+
 @dataclass
 class FileIndex:
     """The images of a folder, for streaming: ``paths`` relative to ``root``, ``labels`` int64
-    (N,) (-1 where unlabelled), and the held-out ``test`` images of a labelled tree."""
+    (N,) (-1 where unlabelled), and the held-out ``test`` images of a labelled tree.
 
-    root: Path
+    ``reader`` maps an entry of ``paths`` to the image's encoded bytes: a :class:`FolderReader`
+    of ``root`` unless given (WebDataset shards: :class:`cssl_core.data.shards.ShardReader`, whose
+    entries are byte ranges of the shards at ``root``, a folder or an fsspec URL)."""
+
+    root: Path | str
     classes: list[str]
     paths: list[str]
     labels: torch.Tensor
     test_paths: list[str]
     test_labels: torch.Tensor
+    reader: Callable[[str], bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reader is None:
+            self.reader = FolderReader(self.root)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -83,6 +109,7 @@ class FileIndex:
             self.labels[indices],
             self.test_paths,
             self.test_labels,
+            self.reader,
         )
 
 
@@ -165,22 +192,24 @@ def _from_json(body: dict, source: Path) -> FileIndex:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """A file as uint8 RGB (3, H, W) at its own resolution: torchvision's decoder for JPEG and
-    PNG, Pillow for the other formats and for files torchvision's decoder refuses."""
-    try:
-        data = imagefolder._read_no_links(path)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}; the folder changed since it was indexed?") from exc
-    if path.suffix.lower() in _TORCHVISION_FORMATS:
+    """A file as uint8 RGB (3, H, W) at its own resolution (:func:`decode_bytes`)."""
+    return decode_bytes(FolderReader(path.parent)(path.name), str(path))
+
+
+def decode_bytes(data: bytes, name: str) -> torch.Tensor:
+    """An encoded image as uint8 RGB (3, H, W) at its own resolution: torchvision's decoder for
+    JPEG and PNG (by ``name``'s suffix), Pillow for the other formats and for files torchvision's
+    decoder refuses."""
+    if os.path.splitext(name)[1].lower() in _TORCHVISION_FORMATS:
         try:
             return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:
             pass  # e.g. a CMYK JPEG: Pillow reads it
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot decode image {path}: {exc}; replace or remove the file") from exc
+        raise DataError(f"cannot decode image {name}: {exc}; replace or remove the file") from exc
 
 
 def eval_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -219,7 +248,7 @@ class StreamBatches(torch.utils.data.Dataset):
         epoch: int,
         rows: slice,
     ):
-        self.root, self.paths = index.root, index.packed_paths
+        self.read, self.paths = index.reader, index.packed_paths
         self.order, self.batch_size, self.specs = order, batch_size, tuple(specs)
         self.seed, self.epoch, self.rows = seed, epoch, rows
 
@@ -229,7 +258,8 @@ class StreamBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         indices = self.order[k * self.batch_size : (k + 1) * self.batch_size]
         mine = range(self.batch_size)[self.rows]
-        images = [read_image(self.root / self.paths[i].decode()) for i in indices[self.rows].tolist()]
+        entries = [self.paths[i].decode() for i in indices[self.rows].tolist()]
+        images = [decode_bytes(self.read(entry), entry) for entry in entries]
         # The draws do not depend on the sizes: other ranks' rows get a stand-in size of 1 x 1.
         sizes = torch.ones(self.batch_size, 2, dtype=torch.float64)
         sizes[self.rows] = torch.tensor([image.shape[-2:] for image in images], dtype=torch.float64)
@@ -263,21 +293,22 @@ def stream_batches(dataset: StreamBatches, start: int, workers: int, pin_memory:
 
 
 class _EvalImages(torch.utils.data.Dataset):
-    def __init__(self, root: Path, paths: Sequence[str], size: int):
-        self.root, self.paths, self.size = root, paths, size
+    def __init__(self, read: Callable[[str], bytes], paths: Sequence[str], size: int):
+        self.read, self.paths, self.size = read, paths, size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return eval_image(read_image(self.root / self.paths[i]), self.size)
+        return eval_image(decode_bytes(self.read(self.paths[i]), self.paths[i]), self.size)
 
 
 def eval_images(
-    root: Path, paths: Sequence[str], size: int, workers: int, batch_size: int = 256
+    read: Callable[[str], bytes], paths: Sequence[str], size: int, workers: int, batch_size: int = 256
 ) -> Iterator[torch.Tensor]:
-    """The images at ``paths`` through :func:`eval_image`, as uint8 batches (B, 3, size, size) in order."""
-    loader = torch.utils.data.DataLoader(_EvalImages(root, paths, size), batch_size=batch_size, num_workers=workers)
+    """The images at ``paths`` (entries of an index whose ``reader`` is ``read``) through
+    :func:`eval_image`, as uint8 batches (B, 3, size, size) in order."""
+    loader = torch.utils.data.DataLoader(_EvalImages(read, paths, size), batch_size=batch_size, num_workers=workers)
     yield from loader
 
 

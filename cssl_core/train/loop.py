@@ -191,7 +191,7 @@ class Trainer:
             # A fixed sample at the evaluation transform: channel statistics and the collapse probe.
             picked = torch.randperm(len(self.stream), generator=torch.Generator().manual_seed(config.seed))
             paths = [self.stream.paths[i] for i in picked[:STREAM_SAMPLE_IMAGES].tolist()]
-            sample = torch.cat(list(eval_images(self.stream.root, paths, self.image_size, self.workers)))
+            sample = torch.cat(list(eval_images(self.stream.reader, paths, self.image_size, self.workers)))
         else:
             split = self.data.pretrain_split()
             if config.subset:
@@ -501,7 +501,7 @@ class Trainer:
         if self.stream is None:
             chunks = [self.images]
         else:  # streamed: every training image at the evaluation transform, a chunk at a time
-            chunks = eval_images(self.stream.root, self.stream.paths, self.image_size, self.workers, batch_size=1024)
+            chunks = eval_images(self.stream.reader, self.stream.paths, self.image_size, self.workers, batch_size=1024)
         features = [
             extract_features(module, images, self.mean, self.std, self.device, precision=self.config.precision)
             for images in chunks

@@ -231,3 +231,57 @@ def test_a_recorded_path_never_leads_out_of_the_s3_root(s3, settings, tokens):
         for checkpoint_id in ids:
             response = client.get(f"/v1/checkpoints/{checkpoint_id}/download", headers=alice)
             assert response.status_code == 410 and b"not for download" not in response.content
+
+
+@pytest.fixture(scope="module")
+def bucket_data_service(s3, service_env, tmp_path_factory):
+    """An API and a worker whose data roots include the bucket prefix s3://lab-models/data."""
+    env = {
+        **service_env,
+        **s3.env,
+        "CSSL_DATA_ROOTS": f"{service_env['CSSL_DATA_ROOTS']},s3://{s3.bucket}/data",
+        "CSSL_QUEUE": service_env["CSSL_QUEUE"] + "_s3data",
+    }
+    logs = tmp_path_factory.mktemp("s3-data")
+    api, base = start_api(env, logs / "api.log")
+    yield env, base, logs
+    api.stop()
+
+
+def test_a_job_trains_on_webdataset_shards_under_a_bucket_data_root(s3, bucket_data_service, alice, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cli.main import main as cssl
+
+    env, base, logs = bucket_data_service
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("test", 4)):
+        for label, name in enumerate(("a", "b")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (int(rng.integers(30, 60)), 40, 3), dtype=np.uint8)
+                pixels[..., label] //= 2
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.jpg")
+    url = f"s3://{s3.bucket}/data/shapes"
+    assert cssl(["data", "shard", str(tmp_path), url, "--max-count", "8"]) == 0
+
+    config = {"backbone": "small", "epochs": 1, "batch_size": 16, "image_size": 32, "precision": "fp32"}
+    body = {"kind": "pretrain", "method": "simclr", "config": {**config, "data_workers": 1}, "evaluate": ["knn"]}
+    for outside in (f"s3://{s3.bucket}/elsewhere/shapes", f"s3://{s3.bucket}/data/../elsewhere/shapes"):
+        refused = httpx.post(
+            f"{base}/v1/jobs", json={**body, "dataset": {"name": "webdataset", "path": outside}}, headers=alice
+        )
+        assert refused.status_code == 422 and "body.dataset.path" in refused.json()["detail"], refused.text
+    response = httpx.post(
+        f"{base}/v1/jobs", json={**body, "dataset": {"name": "webdataset", "path": url}}, headers=alice, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    worker = start_worker(env, logs / "worker.log", "s3d1")
+    try:
+        done = finished(base, alice, response.json()["id"])
+    finally:
+        worker.stop(signal.SIGQUIT)
+    assert done["status"] == "succeeded", (done, worker.output()[-3000:])
+    assert done["provenance"]["data"]["path"] == url and done["provenance"]["data"]["files"] == 40
+    assert done["latest_metrics"]["knn_top1"] is not None  # kNN on the shards' test split
