@@ -412,13 +412,22 @@ def test_the_worker_reaches_an_upload_by_its_id_alone(client, alice, settings, s
     assert "no longer readable" in failed["error"] and failed["result"] is None
 
 
-def test_a_data_set_over_the_decoded_bytes_limit_fails_the_job_before_decoding(client, alice, settings):
+def test_a_data_set_over_the_decoded_bytes_limit_is_streamed_or_refused_before_decoding(client, alice, settings):
     from worker import runner
 
     dataset = settled(client, alice, upload(client, alice, image_archive()))
-    queued = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
-    # 16 images at imagefolder's 64 px take 196,608 bytes decoded.
-    assert runner.run_job(settings.with_(max_decoded_bytes=196_607), queued["id"], "w-check") == "failed"
+    # 16 images at imagefolder's 64 px take 196,608 bytes decoded: by default (data_mode auto)
+    # such a set is streamed from disk rather than decoded.
+    over = settings.with_(max_decoded_bytes=196_607)
+    streamed = client.post("/v1/jobs", json=job({"name": "imagefolder", "upload": dataset["id"]}), headers=alice).json()
+    assert runner.run_job(over, streamed["id"], "w-check") == "succeeded"
+    log = client.get(f"/v1/jobs/{streamed['id']}/logs", headers=alice).text
+    assert "196,608 bytes decoded, over 196,607 (CSSL_MAX_DECODED_BYTES): streaming" in log, log[-2000:]
+    # data_mode memory asks for it decoded: refused before anything is decoded.
+    body = job({"name": "imagefolder", "upload": dataset["id"]})
+    body["config"] = {**body["config"], "data_mode": "memory"}
+    queued = client.post("/v1/jobs", json=body, headers=alice).json()
+    assert runner.run_job(over, queued["id"], "w-check") == "failed"
     failed = client.get(f"/v1/jobs/{queued['id']}", headers=alice).json()
     assert failed["result"] is None and failed["progress"] is None
     assert failed["error"].endswith(
