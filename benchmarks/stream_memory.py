@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from benchmarks.jpeg_decode import SIZE
@@ -115,6 +116,35 @@ def train(keys: dict, steps: int) -> tuple[dict, float, float]:
     return rss, result.train_seconds, result.steps * config.batch_size / result.train_seconds
 
 
+def load_only(folder: Path, batch_size: int, image_size: int, workers: int | None) -> tuple[dict, float, float]:
+    """One epoch of the streamed data path alone, no model: the index, decoding and SimCLR's two
+    crops at ``image_size`` in the loader processes, the other stages (jitter, grayscale, blur)
+    in this one, as a run makes them. The RSS at each batch, the seconds and the images/s."""
+    from cssl_core.augment import ViewGenerator
+    from cssl_core.augment.presets import simclr
+    from cssl_core.data.stream import StreamBatches, build_index, default_workers, stream_batches
+    from cssl_core.train.loop import epoch_permutation
+
+    index = build_index(folder, Path(os.environ["CSSL_CACHE_DIR"]))
+    views = ViewGenerator(simclr(image_size, None), mean=(0.5,) * 3, std=(0.25,) * 3)
+    order = epoch_permutation(0, 0, len(index))
+    batches = StreamBatches(index, order, batch_size, views.views, seed=0, epoch=0, rows=slice(None))
+    generator = torch.Generator().manual_seed(0)
+    rss, sampler = {}, MemorySampler()
+    sampler.start()
+    start = time.perf_counter()
+    for step, (_, crops) in enumerate(
+        stream_batches(batches, 0, default_workers() if workers is None else workers, False), 1
+    ):
+        views.finish(crops, generator)
+        rss[step] = sampler.now()
+    seconds = time.perf_counter() - start
+    sampler.done.set()
+    sampler.join()
+    rss["peak"] = max(sampler.samples)
+    return rss, seconds, len(batches) * batch_size / seconds
+
+
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
@@ -128,6 +158,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--workers", type=int, help="DataLoader processes; default: the run's")
+    parser.add_argument(
+        "--loader-only", action="store_true", help="one epoch of the data path alone (no model); no CIFAR runs"
+    )
     parser.add_argument("--cifar", type=Path, default=CIFAR)
     parser.add_argument("--cifar-steps", type=int, default=20)
     parser.add_argument("--cifar-batch-size", type=int, default=256)
@@ -143,10 +176,13 @@ def main() -> None:
         write_jpegs(folder, args.images)
         written = time.perf_counter() - start
         keys = {"dataset": "imagefolder", "data": str(folder), "data_mode": "stream", "image_size": args.image_size}
-        rss, seconds, speed = train({**keys, "batch_size": args.batch_size, **common}, args.steps)
+        if args.loader_only:
+            rss, seconds, speed = load_only(folder, args.batch_size, args.image_size, args.workers)
+        else:
+            rss, seconds, speed = train({**keys, "batch_size": args.batch_size, **common}, args.steps)
         steps = sorted(k for k in rss if k != "peak")
         row = {
-            "benchmark": "stream_rss",
+            "benchmark": "stream_rss_loader_only" if args.loader_only else "stream_rss",
             "images": args.images,
             "image_size": args.image_size,
             "batch_size": args.batch_size,
@@ -162,6 +198,8 @@ def main() -> None:
         }
         print(json.dumps(row), flush=True)
 
+        if args.loader_only:
+            return
         if not args.cifar.is_file():
             print(json.dumps({"benchmark": "cifar10_stream_vs_memory", "skipped": f"no {args.cifar}"}))
             return
