@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 import webdataset
 from PIL import Image
+from s3_server import s3_server
 from tiny import stop_after, tiny_heads
 
 from cli.main import main as cssl
@@ -183,30 +183,8 @@ def test_bad_shard_inputs_are_clear_errors(tmp_path, folder, shards, capsys):
 @pytest.fixture(scope="module")
 def bucket():
     """moto's S3 server in a thread, with an empty bucket; the AWS variables point at it."""
-    server_module = pytest.importorskip("moto.server", reason="needs moto's S3 server (the dev extra)")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    import fsspec
-
-    fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
-    fs.mkdir("lab-data")
-    yield fs
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    with s3_server("lab-data") as (_, fs):
+        yield fs
 
 
 def test_shards_in_a_bucket_train_and_evaluate(tmp_path, folder, shards, bucket):

@@ -4,8 +4,6 @@ servers and the embedded backend)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -13,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from s3_server import s3_server
 
 from dispatch.broker import delete_queue
 from store.db import create_database, drop_database
@@ -120,30 +119,5 @@ class ObjectStore:
 def s3():
     """A real S3 HTTP endpoint: moto's server in a thread of this process, on a free port, so
     that nothing else has to be started; the API and workers started by a test reach it over HTTP."""
-    server_module = pytest.importorskip(
-        "moto.server", reason="the object-store tests need moto's S3 server: pip install 'moto[server]' (the dev extra)"
-    )
-    pytest.importorskip("s3fs", reason="the object-store tests need s3fs (a runtime dependency)")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per S3 request otherwise
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    import fsspec
-
-    fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
-    fs.mkdir("lab-models")
-    yield ObjectStore(env, "lab-models", fs)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    with s3_server("lab-models") as (env, fs):
+        yield ObjectStore(env, "lab-models", fs)

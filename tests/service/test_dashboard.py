@@ -310,6 +310,7 @@ def test_delete_a_finished_job_from_its_page(server, worker, page, owner_token):
     job_id = httpx.post(f"{server}/v1/jobs", json=body, headers=auth(owner_token)).json()["id"]
     read_events(server, f"/v1/jobs/{job_id}/events", auth(owner_token), timeout=180)
     page.goto(f"{server}/ui/jobs/{job_id}")
+    page.locator(".job-header .status-succeeded").wait_for()
     page.get_by_role("button", name="Delete job").click()
     # The first click only arms it.
     assert httpx.get(f"{server}/v1/jobs/{job_id}", headers=auth(owner_token)).status_code == 200

@@ -56,11 +56,12 @@ export function jobHeader(job, { onCancelled }) {
         ? h("a", { class: "button", href: `/ui/submit?from=${job.id}` }, "Run again with changes")
         : null,
       h("a", { class: "button secondary", href: `/ui/compare?jobs=${job.id}` }, "Compare…"),
-      ACTIVE.has(job.status) ? null : deleteButton(),
+      ACTIVE.has(job.status) ? null : deleter,
     );
   }
 
   // Two clicks: the first arms it for five seconds, the second deletes the job and its files.
+  // One button for the page's life, so that an update (each event of the job) keeps it armed.
   function deleteButton() {
     const button = h("button", { type: "button", class: "danger" }, "Delete job");
     let armed = null;
@@ -74,13 +75,15 @@ export function jobHeader(job, { onCancelled }) {
         return;
       }
       clearTimeout(armed);
+      armed = null;
       button.disabled = true;
       try {
         await api(`/v1/jobs/${job.id}`, { method: "DELETE" });
         window.location.assign("/ui/");
       } catch (error) {
         toast(`Could not delete: ${error.message}`);
-        update(job);
+        button.textContent = "Delete job";
+        button.disabled = false;
       }
     });
     return button;
@@ -102,6 +105,7 @@ export function jobHeader(job, { onCancelled }) {
     }
   }
 
+  const deleter = deleteButton();
   update(job);
   return { element, update };
 }
