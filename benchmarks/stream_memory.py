@@ -8,9 +8,9 @@ its images/s against the in-memory path.
    :mod:`benchmarks.jpeg_decode` makes them) into ``--folder`` (default: a temporary folder,
    removed after), then trains SimCLR at ``--image-size`` (224) streamed from it: one epoch
    (``--steps 0``) or ``--steps`` steps. The resident memory of the process and of its
-   DataLoader workers is sampled every 0.2 s (psutil when installed, else ``/proc``; a forked
-   worker's pages shared with the main process count in both, so the sum is an upper bound)
-   and printed at the first, middle and last step with the peak and the images/s.
+   DataLoader workers is sampled every 0.2 s from ``/proc`` (the workers' private pages only:
+   a forked worker shares the training process's pages until either writes them) and printed
+   at the first, middle and last step with the peak and the images/s.
 2. SimCLR on CIFAR-10 (``--cifar``, the JPEG archive in ``../shared/data``, extracted to a
    temporary folder) at 32 px for ``--cifar-steps`` steps (``--cifar-backbone``: the small
    convnet), decoded in memory and streamed: images/s of each (the in-memory path's one-off
@@ -54,21 +54,19 @@ def write_jpegs(folder: Path, count: int, seed: int = 0) -> None:
 
 
 def resident_bytes(pid: int) -> tuple[int, int]:
-    """Resident memory of ``pid``, and of its descendants (DataLoader workers), in bytes."""
-    try:
-        import psutil
-
-        process = psutil.Process(pid)
-        return process.memory_info().rss, sum(p.memory_info().rss for p in process.children(recursive=True))
-    except ImportError:
-        pass
+    """Resident memory of ``pid``, and the private resident memory of its descendants (DataLoader
+    workers) in bytes: a forked worker's pages still shared with ``pid`` count once, in ``pid``."""
     found, todo = {}, [pid]
     while todo:
         current = todo.pop()
         try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    found[current] = int(line.split()[1]) * 1024
+            if current == pid:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                found[pid] = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) * 1024
+            else:
+                rollup = Path(f"/proc/{current}/smaps_rollup").read_text().splitlines()
+                private = ("Private_Clean:", "Private_Dirty:")
+                found[current] = sum(int(line.split()[1]) for line in rollup if line.startswith(private)) * 1024
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except (FileNotFoundError, ProcessLookupError):
@@ -122,9 +120,10 @@ def load_only(folder: Path, batch_size: int, image_size: int, workers: int | Non
     in this one, as a run makes them. The RSS at each batch, the seconds and the images/s."""
     from cssl_core.augment import ViewGenerator
     from cssl_core.augment.presets import simclr
-    from cssl_core.data.stream import StreamBatches, build_index, default_workers, stream_batches
+    from cssl_core.data.stream import StreamBatches, bound_heap, build_index, default_workers, stream_batches
     from cssl_core.train.loop import epoch_permutation
 
+    bound_heap()  # as a streamed run does
     index = build_index(folder, Path(os.environ["CSSL_CACHE_DIR"]))
     views = ViewGenerator(simclr(image_size, None), mean=(0.5,) * 3, std=(0.25,) * 3)
     order = epoch_permutation(0, 0, len(index))

@@ -19,6 +19,7 @@ Evaluations see images the standard way (:func:`eval_image`): the short side res
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import io
@@ -47,6 +48,8 @@ DATA_MODES = ("auto", "memory", "stream")
 INDEX_FORMAT = 1
 # Formats torchvision's decoder reads (the fastest here); others go through Pillow.
 _TORCHVISION_FORMATS = (".jpg", ".jpeg", ".png")
+# glibc's mallopt parameter number of the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
 
 
 class FolderReader:
@@ -310,6 +313,25 @@ def eval_images(
     :func:`eval_image`, as uint8 batches (B, 3, size, size) in order."""
     loader = torch.utils.data.DataLoader(_EvalImages(read, paths, size), batch_size=batch_size, num_workers=workers)
     yield from loader
+
+
+def bound_heap(threshold: int = 4 << 20) -> bool:
+    """Fix glibc's mmap threshold at ``threshold`` bytes for this process and the loader processes
+    it forks, unless ``MALLOC_MMAP_THRESHOLD_`` already sets it; True when set.
+
+    glibc raises the threshold to the size of each large block freed (up to 32 MiB), after which a
+    step's large temporaries (a batch of 224-px views is tens of MB) come from the heap, whose
+    freed pages stay resident. Measured over three streamed epochs of 64 JPEGs a batch at 224 px
+    (4,000 images): the training process grew 481 -> 908 -> 983 -> 1,013 MiB with glibc's default,
+    and stayed at 370-374 MiB with the threshold fixed at 4 MiB. Not glibc (macOS, musl): nothing.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def default_workers() -> int:

@@ -38,7 +38,7 @@ from cssl_core.data import (
     load_eval_dataset,
     open_dataset,
 )
-from cssl_core.data.stream import StreamBatches, default_workers, eval_images, stream_batches
+from cssl_core.data.stream import StreamBatches, bound_heap, default_workers, eval_images, stream_batches
 from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
@@ -183,6 +183,7 @@ class Trainer:
         self.data = None if self.stream is not None else data
         self.workers = config.data_workers if config.data_workers is not None else default_workers()
         if self.stream is not None:
+            bound_heap()  # the process's resident memory stays flat over a streamed epoch
             self.image_size = dataset_image_size(config.dataset, config.image_size)
             self.classes = self.stream.classes
             if config.subset:
