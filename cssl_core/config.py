@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from cssl_core.augment import preset_names
 from cssl_core.backbones import NORMS, vit_names
 from cssl_core.data import check_data_mode, dataset_image_size
+from cssl_core.data.stream import DECODE_PLACES
 from cssl_core.errors import ConfigError, did_you_mean
 from cssl_core.registry import METHODS
 from cssl_core.sizes import SMALL_IMAGE_MAX_SIZE
@@ -214,6 +215,11 @@ class PretrainConfig:
     data_workers: int | None = option(
         None, "data-loading processes of a streamed data set; none: one per CPU core less one, at most 8", ge=0, le=64
     )
+    decode_on: str = option(
+        "auto",
+        "where a streamed data set's images are decoded and cropped: loader (the data-loading processes, on the "
+        "CPU) or device (the training process, on its device: nvjpeg on a GPU); auto: device when training on CUDA",
+    )
     eval_dataset: str | None = option(
         None,
         "the labelled data set of kNN during training and the final evaluations, brought to the training "
@@ -250,6 +256,8 @@ class PretrainConfig:
         if self.recipe not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         check_data_mode(self.dataset, self.data_mode)
+        if self.decode_on not in DECODE_PLACES:
+            raise ConfigError(f"decode_on must be one of {', '.join(DECODE_PLACES)}, got {self.decode_on!r}")
         check_batch_split(self.batch_size, self.nproc)
         self.method_config.validate()
 

@@ -1,4 +1,5 @@
-"""Streaming an image folder: full-resolution crops in loader processes, exact resume, data_mode."""
+"""Streaming an image folder: full-resolution crops in loader processes or on the training
+device, exact resume, data_mode."""
 
 from __future__ import annotations
 
@@ -14,10 +15,23 @@ from PIL import Image
 from tiny import stop_after, tiny_heads
 
 from cli.main import main as cssl
-from cssl_core.augment import ViewSpec, sample_crop_flip
+from cssl_core.augment import ViewGenerator, ViewSpec, sample_crop_flip
 from cssl_core.config import build_config
-from cssl_core.data import FileIndex, ImageDataset, decoded_bytes_limit, load_eval_dataset, open_dataset
-from cssl_core.data.stream import StreamBatches, batch_generator, build_index, eval_image, read_image, stream_batches
+from cssl_core.data import FileIndex, ImageDataset, decoded_bytes_limit, load_eval_dataset, open_dataset, shards
+from cssl_core.data import stream as stream_module
+from cssl_core.data.stream import (
+    StreamBatches,
+    batch_generator,
+    build_index,
+    decode_batch,
+    decode_bytes,
+    decode_place,
+    encode_batch,
+    eval_image,
+    jpeg_components,
+    read_image,
+    stream_batches,
+)
 from cssl_core.errors import ConfigError
 from cssl_core.train import load_checkpoint, pretrain
 
@@ -74,11 +88,22 @@ def test_streamed_run_resumes_mid_epoch_with_the_same_weights(tmp_path, folder):
         assert torch.equal(a["model"][key], b["model"][key]), key
 
 
-def batches(folder, workers, start=0, rows=slice(0, 16)):
-    index = build_index(folder, folder.parent / "index-cache")
+SPECS = (ViewSpec(32), ViewSpec(16, crop_scale=(0.05, 0.4)))
+CPU = torch.device("cpu")
+
+
+def batches(folder, workers, start=0, rows=slice(0, 16), decode_device=None, index=None):
+    index = index or build_index(folder, folder.parent / "index-cache")
     order = torch.randperm(len(index), generator=torch.Generator().manual_seed(1))
-    specs = [ViewSpec(32), ViewSpec(16, crop_scale=(0.05, 0.4))]
-    return list(stream_batches(StreamBatches(index, order, 16, specs, 7, 3, rows), start, workers, False))
+    dataset = StreamBatches(index, order, 16, SPECS, 7, 3, rows, decode_device)
+    return list(stream_batches(dataset, start, workers, False))
+
+
+def assert_same_batches(expected, found):
+    assert len(expected) == len(found)
+    for (idx_a, crops_a), (idx_b, crops_b) in zip(expected, found):
+        assert torch.equal(idx_a, idx_b)
+        assert all(torch.equal(x, y) for x, y in zip(crops_a, crops_b))
 
 
 def test_crops_depend_on_the_batch_not_on_the_workers_or_where_the_loader_starts(folder):
@@ -95,6 +120,131 @@ def test_crops_depend_on_the_batch_not_on_the_workers_or_where_the_loader_starts
     (idx_half, crops_half), *_ = batches(folder, workers=0, rows=slice(8, 16))
     assert torch.equal(idx_half, alone[0][0][8:])
     assert all(torch.equal(x, y[8:]) for x, y in zip(crops_half, alone[0][1]))
+
+
+def smooth_jpeg(path, rng, size, mode="RGB"):
+    """Coarse random colours resized smoothly, plus a little noise: photograph-like, so that two
+    JPEG decoders differ by a few levels only."""
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    pixels = np.clip(image + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path, quality=90)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """An unlabelled folder of 32 images of mixed sizes: 29 RGB JPEGs, a grey JPEG, a CMYK JPEG
+    (which nvjpeg cannot read) and a PNG."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(1)
+    for i in range(29):
+        smooth_jpeg(root / f"{i:03d}.jpg", rng, tuple(int(v) for v in rng.integers(40, 160, 2)))
+    smooth_jpeg(root / "grey.jpg", rng, (120, 90), mode="L")
+    smooth_jpeg(root / "cmyk.jpg", rng, (90, 120), mode="CMYK")
+    Image.fromarray(rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)).save(root / "image.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mixed_shards(mixed, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("mixed-shards") / "out"
+    shards.write_shards(mixed, str(dest), max_size=10**9, max_count=10, cache_dir=mixed.parent / "index-cache")
+    return dest
+
+
+def test_decoding_in_the_training_process_makes_the_loaders_crops_bit_for_bit(folder):
+    # decode_on device with a CPU device: the loader passes the files' bytes, this process decodes and crops.
+    in_loader = batches(folder, workers=0)
+    assert_same_batches(in_loader, batches(folder, workers=2, decode_device=CPU))
+    assert_same_batches(in_loader[4:], batches(folder, workers=0, start=4, decode_device=CPU))
+    half = batches(folder, workers=0, rows=slice(8, 16), decode_device=CPU)
+    assert_same_batches(batches(folder, workers=0, rows=slice(8, 16)), half)
+
+
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_a_png_and_a_cmyk_jpeg_are_decoded_in_the_loader_the_other_jpegs_in_training(
+    mixed, mixed_shards, source, tmp_path
+):
+    if source == "folder":
+        index = build_index(mixed, tmp_path / "cache")
+    else:
+        index = shards.build_index(mixed_shards, tmp_path / "cache")
+        assert all(entry.count("\t") == 3 for entry in index.paths)  # byte ranges of the shards
+    assert len(index) == 32
+    assert_same_batches(batches(mixed, 0, index=index), batches(mixed, 1, decode_device=CPU, index=index))
+    dataset = StreamBatches(index, torch.arange(32), 16, SPECS, 7, 3, slice(0, 16), CPU)
+    encoded = [dataset[k][1] for k in range(2)]
+    in_loader = [name for e in encoded for name, n in zip(e.names, e.lengths.tolist()) if n == 0]
+    # The shards name their members by key: the PNG by its suffix, the CMYK JPEG by its bytes.
+    assert sorted((name.rsplit(".", 1)[1], jpeg_components(index.reader(name))) for name in in_loader) == [
+        ("jpg", 4),
+        ("png", None),
+    ]
+    assert sum(len(e.decoded) for e in encoded) == 2 and sum(int((e.lengths > 0).sum()) for e in encoded) == 30
+
+
+def test_jpeg_components_are_read_from_the_frame_header(mixed):
+    found = {p.name: jpeg_components(p.read_bytes()) for p in mixed.iterdir()}
+    assert found["grey.jpg"] == 1 and found["cmyk.jpg"] == 4 and found["000.jpg"] == 3
+    assert found["image.png"] is None and jpeg_components(b"\xff\xd8\xff\xe0\x00") is None
+
+
+def test_a_jpeg_the_devices_decoder_refuses_is_decoded_alone_by_the_loaders_decoder(mixed, monkeypatch):
+    names = ["000.jpg", "001.jpg", "002.jpg"]
+    files = [(mixed / name).read_bytes() for name in names]
+    real = stream_module.decode_jpeg
+
+    def refuses_001(data, **kwargs):  # as nvjpeg refuses a file (and with it the whole batch)
+        chunks = data if isinstance(data, list) else [data]
+        if any(chunk.numpy().tobytes() == files[1] for chunk in chunks):
+            raise RuntimeError("Error while decoding JPEG images")
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(stream_module, "decode_jpeg", refuses_001)
+    images = decode_batch(encode_batch(0, names, files), CPU)
+    for image, data, name in zip(images, files, names):
+        assert torch.equal(image, decode_bytes(data, name))
+
+
+def test_decode_on_auto_decodes_on_a_gpu_and_in_the_loader_on_a_cpu():
+    assert decode_place("auto", torch.device("cuda", 0)) == "device"
+    assert decode_place("auto", CPU) == "loader"
+    assert decode_place("loader", torch.device("cuda")) == "loader" and decode_place("device", CPU) == "device"
+    with pytest.raises(ConfigError, match="decode_on must be one of auto, loader, device, got 'gpu'"):
+        build_config("simclr", {"decode_on": "gpu"})
+
+
+def test_decoding_on_the_device_resumes_mid_epoch_with_the_loaders_weights(tmp_path, folder, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(stream_module, "decode_batch", lambda *args: decoded.append(1) or decode_batch(*args))
+    in_loader = pretrain(stream_config(folder, decode_on="loader"), tmp_path / "loader")  # 3 steps per epoch
+    assert not decoded
+    run = stream_config(folder, decode_on="device")
+    first = pretrain(run, tmp_path / "split", should_stop=stop_after(4))  # stops at batch 1 of epoch 2
+    assert first.stopped == "cancelled" and first.steps == 4
+    second = pretrain(run, tmp_path / "split", resume_from=first.checkpoint)
+    assert second.steps == in_loader.steps == 6 and len(decoded) == 6  # a batch each step, in training
+    a, b = load_checkpoint(in_loader.checkpoint), load_checkpoint(second.checkpoint)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_crops_decoded_by_nvjpeg_are_within_a_few_levels_of_the_cpus(mixed):
+    on_cpu = batches(mixed, workers=1, decode_device=CPU)
+    on_gpu = batches(mixed, workers=1, decode_device=torch.device("cuda"))
+    views = ViewGenerator(SPECS, mean=(0.5,) * 3, std=(0.25,) * 3)
+    for (idx_a, crops_a), (idx_b, crops_b) in zip(on_cpu, on_gpu):
+        assert torch.equal(idx_a, idx_b)
+        for a, b in zip(crops_a, crops_b):
+            assert b.device.type == "cuda" and b.shape == a.shape
+            # nvjpeg's IDCT and chroma upsampling differ from libjpeg-turbo's by a few levels;
+            # another crop box or flip would differ by tens.
+            assert (b.cpu().float() - a.float()).abs().mean() < 2.0
+        cpu_views = views.finish(crops_a, torch.Generator().manual_seed(0))
+        gpu_views = views.finish(crops_b, torch.Generator().manual_seed(0))
+        for a, b in zip(cpu_views, gpu_views):
+            assert (b.cpu() - a).abs().mean() < 0.05  # normalised units: 2 levels are 0.03
 
 
 def test_crop_boxes_are_drawn_at_the_images_own_resolution(tmp_path):

@@ -1,4 +1,4 @@
-"""Image folders too big for memory: a file index, and batches decoded in loader processes.
+"""Image folders too big for memory: a file index, and batches decoded per step.
 
 An image folder (:mod:`.imagefolder`'s layouts, not archives) is read as a :class:`FileIndex`:
 its image paths and labels (or, for WebDataset tar shards, :mod:`.shards`' byte ranges, read by the
@@ -12,6 +12,15 @@ crops do not depend on how many workers there are or on which one makes a batch,
 resumed at step k starts its loader at batch k. The other stages (jitter, blur, ...) run on the
 batch of crops in the training process (:meth:`ViewGenerator.finish`), from its checkpointed
 generator, as the in-memory path does.
+
+Where the images are decoded and cropped (:data:`DECODE_PLACES`, :func:`decode_place`): in the
+loader processes on the CPU, as above, or, when training on a GPU, on the training device: the
+loader processes then only read the files, and pass a batch's JPEGs as their bytes
+(:class:`EncodedImages`); the training process decodes them in one ``decode_jpeg`` call (nvjpeg
+on CUDA) and crops them on the device with the same draws from the same generator (a core decodes
+about 1,200 ImageNet-sized JPEGs a second: in the loader, a GPU run would take a core for every
+1,200 images a second). Other formats, and JPEGs nvjpeg cannot read (CMYK), are decoded on the CPU
+as in the loader.
 
 Evaluations see images the standard way (:func:`eval_image`): the short side resized to
 ``size * 256 / 224``, then the centre ``size`` x ``size``.
@@ -30,12 +39,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from cssl_core.augment import ViewSpec, ops, sample_crop_flip
 from cssl_core.data import imagefolder
@@ -46,10 +56,15 @@ log = logging.getLogger(__name__)
 DATA_MODES = ("auto", "memory", "stream")
 # Bump when the index's contents change, so old cached indices are not reused.
 INDEX_FORMAT = 1
+# Where a streamed batch is decoded and cropped: auto is the device when training on CUDA.
+DECODE_PLACES = ("auto", "loader", "device")
 # Formats torchvision's decoder reads (the fastest here); others go through Pillow.
 _TORCHVISION_FORMATS = (".jpg", ".jpeg", ".png")
 # glibc's mallopt parameter number of the mmap threshold (malloc.h).
 _M_MMAP_THRESHOLD = -3
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+# Start-of-frame markers (SOF0 to SOF15 less DHT, JPG and DAC): the frame header names the components.
+_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class FolderReader:
@@ -215,6 +230,94 @@ def decode_bytes(data: bytes, name: str) -> torch.Tensor:
         raise DataError(f"cannot decode image {name}: {exc}; replace or remove the file") from exc
 
 
+def jpeg_components(data: bytes) -> int | None:
+    """The number of components in a JPEG's frame header (1 grey, 3 YCbCr, 4 CMYK or YCCK), read
+    without decoding; None when ``data`` is not a JPEG or ends before its frame header."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte, markers without a length
+            at += 1 if marker == 0xFF else 2
+            continue
+        if marker in _START_OF_FRAME:  # length (2), precision (1), height (2), width (2), components (1)
+            return data[at + 9] if at + 9 < len(data) else None
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
+def decode_place(decode_on: str, device: torch.device) -> str:
+    """Where a streamed run decodes and crops (``loader`` or ``device``) for the config's
+    ``decode_on`` (one of :data:`DECODE_PLACES`): ``auto`` decodes on the training device when
+    it is a GPU."""
+    if decode_on == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    return decode_on
+
+
+class EncodedImages(NamedTuple):
+    """A batch's images as loader processes pass them to be decoded on the training device:
+    ``batch`` its number in the epoch; ``data`` uint8, the JPEGs' bytes end to end, ``lengths``
+    int64 (rows,) each row's byte count, 0 for a row the loader decoded itself (a PNG, a CMYK
+    JPEG), whose uint8 (3, H, W) image is in ``decoded``, in row order; ``names`` the rows' entries
+    (for a JPEG the device's decoder refuses)."""
+
+    batch: int
+    data: torch.Tensor
+    lengths: torch.Tensor
+    decoded: list[torch.Tensor]
+    names: list[str]
+
+
+def encode_batch(batch: int, entries: Sequence[str], files: Sequence[bytes]) -> EncodedImages:
+    """Rows with a ``.jpg``/``.jpeg`` name and a grey or YCbCr JPEG's bytes stay encoded; the
+    others are decoded here as :func:`decode_bytes` decodes them, so either placement decodes
+    every file with the decoder the loader would."""
+    on_device = [
+        os.path.splitext(entry)[1].lower() in _JPEG_SUFFIXES and jpeg_components(data) in (1, 3)
+        for entry, data in zip(entries, files)
+    ]
+    joined = b"".join(data for data, keep in zip(files, on_device) if keep)
+    return EncodedImages(
+        batch,
+        torch.frombuffer(bytearray(joined), dtype=torch.uint8) if joined else torch.empty(0, dtype=torch.uint8),
+        torch.tensor([len(data) if keep else 0 for data, keep in zip(files, on_device)], dtype=torch.int64),
+        [decode_bytes(data, entry) for entry, data, keep in zip(entries, files, on_device) if not keep],
+        list(entries),
+    )
+
+
+def decode_batch(encoded: EncodedImages, device: torch.device) -> list[torch.Tensor]:
+    """The rows of ``encoded`` as uint8 RGB (3, H, W) on ``device``: the JPEGs in one call of
+    ``decode_jpeg`` (batched nvjpeg on CUDA, libjpeg-turbo on the CPU, as :func:`decode_bytes`)."""
+    lengths = encoded.lengths.tolist()
+    chunks = encoded.data.split(lengths)
+    loader_decoded = iter(encoded.decoded)
+    images = [None if n else next(loader_decoded).to(device, non_blocking=True) for n in lengths]
+    jpegs = [row for row, n in enumerate(lengths) if n]
+    if not jpegs:
+        return images
+    try:
+        found = decode_jpeg([chunks[row] for row in jpegs], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one file it refuses fails the whole call: one at a time, the CPU's decoder if need be
+        found = [_decode_one(chunks[row], encoded.names[row], device) for row in jpegs]
+    for row, image in zip(jpegs, found):
+        images[row] = image
+    return images
+
+
+def _decode_one(data: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return decode_bytes(data.numpy().tobytes(), name).to(device)
+
+
 def eval_image(image: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (3, H, W) -> uint8 (3, size, size): the short side resized to ``size * 256 / 224``
     (antialiased bilinear), then the centre square: the standard evaluation transform."""
@@ -239,7 +342,11 @@ class StreamBatches(torch.utils.data.Dataset):
 
     ``order`` is the epoch's permutation; ``rows`` this rank's slice of each batch of
     ``batch_size``. The crop and flip draws are the whole batch's, from
-    :func:`batch_generator`, so a rank's crops are its rows of those one process makes."""
+    :func:`batch_generator`, so a rank's crops are its rows of those one process makes.
+
+    With a ``decode_device``, item ``k``'s crops are an :class:`EncodedImages` that
+    :meth:`on_device` decodes and crops on that device, in the process that trains (and
+    :func:`stream_batches` calls it): the same crops, bit for bit on the CPU."""
 
     def __init__(
         self,
@@ -250,19 +357,31 @@ class StreamBatches(torch.utils.data.Dataset):
         seed: int,
         epoch: int,
         rows: slice,
+        decode_device: torch.device | None = None,
     ):
         self.read, self.paths = index.reader, index.packed_paths
         self.order, self.batch_size, self.specs = order, batch_size, tuple(specs)
-        self.seed, self.epoch, self.rows = seed, epoch, rows
+        self.seed, self.epoch, self.rows, self.decode_device = seed, epoch, rows, decode_device
 
     def __len__(self) -> int:
         return len(self.order) // self.batch_size
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, list[torch.Tensor] | EncodedImages]:
         indices = self.order[k * self.batch_size : (k + 1) * self.batch_size]
-        mine = range(self.batch_size)[self.rows]
         entries = [self.paths[i].decode() for i in indices[self.rows].tolist()]
-        images = [decode_bytes(self.read(entry), entry) for entry in entries]
+        if self.decode_device is not None:
+            return indices[self.rows], encode_batch(k, entries, [self.read(entry) for entry in entries])
+        return indices[self.rows], self.crop(k, [decode_bytes(self.read(entry), entry) for entry in entries])
+
+    def on_device(self, item: tuple[torch.Tensor, EncodedImages]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """An item of a ``decode_device`` data set, decoded and cropped on that device."""
+        indices, encoded = item
+        return indices, self.crop(encoded.batch, decode_batch(encoded, self.decode_device))
+
+    def crop(self, k: int, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """This process's rows of batch ``k`` (uint8 (3, H, W) each, on any device) -> each view's
+        crops, resized and flipped: the draws of :func:`batch_generator` (seed, epoch, k)."""
+        mine = range(self.batch_size)[self.rows]
         # The draws do not depend on the sizes: other ranks' rows get a stand-in size of 1 x 1.
         sizes = torch.ones(self.batch_size, 2, dtype=torch.float64)
         sizes[self.rows] = torch.tensor([image.shape[-2:] for image in images], dtype=torch.float64)
@@ -277,13 +396,14 @@ class StreamBatches(torch.utils.data.Dataset):
                     for image, row in zip(images, mine)
                 ])
             )  # fmt: skip
-        return indices[self.rows], crops
+        return crops
 
 
 def stream_batches(dataset: StreamBatches, start: int, workers: int, pin_memory: bool) -> Iterator:
     """Batches ``start``, ``start + 1``, ... of ``dataset`` from ``workers`` loader processes (0:
-    in this process), a few batches ahead of training."""
-    return iter(
+    in this process), a few batches ahead of training; decoded and cropped here, on the device,
+    as each is taken, when ``dataset`` has a ``decode_device``."""
+    loader = iter(
         torch.utils.data.DataLoader(
             dataset,
             batch_size=None,
@@ -293,6 +413,7 @@ def stream_batches(dataset: StreamBatches, start: int, workers: int, pin_memory:
             prefetch_factor=2 if workers else None,
         )
     )
+    return loader if dataset.decode_device is None else map(dataset.on_device, loader)
 
 
 class _EvalImages(torch.utils.data.Dataset):

@@ -38,7 +38,14 @@ from cssl_core.data import (
     load_eval_dataset,
     open_dataset,
 )
-from cssl_core.data.stream import StreamBatches, bound_heap, default_workers, eval_images, stream_batches
+from cssl_core.data.stream import (
+    StreamBatches,
+    bound_heap,
+    decode_place,
+    default_workers,
+    eval_images,
+    stream_batches,
+)
 from cssl_core.device import autocast_for, resolve_device
 from cssl_core.errors import ConfigError, TrainingError
 from cssl_core.evaluation import EvalResult, evaluate_backbone
@@ -361,8 +368,17 @@ class Trainer:
         of (seed, epoch, batch): a loader starts at the batch asked for (a resumed run's, a new epoch's)."""
         if self._batches is None or self._batches_at != (epoch, index_in_epoch):
             specs = self.make_views.views
+            # On a GPU the loader processes only read the files; this process decodes and crops on the device.
+            on_device = decode_place(self.config.decode_on, self.device) == "device"
             batches = StreamBatches(
-                self.stream, self._order, self.config.batch_size, specs, self.config.seed, epoch, rows
+                self.stream,
+                self._order,
+                self.config.batch_size,
+                specs,
+                self.config.seed,
+                epoch,
+                rows,
+                self.device if on_device else None,
             )
             self._batches = stream_batches(batches, index_in_epoch, self.workers, self.device.type == "cuda")
         self._batches_at = (epoch, index_in_epoch + 1)
