@@ -3,6 +3,7 @@ its images/s against the in-memory path.
 
     .venv/bin/python -m benchmarks.stream_memory --images 20000 --steps 0
     .venv/bin/python -m benchmarks.stream_memory --images 2000 --steps 30 --batch-size 32
+    .venv/bin/python -m benchmarks.stream_memory --images 4000 --loader-only --batch-size 64 --epochs 3
 
 1. Writes ``--images`` generated 500x375 JPEGs (ImageNet's typical size, quality 90, as
    :mod:`benchmarks.jpeg_decode` makes them) into ``--folder`` (default: a temporary folder,
@@ -114,34 +115,39 @@ def train(keys: dict, steps: int) -> tuple[dict, float, float]:
     return rss, result.train_seconds, result.steps * config.batch_size / result.train_seconds
 
 
-def load_only(folder: Path, batch_size: int, image_size: int, workers: int | None) -> tuple[dict, float, float]:
-    """One epoch of the streamed data path alone, no model: the index, decoding and SimCLR's two
-    crops at ``image_size`` in the loader processes, the other stages (jitter, grayscale, blur)
-    in this one, as a run makes them. The RSS at each batch, the seconds and the images/s."""
+def load_only(
+    folder: Path, batch_size: int, image_size: int, workers: int | None, epochs: int, bounded: bool
+) -> tuple[dict, float, float, list]:
+    """``epochs`` epochs of the streamed data path alone, no model: the index, decoding and
+    SimCLR's two crops at ``image_size`` in the loader processes, the other stages (jitter,
+    grayscale, blur) in this one, as a run makes them (with glibc's default mmap threshold unless
+    ``bounded``). The RSS at each batch, the seconds, the images/s and the RSS at each epoch's end."""
     from cssl_core.augment import ViewGenerator
     from cssl_core.augment.presets import simclr
     from cssl_core.data.stream import StreamBatches, bound_heap, build_index, default_workers, stream_batches
     from cssl_core.train.loop import epoch_permutation
 
-    bound_heap()  # as a streamed run does
+    if bounded:
+        bound_heap()  # as a streamed run does
     index = build_index(folder, Path(os.environ["CSSL_CACHE_DIR"]))
     views = ViewGenerator(simclr(image_size, None), mean=(0.5,) * 3, std=(0.25,) * 3)
-    order = epoch_permutation(0, 0, len(index))
-    batches = StreamBatches(index, order, batch_size, views.views, seed=0, epoch=0, rows=slice(None))
     generator = torch.Generator().manual_seed(0)
-    rss, sampler = {}, MemorySampler()
+    rss, ends, sampler, step = {}, [], MemorySampler(), 0
     sampler.start()
     start = time.perf_counter()
-    for step, (_, crops) in enumerate(
-        stream_batches(batches, 0, default_workers() if workers is None else workers, False), 1
-    ):
-        views.finish(crops, generator)
-        rss[step] = sampler.now()
+    for epoch in range(epochs):
+        order = epoch_permutation(0, epoch, len(index))
+        batches = StreamBatches(index, order, batch_size, views.views, seed=0, epoch=epoch, rows=slice(None))
+        for _, crops in stream_batches(batches, 0, default_workers() if workers is None else workers, False):
+            views.finish(crops, generator)
+            step += 1
+            rss[step] = sampler.now()
+        ends.append([mib(v) for v in rss[step]])
     seconds = time.perf_counter() - start
     sampler.done.set()
     sampler.join()
     rss["peak"] = max(sampler.samples)
-    return rss, seconds, len(batches) * batch_size / seconds
+    return rss, seconds, step * batch_size / seconds, ends
 
 
 def mib(n: int) -> float:
@@ -160,6 +166,10 @@ def main() -> None:
     parser.add_argument(
         "--loader-only", action="store_true", help="one epoch of the data path alone (no model); no CIFAR runs"
     )
+    parser.add_argument("--epochs", type=int, default=1, help="with --loader-only: epochs to run")
+    parser.add_argument(
+        "--glibc-default", action="store_true", help="with --loader-only: keep glibc's own mmap threshold"
+    )
     parser.add_argument("--cifar", type=Path, default=CIFAR)
     parser.add_argument("--cifar-steps", type=int, default=20)
     parser.add_argument("--cifar-batch-size", type=int, default=256)
@@ -175,8 +185,11 @@ def main() -> None:
         write_jpegs(folder, args.images)
         written = time.perf_counter() - start
         keys = {"dataset": "imagefolder", "data": str(folder), "data_mode": "stream", "image_size": args.image_size}
+        ends = None
         if args.loader_only:
-            rss, seconds, speed = load_only(folder, args.batch_size, args.image_size, args.workers)
+            rss, seconds, speed, ends = load_only(
+                folder, args.batch_size, args.image_size, args.workers, args.epochs, not args.glibc_default
+            )
         else:
             rss, seconds, speed = train({**keys, "batch_size": args.batch_size, **common}, args.steps)
         steps = sorted(k for k in rss if k != "peak")
@@ -187,11 +200,12 @@ def main() -> None:
             "batch_size": args.batch_size,
             "steps": steps[-1],
             "jpegs_written_seconds": round(written, 1),
-            # (main process, its DataLoader workers together)
+            # (main process, its DataLoader workers' private pages together)
             "rss_mib_first_step": [mib(v) for v in rss[steps[0]]],
             "rss_mib_middle_step": [mib(v) for v in rss[steps[len(steps) // 2]]],
             "rss_mib_last_step": [mib(v) for v in rss[steps[-1]]],
             "rss_mib_peak_total": mib(rss["peak"]),
+            **({"rss_mib_epoch_ends": ends, "glibc_default_heap": args.glibc_default} if ends else {}),
             "train_seconds": round(seconds, 1),
             "images_per_second": round(speed, 1),
         }
