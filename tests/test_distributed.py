@@ -217,6 +217,27 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one(tmp_path, one_process):
             assert off <= WEIGHT_RTOL * moved + 1e-6, f"{key}: off by {off:.2e}, moved {moved:.2e}"
 
 
+def test_cli_resumes_a_checkpoint_of_one_process_on_two(tmp_path, capfd):
+    # An explicit --nproc wins over the checkpoint's: 2 steps on one process, the other 3 of the
+    # epoch on two, and the weights are those of one process all along.
+    run = run_config("simclr", 1)
+    first = pretrain(run, tmp_path / "run", should_stop=stop_after(2))
+    assert load_checkpoint(first.checkpoint)["config"]["nproc"] == 1
+    argv = ["pretrain", "--resume", str(first.checkpoint), "--nproc", "2", "--out", str(tmp_path / "run")]
+    assert cssl(argv) == 0
+    out = capfd.readouterr().out
+    assert out.count("completed: 5 steps") == 1, out
+    resumed = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert resumed["config"]["nproc"] == 2 and resumed["step"] == 5
+    straight = load_checkpoint(pretrain(run, tmp_path / "straight").checkpoint)["model"]
+    initial = initial_weights("simclr")
+    for key, value in resumed["model"].items():
+        if value.is_floating_point():
+            moved = (straight[key] - initial[key]).norm().item()
+            off = (value - straight[key]).norm().item()
+            assert off <= WEIGHT_RTOL * moved + 1e-6, f"{key}: off by {off:.2e}, moved {moved:.2e}"
+
+
 def _place():
     """(RANK, GROUP_RANK, every rank's RANK in rank order) in a run of 2 nodes."""
     distributed.init_from_env("cpu")
