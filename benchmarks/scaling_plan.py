@@ -29,6 +29,7 @@ from cssl_core.methods import Batch, build_method, get_method, method_names
 
 LINKS = {"NVLink (450 GB/s)": 450e9, "100 Gb/s Ethernet": 12.5e9}
 KINDS = ("gather", "all_reduce")
+NUM_SAMPLES = 10_000
 
 
 @contextlib.contextmanager
@@ -63,7 +64,9 @@ def step_payloads(method: str, per_rank: int, image_size: int) -> tuple[dict[tup
     """The collectives' payloads of one step at ``per_rank`` images, and the trainable parameter count."""
     torch.manual_seed(0)
     config = build_config(method, {"backbone": "resnet50", "batch_size": per_rank, "precision": "fp32"})
-    model = convert_to_global_batch_norm(build_method(config, image_size, 10 * per_rank))
+    # Per-sample state (memory banks) is sized by the training set, not sent: room for DeepCluster
+    # v2's 3,000 clusters a head.
+    model = convert_to_global_batch_norm(build_method(config, image_size, NUM_SAMPLES))
     sizes = [spec.size for spec in type(model).view_specs(config.method_config, image_size)]
     views = [torch.rand(per_rank, 3, s, s) for s in sizes]
     schedules = {name: float(values[0]) for name, values in model.schedules(10, 10).items()}

@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run folder, or an object-store URL (s3://bucket/run) its checkpoints are uploaded to "
         "(default: runs/<method>-<dataset>-<time>)",
     )
-    p.add_argument("--resume", help="continue from this checkpoint (a path or a URL), with the config stored in it")
+    p.add_argument(
+        "--resume",
+        help="continue from this checkpoint (a path or a URL), with the config stored in it; "
+        "--nproc, when given, sets the processes it resumes on",
+    )
     p.set_defaults(func=cmd_pretrain)
 
     protocols = [get_protocol(name) for name in protocol_names()]
@@ -181,8 +185,11 @@ def _pretrain(args: argparse.Namespace, resume: Path | None) -> int:
         typed = dataclasses.asdict(protocol_params(protocol, params))
         typed_eval_params[protocol] = {key: typed[key] for key in params}
     if resume:
-        # A resumed run keeps its checkpoint's config (pretrain() rebuilds it from there).
+        # A resumed run keeps its checkpoint's config (pretrain() rebuilds it from there), on the
+        # processes an explicit --nproc asks for: a run may resume on another world size.
         stored = load_checkpoint(resume)["config"]
+        if args.nproc is not None:
+            stored = {**stored, "nproc": args.nproc}
         config = build_config(stored["method"], stored)
     elif method is None:
         raise CsslError("pretrain needs --method, or a --config file with a method key")

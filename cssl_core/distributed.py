@@ -16,6 +16,7 @@ gather and sum route every rank's part of the gradient back to the rank that mad
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -111,8 +112,9 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     """:func:`gather` without gradients (keys for a queue, targets)."""
     if world_size() == 1:
         return tensor
+    tensor = tensor.contiguous()
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
-    dist.all_gather(parts, tensor.contiguous())
+    dist.all_gather(parts, tensor)
     return torch.cat(parts, dim=0)
 
 
@@ -133,6 +135,15 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor.div_(world_size())
+
+
+@torch.no_grad()
+def log_mean_exp_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``log(mean over ranks of exp(tensor))``, no gradient: a log-mean-exp over the global batch
+    from each rank's log-mean-exp over its equal share (NCE's log Z)."""
+    if world_size() == 1:
+        return tensor
+    return torch.logsumexp(gather_no_grad(tensor[None]), dim=0) - math.log(world_size())
 
 
 @torch.no_grad()

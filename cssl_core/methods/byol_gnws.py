@@ -41,9 +41,8 @@ class BYOLGNWS(BYOL):
     paper = "BYOL works even without batch statistics (Richemond et al., 2020)"
     arxiv = "2010.10241"
     config_cls = BYOLGNWSConfig
-    # Not claimed on several processes: one process on 1 thread instead of 2 already moves its
-    # weights by a third of an update in 4 steps, so no test could tell a split batch from noise.
-    distributed = False
+    # GroupNorm and weight standardisation span no batch: each sample's loss is its own, as BYOL's.
+    distributed = True
 
     @classmethod
     def check_config(cls, config: PretrainConfig, image_size: int) -> None:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec
 from cssl_core.backbones import build_backbone, vit_names
 from cssl_core.config import MethodConfig, option
@@ -177,11 +178,18 @@ class RGBLabEncoder(nn.Module):
 @full_precision
 def batch_logits(anchors: torch.Tensor, others: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """anchors, others: (N, D) unit features of two views of N images -> the positive logits (N,)
-    ``a_i . o_i / T`` and the noise logits (N, N - 1) ``a_i . o_j / T``, j != i, in float32."""
-    sim = anchors.float() @ others.float().T / temperature  # (N, N), positives on the diagonal
-    n = sim.shape[0]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=sim.device)
-    return sim.diagonal(), sim[off_diagonal].view(n, n - 1)
+    ``a_i . o_i / T`` and the noise logits (N, N - 1) ``a_i . o_j / T``, j != i, in float32.
+
+    On several processes both are this rank's n images of the global batch's N: the others are
+    gathered from every rank with gradients (as SimCLR's negatives), and the logits are this
+    rank's anchors' rows, (n,) and (n, N - 1), of the one-process ones."""
+    candidates = distributed.gather(others)  # (N, D), the one-process order
+    sim = anchors.float() @ candidates.float().T / temperature  # (n, N), positives at column first + i
+    n, total = sim.shape
+    rows = torch.arange(n, device=sim.device)
+    own = torch.zeros_like(sim, dtype=torch.bool)
+    own[rows, distributed.rank() * n + rows] = True
+    return sim[own], sim[~own].view(n, total - 1)
 
 
 @register
@@ -192,6 +200,9 @@ class CMC(Method):
     config_cls = CMCConfig
     min_views = 1
     max_views = 1
+    # In-batch noise gathered across ranks with gradients; the banks take every rank's features
+    # (MemoryBank); BN over the global batch.
+    distributed = True
 
     def __init__(self, backbone: LabEncoders, feature_dim: int, config: CMCConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -268,6 +279,7 @@ class CMC(Method):
         else:
             with torch.no_grad():  # each direction's Z from the first batch, kept afterwards (no sync)
                 estimate = torch.stack([nce_log_z(*logits, self.num_samples) for logits in (logits_l, logits_ab)])
+                estimate = distributed.log_mean_exp_over_ranks(estimate)  # over the global batch
                 self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
                 self.z_estimated.fill_(True)
             loss = nce_loss(*logits_l, self.log_z[0], self.num_samples) + nce_loss(

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec, ops
 from cssl_core.backbones import build_backbone
 from cssl_core.backbones.norm import convert_to_layer_norm
@@ -128,15 +129,20 @@ def patchify(images: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
 def augment_patches(patches: torch.Tensor, crop_scale: float, color_drop_p: float) -> torch.Tensor:
     """(M, 3, p, p) normalised patches -> the same, each with its own random square sub-crop
     resized back to p and, with probability ``color_drop_p``, one random channel kept and the
-    other two set to 0. Draws from the global CPU generator."""
+    other two set to 0. Draws from the global CPU generator. On several processes the patches
+    are this rank's share of the global batch's: every rank draws for all of them (its generator
+    stays in step with the others') and takes its rows, so a patch's draws do not depend on the rank."""
     generator = torch.default_generator  # restored by the loop on resume: exact resume holds
     m, _, p, _ = patches.shape
+    total, rank = m * distributed.world_size(), distributed.rank()
+    rows = slice(rank * m, (rank + 1) * m)
     if crop_scale < 1:
-        crop = ops.sample_crop_params(m, (p, p), (crop_scale, 1.0), (1.0, 1.0), generator)
+        crop = ops.sample_crop_params(total, (p, p), (crop_scale, 1.0), (1.0, 1.0), generator)
+        crop = ops.CropParams(crop.top[rows], crop.left[rows], crop.height[rows], crop.width[rows])
         patches = ops.resized_crop(patches, crop, p)
     if color_drop_p > 0:
-        keep = torch.randint(3, (m,), generator=generator)
-        dropped = ops.sample_mask(m, color_drop_p, generator)
+        keep = torch.randint(3, (total,), generator=generator)[rows]
+        dropped = ops.sample_mask(total, color_drop_p, generator)[rows]
         channels = F.one_hot(keep, 3).bool() | ~dropped[:, None]  # (M, 3): the channels left
         patches = patches * channels.to(patches.device, patches.dtype)[:, :, None, None]
     return patches
@@ -213,6 +219,7 @@ class CPC(Method):
     config_cls = CPCConfig
     min_views = 1
     max_views = 1
+    distributed = True  # every rank's patches are negatives (losses/cpc.py); layer norm only, per patch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: CPCConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -257,17 +264,20 @@ class CPC(Method):
 
     def grid_loss(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, D, G, G) -> the InfoNCE losses of every direction and offset, summed."""
-        losses = []
+        losses, first = [], distributed.rank() * len(z)
         for direction, head in enumerate(self.heads):
             grid = orient(z, direction)
             context = head.context(grid)
-            targets = head.target(grid).permute(0, 2, 3, 1)  # (N, G, G, target_dim)
+            # Every rank's targets, with gradients: the negatives are the global batch's patches.
+            targets = distributed.gather(head.target(grid).permute(0, 2, 3, 1))  # (world * N, G, G, target_dim)
             for offset, predictor in zip(self.config.offsets(), head.predictors):
                 predictions = predictor(context).permute(0, 2, 3, 1) * self.config.prediction_scale
                 # Recomputed in the backward pass: the (N G (G - k), N G G) logits of every offset
                 # and direction would otherwise all be held at once.
                 losses.append(
-                    checkpoint(cpc_loss, predictions, targets, offset, use_reentrant=False, preserve_rng_state=False)
+                    checkpoint(
+                        cpc_loss, predictions, targets, offset, first, use_reentrant=False, preserve_rng_state=False
+                    )
                 )
         return torch.stack(losses).sum()
 

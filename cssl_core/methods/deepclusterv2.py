@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec, local_views
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
@@ -136,6 +137,8 @@ class DeepClusterV2(Method):
     min_views = GLOBAL_CROPS
     max_views = None
     global_crops = GLOBAL_CROPS
+    # Every rank's embeddings written to the memory, so every rank runs the same k-means over it.
+    distributed = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: DeepClusterV2Config, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -201,7 +204,11 @@ class DeepClusterV2(Method):
         features = torch.cat([self.backbone(torch.cat(g)) for g in groups if g])  # (C * N, feature_dim)
         z = F.normalize(self.projector(features).float(), dim=1)  # (C * N, D), crop-major
         with torch.no_grad():  # this step's embeddings, from before its update, as the official code stores
-            self.memory[:, batch.indices] = z[: GLOBAL_CROPS * n].detach().view(GLOBAL_CROPS, n, -1)
+            # Every rank's, so that each rank's memory, and the k-means run on it, are one process's.
+            stored = distributed.gather_no_grad(
+                z[: GLOBAL_CROPS * n].detach().view(GLOBAL_CROPS, n, -1).transpose(0, 1)
+            )  # (world * n, 2, D)
+            self.memory[:, distributed.gather_no_grad(batch.indices)] = stored.transpose(0, 1)
         targets = self.assignments[:, batch.indices]  # (H, N)
         loss = deepcluster_loss(z, [p.weight for p in self.prototypes], targets, self.config.temperature)
         return StepOutput(loss=loss)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.augment import ViewSpec
 from cssl_core.config import MethodConfig, option
 from cssl_core.losses import nce_log_z, nce_loss, nce_posteriors
@@ -71,6 +72,7 @@ class InstDisc(Method):
     config_cls = InstDiscConfig
     min_views = 1
     max_views = 1
+    distributed = True  # every rank's features written to the bank (MemoryBank), log Z from the global batch
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: InstDiscConfig, num_samples: int):
         super().__init__(backbone, feature_dim, config, num_samples)
@@ -101,14 +103,16 @@ class InstDisc(Method):
         negatives = self.bank.negatives(n, cfg.num_negatives)  # (N, K, D), no gradient
         pos, neg = bank_logits(f, positives, negatives, cfg.temperature)
         with torch.no_grad():
+            # This batch's estimate, over the global batch on several processes.
+            estimate = distributed.log_mean_exp_over_ranks(nce_log_z(pos, neg, self.num_samples))
             # Z from the first batch, kept afterwards. torch.where rather than an ``if`` on the
             # flag: no device sync per step.
-            self.log_z.copy_(torch.where(self.z_estimated, self.log_z, nce_log_z(pos, neg, self.num_samples)))
+            self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
             self.z_estimated.fill_(True)
         loss = nce_loss(pos, neg, self.log_z, self.num_samples)
         with torch.no_grad():
             stats = nce_posteriors(pos, neg, self.log_z, self.num_samples)
-            stats["log_z_drift"] = nce_log_z(pos, neg, self.num_samples) - self.log_z
+            stats["log_z_drift"] = estimate - self.log_z
         # The bank update sits here rather than in after_step: the step's features are at hand
         # without keeping them outside the state_dict until after the optimiser step. They are
         # the features before the update, as the official code's (written in its backward pass);

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cssl_core import distributed
 from cssl_core.losses.precision import full_precision
 
 
@@ -42,17 +43,22 @@ class MemoryBank(nn.Module):
 
         As in lemniscate, a draw may hit the anchor's own row; with k << num_samples that is rare
         and is part of the NCE noise model, whose Pn = 1 / num_samples covers every row.
+        On several processes ``n`` is this rank's share of the global batch: every rank draws the
+        global batch's rows (its generator stays in step with the others') and takes its own.
         """
-        idx = torch.randint(0, self.num_samples, (n, k), device=self.features.device)
-        return self.features[idx]
+        world, rank = distributed.world_size(), distributed.rank()
+        idx = torch.randint(0, self.num_samples, (n * world, k), device=self.features.device)
+        return self.features[idx[rank * n : (rank + 1) * n]]
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
         """Rows at ``indices`` (N,) <- normalize(m * old + (1 - m) * new) for ``features`` (N, dim).
 
         Indices are assumed distinct within a batch (a sampler without replacement), as in lemniscate's
-        ``index_copy_``.
+        ``index_copy_``. On several processes every rank's rows are written, so each rank keeps the
+        whole bank as one process has it.
         """
+        indices, features = distributed.gather_no_grad(indices), distributed.gather_no_grad(features.detach())
         old = self.features[indices]
         mixed = old.mul(momentum).add_(features.detach().to(old.dtype), alpha=1.0 - momentum)
         self.features[indices] = F.normalize(mixed, dim=1)

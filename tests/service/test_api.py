@@ -121,11 +121,6 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "config": {"batch_size": "many"}}, ["body", "config", "batch_size"], "int"),
         ({**PRETRAIN, "config": {"data": "/x"}}, ["body", "config", "data"], "dataset"),
         ({**PRETRAIN, "config": {**TINY, "batch_size": 36, "nproc": 9}}, ["body", "config", "nproc"], "at most 8"),
-        (
-            {**PRETRAIN, "method": "cmc", "config": {**TINY, "nproc": 2}},
-            ["body", "config", "nproc"],
-            "nproc must be 1 for cmc, which runs on one process only; the methods that run on several are: ",
-        ),
         # The evaluation set's path is checked against the data roots like the data's: never through config.
         ({**PRETRAIN, "config": {"eval_data": "/etc"}}, ["body", "config", "eval_data"], "dataset"),
         (
@@ -171,11 +166,6 @@ def test_dataset_options_are_config_keys(client, alice):
         ({**PRETRAIN, "resources": {"devices": 0}}, ["body", "resources", "devices"], "greater than or equal to 1"),
         ({**PRETRAIN, "resources": {"pool": "A100!"}}, ["body", "resources", "pool"], "lower-case letters"),
         ({**PRETRAIN, "resources": {"nodes": 9}}, ["body", "resources", "nodes"], "at most 8 (CSSL_MAX_NODES)"),
-        (
-            {**PRETRAIN, "method": "cpc", "resources": {"nodes": 2}},
-            ["body", "resources", "nodes"],
-            "cpc runs on one process only, so on one node",
-        ),
         (
             {**PRETRAIN, "config": {**TINY, "nproc": 2}, "resources": {"device": "cpu", "nodes": 3}},
             ["body", "resources", "nodes"],

@@ -1,7 +1,8 @@
 """A job on several processes through the service: the API takes ``config.nproc``, a real
 worker runs the ranks (2 gloo processes), rank 0 records what one process records, and a rank
 killed mid-run fails the attempt at once: the other rank is stopped and the job resumes from
-its last checkpoint, as after a worker loss."""
+its last checkpoint, as after a worker loss. A rank that hangs (stopped) fails it after the
+collective timeout and the launcher's grace, and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -104,3 +105,49 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker
     series = get(server, f"/v1/jobs/{job['id']}/metrics", alice)["series"]["loss"]
     assert [p["step"] for p in series] == list(range(1, epochs * steps_per_epoch + 1))
     assert not ranks.exists() or not any(alive(int(p.read_text())) for p in ranks.glob("*.pid"))
+
+
+# A stopped rank does not die: the other rank's collective fails after COLLECTIVE_TIMEOUT, and
+# the launcher's agent then sends the stopped one SIGTERM, which waits for a SIGCONT, and after
+# its fixed 30 s grace (torch's LocalElasticAgent._stop_workers) SIGKILL.
+AGENT_GRACE = 30
+
+
+@needs_servers("the worker starts its ranks as processes of its own")
+def test_a_hung_rank_fails_the_attempt_after_the_collective_timeout(server, rank_worker, settings, alice):
+    epochs, steps_per_epoch = 12, TINY["subset"] // TINY["batch_size"]
+    job = submit(server, alice, method="simclr", config=config(epochs=epochs, nproc=2, checkpoint_every=1), evaluate=[])
+    ranks = settings.artifacts.folder / "jobs" / job["id"] / "ranks"
+    step = wait_for(
+        lambda: (s := newest_checkpoint_step(settings, job["id"])) > 0 and s,
+        timeout=180,
+        interval=0.05,
+        message="a first checkpoint",
+    )
+    wait_for(lambda: progress_step(settings, job["id"]) > step, timeout=60, interval=0.05, message="steps past it")
+    pids = {rank: int((ranks / f"{rank}.pid").read_text()) for rank in (0, 1)}
+    assert all(alive(pid) for pid in pids.values()), pids
+    stopped = time.monotonic()
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        wait_for(
+            lambda: (j := get(server, f"/v1/jobs/{job['id']}", alice))["status"] != "running" or j["attempt"] > 1,
+            timeout=COLLECTIVE_TIMEOUT + AGENT_GRACE + 30,
+            interval=0.2,
+            message="the attempt to be given back",
+        )
+        given_back = time.monotonic() - stopped
+    finally:
+        if alive(pids[1]):  # never leave a stopped process behind a failed test
+            os.kill(pids[1], signal.SIGKILL)
+    print(f"hung rank: attempt given back {given_back:.1f} s after SIGSTOP")
+    # Not before rank 0's collective has waited its timeout (it may have been waiting a step already).
+    assert given_back > COLLECTIVE_TIMEOUT - 5, given_back
+    assert not any(alive(pid) for pid in pids.values()), "a rank outlived the attempt"
+    done = finished(server, alice, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2 and done["result"]["steps"] == epochs * steps_per_epoch
+    log = get(server, f"/v1/jobs/{job['id']}/logs", alice)
+    assert "a process of the run failed" in log and "resuming from" in log, log
+    states = state_changes(server, job["id"], alice)
+    assert states == [("queued", 0), ("running", 1), ("queued", 1), ("running", 2), ("succeeded", 2)], states
