@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--subset", type=int, default=10_000, help="0: the whole training split")
     parser.add_argument("--time-budget", type=float, default=300)
+    parser.add_argument("--epochs", type=int, help="train exactly this many epochs, no time budget")
     parser.add_argument("--batch-size", type=int, help="default: the method's recipe for the data")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--random-init", action="store_true", help="also score the random-init backbone")
@@ -49,20 +50,22 @@ def main() -> None:
             "data": args.data,
             "backbone": args.backbone,
             "subset": args.subset or None,
-            "epochs": 1000,
-            "time_budget": args.time_budget,
+            "epochs": args.epochs or 1000,
+            "time_budget": None if args.epochs else args.time_budget,
             "checkpoint_every": 0,
             **overrides,
         },
     )
     out = Path(args.out) / f"{args.method}-{args.backbone}-{int(time.time())}"
-    result = pretrain(config, out)
+    curve = []  # (epoch, kNN top-1) of each evaluation during training (--set knn_every=N)
+    result = pretrain(config, out, on_evaluation=lambda r: curve.append((r.epoch, round(r.top1, 2))))
     knn = evaluate_checkpoint(result.checkpoint, "knn")
     row = {
         "method": args.method,
         "backbone": args.backbone,
         "subset": args.subset,
-        "time_budget": args.time_budget,
+        "time_budget": None if args.epochs else args.time_budget,
+        "fixed_epochs": args.epochs,
         "batch_size": config.batch_size,
         "recipe": config.recipe,
         "overrides": overrides,
@@ -73,6 +76,7 @@ def main() -> None:
         "final_loss": round(result.final_loss, 4),
         "knn_top1": round(knn.top1, 2),
         "knn_top5": round(knn.top5, 2),
+        "knn_curve": curve,
         "checkpoint": str(result.checkpoint),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
     }
