@@ -176,10 +176,12 @@ def test_one_view_per_image_from_the_preset():
     mc = paper.method_config
     assert (mc.temperature, mc.embedding_dim, mc.num_negatives, mc.bank_momentum) == (0.07, 128, 4096, 0.5)
     assert (mc.base_lr, mc.weight_decay, mc.warmup_epochs, paper.batch_size) == (0.03, 5e-4, 0.0, 256)
+    assert (mc.loss, mc.nce_z) == ("nce", "first_batch")  # the paper's NCE, Z from the first batch
     specs = InstDisc.view_specs(mc, 32)
     assert len(specs) == 1 and specs[0].crop_scale == (0.2, 1.0) and specs[0].hue == 0.4
     small = build_config("instdisc", {"dataset": "synthetic"})
     assert small.batch_size == 128 and small.method_config.temperature == 0.1
+    assert (small.method_config.loss, small.method_config.nce_z) == ("softmax", "every_step")
 
 
 @pytest.mark.parametrize(
