@@ -146,8 +146,8 @@ def test_a_short_run_collapses_only_with_the_first_batch_z(overrides, collapses)
     # 256 images of 48 values on a one-layer ReLU network, whose features start aligned as a new
     # convnet's do. Eight epochs (64 steps): with Z fixed while the bank was random, the noise rows'
     # posteriors grow as the bank fills (their sum ~110 per image at the end) and their term pushes
-    # every feature the same way; the bank's rows end with a mean cosine of ~0.96. The softmax (~0.06)
-    # and the per-step Z (~0.14) keep them apart.
+    # every feature the same way; the bank's rows end with a mean cosine of 0.96. The softmax (0.03)
+    # and the per-step Z (0.09) keep them apart.
     torch.manual_seed(0)
     config = build_config("instdisc", {"dataset": "synthetic", "num_negatives": 256, "embedding_dim": 32, **overrides})
     model = InstDisc(linear_backbone(48), 64, config.method_config, 256)
