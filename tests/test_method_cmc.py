@@ -212,7 +212,7 @@ def test_banks_change_only_at_the_batch_indices_by_the_momentum_rule():
 
 
 def test_nce_variant_estimates_each_directions_constant_once():
-    model = make(loss="nce")
+    model = make(loss="nce", nce_z="first_batch")  # the official NCEAverage's Z
     assert not model.z_estimated
     torch.manual_seed(4)
     banks = copy.deepcopy((model.bank_l, model.bank_ab))
@@ -235,6 +235,23 @@ def test_nce_variant_estimates_each_directions_constant_once():
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
     model(batch_for(seed=1))
     torch.testing.assert_close(model.log_z, first, rtol=0, atol=0)
+
+
+def test_nce_variant_under_the_small_image_recipe_estimates_z_from_every_batch():
+    model = make(loss="nce")
+    assert model.config.nce_z == "every_step"
+    for seed in range(2):
+        torch.manual_seed(4)
+        banks = copy.deepcopy((model.bank_l, model.bank_ab))
+        batch = batch_for(seed=seed)
+        model(batch)
+        torch.manual_seed(4)
+        noise_ab, noise_l = banks[1].negatives(8, 16), banks[0].negatives(8, 16)
+        z_l, z_ab = features(model, batch.views[0])
+        t = model.config.temperature
+        for log_z, z, bank, noise in zip(model.log_z, (z_l, z_ab), banks[::-1], (noise_ab, noise_l)):
+            logits = torch.cat([(z * bank.features[:8]).sum(1, keepdim=True), torch.einsum("nd,nkd->nk", z, noise)], 1)
+            assert log_z.item() == pytest.approx(math.log((logits / t).exp().mean().item() * 64), rel=1e-5)
 
 
 def test_batch_variant_contrasts_the_other_views_features_of_the_batch():

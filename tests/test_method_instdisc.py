@@ -1,27 +1,30 @@
 """Instance Discrimination against its defining mechanisms: the positive is the image's own
 memory-bank row, the noise rows are uniform draws from the bank (no gradient into it), Z is
-estimated once from the first batch and kept across a resume, the bank moves only at the batch's
-rows by the momentum rule, and the per-epoch kNN runs on the bank."""
+estimated once from the first batch and kept across a resume (the paper's NCE) or re-estimated
+every step, the softmax variant is the cross-entropy over the same rows, the bank moves only at
+the batch's rows by the momentum rule, the per-epoch kNN runs on the bank, and a short run of the
+small-image recipe does not collapse where the first-batch Z does."""
 
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_heads
+from tiny import linear_backbone, mean_pairwise_cosine, tiny_heads, train_on
 
 from cssl_core.config import build_config
 from cssl_core.data import ImageDataset, load_dataset
 from cssl_core.errors import ConfigError
 from cssl_core.evaluation.features import extract_features
 from cssl_core.evaluation.knn import knn_scores
-from cssl_core.losses import nce_loss
+from cssl_core.losses import nce_loss, nce_softmax_loss
 from cssl_core.methods import Batch, build_method
 from cssl_core.methods.instdisc import InstDisc
 from cssl_core.methods.memory_bank import MemoryBank
 from cssl_core.train import load_checkpoint, pretrain
 
 TINY_HEADS = tiny_heads("instdisc")
+PAPER_NCE = {"loss": "nce", "nce_z": "first_batch"}  # the paper's loss; the small-image recipe's is the softmax
 
 
 def make(num_samples=64, seed=0, **overrides):
@@ -48,7 +51,7 @@ def features_of(model, batch):
 
 
 def test_loss_contrasts_each_image_with_its_own_bank_row_against_uniform_noise_rows():
-    model = make()
+    model = make(**PAPER_NCE)
     bank = model.bank.features.clone()
     indices = torch.tensor([5, 60, 12, 33, 0, 47, 21, 8])
     batch = batch_for(indices)
@@ -92,7 +95,7 @@ def test_bank_rows_change_only_at_the_batch_indices_by_the_momentum_rule():
 
 
 def test_z_is_estimated_from_the_first_batch_only_and_survives_a_resume():
-    model = make()
+    model = make(**PAPER_NCE)
     assert not model.z_estimated
     model(batch_for(torch.arange(8)))
     log_z = model.log_z.clone()
@@ -100,13 +103,57 @@ def test_z_is_estimated_from_the_first_batch_only_and_survives_a_resume():
     model(batch_for(torch.arange(8, 16), seed=1))
     assert torch.equal(model.log_z, log_z)
     # A resumed model (other weights and bank before loading) keeps the stored Z instead of estimating anew.
-    resumed = make(seed=1)
-    fresh = make(seed=1)
+    resumed = make(seed=1, **PAPER_NCE)
+    fresh = make(seed=1, **PAPER_NCE)
     resumed.load_state_dict(model.state_dict())
     resumed(batch_for(torch.arange(16, 24), seed=2))
     fresh(batch_for(torch.arange(16, 24), seed=2))
     assert torch.equal(resumed.log_z, log_z)
     assert not torch.allclose(fresh.log_z, log_z)  # estimating again would have given another Z
+
+
+def test_every_step_z_is_each_batchs_own_estimate_and_softmax_is_the_cross_entropy_over_1_plus_k():
+    indices = torch.tensor([5, 60, 12, 33, 0, 47, 21, 8])
+    every_step, softmax = make(loss="nce", nce_z="every_step"), make(loss="softmax")
+    bank = every_step.bank.features.clone()
+    for step in range(2):  # the second batch's Z is its own, not the first's
+        batch = batch_for(indices + step, seed=step)
+        losses = []
+        for model in (every_step, softmax):
+            torch.manual_seed(7)  # the same noise rows for both
+            losses.append(model(batch).loss)
+        t, k = every_step.config.temperature, every_step.config.num_negatives
+        torch.manual_seed(7)
+        noise = bank[torch.randint(0, 64, (len(indices), k))]  # (N, K, D), the step's draw
+        logits = []
+        for model in (every_step, softmax):
+            f = features_of(model, batch)
+            logits.append(((f * bank[indices + step]).sum(1) / t, torch.einsum("nd,nkd->nk", f, noise) / t))
+        (pos, neg), (pos_s, neg_s) = logits
+        z = torch.cat([pos[:, None], neg], 1).double().exp().mean() * 64
+        torch.testing.assert_close(every_step.log_z, torch.tensor(math.log(z), dtype=torch.float32))
+        torch.testing.assert_close(losses[0], nce_loss(pos, neg, math.log(z), 64), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(losses[1], nce_softmax_loss(pos_s, neg_s), rtol=1e-5, atol=1e-6)
+        bank = every_step.bank.features.clone()
+
+
+@pytest.mark.parametrize(
+    "overrides, collapses",
+    [({}, False), ({"loss": "nce"}, False), (PAPER_NCE, True)],
+    ids=["small-image recipe", "nce, Z every step", "nce, first-batch Z"],
+)
+def test_a_short_run_collapses_only_with_the_first_batch_z(overrides, collapses):
+    # 256 images of 48 values on a one-layer ReLU network, whose features start aligned as a new
+    # convnet's do. Eight epochs (64 steps): with Z fixed while the bank was random, the noise rows'
+    # posteriors grow as the bank fills (their sum ~110 per image at the end) and their term pushes
+    # every feature the same way; the bank's rows end with a mean cosine of 0.96. The softmax (0.03)
+    # and the per-step Z (0.09) keep them apart.
+    torch.manual_seed(0)
+    config = build_config("instdisc", {"dataset": "synthetic", "num_negatives": 256, "embedding_dim": 32, **overrides})
+    model = InstDisc(linear_backbone(48), 64, config.method_config, 256)
+    images = torch.randn(256, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    train_on(model, images, epochs=8)
+    assert (mean_pairwise_cosine(model.bank.features) > 0.5) == collapses
 
 
 def test_noise_rows_are_uniform_draws_from_the_bank_on_the_global_rng():
@@ -129,10 +176,12 @@ def test_one_view_per_image_from_the_preset():
     mc = paper.method_config
     assert (mc.temperature, mc.embedding_dim, mc.num_negatives, mc.bank_momentum) == (0.07, 128, 4096, 0.5)
     assert (mc.base_lr, mc.weight_decay, mc.warmup_epochs, paper.batch_size) == (0.03, 5e-4, 0.0, 256)
+    assert (mc.loss, mc.nce_z) == ("nce", "first_batch")  # the paper's NCE, Z from the first batch
     specs = InstDisc.view_specs(mc, 32)
     assert len(specs) == 1 and specs[0].crop_scale == (0.2, 1.0) and specs[0].hue == 0.4
     small = build_config("instdisc", {"dataset": "synthetic"})
     assert small.batch_size == 128 and small.method_config.temperature == 0.1
+    assert (small.method_config.loss, small.method_config.nce_z) == ("softmax", "every_step")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from cssl_core.losses.dino import dino_loss
 from cssl_core.losses.info_nce import info_nce
 from cssl_core.losses.invaspread import invaspread_loss
 from cssl_core.losses.mocov3 import mocov3_loss
-from cssl_core.losses.nce import nce_log_z, nce_loss, nce_posteriors
+from cssl_core.losses.nce import Z_ESTIMATES, nce_log_z, nce_loss, nce_posteriors, update_log_z
 from cssl_core.losses.nce_softmax import nce_softmax_loss
 from cssl_core.losses.negative_cosine import negative_cosine
 from cssl_core.losses.nt_xent import nt_xent
@@ -14,6 +14,7 @@ from cssl_core.losses.sinkhorn import sinkhorn
 from cssl_core.losses.swav import swav_loss
 
 __all__ = [
+    "Z_ESTIMATES",
     "barlow_twins",
     "cpc_loss",
     "dino_loss",
@@ -28,4 +29,5 @@ __all__ = [
     "nt_xent",
     "sinkhorn",
     "swav_loss",
+    "update_log_z",
 ]

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 
 from cssl_core.losses.precision import full_precision
 
+# Where the normalising constant Z of :func:`nce_loss` comes from (see :func:`update_log_z`).
+Z_ESTIMATES = ("first_batch", "every_step")
+
 
 @full_precision
 def nce_loss(
@@ -54,3 +57,16 @@ def nce_log_z(pos_logits: torch.Tensor, neg_logits: torch.Tensor, num_samples: i
     the official ``NCEAverage``). A 0-d float32 tensor."""
     logits = torch.cat([pos_logits[:, None], neg_logits], dim=1).flatten().float()
     return torch.logsumexp(logits, 0) - math.log(logits.numel()) + math.log(num_samples)
+
+
+@torch.no_grad()
+def update_log_z(log_z: torch.Tensor, estimated: torch.Tensor, estimate: torch.Tensor, mode: str) -> None:
+    """Set the buffer ``log_z`` in place from this batch's ``estimate`` (:func:`nce_log_z`, same shape).
+
+    ``first_batch``: the first batch's estimate, kept afterwards (the paper's Sec. 3.2 and the
+    official ``NCEAverage``; ``estimated``, a 0-d bool buffer, records that it was made).
+    ``every_step``: this batch's own estimate, so Z follows the bank as it fills with the
+    network's features. ``torch.where`` rather than an ``if`` on the flag: no device sync per step.
+    """
+    log_z.copy_(estimate if mode == "every_step" else torch.where(estimated, log_z, estimate))
+    estimated.fill_(True)

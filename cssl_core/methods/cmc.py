@@ -41,7 +41,7 @@ from cssl_core.augment import ViewSpec
 from cssl_core.backbones import build_backbone, vit_names
 from cssl_core.config import MethodConfig, option
 from cssl_core.errors import ConfigError
-from cssl_core.losses import nce_log_z, nce_loss, nce_posteriors, nce_softmax_loss
+from cssl_core.losses import Z_ESTIMATES, nce_log_z, nce_loss, nce_posteriors, nce_softmax_loss, update_log_z
 from cssl_core.losses.precision import full_precision
 from cssl_core.methods.base import Batch, Method, StepOutput
 from cssl_core.methods.instdisc import NOISE_H_SUM_WARNING
@@ -107,6 +107,11 @@ class CMCConfig(MethodConfig):
         "softmax: cross-entropy over the positive and K noise logits (official ResNets); "
         "nce: InstDisc's NCE (official AlexNet)",
     )
+    nce_z: str = option(
+        "first_batch",
+        "loss=nce's normalising constant Z per direction: first_batch, estimated once and kept (the "
+        "official NCEAverage); every_step, each batch's mean exp(logit) x the bank size",
+    )
     negatives: str = option(
         "memory_bank",
         "memory_bank: the other view's bank rows, the image's own as the "
@@ -128,12 +133,15 @@ class CMCConfig(MethodConfig):
     # Measured (BENCHMARKS.md, CIFAR-10 in 5 minutes): in-batch negatives 48.5% kNN against 38.0%
     # with the memory banks, whose rows are a whole epoch old and are each refreshed only 6 times in
     # such a run (and whose noise draws cost 5x the images/s).
+    # loss=nce re-estimates Z every step, as InstDisc's small-image recipe (see there): a Z fixed on the
+    # first batch lets the noise term take over the gradient as the banks fill (tests/test_method_cmc.py).
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "temperature": 0.1,
         "crop_min_scale": 0.2,
         "num_negatives": 4096,
         "negatives": "batch",
+        "nce_z": "every_step",
     }
 
     def validate(self) -> None:
@@ -142,6 +150,8 @@ class CMCConfig(MethodConfig):
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"negatives must be one of {', '.join(NEGATIVES)}, got {self.negatives!r}")
+        if self.nce_z not in Z_ESTIMATES:
+            raise ConfigError(f"nce_z must be one of {', '.join(Z_ESTIMATES)}, got {self.nce_z!r}")
 
 
 class LabEncoders(nn.Module):
@@ -214,7 +224,7 @@ class CMC(Method):
             self.bank_ab = MemoryBank(num_samples, config.head_dim)
         if config.loss == "nce":
             # log Z of each direction (L anchors, ab anchors), estimated once from the first batch as
-            # the official NCEAverage; buffers, so a resumed run keeps the estimate.
+            # the official NCEAverage (or from every batch, nce_z); buffers, so a resumed run keeps the estimate.
             self.register_buffer("log_z", torch.zeros(2))
             self.register_buffer("z_estimated", torch.zeros((), dtype=torch.bool))
 
@@ -277,11 +287,12 @@ class CMC(Method):
         if cfg.loss == "softmax":
             loss = nce_softmax_loss(*logits_l) + nce_softmax_loss(*logits_ab)
         else:
-            with torch.no_grad():  # each direction's Z from the first batch, kept afterwards (no sync)
+            # Each direction's Z, as InstDisc's (nce_z): from the first batch and kept, or from every
+            # batch; over the global batch on several processes.
+            with torch.no_grad():
                 estimate = torch.stack([nce_log_z(*logits, self.num_samples) for logits in (logits_l, logits_ab)])
-                estimate = distributed.log_mean_exp_over_ranks(estimate)  # over the global batch
-                self.log_z.copy_(torch.where(self.z_estimated, self.log_z, estimate))
-                self.z_estimated.fill_(True)
+                estimate = distributed.log_mean_exp_over_ranks(estimate)
+            update_log_z(self.log_z, self.z_estimated, estimate, cfg.nce_z)
             loss = nce_loss(*logits_l, self.log_z[0], self.num_samples) + nce_loss(
                 *logits_ab, self.log_z[1], self.num_samples
             )
