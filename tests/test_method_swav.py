@@ -40,7 +40,8 @@ def batch_for(model, n=8, seed=0, epoch=0):
     g = torch.Generator().manual_seed(seed)
     sizes = [spec.size for spec in type(model).view_specs(model.config, 32)]
     views = [torch.randn(n, 3, s, s, generator=g) for s in sizes]
-    return Batch(views=views, indices=torch.arange(n), step=0, epoch=epoch, schedules={"lr": 0.1, "weight_decay": 0.0})
+    schedules = {"lr": 0.1, "weight_decay": 0.0, "queue_filling": float(epoch >= model.config.epoch_queue_starts)}
+    return Batch(views=views, indices=torch.arange(n), step=0, epoch=epoch, schedules=schedules)
 
 
 def crop_embeddings(model, batch):

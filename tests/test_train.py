@@ -85,6 +85,25 @@ def test_a_freeze_keeps_its_share_of_a_budgeted_run(tmp_path, monkeypatch, metho
     assert not all(torch.equal(a, p) for a, p in zip(initial, params))  # it trained after the freeze
 
 
+def test_swavs_queue_starts_at_its_share_of_a_budgeted_run(tmp_path, monkeypatch):
+    clock = {"t": 0.0}
+
+    def perf_counter():  # every step takes 50 ms of training time, as above
+        clock["t"] += 0.05
+        return clock["t"]
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=perf_counter))
+    seen = []
+    callbacks = loop.Callbacks(on_progress=lambda p: seen.append((p.step, p.stats["queue_in_use"])))
+    # Epoch 10 of 20 planned (5 steps each): from step 30 of the ~60 the budget allows, not from
+    # step 50; 128 rows at 64 a step are full after 2 steps, and used from the third.
+    run = config("swav", epochs=20, time_budget=3.0, queue_length=128, epoch_queue_starts=10, local_crops=0)
+    result = loop.Trainer(run, tmp_path, callbacks, 1, None).run()
+    first_used = min(step for step, in_use in seen if in_use)
+    assert result.stopped == "time_budget" and abs(result.steps - 60) <= 2
+    assert abs(first_used - (round(result.steps / 2) + 3)) <= 2
+
+
 def test_cancel_keeps_a_checkpoint(tmp_path):
     infos, seen = [], []
     result = pretrain(

@@ -168,7 +168,11 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
-        """The method's own per-step schedules (each of shape (total_steps,)), by name."""
+        """The method's own per-step schedules (each of shape (total_steps,)), by name.
+
+        ``steps_per_epoch`` is one planned epoch of this run: ``total_steps / epochs``, fewer than
+        an epoch's batches when a time budget shortens the run, so that a schedule in epochs keeps
+        its share of the run, as a freeze does (:meth:`frozen_parameters`)."""
         return {}
 
     def on_epoch_start(self, epoch: int, training_set: TrainingSet) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,7 +63,11 @@ class SwAVConfig(MethodConfig):
     queue_length: int = option(
         0, "embeddings of earlier batches kept per global crop for the codes (0: no queue)", ge=0
     )
-    epoch_queue_starts: int = option(15, "epoch from which the queue is filled (used once full)", ge=0)
+    epoch_queue_starts: int = option(
+        15,
+        "planned epoch from which the queue is filled, used once full (the same share of a time-budgeted run)",
+        ge=0,
+    )
 
     # Not yet measured here; reasons, for images of 64 px or less (CIFAR on a CPU, short runs):
     # - nmb_prototypes 100: the paper's ratio K / batch = 3000 / 4096 at batch 128 (about 94),
@@ -80,8 +85,8 @@ class SwAVConfig(MethodConfig):
     #   cost about one more global crop (a step about 1.6x a two-crop step) for 14 swapped
     #   predictions per image instead of 2.
     # - queue_length stays 0: with K below the batch the codes need no extra samples, and a
-    #   short run changes its features too fast for stale embeddings (its epoch 15 start would
-    #   not come in a 5-minute run either).
+    #   short run changes its features too fast for stale embeddings. (Set, it starts at
+    #   epoch_queue_starts of the planned epochs: the same share of a time-budgeted run.)
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "nmb_prototypes": 100,
@@ -144,6 +149,12 @@ class SwAV(Method):
         epochs = self.config.freeze_prototypes_epochs
         return [([self.prototypes.weight], epochs)] if epochs else []
 
+    def schedules(self, total_steps: int, steps_per_epoch: int) -> dict[str, np.ndarray]:
+        # 1 from the first step of epoch ``epoch_queue_starts``: of the planned epochs, so a time
+        # budget that shortens the run starts the queue at the same share of it.
+        start = self.config.epoch_queue_starts * steps_per_epoch
+        return {"queue_filling": (np.arange(total_steps) >= start).astype(np.float64)}
+
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         self._normalize_prototypes()
@@ -170,7 +181,8 @@ class SwAV(Method):
             features.append(self.backbone(torch.cat(local)))
         z, scores = self._embed_and_score(self.projector(torch.cat(features)))  # (V*N, D), (V*N, K)
         crop_scores = list(scores.split(n))  # one (N, K) per crop, in view order
-        queue_scores = self._use_and_fill_queue(batch.epoch, z[: GLOBAL_CROPS * n].detach())
+        filling = batch.schedules["queue_filling"] > 0
+        queue_scores = self._use_and_fill_queue(filling, z[: GLOBAL_CROPS * n].detach())
         loss = swav_loss(
             crop_scores[:GLOBAL_CROPS],
             crop_scores[GLOBAL_CROPS:],
@@ -183,7 +195,7 @@ class SwAV(Method):
 
     @full_precision
     @torch.no_grad()
-    def _use_and_fill_queue(self, epoch: int, z_global: torch.Tensor) -> list[torch.Tensor] | None:
+    def _use_and_fill_queue(self, filling: bool, z_global: torch.Tensor) -> list[torch.Tensor] | None:
         """z_global: (2N, D), the global crops' embeddings. Returns each global crop's queued
         scores (Q, K), or None while the queue is off or not yet full.
 
@@ -192,7 +204,7 @@ class SwAV(Method):
         ``use_the_queue`` flag only remembers that, which the queue's contents already tell).
         The scores use the current prototypes and the queue as it was before this batch.
         """
-        if self.queue.shape[1] == 0 or epoch < self.config.epoch_queue_starts:
+        if self.queue.shape[1] == 0 or not filling:
             return None
         full = bool(self.queue[:, -1].any())
         queue_scores = [self.prototypes(q) for q in self.queue] if full else None

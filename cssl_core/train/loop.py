@@ -333,10 +333,12 @@ class Trainer:
         self.frozen = [
             (params, round(total_steps * epochs / self.config.epochs)) for params, epochs in self.frozen_epochs
         ]
+        # So does a method's schedule in epochs: it gets the steps of one planned epoch of this run.
+        planned_epoch_steps = max(1, round(total_steps / self.config.epochs))
         self.schedules = {
             "lr": warmup_cosine(self.config.lr, total_steps, warmup),
             "weight_decay": weight_decay,
-            **self.model.schedules(total_steps, self.steps_per_epoch),
+            **self.model.schedules(total_steps, planned_epoch_steps),
         }
 
     def _next_batch(self, epoch: int, index_in_epoch: int) -> Batch:
