@@ -25,10 +25,10 @@ def make(num_samples=64, **overrides):
 def training_set_for(model, images):
     calls = []
 
-    def embed(module):  # as the loop's: every image, in index order, module in eval mode
-        calls.append(module)
+    def embed(module, batch_statistics=False):  # as the loop's, in index order, all in one batch
+        calls.append(batch_statistics)
         was_training = model.training
-        module.eval()
+        module.train(batch_statistics)
         with torch.no_grad():
             out = module(images).float()
         module.train(was_training)
@@ -102,8 +102,9 @@ def test_kmeans_is_deterministic_per_seed_epoch_and_head():
 
 def test_epoch_start_fills_the_memory_once_and_sets_prototypes_to_the_centroids():
     model, training_set, calls = clustered()
-    assert len(calls) == 1 and bool(model.memory_filled)
-    embedded = training_set.embed(model.embedding_network())
+    # The official init_memory: the untrained network in train mode, each batch's own statistics.
+    assert calls == [True] and bool(model.memory_filled)
+    embedded = training_set.embed(model.embedding_network(), batch_statistics=True)
     torch.testing.assert_close(model.memory, embedded.expand_as(model.memory))
     for head, k in enumerate(model.config.nmb_prototypes):
         memory = model.memory[head % 2]

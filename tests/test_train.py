@@ -238,3 +238,16 @@ def test_pretraining_on_unlabelled_images_evaluates_on_the_named_set(tmp_path):
     no_eval = pretrain(config(**run, epochs=1), tmp_path / "plain")
     with pytest.raises(DataError, match="no labels"):
         evaluate_checkpoint(no_eval.checkpoint, "knn")
+
+
+def test_embedding_with_batch_statistics_is_in_index_order_and_uses_each_batch(tmp_path):
+    trainer = loop.Trainer(config("simclr"), tmp_path, loop.Callbacks(), 10, None)
+    torch.manual_seed(0)
+    per_image = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8))  # no batch statistics
+    # Shuffled batches, then back to index order: row i is image i's, as without batch statistics.
+    torch.testing.assert_close(trainer._embed(per_image, batch_statistics=True), trainer._embed(per_image))
+    with_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten())
+    eval_mode, train_mode = trainer._embed(with_bn), trainer._embed(with_bn, batch_statistics=True)
+    # Each batch normalised by its own statistics: about zero mean per channel, unlike eval mode.
+    assert train_mode.view(len(train_mode), 4, -1).mean(dim=(0, 2)).abs().max() < 0.05
+    assert eval_mode.view(len(eval_mode), 4, -1).mean(dim=(0, 2)).abs().max() > 0.05

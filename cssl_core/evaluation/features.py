@@ -17,10 +17,13 @@ def extract_features(
     device: torch.device,
     batch_size: int = 512,
     precision: str = "bf16",
+    batch_statistics: bool = False,
 ) -> torch.Tensor:
-    """images: uint8 (N, 3, H, W) -> float32 features (N, D) on the CPU, backbone in eval mode."""
+    """images: uint8 (N, 3, H, W) -> float32 features (N, D) on the CPU, backbone in eval mode
+    (``batch_statistics``: in train mode, each batch of ``batch_size`` normalised by its own
+    BatchNorm statistics, the running ones updated as in training)."""
     was_training = backbone.training
-    backbone.eval()
+    backbone.train(batch_statistics)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     out = []

@@ -63,9 +63,11 @@ class TrainingSet:
 
     num_samples: int
     steps_per_epoch: int
-    # ``embed(module)``: module applied to every training image (normalised, not augmented,
-    # module in eval mode), float32 (num_samples, D) on the training device, in index order.
-    embed: Callable[[nn.Module], torch.Tensor]
+    # ``embed(module, batch_statistics=False)``: module applied to every training image
+    # (normalised, not augmented, module in eval mode), float32 (num_samples, D) on the training
+    # device, in index order. ``batch_statistics``: module in train mode over seeded shuffled
+    # batches of the run's batch size, each normalised by its own BatchNorm statistics.
+    embed: Callable[..., torch.Tensor]
 
 
 class Method(nn.Module):

@@ -193,7 +193,10 @@ class DeepClusterV2(Method):
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, training_set: TrainingSet) -> None:
         if not self.memory_filled:
-            self.memory.copy_(training_set.embed(self.embedding_network()).expand_as(self.memory))
+            # In train mode over shuffled batches, as the official init_memory (the network is in
+            # train mode there): an untrained network's eval-mode embeddings nearly coincide.
+            embedded = training_set.embed(self.embedding_network(), batch_statistics=True)
+            self.memory.copy_(embedded.expand_as(self.memory))
             self.memory_filled.fill_(True)
         for head, k in enumerate(self.config.nmb_prototypes):
             # Heads take the global crops' memories in turn (official: j = (j + 1) % len(crops_for_assign)).

@@ -516,16 +516,37 @@ class Trainer:
             self.callbacks.on_checkpoint(info)
         return info
 
-    def _embed(self, module: torch.nn.Module) -> torch.Tensor:
+    def _embed(self, module: torch.nn.Module, batch_statistics: bool = False) -> torch.Tensor:
+        if batch_statistics:  # shuffled batches of the run's size, seeded, each its own BN statistics
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.config.seed))
+            size = self.config.batch_size
+        else:
+            order, size = None, 1024
         if self.stream is None:
-            chunks = [self.images]
+            chunks = (
+                [self.images]
+                if order is None
+                else (self.images[order[i : i + size]] for i in range(0, len(order), size))
+            )
         else:  # streamed: every training image at the evaluation transform, a chunk at a time
-            chunks = eval_images(self.stream.reader, self.stream.paths, self.image_size, self.workers, batch_size=1024)
-        features = [
-            extract_features(module, images, self.mean, self.std, self.device, precision=self.config.precision)
+            paths = self.stream.paths if order is None else [self.stream.paths[i] for i in order.tolist()]
+            chunks = eval_images(self.stream.reader, paths, self.image_size, self.workers, batch_size=size)
+        features = torch.cat([
+            extract_features(
+                module,
+                images,
+                self.mean,
+                self.std,
+                self.device,
+                batch_size=size if order is not None else 512,
+                precision=self.config.precision,
+                batch_statistics=batch_statistics,
+            )
             for images in chunks
-        ]
-        return torch.cat(features).to(self.device)
+        ])  # fmt: skip
+        if order is not None:
+            features[order] = features.clone()  # back to index order
+        return features.to(self.device)
 
 
 @torch.no_grad()
