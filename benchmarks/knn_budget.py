@@ -4,11 +4,13 @@ Pretrains ``--method`` on a class-balanced ``--subset`` of CIFAR-10's training s
 ``--time-budget`` seconds of training wall time (or exactly ``--epochs`` epochs), then scores the
 weighted kNN (k=200, T=0.1) with the full 50,000-image training split as the neighbour bank on the
 full 10,000-image test split, next to the same backbone at random initialisation. Prints one JSON
-line per run. ``--method all`` runs every registered method in turn at the same options, then
-prints a markdown table with each method's gain over its own random-init network.
+line per run. ``--method all`` (or a comma-separated list of names) runs those methods in turn at
+the same options, then prints a markdown table with each method's gain over its own random-init
+network.
 
     .venv/bin/python -m benchmarks.knn_budget --method simclr --time-budget 300
     .venv/bin/python -m benchmarks.knn_budget --method all --time-budget 300
+    .venv/bin/python -m benchmarks.knn_budget --method swav,dino --time-budget 300
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="simclr", help="a method's name, or all: every method in turn")
+    parser.add_argument("--method", default="simclr", help="a method's name, a comma-separated list, or all: every method in turn")
     parser.add_argument("--data", default=os.environ.get("CSSL_CIFAR10", str(DEFAULT_DATA)))
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--subset", type=int, default=10_000, help="0: the whole training split")
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="default: the method's recipe for the data")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument(
-        "--random-init", action="store_true", help="also score the random-init backbone (always with --method all)"
+        "--random-init", action="store_true", help="also score the random-init backbone (always with several methods)"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -133,14 +135,17 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
-    methods = method_names() if args.method == "all" else [args.method]
-    args.random_init = args.random_init or args.method == "all"
+    methods = method_names() if args.method == "all" else args.method.split(",")
+    unknown = sorted(set(methods) - set(method_names()))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_names())} or all")
+    args.random_init = args.random_init or len(methods) > 1
     random_init: dict[str, float] = {}
     rows = []
     for method in methods:
         rows.append(run_one(method, args, overrides, random_init))
         print(json.dumps(rows[-1]), flush=True)
-    if args.method == "all":
+    if len(methods) > 1:
         print(markdown_table(rows), flush=True)
 
 
