@@ -76,7 +76,8 @@ class DeepClusterV2Config(MethodConfig):
     # clusters at T 0.1 is 4.43 of log 100 = 4.61: epoch 0 trains on near-uniform targets (the 2.8-epoch
     # run ended at 4.48). In train mode (each shuffled batch's statistics, as the official init_memory)
     # the same memory has cosine 0.33 and that loss 1.88, its clusters as close to the classes (NMI
-    # 0.12 against 0.11). Whether that trains better in 9 epochs is not yet measured.
+    # 0.12 against 0.11). Filled that way (the default), 9 epochs score 45.6% kNN against 43.2% with
+    # the eval-mode memory.
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "nmb_prototypes": (100, 100, 100),
