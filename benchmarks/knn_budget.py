@@ -118,7 +118,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="simclr", help="a method's name, a comma-separated list, or all: every method in turn")
+    parser.add_argument(
+        "--method", default="simclr", help="a method's name, a comma-separated list, or all: every method in turn"
+    )
     parser.add_argument("--data", default=os.environ.get("CSSL_CIFAR10", str(DEFAULT_DATA)))
     parser.add_argument("--backbone", default="small")
     parser.add_argument("--subset", type=int, default=10_000, help="0: the whole training split")

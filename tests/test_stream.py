@@ -21,6 +21,7 @@ from cssl_core.data import FileIndex, ImageDataset, decoded_bytes_limit, load_ev
 from cssl_core.data import stream as stream_module
 from cssl_core.data.stream import (
     StreamBatches,
+    StreamedImages,
     batch_generator,
     build_index,
     decode_batch,
@@ -32,8 +33,10 @@ from cssl_core.data.stream import (
     read_image,
     stream_batches,
 )
-from cssl_core.errors import ConfigError
+from cssl_core.errors import ConfigError, DataError
+from cssl_core.evaluation import evaluate_checkpoint, extract_features
 from cssl_core.train import load_checkpoint, pretrain
+from cssl_core.train.checkpoint import build_encoder_from_checkpoint
 
 CLASSES = ("cat", "dog")
 TRAIN_PER_CLASS, TEST_PER_CLASS = 48, 8
@@ -302,6 +305,29 @@ def test_a_streamed_runs_evaluation_set_is_in_memory_at_its_size(folder):
     index = build_index(folder, folder.parent / "index-cache")
     first = eval_image(read_image(folder / index.paths[0]), 32)
     assert torch.equal(data.train.images[0], first)
+
+
+def test_an_evaluation_set_over_the_memory_limit_is_read_streamed_with_the_same_features(tmp_path, folder):
+    checkpoint = pretrain(stream_config(folder, epochs=1), tmp_path / "run").checkpoint
+    in_memory = load_eval_dataset("imagefolder", folder, image_size=32, streamed=True, workers=0)
+    over = (TRAIN_PER_CLASS + TEST_PER_CLASS) * 2 * 32 * 32 * 3 - 1
+    with decoded_bytes_limit(over, "CSSL_MAX_DECODED_BYTES"):
+        lazy = load_eval_dataset("imagefolder", folder, image_size=32, streamed=True, workers=1)
+        assert isinstance(lazy.train.images, StreamedImages) and lazy.image_size == 32
+        assert torch.equal(lazy.train.labels, in_memory.train.labels)
+        # Every other image, as a probe's label fraction picks them: the same rows, in order.
+        picked = torch.arange(len(lazy.train)) % 2 == 1
+        encoder = build_encoder_from_checkpoint(load_checkpoint(checkpoint))
+        features = [
+            extract_features(encoder, data.train.images[picked], [0.5] * 3, [0.25] * 3, torch.device("cpu"))
+            for data in (lazy, in_memory)
+        ]
+        assert len(features[0]) == TRAIN_PER_CLASS and torch.equal(*features)
+        # kNN reads them batch by batch; a protocol that trains on the images needs them decoded.
+        knn = evaluate_checkpoint(checkpoint, "knn", k=5)
+        with pytest.raises(DataError, match="more than the 344,063 bytes allowed"):
+            evaluate_checkpoint(checkpoint, "finetune", epochs=1)
+    assert (knn.top1, knn.num_train, knn.num_test) == (evaluate_checkpoint(checkpoint, "knn", k=5).top1, 96, 16)
 
 
 def test_cli_pretrains_streamed_and_evaluates(tmp_path, folder):

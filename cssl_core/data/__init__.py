@@ -23,7 +23,14 @@ import torch
 
 from cssl_core.data import cache, cifar, digits, imagefolder, shards, stl10, synthetic
 from cssl_core.data.budget import check_cached_bytes, check_decoded_bytes, decoded_bytes_limit, memory_limit
-from cssl_core.data.stream import DATA_MODES, FileIndex, build_index, default_workers, eval_images
+from cssl_core.data.stream import (
+    DATA_MODES,
+    FileIndex,
+    StreamedImages,
+    build_index,
+    decoded,
+    default_workers,
+)
 from cssl_core.errors import ConfigError, DataError
 
 __all__ = [
@@ -31,12 +38,14 @@ __all__ = [
     "FileIndex",
     "ImageDataset",
     "ImageSplit",
+    "StreamedImages",
     "class_balanced_indices",
     "check_data_mode",
     "class_balanced_subset",
     "data_fingerprint",
     "dataset_has_labels",
     "dataset_names",
+    "decoded",
     "decoded_bytes_limit",
     "describe_datasets",
     "load_dataset",
@@ -50,10 +59,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImageSplit:
-    images: torch.Tensor  # uint8 (N, 3, H, W), contiguous
+    images: torch.Tensor | StreamedImages  # uint8 (N, 3, H, W), contiguous; or decoded when read
     labels: torch.Tensor  # int64 (N,), -1 where unlabeled
 
     def __post_init__(self) -> None:
+        if isinstance(self.images, StreamedImages):
+            if self.labels.shape != (len(self.images),):
+                raise ValueError(f"labels must be (N,) for N={len(self.images)}, got {tuple(self.labels.shape)}")
+            return
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
             raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
@@ -97,6 +110,16 @@ class ImageDataset:
                 f"labelled data set: name one for the evaluations (eval_dataset / eval_data in a pretraining "
                 f"config, --dataset / --data for cssl eval)"
             )
+
+    def in_memory(self) -> ImageDataset:
+        """This data set with every split decoded (:func:`decoded`; itself when it already is)."""
+        splits = [self.train, self.test, self.unlabeled]
+        streamed = [s for s in splits if s is not None and isinstance(s.images, StreamedImages)]
+        if not streamed:
+            return self
+        check_decoded_bytes(sum(len(s) for s in streamed), self.image_size, f"the evaluation set {self.name}")
+        train, test, unlabeled = (None if s is None else ImageSplit(decoded(s.images), s.labels) for s in splits)
+        return ImageDataset(self.name, self.classes, train, test, unlabeled)
 
     def pretrain_split(self) -> ImageSplit:
         """The images self-supervised pretraining sees: train, plus unlabeled when present."""
@@ -347,11 +370,13 @@ def load_eval_dataset(
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
 ) -> ImageDataset:
-    """The labelled data set that evaluates a run trained at ``image_size``, in memory.
+    """The labelled data set that evaluates a run trained at ``image_size``.
 
     For a ``streamed`` run an image folder's images are brought to ``image_size`` the standard
-    way (short side to ``image_size * 256 / 224``, centre crop: :func:`stream.eval_image`),
-    decoded by ``workers`` loader processes and checked against the decoded-bytes limit; an
+    way (short side to ``image_size * 256 / 224``, centre crop: :func:`stream.eval_image`) by
+    ``workers`` loader processes: decoded in memory when they fit :func:`memory_limit`, else as
+    :class:`StreamedImages`, decoded again each time they are read (frozen-feature protocols
+    read them once; :func:`decoded` brings them into memory, limit checked, for the others). An
     in-memory run's, and built-in data sets, are :func:`load_dataset`'s (cached) images."""
     source = _SOURCES.get(name)
     if source is None:
@@ -367,11 +392,16 @@ def load_eval_dataset(
             torch.empty(0, 3, image_size, image_size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         )
         return ImageDataset(name, [], empty, empty)
-    check_decoded_bytes(len(index) + len(index.test_paths), image_size, located)
     workers = default_workers() if workers is None else workers
+    need = (len(index) + len(index.test_paths)) * image_size * image_size * 3
+    limit, setting = memory_limit()
+    lazy = need > limit
+    if lazy:
+        log.info("%s: %s bytes decoded, over %s (%s): evaluated streamed", located, f"{need:,}", f"{limit:,}", setting)
 
     def split(paths: list[str], labels: torch.Tensor) -> ImageSplit:
-        return ImageSplit(torch.cat(list(eval_images(index.reader, paths, image_size, workers))), labels)
+        images = StreamedImages(index.reader, paths, image_size, workers)
+        return ImageSplit(images if lazy else images.decode(), labels)
 
     return ImageDataset(
         name, index.classes, split(index.paths, index.labels), split(index.test_paths, index.test_labels)

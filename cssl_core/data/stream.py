@@ -49,6 +49,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from cssl_core.augment import ViewSpec, ops, sample_crop_flip
 from cssl_core.data import imagefolder
+from cssl_core.data.budget import check_decoded_bytes
 from cssl_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -434,6 +435,53 @@ def eval_images(
     :func:`eval_image`, as uint8 batches (B, 3, size, size) in order."""
     loader = torch.utils.data.DataLoader(_EvalImages(read, paths, size), batch_size=batch_size, num_workers=workers)
     yield from loader
+
+
+class StreamedImages:
+    """A split's images at the evaluation transform (:func:`eval_image`, ``size`` px), decoded
+    when read: for an evaluation set too large to hold decoded. Stands where a uint8
+    ``(N, 3, size, size)`` tensor would: ``len``, ``shape``, and indexing by indices, a boolean
+    mask or a slice (another StreamedImages, nothing decoded); :meth:`batches` decodes in order
+    with ``workers`` loader processes, :meth:`decode` all at once."""
+
+    dtype = torch.uint8
+
+    def __init__(self, read: Callable[[str], bytes], paths: Sequence[str], size: int, workers: int):
+        self.read, self.paths, self.size, self.workers = read, list(paths), size, workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), 3, self.size, self.size))
+
+    def __getitem__(self, key) -> StreamedImages:
+        if isinstance(key, slice):
+            return StreamedImages(self.read, self.paths[key], self.size, self.workers)
+        index = torch.as_tensor(key)
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)
+        return StreamedImages(self.read, [self.paths[i] for i in index.reshape(-1).tolist()], self.size, self.workers)
+
+    def contiguous(self) -> StreamedImages:
+        return self
+
+    def batches(self, batch_size: int = 256) -> Iterator[torch.Tensor]:
+        """uint8 batches (B, 3, size, size), in order."""
+        return eval_images(self.read, self.paths, self.size, self.workers, batch_size)
+
+    def decode(self) -> torch.Tensor:
+        """Every image, decoded in memory (checked against the decoded-bytes limit)."""
+        check_decoded_bytes(len(self), self.size, "the evaluation set")
+        if not self.paths:
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
+        return torch.cat(list(self.batches()))
+
+
+def decoded(images: torch.Tensor | StreamedImages) -> torch.Tensor:
+    """``images`` as a uint8 tensor: :class:`StreamedImages` decoded, a tensor as it is."""
+    return images.decode() if isinstance(images, StreamedImages) else images
 
 
 def bound_heap(threshold: int = 4 << 20) -> bool:

@@ -136,8 +136,8 @@ def evaluate_checkpoint(
     inputs = CheckpointInput(
         state=state, random_init=random_init, device=resolve_device(device), build=build_encoder_from_checkpoint
     )
-    if cls.needs == "checkpoint":
-        output = cls().run_checkpoint(inputs, images, p)
+    if cls.needs == "checkpoint":  # trains on, or draws, the images: decoded in memory
+        output = cls().run_checkpoint(inputs, images.in_memory(), p)
     else:
         backbone = inputs.encoder().to(memory_format=torch.channels_last)
         output = cls().run_features(backbone, images, p, inputs.mean, inputs.std, inputs.device)
