@@ -37,7 +37,7 @@ _TWO_EPOCHS = {"subset": 128, "epochs": 2}
 # Per-method values that bring its cross-rank mechanism into the few steps run here.
 EXTRAS = {
     "simclrv2": {"memory_size": 256},
-    "swav": {"queue_length": 128, "epoch_queue_starts": 0},
+    "swav": {"queue_length": 128, "epoch_queue_starts": 0, "local_crops": 2},
     "instdisc": _TWO_EPOCHS,  # a memory bank's positives
     "deepclusterv2": _TWO_EPOCHS,  # epoch 2's k-means over the memory both ranks wrote
     # LARS's trust ratios turn the float noise of 1 thread against 2 into 28% of an update of the
