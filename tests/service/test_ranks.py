@@ -68,10 +68,12 @@ def test_two_ranks_give_one_process_losses(server, rank_worker, alice):
     assert got[:3] == pytest.approx(ref[:3], rel=1e-4), (got, ref)
 
 
-@needs_servers("the worker starts its ranks as processes of its own")
-def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker, settings, alice):
-    epochs, steps_per_epoch = 12, TINY["subset"] // TINY["batch_size"]
-    job = submit(server, alice, method="simclr", config=config(epochs=epochs, nproc=2, checkpoint_every=1), evaluate=[])
+EPOCHS, STEPS_PER_EPOCH = 12, TINY["subset"] // TINY["batch_size"]
+
+
+def two_ranks_past_a_checkpoint(server, settings, alice):
+    """A 2-rank SimCLR job, running past its first checkpoint: (job, its ranks' folder, pid by rank)."""
+    job = submit(server, alice, method="simclr", config=config(epochs=EPOCHS, nproc=2, checkpoint_every=1), evaluate=[])
     ranks = settings.artifacts.folder / "jobs" / job["id"] / "ranks"
     step = wait_for(
         lambda: (s := newest_checkpoint_step(settings, job["id"])) > 0 and s,
@@ -82,6 +84,12 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker
     wait_for(lambda: progress_step(settings, job["id"]) > step, timeout=60, interval=0.05, message="steps past it")
     pids = {rank: int((ranks / f"{rank}.pid").read_text()) for rank in (0, 1)}
     assert all(alive(pid) for pid in pids.values()), pids
+    return job, ranks, pids
+
+
+@needs_servers("the worker starts its ranks as processes of its own")
+def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker, settings, alice):
+    job, ranks, pids = two_ranks_past_a_checkpoint(server, settings, alice)
     killed = time.monotonic()
     os.kill(pids[1], signal.SIGKILL)
     # The attempt ends well within the collective timeout: the agent sees the dead rank.
@@ -95,7 +103,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker
     assert not alive(pids[0]), "rank 0 outlived the attempt"
     done = finished(server, alice, job["id"])
     assert done["status"] == "succeeded", done
-    assert done["attempt"] == 2 and done["result"]["steps"] == epochs * steps_per_epoch
+    assert done["attempt"] == 2 and done["result"]["steps"] == EPOCHS * STEPS_PER_EPOCH
     log = get(server, f"/v1/jobs/{job['id']}/logs", alice)
     assert "a process of the run failed (rank 1: Signal 9 (SIGKILL)" in log, log
     assert "resuming from" in log, log
@@ -103,7 +111,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_job_resumes(server, rank_worker
     assert states == [("queued", 0), ("running", 1), ("queued", 1), ("running", 2), ("succeeded", 2)], states
     # Resumed, not restarted: one loss point per step, the steps after the checkpoint not doubled.
     series = get(server, f"/v1/jobs/{job['id']}/metrics", alice)["series"]["loss"]
-    assert [p["step"] for p in series] == list(range(1, epochs * steps_per_epoch + 1))
+    assert [p["step"] for p in series] == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
     assert not ranks.exists() or not any(alive(int(p.read_text())) for p in ranks.glob("*.pid"))
 
 
@@ -115,18 +123,7 @@ AGENT_GRACE = 30
 
 @needs_servers("the worker starts its ranks as processes of its own")
 def test_a_hung_rank_fails_the_attempt_after_the_collective_timeout(server, rank_worker, settings, alice):
-    epochs, steps_per_epoch = 12, TINY["subset"] // TINY["batch_size"]
-    job = submit(server, alice, method="simclr", config=config(epochs=epochs, nproc=2, checkpoint_every=1), evaluate=[])
-    ranks = settings.artifacts.folder / "jobs" / job["id"] / "ranks"
-    step = wait_for(
-        lambda: (s := newest_checkpoint_step(settings, job["id"])) > 0 and s,
-        timeout=180,
-        interval=0.05,
-        message="a first checkpoint",
-    )
-    wait_for(lambda: progress_step(settings, job["id"]) > step, timeout=60, interval=0.05, message="steps past it")
-    pids = {rank: int((ranks / f"{rank}.pid").read_text()) for rank in (0, 1)}
-    assert all(alive(pid) for pid in pids.values()), pids
+    job, _, pids = two_ranks_past_a_checkpoint(server, settings, alice)
     stopped = time.monotonic()
     os.kill(pids[1], signal.SIGSTOP)
     try:
@@ -146,7 +143,7 @@ def test_a_hung_rank_fails_the_attempt_after_the_collective_timeout(server, rank
     assert not any(alive(pid) for pid in pids.values()), "a rank outlived the attempt"
     done = finished(server, alice, job["id"])
     assert done["status"] == "succeeded", done
-    assert done["attempt"] == 2 and done["result"]["steps"] == epochs * steps_per_epoch
+    assert done["attempt"] == 2 and done["result"]["steps"] == EPOCHS * STEPS_PER_EPOCH
     log = get(server, f"/v1/jobs/{job['id']}/logs", alice)
     assert "a process of the run failed" in log and "resuming from" in log, log
     states = state_changes(server, job["id"], alice)
