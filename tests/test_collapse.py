@@ -81,7 +81,9 @@ def test_instdisc_reports_its_nce_terms_and_warns_once_when_the_noise_dominates(
     from cssl_core.methods import instdisc
 
     seen = []
-    config = build_config("instdisc", {**TINY, **tiny_heads("instdisc"), "epochs": 2})
+    # The paper's NCE with its first-batch Z (small images default to the softmax, which has no Z).
+    overrides = {"loss": "nce", "nce_z": "first_batch", "epochs": 2}
+    config = build_config("instdisc", {**TINY, **tiny_heads("instdisc"), **overrides})
     pretrain(config, tmp_path / "a", on_progress=seen.append)
     assert all({"positive_h", "noise_h_sum", "log_z_drift"} <= p.stats.keys() for p in seen)
     assert all(p.warning is None for p in seen)  # 20 tiny steps: the noise term is still small
