@@ -28,7 +28,6 @@ from cssl_core.data.stream import (
     FileIndex,
     StreamedImages,
     build_index,
-    decoded,
     default_workers,
 )
 from cssl_core.errors import ConfigError, DataError
@@ -45,7 +44,6 @@ __all__ = [
     "data_fingerprint",
     "dataset_has_labels",
     "dataset_names",
-    "decoded",
     "decoded_bytes_limit",
     "describe_datasets",
     "load_dataset",
@@ -112,13 +110,17 @@ class ImageDataset:
             )
 
     def in_memory(self) -> ImageDataset:
-        """This data set with every split decoded (:func:`decoded`; itself when it already is)."""
+        """This data set with every split decoded, checked against the decoded-bytes limit as a
+        whole (itself when nothing is streamed)."""
         splits = [self.train, self.test, self.unlabeled]
-        streamed = [s for s in splits if s is not None and isinstance(s.images, StreamedImages)]
-        if not streamed:
+        streamed = [s is not None and isinstance(s.images, StreamedImages) for s in splits]
+        if not any(streamed):
             return self
-        check_decoded_bytes(sum(len(s) for s in streamed), self.image_size, f"the evaluation set {self.name}")
-        train, test, unlabeled = (None if s is None else ImageSplit(decoded(s.images), s.labels) for s in splits)
+        count = sum(len(s) for s, lazy in zip(splits, streamed, strict=True) if lazy)
+        check_decoded_bytes(count, self.image_size, f"the evaluation set {self.name}")
+        train, test, unlabeled = (
+            ImageSplit(s.images.decode(), s.labels) if lazy else s for s, lazy in zip(splits, streamed, strict=True)
+        )
         return ImageDataset(self.name, self.classes, train, test, unlabeled)
 
     def pretrain_split(self) -> ImageSplit:
@@ -376,7 +378,7 @@ def load_eval_dataset(
     way (short side to ``image_size * 256 / 224``, centre crop: :func:`stream.eval_image`) by
     ``workers`` loader processes: decoded in memory when they fit :func:`memory_limit`, else as
     :class:`StreamedImages`, decoded again each time they are read (frozen-feature protocols
-    read them once; :func:`decoded` brings them into memory, limit checked, for the others). An
+    read them once; :meth:`ImageDataset.in_memory` decodes them, limit checked, for the others). An
     in-memory run's, and built-in data sets, are :func:`load_dataset`'s (cached) images."""
     source = _SOURCES.get(name)
     if source is None:
@@ -400,7 +402,7 @@ def load_eval_dataset(
         log.info("%s: %s bytes decoded, over %s (%s): evaluated streamed", located, f"{need:,}", f"{limit:,}", setting)
 
     def split(paths: list[str], labels: torch.Tensor) -> ImageSplit:
-        images = StreamedImages(index.reader, paths, image_size, workers)
+        images = StreamedImages(index.reader, paths, image_size, workers)  # within the limit unless lazy
         return ImageSplit(images if lazy else images.decode(), labels)
 
     return ImageDataset(

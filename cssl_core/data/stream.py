@@ -49,7 +49,6 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from cssl_core.augment import ViewSpec, ops, sample_crop_flip
 from cssl_core.data import imagefolder
-from cssl_core.data.budget import check_decoded_bytes
 from cssl_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -444,8 +443,6 @@ class StreamedImages:
     mask or a slice (another StreamedImages, nothing decoded); :meth:`batches` decodes in order
     with ``workers`` loader processes, :meth:`decode` all at once."""
 
-    dtype = torch.uint8
-
     def __init__(self, read: Callable[[str], bytes], paths: Sequence[str], size: int, workers: int):
         self.read, self.paths, self.size, self.workers = read, list(paths), size, workers
 
@@ -472,16 +469,10 @@ class StreamedImages:
         return eval_images(self.read, self.paths, self.size, self.workers, batch_size)
 
     def decode(self) -> torch.Tensor:
-        """Every image, decoded in memory (checked against the decoded-bytes limit)."""
-        check_decoded_bytes(len(self), self.size, "the evaluation set")
+        """Every image, decoded in memory (the caller checks the decoded-bytes limit)."""
         if not self.paths:
             return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8)
         return torch.cat(list(self.batches()))
-
-
-def decoded(images: torch.Tensor | StreamedImages) -> torch.Tensor:
-    """``images`` as a uint8 tensor: :class:`StreamedImages` decoded, a tensor as it is."""
-    return images.decode() if isinstance(images, StreamedImages) else images
 
 
 def bound_heap(threshold: int = 4 << 20) -> bool:
