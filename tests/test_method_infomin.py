@@ -52,6 +52,7 @@ def test_paper_defaults_and_moco_v2s_small_image_recipe():
     mocov2 = build_config("mocov2", {"dataset": "cifar10"})
     assert small.batch_size == mocov2.batch_size == 128
     assert (small.method_config.queue_size, small.method_config.symmetric) == (4096, True)
+    assert small.method_config.momentum == mocov2.method_config.momentum == 0.99
     assert small.method_config.augmentation == "infomin" and small.method_config.temperature == 0.15
 
 
@@ -63,7 +64,7 @@ def test_the_key_encoder_is_a_moving_average_of_the_query_encoder():
             p.add_(1.0)
     before = copy.deepcopy(list(model.encoder_k.parameters()))
     batch = batch_for(model)
-    assert batch.schedules["momentum"] == pytest.approx(0.999)
+    assert batch.schedules["momentum"] == pytest.approx(model.config.momentum)
     batch.schedules["momentum"] = 0.9
     model.after_step(batch)
     for b, k, q in zip(before, model.encoder_k.parameters(), model.encoder_q.parameters()):
