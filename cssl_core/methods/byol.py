@@ -41,9 +41,10 @@ class BYOLConfig(MethodConfig):
     predictor_hidden_dim: int = option(4096, "predictor width", ge=1)
 
     # Measured here (BENCHMARKS.md): batch 128, crop (0.2, 1) and LARS eta 0.02, 48.0% kNN in 5
-    # minutes. tau_base 0.99 (solo-learn's CIFAR value) for short runs: at 0.996 the target keeps
-    # e^-1 of its weights of ~250 steps before, a fifth of a 5-minute run; 0.99 gives 48.4% over the
-    # same 15 epochs, and BYOL without batch statistics, which shares this recipe, 44.2% against 41.6%.
+    # minutes. tau_base 0.99 (solo-learn's CIFAR value) for short runs: at 0.996 the target averages
+    # the online network over its last ~250 steps, a fifth of a 5-minute run's ~1,170; 0.99 gives
+    # 48.4% over the same 15 epochs, and BYOL without batch statistics, which shares this recipe,
+    # 44.2% against 41.6%.
     small_image_recipe: ClassVar[dict[str, Any]] = {
         "batch_size": 128,
         "crop_min_scale": 0.2,
