@@ -38,6 +38,7 @@ _TWO_EPOCHS = {"subset": 128, "epochs": 2}
 EXTRAS = {
     "simclrv2": {"memory_size": 256},
     "swav": {"queue_length": 128, "epoch_queue_starts": 0, "local_crops": 2},
+    "dino": {"local_crops": 2},  # its small-image recipe has none
     "instdisc": _TWO_EPOCHS,  # a memory bank's positives
     "deepclusterv2": _TWO_EPOCHS,  # epoch 2's k-means over the memory both ranks wrote
     # LARS's trust ratios turn the float noise of 1 thread against 2 into 28% of an update of the
