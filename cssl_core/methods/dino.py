@@ -118,8 +118,9 @@ class DINOConfig(MethodConfig):
     # - local_crops 0, the two global crops alone (as SwAV's small-image recipe and solo-learn's
     #   CIFAR DINO): measured on the small convnet (BENCHMARKS.md), four 14 px local crops give
     #   42.5% kNN in 5 minutes and none 44.9-45.2% in four runs (SGD lr 0.03 or 0.1, LARS lr 0.3,
-    #   norm_last_layer off), a local crop of 32 px images holding too little of the object;
-    #   a ViT on small images gets none too (not measured there), `local_crops 4` the multi-crop;
+    #   norm_last_layer off); a 14 px crop of a 32 px image plausibly holds too little of the
+    #   object (not measured). A ViT on small images gets none too (not measured there);
+    #   `local_crops 4` brings the multi-crop back;
     # - teacher_temp 0.04 throughout: the official code's default; the warm-up to 0.07 belongs
     #   to its 300-epoch runs;
     # - momentum_teacher 0.99: the teacher is what is evaluated, and the EMA weight of its random
