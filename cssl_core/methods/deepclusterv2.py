@@ -66,11 +66,11 @@ class DeepClusterV2Config(MethodConfig):
     # (arXiv 1807.05520, Fig. 3: 10,000 clusters on ImageNet's 1,000 classes), where 3,000 would
     # leave ~17 CIFAR images per cluster and make k-means on a CPU ~30x slower. Two local crops of
     # 14 px cost 0.4 of a global crop between them (without them, 48.2% kNN against 49.5% at equal
-    # epochs). Global crops from 0.2. base_lr 0.6 and lars_eta 0.02: the official batch-256 lr and
-    # solo-learn's CIFAR values, as SwAV's small-image recipe (solo-learn clips the trust ratio,
-    # this LARS does not: a relative update of lr x eta = 0.006 per step at batch 128, where
-    # SimCLR's lr 0.3 and eta 0.05, the values before, give 0.0075). Measured (BENCHMARKS.md, 16
-    # epochs, the 5 minutes' worth): 50.4% kNN against 49.5%.
+    # epochs, at the former lr 0.3). Global crops from 0.2. base_lr 0.6 and lars_eta 0.02: the
+    # official batch-256 lr and solo-learn's CIFAR values, as SwAV's small-image recipe (solo-learn
+    # clips the trust ratio, this LARS does not: a relative update of lr x eta = 0.006 per step at
+    # batch 128, where SimCLR's lr 0.3 and eta 0.05, the values before, give 0.0075). Measured
+    # (BENCHMARKS.md, 16 epochs, the 5 minutes' worth): 50.4% kNN against 49.5%.
     # Measured (benchmarks/kmeans_init.py; BENCHMARKS.md, "InstDisc and DeepCluster-v2 on small
     # images"): the first k-means has little to go on. The untrained small convnet's epoch-0 memory
     # (eval mode, fresh BN statistics) has a mean pairwise cosine of 0.978 over 10,000 CIFAR-10
